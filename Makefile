@@ -1,0 +1,48 @@
+# Enlace: local runs without Docker. `make up`, `make down`, `make test`, `make token AGENCY=…`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: up down test token kafka-up kafka-down topics services-up services-down demo venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@{ test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+	   $(PY) -m pip install -q --upgrade pip==25.3; \
+	   $(PY) -m pip install -q --require-hashes -r requirements.lock; \
+	   $(PY) -m pip install -q --no-deps -e .; } 1>&2
+	@touch $@
+
+up: venv kafka-up topics services-up demo
+
+down: services-down kafka-down
+
+kafka-up:
+	@deploy/kafka/kafka.sh start
+
+kafka-down:
+	@deploy/kafka/kafka.sh stop
+
+topics: venv
+	@$(PY) -m enlace_platform.topics 1>&2
+
+services-up: venv
+	@$(PY) -m enlace_platform.dev_issuer --agency MX-INM >/dev/null  # creates the dev issuer key first
+	@deploy/services.sh start
+
+services-down:
+	@deploy/services.sh stop
+
+demo: venv
+	@$(PY) deploy/demo/run_demo.py
+
+test: venv
+	@deploy/kafka/kafka.sh fetch
+	$(PY) -m pytest
+
+# Prints only the token on stdout.
+token: venv
+	@$(PY) -m enlace_platform.dev_issuer --agency $(AGENCY)

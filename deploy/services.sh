@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Starts and stops the three services as background uvicorn processes (no Docker needed).
+#   services.sh start | stop | status
+# Logs and pid files go to .run/; each service is ready when its /readyz answers 200.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+run="$repo/.run"
+python="${PYTHON_BIN:-$repo/.venv/bin/python}"
+services=("intake:8001" "referral:8002" "notification:8003")
+
+running() { [ -f "$run/$1.pid" ] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
+
+start() {
+  mkdir -p "$run/logs"
+  cd "$repo"
+  for entry in "${services[@]}"; do
+    name="${entry%%:*}"; port="${entry##*:}"
+    if running "$name"; then echo "services: $name already running (pid $(cat "$run/$name.pid"))" >&2; continue; fi
+    setsid nohup "$python" -m uvicorn --factory "$name.entrypoints.app:create_app" \
+      --host 127.0.0.1 --port "$port" --no-access-log >"$run/logs/$name.log" 2>&1 < /dev/null &
+    echo $! > "$run/$name.pid"
+    echo "services: started $name on 127.0.0.1:$port (log .run/logs/$name.log)" >&2
+  done
+  for entry in "${services[@]}"; do
+    name="${entry%%:*}"; port="${entry##*:}"
+    deadline=$((SECONDS + ${SERVICES_READY_TIMEOUT:-90}))
+    until curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do
+      if ! running "$name"; then echo "services: $name exited; last log lines:" >&2; tail -20 "$run/logs/$name.log" >&2; exit 1; fi
+      if [ $SECONDS -ge $deadline ]; then echo "services: $name not ready in time" >&2; curl -sS "http://127.0.0.1:$port/readyz" >&2 || true; exit 1; fi
+      sleep 0.3
+    done
+    echo "services: $name ready at http://127.0.0.1:$port (docs at /docs)" >&2
+  done
+}
+
+stop() {
+  for entry in "${services[@]}"; do
+    name="${entry%%:*}"
+    if running "$name"; then
+      pid="$(cat "$run/$name.pid")"
+      kill "$pid" 2>/dev/null || true  # SIGTERM: graceful shutdown drains the relay and commits offsets
+      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+      kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+      echo "services: stopped $name" >&2
+    fi
+    rm -f "$run/$name.pid"
+  done
+}
+
+status() {
+  rc=0
+  for entry in "${services[@]}"; do
+    name="${entry%%:*}"
+    if running "$name"; then echo "$name: running (pid $(cat "$run/$name.pid"))"; else echo "$name: stopped"; rc=1; fi
+  done
+  return $rc
+}
+
+case "${1:-}" in
+  start) start ;; stop) stop ;; status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,97 @@
+"""Agency identity: Bearer JWTs whose claims name the agency and the user's roles.
+
+Claims: ``sub`` (user), ``agency`` = {``id``, ``type``, ``jurisdiction``}, ``roles`` (list),
+plus ``iss``, ``aud``, ``exp`` and ``iat``. Production verifies against an OIDC JWKS URL
+(``ENLACE_AUTH_JWKS_URL``); local runs use the development issuer's public key file.
+"""
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from enlace_platform.problems import Problem
+from enlace_platform.settings import ServiceSettings
+
+ALGORITHMS = ["ES256", "RS256"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    agency_id: str
+    agency_type: str
+    jurisdiction: str
+    roles: tuple[str, ...]
+
+
+class InvalidToken(Exception):
+    pass
+
+
+class TokenVerifier:
+    def __init__(self, settings: ServiceSettings) -> None:
+        self._jwks_url = settings.auth_jwks_url
+        self._issuer = settings.auth_issuer
+        self._audience = settings.auth_audience
+        self._dev_key_path = Path(settings.auth_dev_public_key_path)
+
+    @cached_property
+    def _jwks(self) -> jwt.PyJWKClient:
+        return jwt.PyJWKClient(self._jwks_url, cache_keys=True, lifespan=300)
+
+    def _key_for(self, token: str):
+        if self._jwks_url:
+            return self._jwks.get_signing_key_from_jwt(token).key
+        try:
+            return self._dev_key_path.read_bytes()
+        except OSError as exc:
+            raise InvalidToken("no development issuer key; run `make token` once") from exc
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key_for(token),
+                algorithms=ALGORITHMS,
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+            )
+            agency = claims["agency"]
+            return Principal(
+                subject=str(claims["sub"]),
+                agency_id=str(agency["id"]),
+                agency_type=str(agency["type"]),
+                jurisdiction=str(agency["jurisdiction"]),
+                roles=tuple(str(r) for r in claims.get("roles", [])),
+            )
+        except (jwt.PyJWTError, KeyError, TypeError) as exc:
+            raise InvalidToken(str(exc) or type(exc).__name__) from exc
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+async def current_principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    if credentials is None:
+        raise _unauthorized("A Bearer token is required.")
+    verifier: TokenVerifier = request.app.state.token_verifier
+    try:
+        return await run_in_threadpool(verifier.verify, credentials.credentials)
+    except InvalidToken as exc:
+        raise _unauthorized(f"The token was rejected: {exc}") from exc
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
