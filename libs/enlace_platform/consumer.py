@@ -73,7 +73,8 @@ class ConsumerRunner:
         self._consumer: AIOKafkaConsumer | None = None
         self._pending: dict[TopicPartition, int] = {}
         self._stopping = False
-        self.ready = asyncio.Event()  # set once partitions are assigned (used by tests and /readyz)
+        self.ready = asyncio.Event()  # set once partitions are assigned
+        self.records_seen = 0  # records finished (handled, skipped as duplicate or dead-lettered)
 
     def stop(self) -> None:
         """Finish the record in hand, commit, and leave the group."""
@@ -101,6 +102,7 @@ class ConsumerRunner:
                             break
                         await self._process(record)
                         self._pending[tp] = record.offset + 1
+                        self.records_seen += 1
                     await self.commit_pending({tp})
         finally:
             try:

@@ -23,7 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
-from sqlalchemy import select
+from sqlmodel import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -162,7 +162,7 @@ class OutboxRelay:
                 .limit(self._batch_size)
                 .with_for_update(skip_locked=True)  # PostgreSQL replicas split the work; SQLite ignores it
             )
-            rows = list((await session.execute(query)).scalars())
+            rows = list((await session.exec(query)).all())
             now = _utcnow()
             due, blocked_keys = [], set()
             for row in rows:
@@ -182,7 +182,13 @@ class OutboxRelay:
 
     async def _send(self, rows: list[OutboxMessage]) -> list[BaseException | None]:
         futures, spans = [], []
+        refused_keys: set[str] = set()
         for row in rows:
+            if row.aggregateid in refused_keys:
+                # An earlier event of this case was refused: sending this one would overtake it.
+                futures.append(_failed(_HeldBack("an earlier event of the same case was not sent")))
+                spans.append(None)
+                continue
             topic = f"{self._prefix}{row.aggregatetype}"
             # The publish span continues the trace of the transaction that wrote the row.
             parent = extract({"traceparent": row.traceparent or "", "tracestate": row.tracestate or ""})
@@ -206,10 +212,13 @@ class OutboxRelay:
             try:
                 futures.append(await self._producer.send(topic, value=value, key=key, headers=headers))
             except Exception as exc:  # e.g. the producer cannot reach the broker at all
+                refused_keys.add(row.aggregateid)
                 futures.append(_failed(exc))
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
         errors = [o if isinstance(o, BaseException) else None for o in outcomes]
         for span, error in zip(spans, errors, strict=True):
+            if span is None:
+                continue
             if error is not None:
                 span.record_exception(error)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
@@ -219,6 +228,9 @@ class OutboxRelay:
     def _mark(self, rows: list[OutboxMessage], results: list[BaseException | None]) -> None:
         now = _utcnow()
         for row, error in zip(rows, results, strict=True):
+            if isinstance(error, _HeldBack):
+                row.next_attempt_at = None  # not attempted; goes out right after its predecessor
+                continue
             row.attempts += 1
             if error is None:
                 row.sent_at = now
@@ -228,6 +240,10 @@ class OutboxRelay:
                 row.next_attempt_at = now + timedelta(seconds=delay * random.uniform(0.5, 1.0))
                 row.last_error = f"{type(error).__name__}: {error}"[:500]
                 log.warning("outbox row %s not acked (%s); will retry", row.id, row.last_error)
+
+
+class _HeldBack(Exception):
+    """A row not attempted in this pass, to keep its case's events in order."""
 
 
 async def _failed(exc: BaseException) -> None:
