@@ -190,3 +190,41 @@ async def test_offsets_are_committed_so_a_restarted_consumer_resumes_after_what_
 async def _partitions(consumer, topic):
     await consumer._client.force_metadata_update()
     return consumer.partitions_for_topic(topic)
+
+
+async def test_two_replicas_in_one_group_split_the_partitions_and_handle_each_event_once(
+        kafka_bootstrap, sessions, producer):
+    prefix = unique_prefix()
+    await provision_topics(kafka_bootstrap, prefix)
+    sent = [Envelope(type="note.written.v1", source="/test", key=f"case-{i}", data={"text": f"n{i:02d}"})
+            for i in range(30)]
+    for envelope in sent[:15]:
+        await _publish(producer, prefix + TOPIC, envelope)
+
+    first = _runner(prefix, sessions, kafka_bootstrap, producer)
+    second = _runner(prefix, sessions, kafka_bootstrap, producer)
+    task_a = asyncio.create_task(first.run())
+    try:
+        await eventually(lambda: _at_least(first, 1), what="the first replica to start consuming")
+        task_b = asyncio.create_task(second.run())  # joining forces a rebalance mid-stream
+        try:
+            await eventually(lambda: _flag(second.ready.is_set()), what="the second replica to get partitions")
+            for envelope in sent[15:]:
+                await _publish(producer, prefix + TOPIC, envelope)
+
+            async def all_handled():
+                return len(await _notes(sessions)) == 30
+
+            await eventually(all_handled, what="all 30 events handled")
+        finally:
+            second.stop()
+            await task_b
+    finally:
+        first.stop()
+        await task_a
+    assert sorted(t for _, t in await _notes(sessions)) == [f"n{i:02d}" for i in range(30)]
+    assert second.records_seen > 0, "the second replica took over some partitions"
+
+
+async def _flag(value: bool) -> bool:
+    return value
