@@ -71,27 +71,31 @@ class TokenVerifier:
                 jurisdiction=str(agency["jurisdiction"]),
                 roles=tuple(str(r) for r in claims.get("roles", [])),
             )
-        except (jwt.PyJWTError, KeyError, TypeError) as exc:
+        except KeyError as exc:
+            raise InvalidToken(f"missing claim {exc}") from exc
+        except (jwt.PyJWTError, TypeError) as exc:
             raise InvalidToken(str(exc) or type(exc).__name__) from exc
 
 
 _bearer = HTTPBearer(auto_error=False)
 
 
-def _unauthorized(detail: str) -> Problem:
-    return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+def _unauthorized(detail: str, *, token_given: bool) -> Problem:
+    # RFC 6750 §3.1: no error code when the request carried no token at all.
+    challenge = 'Bearer error="invalid_token"' if token_given else "Bearer"
+    return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
 async def current_principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
     if credentials is None:
-        raise _unauthorized("A Bearer token is required.")
+        raise _unauthorized("A Bearer token is required.", token_given=False)
     verifier: TokenVerifier = request.app.state.token_verifier
     try:
         return await run_in_threadpool(verifier.verify, credentials.credentials)
     except InvalidToken as exc:
-        raise _unauthorized(f"The token was rejected: {exc}") from exc
+        raise _unauthorized(f"The token was rejected: {exc}", token_given=True) from exc
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

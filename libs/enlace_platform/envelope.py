@@ -55,30 +55,50 @@ def from_kafka(key: bytes | None, value: bytes | None, headers: list[tuple[str, 
     header_map: dict[str, bytes] = {}
     for name, raw in headers or ():
         header_map[name] = raw if isinstance(raw, bytes) else bytes(raw or b"")
-    ce_headers = {k: v for k, v in header_map.items() if k.startswith("ce_") or k == "content-type"}
     if header_map.get("ce_specversion") != b"1.0":
         raise MalformedEvent("missing or unsupported ce_specversion header (expected 1.0)")
+    # The SDK would invent an id for a missing ce_id, which would defeat deduplication.
+    for required in ("ce_id", "ce_source", "ce_type"):
+        if not header_map.get(required):
+            raise MalformedEvent(f"missing required header {required}")
     if not key:
         raise MalformedEvent("record has no key (the case id)")
+    ce_headers = {k: v for k, v in header_map.items() if k.startswith("ce_") or k == "content-type"}
     try:
-        event = ce_kafka.from_binary_event(ce_kafka.KafkaMessage(headers=ce_headers, key=key, value=value or b""))
-    except Exception as exc:  # the SDK raises several types for bad attributes or JSON
+        event = ce_kafka.from_binary_event(ce_kafka.KafkaMessage(headers=ce_headers, key=key, value=b"null"))
+    except Exception as exc:  # the SDK raises several types for bad attributes
         raise MalformedEvent(f"not a valid CloudEvent: {exc}") from exc
-    data = event.get_data()
-    if isinstance(data, (bytes, str)):
-        try:
-            data = json.loads(data)
-        except ValueError as exc:
-            raise MalformedEvent(f"payload is not JSON: {exc}") from exc
+    if (event.get_datacontenttype() or CONTENT_TYPE).split(";")[0].strip() != CONTENT_TYPE:
+        raise MalformedEvent(f"content-type must be {CONTENT_TYPE}")
+    try:
+        data = json.loads(value or b"")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedEvent(f"payload is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise MalformedEvent("payload must be a JSON object")
+    try:
+        key_text = key.decode()
+    except UnicodeDecodeError as exc:
+        raise MalformedEvent("record key is not UTF-8") from exc
     return Envelope(
         id=event.get_id(),
         source=event.get_source(),
         type=event.get_type(),
         subject=event.get_subject(),
         time=event.get_time() or datetime.now(UTC),
-        key=key.decode(),
+        key=key_text,
         data=data,
-        trace_headers={k: header_map[k].decode() for k in TRACE_HEADERS if k in header_map},
+        trace_headers=_trace_headers(header_map),
     )
+
+
+def _trace_headers(header_map: dict[str, bytes]) -> dict[str, str]:
+    """Unreadable trace context is dropped, as W3C Trace Context asks; it never poisons the event."""
+    found: dict[str, str] = {}
+    for name in TRACE_HEADERS:
+        try:
+            if name in header_map:
+                found[name] = header_map[name].decode("ascii")
+        except UnicodeDecodeError:
+            continue
+    return found

@@ -1,6 +1,7 @@
 """RFC 9457 problem details (``application/problem+json``) for every error a service returns."""
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,11 +27,19 @@ class Problem(Exception):
 
 def problem_response(request: Request, status: int, title: str, detail: str | None = None, *,
                      type_: str = "about:blank", headers: dict[str, str] | None = None, **extensions: Any) -> JSONResponse:
-    body: dict[str, Any] = {"type": type_, "title": title, "status": status, "instance": request.url.path}
+    body: dict[str, Any] = dict(extensions)  # the standard members below always win
+    body.update({"type": type_, "title": title, "status": status, "instance": request.url.path})
     if detail:
         body["detail"] = detail
-    body.update(extensions)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _phrase(status: int) -> str:
+    # With type about:blank, RFC 9457 asks for the status code's standard phrase as title.
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -46,13 +55,11 @@ def install_problem_handlers(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         summary = "; ".join(f"{e['path']}: {e['message']}" for e in errors[:5])
-        return problem_response(request, 422, "Request validation failed", summary, errors=errors)
+        return problem_response(request, 422, _phrase(422), summary, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        title = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized", 403: "Forbidden"}.get(
-            exc.status_code, "HTTP error")
-        return problem_response(request, exc.status_code, title, str(exc.detail) if exc.detail else None,
+        return problem_response(request, exc.status_code, _phrase(exc.status_code), str(exc.detail) if exc.detail else None,
                                 headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

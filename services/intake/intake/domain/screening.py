@@ -43,9 +43,12 @@ class ProtectionNeed:
 
 def evaluate(person: PersonFacts, answers: ScreeningAnswers) -> list[ProtectionNeed]:
     needs: list[ProtectionNeed] = []
-    if person.treated_as_child and answers.travelling_with_parent_or_guardian is False:
-        reasons = ["treated as a child (under 18, or age uncertain or disputed)",
-                   "not travelling with a parent or legal guardian"]
+    if person.treated_as_child and answers.travelling_with_parent_or_guardian is not True:
+        # Until a parent or legal guardian is established, the child is protected as unaccompanied.
+        companion = ("not travelling with a parent or legal guardian"
+                     if answers.travelling_with_parent_or_guardian is False
+                     else "no parent or legal guardian established (question not answered)")
+        reasons = ["treated as a child (under 18, or age uncertain or disputed)", companion]
         needs.append(ProtectionNeed("UNACCOMPANIED_CHILD", Urgency.IMMEDIATE, tuple(reasons)))
     if answers.fear_of_return:
         needs.append(ProtectionNeed("INTERNATIONAL_PROTECTION", Urgency.HIGH,

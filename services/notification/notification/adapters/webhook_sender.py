@@ -21,7 +21,8 @@ class SendResult:
 
 async def send_signed(client: httpx.AsyncClient, *, url: str, secret: str, message_id: str, payload: str,
                       now: datetime | None = None) -> SendResult:
-    now = now or datetime.now(UTC)
+    # The signing library treats the datetime as UTC, so hand it UTC.
+    now = (now or datetime.now(UTC)).astimezone(UTC)
     signature = Webhook(secret).sign(message_id, now, payload)
     headers = {
         "content-type": "application/json",

@@ -44,6 +44,6 @@ def thin_payload(event_type: str, occurred_at: datetime, data: dict[str, Any], r
 
 
 def next_attempt_delay(attempts: int, base_s: float, max_s: float, rng: random.Random | None = None) -> timedelta:
-    """Exponential backoff with full jitter, after ``attempts`` failed attempts."""
-    ceiling = min(max_s, base_s * 2 ** max(0, attempts - 1))
+    """Exponential backoff after ``attempts`` failed attempts, jittered within [ceiling/2, ceiling]."""
+    ceiling = min(max_s, base_s * 2 ** min(max(0, attempts - 1), 32))
     return timedelta(seconds=(rng or random).uniform(ceiling / 2, ceiling))

@@ -34,7 +34,8 @@ class RoutingDecision:
     reasons: tuple[str, ...]
 
 
-def _age_range(age_band: str) -> tuple[int, int]:
+def age_range(age_band: str) -> tuple[int, int]:
+    """Raises ValueError for a band outside the contract."""
     if age_band == "disputed-treated-as-child":
         return (0, 17)  # a disputed age is served as a child's
     if age_band.endswith("+"):
@@ -44,7 +45,7 @@ def _age_range(age_band: str) -> tuple[int, int]:
 
 
 def ineligibility(service: DirectoryService, need_code: str, case: CaseFacts) -> str | None:
-    low, high = _age_range(case.age_band)
+    low, high = age_range(case.age_band)
     if need_code not in service.need_codes:
         return "does not serve this need"
     if service.area != case.jurisdiction:

@@ -9,7 +9,7 @@ from enlace_platform.outbox import add_event
 from referral.adapters.directory import load_directory
 from referral.adapters.orm import ReferralRow
 from referral.domain import events
-from referral.domain.routing import CaseFacts, route
+from referral.domain.routing import CaseFacts, age_range, route
 
 # Lead order: the need whose agency should coordinate the others, most protective first.
 LEAD_PRIORITY = ["UNACCOMPANIED_CHILD", "SEPARATED_CHILD", "TRAFFICKING_PRESUMED", "INTERNATIONAL_PROTECTION"]
@@ -26,9 +26,10 @@ async def on_case_screened(session: AsyncSession, envelope: Envelope) -> None:
         facts = CaseFacts(jurisdiction=data["jurisdiction"], age_band=data["age_band"],
                           languages=tuple(data.get("languages") or ()))
         needs = [(n["code"], n["urgency"]) for n in data["needs"]]
+        age_range(facts.age_band)
         from_agency = data["registering_agency_id"]
         person_id = data["person_id"]
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise PoisonMessage(f"case.screened.v1 payload breaks its contract: {exc!r}") from exc
 
     existing = (await session.exec(select(ReferralRow).where(ReferralRow.screening_id == screening_id))).all()
@@ -36,7 +37,7 @@ async def on_case_screened(session: AsyncSession, envelope: Envelope) -> None:
         return  # this screening was already routed
     directory = await load_directory(session, facts.jurisdiction)
     lead_code = min((code for code, _ in needs), key=_lead_rank, default=None)
-    for code, urgency in needs:
+    for code, urgency in dict(needs).items():  # one referral per need code
         decision = route(code, facts, directory)
         referral = ReferralRow(
             case_id=case_id, screening_id=screening_id, person_id=person_id, need_code=code, urgency=urgency,
