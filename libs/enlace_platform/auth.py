@@ -5,6 +5,7 @@ plus ``iss``, ``aud``, ``exp`` and ``iat``. Production verifies against an OIDC 
 (``ENLACE_AUTH_JWKS_URL``); local runs use the development issuer's public key file.
 """
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from enlace_platform.problems import Problem
 from enlace_platform.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
 
 ALGORITHMS = ["ES256", "RS256"]
 
@@ -34,6 +37,10 @@ class InvalidToken(Exception):
     pass
 
 
+class IssuerUnavailable(Exception):
+    """The JWKS could not be fetched: our problem, not the caller's token."""
+
+
 class TokenVerifier:
     def __init__(self, settings: ServiceSettings) -> None:
         self._jwks_url = settings.auth_jwks_url
@@ -43,11 +50,14 @@ class TokenVerifier:
 
     @cached_property
     def _jwks(self) -> jwt.PyJWKClient:
-        return jwt.PyJWKClient(self._jwks_url, cache_keys=True, lifespan=300)
+        return jwt.PyJWKClient(self._jwks_url, cache_keys=True, lifespan=300, timeout=5)
 
     def _key_for(self, token: str):
         if self._jwks_url:
-            return self._jwks.get_signing_key_from_jwt(token).key
+            try:
+                return self._jwks.get_signing_key_from_jwt(token).key
+            except jwt.PyJWKClientConnectionError as exc:
+                raise IssuerUnavailable(str(exc)) from exc
         try:
             return self._dev_key_path.read_bytes()
         except OSError as exc:
@@ -96,6 +106,10 @@ async def current_principal(
         return await run_in_threadpool(verifier.verify, credentials.credentials)
     except InvalidToken as exc:
         raise _unauthorized(f"The token was rejected: {exc}", token_given=True) from exc
+    except IssuerUnavailable as exc:
+        log.error("identity provider unreachable: %s", exc)
+        raise Problem(503, "Service Unavailable", "The identity provider's keys cannot be fetched right now.",
+                      headers={"Retry-After": "5"}) from exc
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

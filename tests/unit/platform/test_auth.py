@@ -333,10 +333,13 @@ def test_jwks_mode_ignores_the_dev_key_file(dev_keys):
             _assert_unauthorized(_get(client, mint(private, kid="dev", **AGENCY)))
 
 
-def test_unreachable_jwks_url_rejects_the_token(idp_keys):
+def test_unreachable_jwks_url_is_503_not_a_blame_on_the_token(idp_keys):
     ec_key, _ = idp_keys
     server = _JwksServer({"keys": []})  # bound, then closed without serving: connection refused
     url = server.url
     server.httpd.server_close()
     with TestClient(_app(_settings(auth_jwks_url=url))) as client:
-        _assert_unauthorized(_get(client, mint(_pem(ec_key), kid="ec-1", **AGENCY)))
+        response = _get(client, mint(_pem(ec_key), kid="ec-1", **AGENCY))
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].split(";")[0] == PROBLEM_JSON
+    assert url not in response.text, "internal URLs stay out of the answer"
