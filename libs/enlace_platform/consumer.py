@@ -33,6 +33,16 @@ class PoisonMessage(Exception):
     """Raised by a handler for an event it can never process (e.g. a payload that breaks its contract)."""
 
 
+def _safe_message(exc: BaseException) -> str:
+    """Our own errors describe the record's shape; any other text may quote payload values
+    (personal data), so the DLQ gets only the trace id that finds the full error in the logs."""
+    if isinstance(exc, (MalformedEvent, PoisonMessage)):
+        return str(exc)[:1000]
+    ctx = trace.get_current_span().get_span_context()
+    trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else "unknown"
+    return f"{type(exc).__name__}: see the service log for trace {trace_id}"
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):
     def __init__(self, runner: "ConsumerRunner") -> None:
         self._runner = runner
@@ -177,7 +187,7 @@ class ConsumerRunner:
         headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq_")]
         headers += [
             ("dlq_exception", type(exc).__name__.encode()),
-            ("dlq_message", str(exc)[:1000].encode()),
+            ("dlq_message", _safe_message(exc).encode()),
             ("dlq_service", self._service.encode()),
             ("dlq_consumer", self.name.encode()),
             ("dlq_attempts", str(attempts).encode()),

@@ -21,7 +21,9 @@ from enlace_platform.consumer import ConsumerRunner, Handler
 from enlace_platform.db import create_tables, make_engine, make_session_factory, ping
 from enlace_platform.inbox import ProcessedMessage
 from enlace_platform.outbox import OutboxMessage, OutboxRelay
-from enlace_platform.problems import install_problem_handlers, problem_response
+from enlace_platform.problems import (
+    PROBLEM_RESPONSES, install_problem_handlers, problem_response, use_problem_json_in_openapi,
+)
 from enlace_platform.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -188,11 +190,12 @@ def create_service_app(
             await runtime.stop()
 
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    use_problem_json_in_openapi(app)
     app.state.runtime = runtime
     app.state.token_verifier = TokenVerifier(runtime.settings)
     install_problem_handlers(app)
     app.include_router(health_router(runtime))
     for router in routers:
-        app.include_router(router)
+        app.include_router(router, responses=PROBLEM_RESPONSES)
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
     return app

@@ -155,7 +155,8 @@ async def test_a_failing_handler_is_retried_a_bounded_number_of_times_then_dead_
     assert len(dead) == 1
     h = dict(dead[0].headers)
     assert h["dlq_exception"] == b"RuntimeError" and h["dlq_attempts"] == b"3"
-    assert b"locked" in h["dlq_message"]
+    # Foreign exception text can quote payload values, so only a pointer to the log goes on the DLQ.
+    assert b"locked" not in h["dlq_message"] and b"see the service log for trace" in h["dlq_message"]
 
 
 async def test_offsets_are_committed_so_a_restarted_consumer_resumes_after_what_it_handled(

@@ -113,7 +113,7 @@ def test_evaluate_is_deterministic():
     (PersonFacts(59), "18-59"),
     (PersonFacts(60), "60+"),
     (PersonFacts(95), "60+"),
-    (PersonFacts(None), "disputed-treated-as-child"),
+    (PersonFacts(None), "unknown-treated-as-child"),
     (PersonFacts(30, age_disputed=True), "disputed-treated-as-child"),
     (PersonFacts(8, age_disputed=True), "disputed-treated-as-child"),
 ])
@@ -126,5 +126,5 @@ def test_age_band_agrees_with_treated_as_child(age):
     # A band for minors must go with treated_as_child, and an adult band never does.
     for disputed in (False, True):
         person = PersonFacts(age, age_disputed=disputed)
-        child_band = age_band(person) in {"0-11", "12-17", "disputed-treated-as-child"}
+        child_band = age_band(person) in {"0-11", "12-17", "disputed-treated-as-child", "unknown-treated-as-child"}
         assert child_band == person.treated_as_child

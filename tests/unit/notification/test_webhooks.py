@@ -86,11 +86,11 @@ def test_thin_payload_has_exactly_the_allowed_shape():
                            "https://referral.example/api")
     assert set(payload) == {"type", "timestamp", "data"}
     assert payload["type"] == "org.enlace.referral.requested.v1"
-    assert set(payload["data"]) == {"referral_id", "case_id", "status", "need_code", "links"}
+    assert set(payload["data"]) == {"referral_id", "case_id", "status", "links"}
     assert payload["data"]["referral_id"] == "ref-123"
     assert payload["data"]["case_id"] == "case-9"
     assert payload["data"]["status"] == "requested"
-    assert payload["data"]["need_code"] == "UNACCOMPANIED_CHILD"
+    assert "UNACCOMPANIED_CHILD" not in json.dumps(payload), "need codes stay off webhooks"
     assert payload["data"]["links"] == {"referral": "https://referral.example/api/referrals/ref-123"}
 
 
@@ -114,8 +114,8 @@ def test_thin_payload_link_has_no_double_slash(base):
 
 def test_thin_payload_tolerates_missing_optional_codes_but_keeps_the_shape():
     payload = thin_payload("t", OCCURRED, {"referral_id": "r", "case_id": "c"}, "https://x")
-    assert set(payload["data"]) == {"referral_id", "case_id", "status", "need_code", "links"}
-    assert payload["data"]["status"] is None and payload["data"]["need_code"] is None
+    assert set(payload["data"]) == {"referral_id", "case_id", "status", "links"}
+    assert payload["data"]["status"] is None
 
 
 def test_thin_payload_requires_the_ids():

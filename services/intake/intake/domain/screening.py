@@ -60,8 +60,10 @@ def evaluate(person: PersonFacts, answers: ScreeningAnswers) -> list[ProtectionN
 
 
 def age_band(person: PersonFacts) -> str:
-    if person.age_disputed or person.age_years is None:
+    if person.age_disputed:
         return "disputed-treated-as-child"
+    if person.age_years is None:
+        return "unknown-treated-as-child"
     if person.age_years < 12:
         return "0-11"
     if person.age_years < 18:

@@ -33,7 +33,8 @@ class PersonIn(BaseModel):
     estimated_age: int | None = Field(None, ge=0, le=120)
     age_disputed: bool = False
     nationality: str | None = Field(None, pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3")
-    languages: list[str] = Field(default_factory=list, description="ISO 639 codes")
+    languages: list[Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]] = Field(
+        default_factory=list, max_length=10, description="ISO 639-1 or 639-3 codes, lower case")
 
     @model_validator(mode="after")
     def _some_age(self):

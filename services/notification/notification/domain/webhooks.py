@@ -28,7 +28,11 @@ def webhook_id(subscription_id: str, event_id: str) -> str:
 
 
 def thin_payload(event_type: str, occurred_at: datetime, data: dict[str, Any], referral_api_url: str) -> dict[str, Any]:
-    """Standard Webhooks payload shape; ids, codes and links only, never personal data."""
+    """Standard Webhooks payload shape: ids, status and a link only.
+
+    No personal data, and no need code either: a code such as TRAFFICKING_PRESUMED tied to a
+    case id is itself sensitive. The receiver reads it from the referral API under its own token.
+    """
     referral_id = data["referral_id"]
     return {
         "type": event_type,
@@ -37,7 +41,6 @@ def thin_payload(event_type: str, occurred_at: datetime, data: dict[str, Any], r
             "referral_id": referral_id,
             "case_id": data["case_id"],
             "status": data.get("status"),
-            "need_code": data.get("need_code"),
             "links": {"referral": f"{referral_api_url.rstrip('/')}/referrals/{referral_id}"},
         },
     }

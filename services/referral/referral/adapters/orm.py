@@ -38,7 +38,8 @@ class ServiceRow(SQLModel, table=True):
 
 class ReferralRow(SQLModel, table=True):
     __tablename__ = "referral_referral"
-    # One open referral per case and need: a redelivered or repeated screening does not duplicate it.
+    # A redelivered screening event does not duplicate its referrals. (Re-screening the same person
+    # still opens new ones; the referral issue replaces this with "one open referral per need".)
     __table_args__ = (UniqueConstraint("case_id", "need_code", "screening_id"),)
 
     id: str = Field(default_factory=lambda: str(uuid.uuid4()), primary_key=True)

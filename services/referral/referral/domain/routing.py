@@ -6,6 +6,13 @@ status, first eligible wins. Every decision lists its reasons, including why oth
 
 from dataclasses import dataclass
 
+# The need codes and urgencies of the case.screened.v1 contract.
+NEED_CODES = frozenset({
+    "INTERNATIONAL_PROTECTION", "UNACCOMPANIED_CHILD", "SEPARATED_CHILD", "TRAFFICKING_PRESUMED", "SGBV_SURVIVOR",
+    "MEDICAL_URGENT", "DISABILITY", "STATELESSNESS_RISK", "STRANDED_ASSISTED_RETURN", "CRIME_VICTIM",
+})
+URGENCIES = frozenset({"immediate", "high", "standard"})
+
 
 @dataclass(frozen=True)
 class DirectoryService:
@@ -36,8 +43,8 @@ class RoutingDecision:
 
 def age_range(age_band: str) -> tuple[int, int]:
     """Raises ValueError for a band outside the contract."""
-    if age_band == "disputed-treated-as-child":
-        return (0, 17)  # a disputed age is served as a child's
+    if age_band in ("disputed-treated-as-child", "unknown-treated-as-child"):
+        return (0, 17)  # an uncertain age is served as a child's
     if age_band.endswith("+"):
         return (int(age_band[:-1]), 120)
     low, high = age_band.split("-")

@@ -9,7 +9,7 @@ from enlace_platform.outbox import add_event
 from referral.adapters.directory import load_directory
 from referral.adapters.orm import ReferralRow
 from referral.domain import events
-from referral.domain.routing import CaseFacts, age_range, route
+from referral.domain.routing import NEED_CODES, URGENCIES, CaseFacts, age_range, route
 
 # Lead order: the need whose agency should coordinate the others, most protective first.
 LEAD_PRIORITY = ["UNACCOMPANIED_CHILD", "SEPARATED_CHILD", "TRAFFICKING_PRESUMED", "INTERNATIONAL_PROTECTION"]
@@ -27,6 +27,9 @@ async def on_case_screened(session: AsyncSession, envelope: Envelope) -> None:
                           languages=tuple(data.get("languages") or ()))
         needs = [(n["code"], n["urgency"]) for n in data["needs"]]
         age_range(facts.age_band)
+        unknown = [(c, u) for c, u in needs if c not in NEED_CODES or u not in URGENCIES]
+        if unknown:
+            raise ValueError(f"unknown need codes or urgencies {unknown}")
         from_agency = data["registering_agency_id"]
         person_id = data["person_id"]
     except (KeyError, TypeError, ValueError) as exc:
