@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,11 +46,14 @@ class Receiver:
     """An agency's webhook endpoint: verifies each signature, keeps what it received."""
 
     def __init__(self) -> None:
+        self.run_id = uuid.uuid4().hex[:8]  # this run's hooks only; earlier runs never mix in
         self.secrets: dict[str, str] = {}
         self.received: list[dict] = []
         self.arrived = asyncio.Event()
 
     async def hook(self, request: Request) -> Response:
+        if request.path_params["run"] != self.run_id:
+            return Response(status_code=410)  # a stale subscription from an earlier run: gone
         agency = request.path_params["agency"]
         body = await request.body()
         try:
@@ -63,7 +67,7 @@ class Receiver:
         return Response(status_code=204 if verified else 401)
 
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/hooks/{agency}", self.hook, methods=["POST"])])
+        return Starlette(routes=[Route("/hooks/{run}/{agency}", self.hook, methods=["POST"])])
 
 
 async def main() -> int:
@@ -71,14 +75,16 @@ async def main() -> int:
     server = uvicorn.Server(uvicorn.Config(receiver.app(), host="127.0.0.1", port=RECEIVER_PORT, log_level="warning"))
     serve = asyncio.create_task(server.serve())
     inm, pfpnna, comar = token("MX-INM", ["caseworker"]), token("MX-PFPNNA", ["caseworker"]), token("MX-COMAR", ["caseworker"])
+    subscriptions: list[tuple[str, dict]] = []
     try:
         async with httpx.AsyncClient(timeout=10) as http:
             for agency, headers in (("MX-PFPNNA", pfpnna), ("MX-COMAR", comar)):
                 r = await http.post(f"{NOTIFICATION}/subscriptions", headers=headers, json={
-                    "url": f"http://127.0.0.1:{RECEIVER_PORT}/hooks/{agency}",
+                    "url": f"http://127.0.0.1:{RECEIVER_PORT}/hooks/{receiver.run_id}/{agency}",
                     "event_types": ["referral.requested.v1"]})
                 r.raise_for_status()
                 receiver.secrets[agency] = r.json()["secret"]
+                subscriptions.append((r.json()["id"], headers))
 
             r = await http.post(f"{INTAKE}/cases", headers=inm, json={
                 "place": "Ciudad Hidalgo, Chiapas — border post",
@@ -110,6 +116,9 @@ async def main() -> int:
                 except TimeoutError:
                     pass
     finally:
+        async with httpx.AsyncClient(timeout=10) as http:
+            for subscription_id, headers in subscriptions:  # the demo's receiver goes away with it
+                await http.delete(f"{NOTIFICATION}/subscriptions/{subscription_id}", headers=headers)
         server.should_exit = True
         await serve
 

@@ -132,3 +132,23 @@ async def test_another_agency_cannot_read_a_case_or_referral(system, dev_issuer_
     assert (await intake.get(f"/cases/{case_id}", headers=inm)).status_code == 200
     r = await intake.get(f"/cases/{case_id}", headers=other)
     assert r.status_code == 404 and json.loads(r.text)["status"] == 404
+
+
+async def test_subscriptions_belong_to_their_agency(system, dev_issuer_dir):
+    _, _, notification = system
+    pfpnna = bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection")
+    comar = bearer(dev_issuer_dir, "MX-COMAR", "asylum_office")
+    r = await notification.post("/subscriptions", headers=pfpnna,
+                                json={"url": "http://127.0.0.1:9/hooks", "event_types": ["referral.requested.v1"]})
+    sub_id = r.json()["id"]
+    assert r.json()["secret"].startswith("whsec_")
+    assert [s["id"] for s in (await notification.get("/subscriptions", headers=comar)).json()] == []
+    assert "secret" not in (await notification.get("/subscriptions", headers=pfpnna)).json()[0]
+    assert (await notification.delete(f"/subscriptions/{sub_id}", headers=comar)).status_code == 404
+    assert (await notification.get(f"/subscriptions/{sub_id}/deliveries", headers=comar)).status_code == 404
+    assert (await notification.delete(f"/subscriptions/{sub_id}", headers=pfpnna)).status_code == 204
+    [sub] = (await notification.get("/subscriptions", headers=pfpnna)).json()
+    assert sub["active"] is False
+    r = await notification.post("/subscriptions", headers=pfpnna,
+                                json={"url": "http://127.0.0.1:9/hooks", "event_types": ["referral.exploded.v9"]})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"

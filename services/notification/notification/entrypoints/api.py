@@ -90,6 +90,14 @@ async def list_subscriptions(principal: CurrentPrincipal, session: Session) -> l
     return [SubscriptionOut(**r.model_dump()) for r in rows]
 
 
+@router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT,
+               summary="Stop a subscription; its delivery log is kept")
+async def delete_subscription(subscription_id: str, principal: CurrentPrincipal, session: Session) -> None:
+    sub = await _own_subscription(session, principal, subscription_id)
+    sub.active = False
+    await session.commit()
+
+
 @router.get("/subscriptions/{subscription_id}/deliveries", response_model=list[DeliveryOut],
             summary="Deliveries to one of your subscriptions, newest first")
 async def list_deliveries(subscription_id: str, principal: CurrentPrincipal, session: Session) -> list[DeliveryOut]:
