@@ -98,5 +98,6 @@ class CommitWaker:
         self._event.clear()
 
     def detach(self) -> None:
-        event.remove(self._session_class, "after_commit", self._after_commit)
-        event.remove(self._session_class, "after_rollback", self._after_rollback)
+        if event.contains(self._session_class, "after_commit", self._after_commit):
+            event.remove(self._session_class, "after_commit", self._after_commit)
+            event.remove(self._session_class, "after_rollback", self._after_rollback)

@@ -56,7 +56,9 @@ class ServiceRuntime:
         self.runners: list[ConsumerRunner] = []
         self.kafka_started = asyncio.Event()
         self.stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._consumer_tasks: list[asyncio.Task] = []
+        self._background_tasks: list[asyncio.Task] = []
+        self._relay_task: asyncio.Task | None = None
         self._kafka_task: asyncio.Task | None = None
 
     def _build_kafka_parts(self) -> None:
@@ -104,11 +106,12 @@ class ServiceRuntime:
         else:
             return
         self.kafka_started.set()
-        self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        self._relay_task = asyncio.create_task(self.relay.run(), name="outbox-relay")
         for runner in self.runners:
-            self._tasks.append(asyncio.create_task(self._supervise(runner), name=f"consumer-{runner.name}"))
+            self._consumer_tasks.append(asyncio.create_task(self._supervise(runner), name=f"consumer-{runner.name}"))
         for loop in self.background:
-            self._tasks.append(asyncio.create_task(loop(self), name=getattr(loop, "__name__", "background")))
+            self._background_tasks.append(
+                asyncio.create_task(loop(self), name=getattr(loop, "__name__", "background")))
 
     async def _supervise(self, runner: ConsumerRunner) -> None:
         """Restart a consumer that crashed (e.g. broker gone); it resumes from its committed offsets."""
@@ -123,20 +126,19 @@ class ServiceRuntime:
                 await asyncio.sleep(1.0)
 
     async def stop(self, timeout_s: float = 15.0) -> None:
-        """Graceful: consumers finish the record in hand and commit, the relay drains, then Kafka closes."""
+        """Graceful, in order: consumers finish the record in hand and commit their offsets;
+        background loops end; then the relay drains what they wrote, and Kafka closes."""
         self.stopping.set()
-        for runner in self.runners:
-            runner.stop()
-        if self.relay is not None:
-            self.relay.stop()
         if self._kafka_task is not None:
             self._kafka_task.cancel()
-        if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=timeout_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(self._kafka_task, return_exceptions=True)
+        for runner in self.runners:
+            runner.stop()
+        await _finish(self._consumer_tasks + self._background_tasks, timeout_s)
         if self.relay is not None:
+            self.relay.stop()
+            if self._relay_task is not None:
+                await _finish([self._relay_task], timeout_s)
             self.relay.detach()
         if self.kafka_started.is_set():
             await self.producer.stop()
@@ -158,6 +160,17 @@ class ServiceRuntime:
             except Exception as exc:
                 checks["kafka"] = f"unreachable: {type(exc).__name__}"
         return checks
+
+
+async def _finish(tasks: list[asyncio.Task], timeout_s: float) -> None:
+    """Wait for tasks to end on their own; cancel what is still running after the timeout."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        log.warning("task %s did not stop in %.0fs; cancelling", task.get_name(), timeout_s)
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def health_router(runtime: ServiceRuntime) -> APIRouter:
