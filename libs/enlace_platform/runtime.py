@@ -11,10 +11,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
-from fastapi import APIRouter, FastAPI, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from sqlalchemy import Table
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.auth import TokenVerifier
 from enlace_platform.consumer import ConsumerRunner, Handler
@@ -25,6 +28,7 @@ from enlace_platform.problems import (
     PROBLEM_RESPONSES, install_problem_handlers, problem_response, use_problem_json_in_openapi,
 )
 from enlace_platform.settings import ServiceSettings
+from enlace_platform.telemetry import setup_logging, setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +177,15 @@ async def _finish(tasks: list[asyncio.Task], timeout_s: float) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _db_session(request: Request):
+    async with request.app.state.runtime.sessions() as session:
+        yield session
+
+
+# A session per request, from the service's own database.
+DbSession = Annotated[AsyncSession, Depends(_db_session)]
+
+
 def health_router(runtime: ServiceRuntime) -> APIRouter:
     router = APIRouter(tags=["health"])
 
@@ -194,6 +207,9 @@ def health_router(runtime: ServiceRuntime) -> APIRouter:
 def create_service_app(
     *, title: str, description: str, runtime: ServiceRuntime, routers: list[APIRouter], version: str = "0.1.0"
 ) -> FastAPI:
+    setup_tracing(runtime.settings.service_name)
+    setup_logging(runtime.settings.service_name, runtime.settings.log_json)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await runtime.start()

@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlmodel import Field, SQLModel, select
 
 from enlace_platform.consumer import ConsumerRunner, PoisonMessage
@@ -30,14 +30,6 @@ async def sessions(tmp_path):
     await create_tables(engine, [OutboxMessage.__table__, ProcessedMessage.__table__, Note.__table__])
     yield make_session_factory(engine, f"consumer{id(engine)}")
     await engine.dispose()
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap):
-    p = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def write_note(session, envelope: Envelope) -> None:

@@ -41,14 +41,6 @@ async def db(tmp_path):
     await engine.dispose()
 
 
-@pytest.fixture
-async def producer(kafka_bootstrap):
-    p = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
-    await p.start()
-    yield p
-    await p.stop()
-
-
 async def _commit_widget(sessions, widget_id: str) -> str:
     async with sessions() as session:
         session.add(Widget(id=widget_id))

@@ -1,28 +1,20 @@
 """Intake REST API (thin: validation and authorization here, use cases in service_layer)."""
 
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, status
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.auth import CurrentPrincipal
 from enlace_platform.problems import Problem
+from enlace_platform.runtime import DbSession
 from intake.adapters.orm import CaseRow, PersonRow
 from intake.domain.screening import ScreeningAnswers
 from intake.service_layer import services
 
 router = APIRouter(tags=["cases"])
-
-
-async def _session(request: Request):
-    async with request.app.state.runtime.sessions() as session:
-        yield session
-
-
-Session = Annotated[AsyncSession, Depends(_session)]
 
 
 class PersonIn(BaseModel):
@@ -97,7 +89,7 @@ def _not_found(what: str, ident: str) -> Problem:
 
 @router.post("/cases", status_code=status.HTTP_201_CREATED, response_model=CaseOut,
              summary="Register an encounter: one person or a family group")
-async def register_case(body: CaseIn, principal: CurrentPrincipal, session: Session) -> CaseOut:
+async def register_case(body: CaseIn, principal: CurrentPrincipal, session: DbSession) -> CaseOut:
     case = CaseRow(agency_id="", jurisdiction="", place=body.place,
                    encountered_at=body.encountered_at)
     persons = [PersonRow(case_id=case.id, **p.model_dump()) for p in body.persons]
@@ -106,7 +98,7 @@ async def register_case(body: CaseIn, principal: CurrentPrincipal, session: Sess
 
 
 @router.get("/cases/{case_id}", response_model=CaseOut, summary="Read a case registered by your agency")
-async def read_case(case_id: str, principal: CurrentPrincipal, session: Session) -> CaseOut:
+async def read_case(case_id: str, principal: CurrentPrincipal, session: DbSession) -> CaseOut:
     try:
         case = await services.get_case_for(session, principal, case_id)
     except services.NotFound:
@@ -118,7 +110,7 @@ async def read_case(case_id: str, principal: CurrentPrincipal, session: Session)
 @router.post("/cases/{case_id}/screenings", status_code=status.HTTP_201_CREATED, response_model=ScreeningOut,
              summary="Record a screening for one person; the rules turn answers into protection needs")
 async def record_screening(case_id: str, body: ScreeningIn, principal: CurrentPrincipal,
-                           session: Session) -> ScreeningOut:
+                           session: DbSession) -> ScreeningOut:
     answers = ScreeningAnswers(
         fear_of_return=body.fear_of_return,
         travelling_with_parent_or_guardian=body.travelling_with_parent_or_guardian,

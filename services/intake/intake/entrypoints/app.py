@@ -3,7 +3,6 @@
 from fastapi import FastAPI
 
 from enlace_platform.runtime import create_service_app
-from enlace_platform.telemetry import setup_logging, setup_tracing
 from intake.bootstrap import build_runtime
 from intake.config import IntakeSettings
 from intake.entrypoints.api import router
@@ -11,8 +10,6 @@ from intake.entrypoints.api import router
 
 def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     settings = settings or IntakeSettings()
-    setup_tracing(settings.service_name)
-    setup_logging(settings.service_name, settings.log_json)
     return create_service_app(
         title="Enlace intake",
         description="Registers encounters at the border and screens people for protection needs.",

@@ -3,27 +3,19 @@
 import base64
 import secrets
 from datetime import datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, status
 from pydantic import AnyHttpUrl, BaseModel, EmailStr, Field
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.auth import CurrentPrincipal, Principal
 from enlace_platform.problems import Problem
+from enlace_platform.runtime import DbSession
 from notification.adapters.orm import DeliveryRow, SubscriptionRow
 from notification.domain.events import WEBHOOK_EVENT_TYPES
 
 router = APIRouter(tags=["subscriptions"])
-
-
-async def _session(request: Request):
-    async with request.app.state.runtime.sessions() as session:
-        yield session
-
-
-Session = Annotated[AsyncSession, Depends(_session)]
 
 
 class SubscriptionIn(BaseModel):
@@ -71,7 +63,7 @@ async def _own_subscription(session: AsyncSession, principal: Principal, subscri
 
 @router.post("/subscriptions", status_code=status.HTTP_201_CREATED, response_model=SubscriptionCreated,
              summary="Register a webhook endpoint for your agency")
-async def create_subscription(body: SubscriptionIn, principal: CurrentPrincipal, session: Session) -> SubscriptionCreated:
+async def create_subscription(body: SubscriptionIn, principal: CurrentPrincipal, session: DbSession) -> SubscriptionCreated:
     unknown = sorted(set(body.event_types) - set(WEBHOOK_EVENT_TYPES))
     if unknown:
         raise Problem(422, "Unprocessable Content", f"Not webhook event types: {', '.join(unknown)}",
@@ -84,7 +76,7 @@ async def create_subscription(body: SubscriptionIn, principal: CurrentPrincipal,
 
 
 @router.get("/subscriptions", response_model=list[SubscriptionOut], summary="Your agency's subscriptions")
-async def list_subscriptions(principal: CurrentPrincipal, session: Session) -> list[SubscriptionOut]:
+async def list_subscriptions(principal: CurrentPrincipal, session: DbSession) -> list[SubscriptionOut]:
     rows = (await session.exec(select(SubscriptionRow).where(SubscriptionRow.agency_id == principal.agency_id)
                                .order_by(SubscriptionRow.created_at))).all()
     return [SubscriptionOut(**r.model_dump()) for r in rows]
@@ -92,7 +84,7 @@ async def list_subscriptions(principal: CurrentPrincipal, session: Session) -> l
 
 @router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Stop a subscription; its delivery log is kept")
-async def delete_subscription(subscription_id: str, principal: CurrentPrincipal, session: Session) -> None:
+async def delete_subscription(subscription_id: str, principal: CurrentPrincipal, session: DbSession) -> None:
     sub = await _own_subscription(session, principal, subscription_id)
     sub.active = False
     await session.commit()
@@ -100,7 +92,7 @@ async def delete_subscription(subscription_id: str, principal: CurrentPrincipal,
 
 @router.get("/subscriptions/{subscription_id}/deliveries", response_model=list[DeliveryOut],
             summary="Deliveries to one of your subscriptions, newest first")
-async def list_deliveries(subscription_id: str, principal: CurrentPrincipal, session: Session) -> list[DeliveryOut]:
+async def list_deliveries(subscription_id: str, principal: CurrentPrincipal, session: DbSession) -> list[DeliveryOut]:
     await _own_subscription(session, principal, subscription_id)
     rows = (await session.exec(select(DeliveryRow).where(DeliveryRow.subscription_id == subscription_id)
                                .order_by(DeliveryRow.created_at.desc()).limit(200))).all()

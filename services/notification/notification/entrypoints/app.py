@@ -3,7 +3,6 @@
 from fastapi import FastAPI
 
 from enlace_platform.runtime import create_service_app
-from enlace_platform.telemetry import setup_logging, setup_tracing
 from notification.bootstrap import build_runtime
 from notification.config import NotificationSettings
 from notification.entrypoints.api import router
@@ -11,8 +10,6 @@ from notification.entrypoints.api import router
 
 def create_app(settings: NotificationSettings | None = None) -> FastAPI:
     settings = settings or NotificationSettings()
-    setup_tracing(settings.service_name)
-    setup_logging(settings.service_name, settings.log_json)
     return create_service_app(
         title="Enlace notification",
         description="Tells agencies about referral events by signed webhooks and e-mail.",

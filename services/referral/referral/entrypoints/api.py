@@ -3,25 +3,17 @@
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import or_
 from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.auth import CurrentPrincipal, Principal
 from enlace_platform.problems import Problem
+from enlace_platform.runtime import DbSession
 from referral.adapters.orm import ReferralRow
 
 router = APIRouter(tags=["referrals"])
-
-
-async def _session(request: Request):
-    async with request.app.state.runtime.sessions() as session:
-        yield session
-
-
-Session = Annotated[AsyncSession, Depends(_session)]
 
 
 class ReferralOut(BaseModel):
@@ -52,7 +44,7 @@ def _visible_to(principal: Principal):
 @router.get("/referrals", response_model=ReferralPage, summary="Referrals sent to or from your agency")
 async def list_referrals(
     principal: CurrentPrincipal,
-    session: Session,
+    session: DbSession,
     status: str | None = None,
     need_code: str | None = None,
     case_id: str | None = None,
@@ -71,7 +63,7 @@ async def list_referrals(
 
 
 @router.get("/referrals/{referral_id}", response_model=ReferralOut, summary="One referral, with its routing reasons")
-async def read_referral(referral_id: str, principal: CurrentPrincipal, session: Session) -> ReferralOut:
+async def read_referral(referral_id: str, principal: CurrentPrincipal, session: DbSession) -> ReferralOut:
     row = (await session.exec(select(ReferralRow).where(ReferralRow.id == referral_id, _visible_to(principal)))).first()
     if row is None:
         raise Problem(404, "Not Found", f"No referral {referral_id} visible to your agency.")

@@ -3,7 +3,6 @@
 from fastapi import FastAPI
 
 from enlace_platform.runtime import create_service_app
-from enlace_platform.telemetry import setup_logging, setup_tracing
 from referral.bootstrap import build_runtime
 from referral.config import ReferralSettings
 from referral.entrypoints.api import router
@@ -11,8 +10,6 @@ from referral.entrypoints.api import router
 
 def create_app(settings: ReferralSettings | None = None) -> FastAPI:
     settings = settings or ReferralSettings()
-    setup_tracing(settings.service_name)
-    setup_logging(settings.service_name, settings.log_json)
     return create_service_app(
         title="Enlace referral",
         description="Routes protection needs to the responsible agency and runs the closed referral loop.",
