@@ -68,3 +68,18 @@ def dev_issuer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def spans() -> InMemorySpanExporter:
     return SPANS
+
+
+_skipped_kafka_tests: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "kafka" in report.keywords:
+        _skipped_kafka_tests.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # In CI a Kafka test that did not run is a failure, whatever the reason.
+    if os.environ.get("CI") and _skipped_kafka_tests:
+        print(f"\nKafka tests did not run in CI: {_skipped_kafka_tests}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
