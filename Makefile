@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up down test token kafka-up kafka-down topics services-up services-down demo venv
+.PHONY: up down test token kafka-up kafka-down topics services-up services-down demo venv bench
 
 venv: $(STAMP)
 
@@ -46,3 +46,7 @@ test: venv
 # Prints only the token on stdout.
 token: venv
 	@$(PY) -m enlace_platform.dev_issuer --agency $(AGENCY)
+
+# Benchmarks of the eventing plumbing against the local broker (see docs/benchmarks.md).
+bench: venv kafka-up topics
+	$(PY) bench/eventing_bench.py
