@@ -236,7 +236,7 @@ class OutboxRelay:
                 row.sent_at = now
                 row.last_error = None
             else:
-                delay = min(self._retry_max_s, self._retry_base_s * 2 ** (row.attempts - 1))
+                delay = min(self._retry_max_s, self._retry_base_s * 2 ** min(row.attempts - 1, 32))
                 row.next_attempt_at = now + timedelta(seconds=delay * random.uniform(0.5, 1.0))
                 row.last_error = f"{type(error).__name__}: {error}"[:500]
                 log.warning("outbox row %s not acked (%s); will retry", row.id, row.last_error)
@@ -248,8 +248,3 @@ class _HeldBack(Exception):
 
 async def _failed(exc: BaseException) -> None:
     raise exc
-
-
-async def backlog(session: AsyncSession) -> int:
-    rows = await session.execute(select(OutboxMessage.id).where(OutboxMessage.sent_at.is_(None)))
-    return len(rows.all())

@@ -1,0 +1,230 @@
+"""One service's moving parts: database, producer, outbox relay, consumers and background loops.
+
+The HTTP API comes up even while Kafka is unreachable: writes still land in the outbox, and
+the relay and consumers start as soon as the broker answers. ``/readyz`` says which is which.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from sqlalchemy import Table
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from enlace_platform.auth import TokenVerifier
+from enlace_platform.consumer import ConsumerRunner, Handler
+from enlace_platform.db import create_tables, make_engine, make_session_factory, ping
+from enlace_platform.inbox import ProcessedMessage
+from enlace_platform.outbox import OutboxMessage, OutboxRelay
+from enlace_platform.problems import (
+    PROBLEM_RESPONSES, install_problem_handlers, problem_response, use_problem_json_in_openapi,
+)
+from enlace_platform.settings import ServiceSettings
+from enlace_platform.telemetry import setup_logging, setup_tracing
+
+log = logging.getLogger(__name__)
+
+BackgroundLoop = Callable[["ServiceRuntime"], Awaitable[None]]
+
+
+@dataclass
+class ConsumerSpec:
+    name: str  # stable name, used in processed_messages and (prefixed) as the consumer group
+    topics: list[str]  # unprefixed topic names
+    handlers: dict[str, Handler]
+
+
+@dataclass
+class ServiceRuntime:
+    settings: ServiceSettings
+    tables: Iterable[Table]
+    consumers: list[ConsumerSpec] = field(default_factory=list)
+    background: list[BackgroundLoop] = field(default_factory=list)
+    on_startup: list[BackgroundLoop] = field(default_factory=list)  # run once, after the tables exist
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.tables = [OutboxMessage.__table__, ProcessedMessage.__table__, *self.tables]
+        self.engine = make_engine(s.database_url)
+        self.sessions = make_session_factory(self.engine, s.service_name)
+        self.producer: AIOKafkaProducer | None = None
+        self.relay: OutboxRelay | None = None
+        self.runners: list[ConsumerRunner] = []
+        self.kafka_started = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self._consumer_tasks: list[asyncio.Task] = []
+        self._background_tasks: list[asyncio.Task] = []
+        self._relay_task: asyncio.Task | None = None
+        self._kafka_task: asyncio.Task | None = None
+
+    def _build_kafka_parts(self) -> None:
+        # aiokafka objects must be created inside the running event loop.
+        s = self.settings
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            client_id=f"{s.service_name}-producer",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+        )
+        self.relay = OutboxRelay(
+            self.sessions, self.producer, topic_prefix=s.kafka_topic_prefix, batch_size=s.outbox_batch_size,
+            fallback_poll_s=s.outbox_fallback_poll_s, retry_base_s=s.outbox_retry_base_s,
+            retry_max_s=s.outbox_retry_max_s,
+        )
+        self.runners = [
+            ConsumerRunner(
+                name=spec.name, group_id=s.group(spec.name), topics=[s.topic(t) for t in spec.topics],
+                handlers=spec.handlers, session_factory=self.sessions, bootstrap_servers=s.kafka_bootstrap_servers,
+                dlq_producer=self.producer, service_name=s.service_name, max_attempts=s.consumer_max_attempts,
+                retry_base_s=s.consumer_retry_base_s,
+            )
+            for spec in self.consumers
+        ]
+
+    async def start(self) -> None:
+        await create_tables(self.engine, self.tables)
+        self._build_kafka_parts()
+        for hook in self.on_startup:
+            await hook(self)
+        self._kafka_task = asyncio.create_task(self._start_kafka_parts(), name=f"{self.settings.service_name}-kafka")
+
+    async def _start_kafka_parts(self) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                await self.producer.start()
+                break
+            except Exception as exc:
+                log.warning("Kafka not reachable yet (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+        else:
+            return
+        self.kafka_started.set()
+        self._relay_task = asyncio.create_task(self.relay.run(), name="outbox-relay")
+        for runner in self.runners:
+            self._consumer_tasks.append(asyncio.create_task(self._supervise(runner), name=f"consumer-{runner.name}"))
+        for loop in self.background:
+            self._background_tasks.append(
+                asyncio.create_task(loop(self), name=getattr(loop, "__name__", "background")))
+
+    async def _supervise(self, runner: ConsumerRunner) -> None:
+        """Restart a consumer that crashed (e.g. broker gone); it resumes from its committed offsets."""
+        while not self.stopping.is_set():
+            try:
+                await runner.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("consumer %s crashed; restarting", runner.name)
+                await asyncio.sleep(1.0)
+
+    async def stop(self, timeout_s: float = 15.0) -> None:
+        """Graceful, in order: consumers finish the record in hand and commit their offsets;
+        background loops end; then the relay drains what they wrote, and Kafka closes."""
+        self.stopping.set()
+        if self._kafka_task is not None:
+            self._kafka_task.cancel()
+            await asyncio.gather(self._kafka_task, return_exceptions=True)
+        for runner in self.runners:
+            runner.stop()
+        await _finish(self._consumer_tasks + self._background_tasks, timeout_s)
+        if self.relay is not None:
+            self.relay.stop()
+            if self._relay_task is not None:
+                await _finish([self._relay_task], timeout_s)
+            self.relay.detach()
+        if self.kafka_started.is_set():
+            await self.producer.stop()
+        await self.engine.dispose()
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(ping(self.engine), timeout=2)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        if not self.kafka_started.is_set():
+            checks["kafka"] = "not connected yet"
+        else:
+            try:
+                await asyncio.wait_for(self.producer.client.fetch_all_metadata(), timeout=2)
+                checks["kafka"] = "ok"
+            except Exception as exc:
+                checks["kafka"] = f"unreachable: {type(exc).__name__}"
+        return checks
+
+
+async def _finish(tasks: list[asyncio.Task], timeout_s: float) -> None:
+    """Wait for tasks to end on their own; cancel what is still running after the timeout."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        log.warning("task %s did not stop in %.0fs; cancelling", task.get_name(), timeout_s)
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _db_session(request: Request):
+    async with request.app.state.runtime.sessions() as session:
+        yield session
+
+
+# A session per request, from the service's own database.
+DbSession = Annotated[AsyncSession, Depends(_db_session)]
+
+
+def health_router(runtime: ServiceRuntime) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": runtime.settings.service_name}
+
+    @router.get("/readyz", summary="The database and Kafka are reachable")
+    async def readyz(request: Request) -> JSONResponse:
+        checks = await runtime.readiness()
+        if all(v == "ok" for v in checks.values()):
+            return JSONResponse({"status": "ready", "checks": checks})
+        return problem_response(request, 503, "Not ready", "; ".join(f"{k}: {v}" for k, v in checks.items()),
+                                checks=checks)
+
+    return router
+
+
+def create_service_app(
+    *, title: str, description: str, runtime: ServiceRuntime, routers: list[APIRouter], version: str = "0.1.0"
+) -> FastAPI:
+    setup_tracing(runtime.settings.service_name)
+    setup_logging(runtime.settings.service_name, runtime.settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    use_problem_json_in_openapi(app)
+    app.state.runtime = runtime
+    app.state.token_verifier = TokenVerifier(runtime.settings)
+    install_problem_handlers(app)
+    app.include_router(health_router(runtime))
+    for router in routers:
+        app.include_router(router, responses=PROBLEM_RESPONSES)
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+    return app

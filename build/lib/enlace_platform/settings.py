@@ -1,0 +1,43 @@
+"""Settings shared by every service, read from ENLACE_* environment variables.
+
+Each service subclasses :class:`ServiceSettings` and adds its own fields with its own
+prefix (for example ``INTAKE_DATABASE_URL``).
+"""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENLACE_", populate_by_name=True, extra="ignore")
+
+    service_name: str = "enlace"
+    database_url: str = "sqlite+aiosqlite:///./.run/enlace.db"
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # Prepended to every topic and consumer group; tests use it to isolate themselves.
+    kafka_topic_prefix: str = ""
+    kafka_start_timeout_s: float = 30.0
+
+    outbox_batch_size: int = 200
+    outbox_fallback_poll_s: float = Field(2.0, description="Safety net; commits wake the relay at once")
+    outbox_retry_base_s: float = 0.5
+    outbox_retry_max_s: float = 30.0
+
+    consumer_max_attempts: int = 3
+    consumer_retry_base_s: float = 0.2
+
+    # Auth: production sets auth_jwks_url; local runs use the development issuer's key file.
+    auth_jwks_url: str | None = None
+    auth_issuer: str = "enlace-dev-issuer"
+    auth_audience: str = "enlace"
+    auth_dev_public_key_path: str = "./.run/dev-issuer/public.pem"
+
+    log_json: bool = True
+
+    def topic(self, name: str) -> str:
+        return f"{self.kafka_topic_prefix}{name}"
+
+    def group(self, name: str) -> str:
+        return f"{self.kafka_topic_prefix}{name}"

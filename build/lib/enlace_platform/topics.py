@@ -1,0 +1,64 @@
+"""The topic catalog and its explicit provisioning (the broker never auto-creates topics).
+
+Run ``python -m enlace_platform.topics [--prefix P]`` to create them.
+"""
+
+import asyncio
+import logging
+
+import typer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+CASE_PARTITIONS = 3
+
+INTAKE_CASE = "intake.case"
+REFERRAL_REFERRAL = "referral.referral"
+REFERRAL_PROTECTION_HOLD = "referral.protection_hold"
+
+# Every topic is keyed by case id; each consumed topic has a dead-letter topic beside it.
+CATALOG: list[str] = [INTAKE_CASE, REFERRAL_REFERRAL, REFERRAL_PROTECTION_HOLD]
+
+
+def dlq(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+def all_topics(prefix: str = "") -> list[str]:
+    names = [t for base in CATALOG for t in (base, dlq(base))]
+    return [f"{prefix}{n}" for n in names]
+
+
+async def provision(bootstrap: str, names: list[str], partitions: int = CASE_PARTITIONS) -> list[str]:
+    """Create the topics that do not exist yet; return the ones created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass  # another replica won the race; that is fine
+        return missing
+    finally:
+        await admin.close()
+
+
+def main(
+    bootstrap: str = typer.Option("127.0.0.1:9092", envvar="ENLACE_KAFKA_BOOTSTRAP_SERVERS"),
+    prefix: str = typer.Option("", envvar="ENLACE_KAFKA_TOPIC_PREFIX"),
+) -> None:
+    names = all_topics(prefix)
+    created = asyncio.run(provision(bootstrap, names))
+    for name in names:
+        typer.echo(f"topic {name}: {'created' if name in created else 'exists'}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

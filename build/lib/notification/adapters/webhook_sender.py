@@ -1,0 +1,38 @@
+"""Sends one signed webhook (Standard Webhooks) over HTTP."""
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+
+@dataclass(frozen=True)
+class SendResult:
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+async def send_signed(client: httpx.AsyncClient, *, url: str, secret: str, message_id: str, payload: str,
+                      now: datetime | None = None) -> SendResult:
+    # The signing library treats the datetime as UTC, so hand it UTC.
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    signature = Webhook(secret).sign(message_id, now, payload)
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signature,
+    }
+    started = time.perf_counter()
+    try:
+        response = await client.post(url, content=payload.encode(), headers=headers)
+        return SendResult(response.status_code, (time.perf_counter() - started) * 1000, None)
+    except httpx.HTTPError as exc:
+        return SendResult(None, (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}"[:500])

@@ -1,0 +1,18 @@
+"""ASGI entry point: ``uvicorn --factory referral.entrypoints.app:create_app``."""
+
+from fastapi import FastAPI
+
+from enlace_platform.runtime import create_service_app
+from referral.bootstrap import build_runtime
+from referral.config import ReferralSettings
+from referral.entrypoints.api import router
+
+
+def create_app(settings: ReferralSettings | None = None) -> FastAPI:
+    settings = settings or ReferralSettings()
+    return create_service_app(
+        title="Enlace referral",
+        description="Routes protection needs to the responsible agency and runs the closed referral loop.",
+        runtime=build_runtime(settings),
+        routers=[router],
+    )
