@@ -11,6 +11,12 @@ services=("intake:8001" "referral:8002" "notification:8003")
 
 running() { [ -f "$run/$1.pid" ] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
 
+# 200 from /readyz means the database and Kafka both answer (python: no curl needed).
+ready() {
+  "$python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" \
+    "http://127.0.0.1:$1/readyz" >/dev/null 2>&1
+}
+
 start() {
   mkdir -p "$run/logs"
   cd "$repo"
@@ -25,9 +31,9 @@ start() {
   for entry in "${services[@]}"; do
     name="${entry%%:*}"; port="${entry##*:}"
     deadline=$((SECONDS + ${SERVICES_READY_TIMEOUT:-90}))
-    until curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do
+    until ready "$port"; do
       if ! running "$name"; then echo "services: $name exited; last log lines:" >&2; tail -20 "$run/logs/$name.log" >&2; exit 1; fi
-      if [ $SECONDS -ge $deadline ]; then echo "services: $name not ready in time" >&2; curl -sS "http://127.0.0.1:$port/readyz" >&2 || true; exit 1; fi
+      if [ $SECONDS -ge $deadline ]; then echo "services: $name not ready in time; see .run/logs/$name.log" >&2; exit 1; fi
       sleep 0.3
     done
     echo "services: $name ready at http://127.0.0.1:$port (docs at /docs)" >&2
