@@ -93,7 +93,7 @@ _bearer = HTTPBearer(auto_error=False)
 def _unauthorized(detail: str, *, token_given: bool) -> Problem:
     # RFC 6750 §3.1: no error code when the request carried no token at all.
     challenge = 'Bearer error="invalid_token"' if token_given else "Bearer"
-    return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
+    return Problem(401, detail=detail, headers={"WWW-Authenticate": challenge})
 
 
 async def current_principal(
@@ -108,7 +108,7 @@ async def current_principal(
         raise _unauthorized(f"The token was rejected: {exc}", token_given=True) from exc
     except IssuerUnavailable as exc:
         log.error("identity provider unreachable: %s", exc)
-        raise Problem(503, "Service Unavailable", "The identity provider's keys cannot be fetched right now.",
+        raise Problem(503, detail="The identity provider's keys cannot be fetched right now.",
                       headers={"Retry-After": "5"}) from exc
 
 

@@ -69,10 +69,15 @@ def use_problem_json_in_openapi(app: FastAPI) -> None:
 
 
 class Problem(Exception):
-    """Raise from a route to answer with a problem document."""
+    """Raise from a route to answer with a problem document.
 
-    def __init__(self, status: int, title: str, detail: str | None = None, *, type_: str = "about:blank",
-                 headers: dict[str, str] | None = None, **extensions: Any) -> None:
+    Without a title, the status code's standard phrase is used, as RFC 9457 asks for
+    ``about:blank``; give a title only together with a problem type of your own.
+    """
+
+    def __init__(self, status: int, title: str | None = None, detail: str | None = None, *,
+                 type_: str = "about:blank", headers: dict[str, str] | None = None, **extensions: Any) -> None:
+        title = title or _phrase(status)
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.type = status, title, detail, type_
         self.headers = headers or {}
@@ -113,7 +118,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(request, exc.status_code, _phrase(exc.status_code), str(exc.detail) if exc.detail else None,
+        detail = str(exc.detail) if exc.detail else None
+        return problem_response(request, exc.status_code, _phrase(exc.status_code), detail,
                                 headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -84,7 +84,7 @@ class ScreeningOut(BaseModel):
 
 
 def _not_found(what: str, ident: str) -> Problem:
-    return Problem(404, "Not Found", f"No {what} {ident} visible to your agency.")
+    return Problem(404, detail=f"No {what} {ident} visible to your agency.")
 
 
 @router.post("/cases", status_code=status.HTTP_201_CREATED, response_model=CaseOut,

@@ -57,7 +57,7 @@ def _new_secret() -> str:
 async def _own_subscription(session: AsyncSession, principal: Principal, subscription_id: str) -> SubscriptionRow:
     sub = await session.get(SubscriptionRow, subscription_id)
     if sub is None or sub.agency_id != principal.agency_id:
-        raise Problem(404, "Not Found", f"No subscription {subscription_id} for your agency.")
+        raise Problem(404, detail=f"No subscription {subscription_id} for your agency.")
     return sub
 
 
@@ -66,7 +66,7 @@ async def _own_subscription(session: AsyncSession, principal: Principal, subscri
 async def create_subscription(body: SubscriptionIn, principal: CurrentPrincipal, session: DbSession) -> SubscriptionCreated:
     unknown = sorted(set(body.event_types) - set(WEBHOOK_EVENT_TYPES))
     if unknown:
-        raise Problem(422, "Unprocessable Content", f"Not webhook event types: {', '.join(unknown)}",
+        raise Problem(422, detail=f"Not webhook event types: {', '.join(unknown)}",
                       errors=[{"path": "body/event_types", "message": f"unknown: {t}"} for t in unknown])
     sub = SubscriptionRow(agency_id=principal.agency_id, url=str(body.url), event_types=body.event_types,
                           email=body.email, secret=_new_secret())

@@ -66,5 +66,5 @@ async def list_referrals(
 async def read_referral(referral_id: str, principal: CurrentPrincipal, session: DbSession) -> ReferralOut:
     row = (await session.exec(select(ReferralRow).where(ReferralRow.id == referral_id, _visible_to(principal)))).first()
     if row is None:
-        raise Problem(404, "Not Found", f"No referral {referral_id} visible to your agency.")
+        raise Problem(404, detail=f"No referral {referral_id} visible to your agency.")
     return ReferralOut(**row.model_dump())
