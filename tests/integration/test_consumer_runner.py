@@ -7,11 +7,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlmodel import Field, SQLModel, select
 
 from enlace_platform.consumer import ConsumerRunner, PoisonMessage
-from enlace_platform.db import create_tables, make_engine, make_session_factory
 from enlace_platform.envelope import Envelope, to_kafka
 from enlace_platform.inbox import ProcessedMessage
-from enlace_platform.outbox import OutboxMessage
-from tests.support.harness import eventually, provision_topics, read_topic, unique_prefix
+from tests.support.harness import eventually, provision_topics, read_topic, service_database, unique_prefix
 
 pytestmark = pytest.mark.kafka
 
@@ -26,10 +24,8 @@ class Note(SQLModel, table=True):
 
 @pytest.fixture
 async def sessions(tmp_path):
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'consumer.db'}")
-    await create_tables(engine, [OutboxMessage.__table__, ProcessedMessage.__table__, Note.__table__])
-    yield make_session_factory(engine, f"consumer{id(engine)}")
-    await engine.dispose()
+    async with service_database(tmp_path / "consumer.db", [Note.__table__]) as factory:
+        yield factory
 
 
 async def write_note(session, envelope: Envelope) -> None:

@@ -7,10 +7,11 @@ from aiokafka import AIOKafkaProducer
 from sqlmodel import Field, SQLModel, select
 
 from enlace_platform.consumer import ConsumerRunner
-from enlace_platform.db import create_tables, make_engine, make_session_factory
 from enlace_platform.inbox import ProcessedMessage
 from enlace_platform.outbox import OutboxMessage, OutboxRelay, add_event
-from tests.support.harness import envelopes, eventually, provision_topics, read_topic, unique_prefix
+from tests.support.harness import (
+    envelopes, eventually, provision_topics, read_topic, service_database, unique_prefix,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -33,12 +34,9 @@ class Effect(SQLModel, table=True):
 
 
 @pytest.fixture
-async def db(tmp_path):
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'svc.db'}")
-    await create_tables(engine, [OutboxMessage.__table__, ProcessedMessage.__table__, Widget.__table__,
-                                 Effect.__table__])
-    yield engine, make_session_factory(engine, f"svc{id(engine)}")
-    await engine.dispose()
+async def sessions(tmp_path):
+    async with service_database(tmp_path / "svc.db", [Widget.__table__, Effect.__table__]) as factory:
+        yield factory
 
 
 async def _commit_widget(sessions, widget_id: str) -> str:
@@ -51,10 +49,9 @@ async def _commit_widget(sessions, widget_id: str) -> str:
 
 
 async def test_event_survives_relay_death_between_send_and_mark_and_is_handled_once(
-        kafka_bootstrap, db, producer, monkeypatch):
+        kafka_bootstrap, sessions, producer, monkeypatch):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
-    _, sessions = db
     event_id = await _commit_widget(sessions, "w1")
 
     dying = OutboxRelay(sessions, producer, topic_prefix=prefix)
@@ -101,10 +98,9 @@ async def _seen(runner, n):
     return runner.records_seen >= n
 
 
-async def test_commit_wakes_the_relay_without_waiting_for_the_poll(kafka_bootstrap, db, producer):
+async def test_commit_wakes_the_relay_without_waiting_for_the_poll(kafka_bootstrap, sessions, producer):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
-    _, sessions = db
     # The fallback poll is an hour: only the commit hook can get the event out within the test.
     relay = OutboxRelay(sessions, producer, topic_prefix=prefix, fallback_poll_s=3600)
     task = asyncio.create_task(relay.run())
@@ -132,10 +128,9 @@ class _FlakyProducer:
         return await self._real.send(*args, **kwargs)
 
 
-async def test_rows_that_failed_to_publish_are_retried_in_case_order(kafka_bootstrap, db, producer):
+async def test_rows_that_failed_to_publish_are_retried_in_case_order(kafka_bootstrap, sessions, producer):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
-    _, sessions = db
     async with sessions() as session:
         first = add_event(session, topic=TOPIC, case_id="case-A", event_type="widget.made.v1",
                           data={"widget_id": "a1"}, source="/test")
