@@ -21,6 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from enlace_platform.auth import TokenVerifier
 from enlace_platform.consumer import ConsumerRunner, Handler
 from enlace_platform.db import create_tables, make_engine, make_session_factory, ping
+from enlace_platform.idempotency import IdempotencyRecord
 from enlace_platform.inbox import ProcessedMessage
 from enlace_platform.outbox import OutboxMessage, OutboxRelay
 from enlace_platform.problems import (
@@ -51,7 +52,7 @@ class ServiceRuntime:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.tables = [OutboxMessage.__table__, ProcessedMessage.__table__, *self.tables]
+        self.tables = [OutboxMessage.__table__, ProcessedMessage.__table__, IdempotencyRecord.__table__, *self.tables]
         self.engine = make_engine(s.database_url)
         self.sessions = make_session_factory(self.engine, s.service_name)
         self.producer: AIOKafkaProducer | None = None
