@@ -10,7 +10,9 @@ that keeps failing is retried ``max_attempts`` times with backoff; then the reco
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -21,7 +23,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.envelope import Envelope, MalformedEvent, from_kafka
 from enlace_platform.inbox import ProcessedMessage
+from enlace_platform.telemetry import current_event_id
 from enlace_platform.topics import dlq
+
+if TYPE_CHECKING:
+    from enlace_platform.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("enlace.consumer")
@@ -69,8 +75,10 @@ class ConsumerRunner:
         service_name: str,
         max_attempts: int = 3,
         retry_base_s: float = 0.2,
+        metrics: "ServiceMetrics | None" = None,
     ) -> None:
         self.name = name
+        self._metrics = metrics
         self._group_id = group_id
         self._topics = topics
         self._handlers = handlers
@@ -89,6 +97,18 @@ class ConsumerRunner:
     def stop(self) -> None:
         """Finish the record in hand, commit, and leave the group."""
         self._stopping = True
+
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition: records between our position and the last fetched high watermark."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lags = {}
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:  # known only after a fetch, so a position exists too
+                lags[(tp.topic, tp.partition)] = max(0, highwater - await consumer.position(tp))
+        return lags
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -140,6 +160,19 @@ class ConsumerRunner:
         handler = self._handlers.get(envelope.type)
         if handler is None:
             return  # not an event this consumer cares about
+        token = current_event_id.set(envelope.id)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            outcome = await self._process_with_retries(record, envelope, handler)
+        finally:
+            current_event_id.reset(token)
+            if self._metrics is not None:
+                self._metrics.handler_seconds.labels(self.name, envelope.type, outcome).observe(
+                    time.perf_counter() - started)
+
+    async def _process_with_retries(self, record: ConsumerRecord, envelope: Envelope, handler: Handler) -> str:
+        """Returns the outcome: handled or dead-lettered."""
         with tracer.start_as_current_span(
             f"{record.topic} process",
             context=extract(envelope.trace_headers),
@@ -159,18 +192,18 @@ class ConsumerRunner:
             for attempt in range(1, self._max_attempts + 1):
                 try:
                     await self._handle_once(handler, envelope)
-                    return
+                    return "handled"
                 except PoisonMessage as exc:
                     span.record_exception(exc)
                     await self._dead_letter(record, exc, attempts=attempt)
-                    return
+                    return "dead-lettered"
                 except Exception as exc:
                     span.record_exception(exc)
                     if attempt == self._max_attempts:
                         span.set_status(trace.Status(trace.StatusCode.ERROR, "dead-lettered"))
                         log.error("event %s failed %d times; dead-lettering", envelope.id, attempt)
                         await self._dead_letter(record, exc, attempts=attempt)
-                        return
+                        return "dead-lettered"
                     delay = self._retry_base_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
                     log.warning("event %s failed (attempt %d): %r; retrying in %.2fs", envelope.id, attempt, exc, delay)
                     await asyncio.sleep(delay)
@@ -197,3 +230,5 @@ class ConsumerRunner:
         ]
         # Awaiting the ack before the offset is committed: a dead letter is never lost.
         await (await self._dlq_producer.send(dlq(record.topic), value=record.value, key=record.key, headers=headers))
+        if self._metrics is not None:
+            self._metrics.dead_letters.labels(self.name, record.topic).inc()

@@ -13,7 +13,8 @@ from typing import Annotated
 
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from sqlalchemy import Table
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -23,6 +24,7 @@ from enlace_platform.consumer import ConsumerRunner, Handler
 from enlace_platform.db import create_tables, make_engine, make_session_factory, ping
 from enlace_platform.idempotency import IdempotencyRecord
 from enlace_platform.inbox import ProcessedMessage
+from enlace_platform.metrics import ScrapeHook, ServiceMetrics
 from enlace_platform.outbox import OutboxMessage, OutboxRelay
 from enlace_platform.problems import (
     PROBLEM_RESPONSES, install_problem_handlers, problem_response, use_problem_json_in_openapi,
@@ -49,12 +51,14 @@ class ServiceRuntime:
     consumers: list[ConsumerSpec] = field(default_factory=list)
     background: list[BackgroundLoop] = field(default_factory=list)
     on_startup: list[BackgroundLoop] = field(default_factory=list)  # run once, after the tables exist
+    scrape_hooks: list[ScrapeHook] = field(default_factory=list)  # the service's own /metrics gauges
 
     def __post_init__(self) -> None:
         s = self.settings
         self.tables = [OutboxMessage.__table__, ProcessedMessage.__table__, IdempotencyRecord.__table__, *self.tables]
         self.engine = make_engine(s.database_url)
         self.sessions = make_session_factory(self.engine, s.service_name)
+        self.metrics = ServiceMetrics(s.service_name)
         self.producer: AIOKafkaProducer | None = None
         self.relay: OutboxRelay | None = None
         self.runners: list[ConsumerRunner] = []
@@ -85,7 +89,7 @@ class ServiceRuntime:
                 name=spec.name, group_id=s.group(spec.name), topics=[s.topic(t) for t in spec.topics],
                 handlers=spec.handlers, session_factory=self.sessions, bootstrap_servers=s.kafka_bootstrap_servers,
                 dlq_producer=self.producer, service_name=s.service_name, max_attempts=s.consumer_max_attempts,
-                retry_base_s=s.consumer_retry_base_s,
+                retry_base_s=s.consumer_retry_base_s, metrics=self.metrics,
             )
             for spec in self.consumers
         ]
@@ -201,6 +205,12 @@ def health_router(runtime: ServiceRuntime) -> APIRouter:
         return problem_response(request, 503, "Not ready", "; ".join(f"{k}: {v}" for k, v in checks.items()),
                                 checks=checks)
 
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+                responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    async def metrics() -> Response:
+        await runtime.metrics.refresh(runtime, runtime.scrape_hooks)
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     return router
 
 
@@ -226,5 +236,5 @@ def create_service_app(
     app.include_router(health_router(runtime))
     for router in routers:
         app.include_router(router, responses=PROBLEM_RESPONSES)
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
     return app

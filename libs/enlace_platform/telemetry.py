@@ -8,12 +8,16 @@ in-memory exporter instead.
 import logging
 import os
 import sys
+from contextvars import ContextVar
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from pythonjsonlogger.json import JsonFormatter
+
+# The CloudEvents id of the event being handled, so every log line of a handler names it.
+current_event_id: ContextVar[str | None] = ContextVar("current_event_id", default=None)
 
 
 def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> None:
@@ -42,6 +46,7 @@ class _TraceContextFilter(logging.Filter):
         record.service = self._service
         record.trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else None
         record.span_id = format(ctx.span_id, "016x") if ctx.is_valid else None
+        record.event_id = current_event_id.get()
         return True
 
 
@@ -50,9 +55,14 @@ def setup_logging(service_name: str, json_lines: bool = True, level: int = loggi
     handler.addFilter(_TraceContextFilter(service_name))
     if json_lines:
         handler.setFormatter(
-            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(trace_id)s %(span_id)s")
+            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(trace_id)s %(span_id)s %(event_id)s")
         )
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        # uvicorn installs plain-text handlers of its own; its lines go through ours instead.
+        server_log = logging.getLogger(name)
+        server_log.handlers = []
+        server_log.propagate = True

@@ -9,6 +9,7 @@ from sqlmodel import Field, SQLModel, select
 from enlace_platform.consumer import ConsumerRunner, PoisonMessage
 from enlace_platform.envelope import Envelope, to_kafka
 from enlace_platform.inbox import ProcessedMessage
+from enlace_platform.metrics import ServiceMetrics
 from tests.support.harness import eventually, provision_topics, read_topic, service_database, unique_prefix
 
 pytestmark = pytest.mark.kafka
@@ -217,3 +218,30 @@ async def test_two_replicas_in_one_group_split_the_partitions_and_handle_each_ev
 
 async def _flag(value: bool) -> bool:
     return value
+
+
+async def test_metrics_count_handled_and_dead_lettered_records_and_report_no_lag_once_caught_up(
+        kafka_bootstrap, sessions, producer):
+    prefix = unique_prefix()
+    await provision_topics(kafka_bootstrap, prefix)
+    for text in ("a", "b", "c", None):
+        await _publish(producer, prefix + TOPIC, _note(text))
+    metrics = ServiceMetrics("test-svc")
+    runner = _runner(prefix, sessions, kafka_bootstrap, producer, metrics=metrics)
+    task = asyncio.create_task(runner.run())
+    try:
+        await eventually(lambda: _at_least(runner, 4), what="4 records consumed")
+        lag = await runner.lag()
+    finally:
+        runner.stop()
+        await task
+
+    def sample(name, **labels):
+        return metrics.registry.get_sample_value(name, labels)
+
+    by_outcome = {"consumer": "test.notes", "event_type": "note.written.v1"}
+    assert sample("enlace_handler_duration_seconds_count", **by_outcome, outcome="handled") == 3
+    assert sample("enlace_handler_duration_seconds_count", **by_outcome, outcome="dead-lettered") == 1
+    assert sample("enlace_dlq_messages_total", consumer="test.notes", topic=prefix + TOPIC) == 1
+    assert lag and set(lag.values()) == {0}
+    assert {topic for topic, _ in lag} == {prefix + TOPIC}

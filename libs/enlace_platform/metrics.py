@@ -1,0 +1,69 @@
+"""Prometheus metrics of one service, served at ``/metrics``.
+
+Each runtime has its own registry (several services can share a test process). Counters and
+histograms are updated as things happen; backlog, lag and per-state counts are read at scrape time.
+Labels carry codes and names of parts only, never personal data.
+"""
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from sqlalchemy import func
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from enlace_platform.outbox import OutboxMessage
+
+if TYPE_CHECKING:
+    from enlace_platform.runtime import ServiceRuntime
+
+# Called at scrape time with the service's metrics and a session: sets the gauges it owns.
+ScrapeHook = Callable[["ServiceMetrics", AsyncSession], Awaitable[None]]
+
+
+class ServiceMetrics:
+    def __init__(self, service_name: str) -> None:
+        self.service_name = service_name
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.outbox_backlog = Gauge("enlace_outbox_backlog", "Outbox rows not yet acknowledged by Kafka",
+                                    registry=self.registry)
+        self.outbox_oldest_age = Gauge("enlace_outbox_oldest_unsent_age_seconds",
+                                       "Age of the oldest outbox row not yet acknowledged (0 when none)",
+                                       registry=self.registry)
+        self.consumer_lag = Gauge("enlace_consumer_lag", "Records behind the partition's high watermark",
+                                  ["consumer", "topic", "partition"], registry=self.registry)
+        self.handler_seconds = Histogram("enlace_handler_duration_seconds", "Time to handle one event, retries included",
+                                         ["consumer", "event_type", "outcome"], registry=self.registry)
+        self.dead_letters = Counter("enlace_dlq_messages", "Records sent to a dead-letter topic",
+                                    ["consumer", "topic"], registry=self.registry)
+        self._gauges: dict[str, Gauge] = {}
+
+    def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
+        """A service's own scrape-time gauge, created once."""
+        if name not in self._gauges:
+            self._gauges[name] = Gauge(name, documentation, list(labels), registry=self.registry)
+        return self._gauges[name]
+
+    async def refresh(self, runtime: "ServiceRuntime", hooks: list[ScrapeHook]) -> None:
+        async with runtime.sessions() as session:
+            backlog, oldest = (await session.exec(
+                select(func.count(), func.min(OutboxMessage.created_at)).where(OutboxMessage.sent_at.is_(None))
+            )).one()
+            self.outbox_backlog.set(backlog)
+            self.outbox_oldest_age.set(_age_seconds(oldest))
+            for hook in hooks:
+                await hook(self, session)
+        self.consumer_lag.clear()
+        for runner in runtime.runners:
+            for (topic, partition), lag in (await runner.lag()).items():
+                self.consumer_lag.labels(runner.name, topic, str(partition)).set(lag)
+
+
+def _age_seconds(created_at: datetime | None) -> float:
+    if created_at is None:
+        return 0.0
+    if created_at.tzinfo is None:  # SQLite hands back naive UTC
+        created_at = created_at.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - created_at).total_seconds())
