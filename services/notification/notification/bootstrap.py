@@ -1,24 +1,29 @@
-"""Wires the notification runtime: tables, the referral events it consumes, and the dispatcher."""
+"""Wires the notification runtime: tables, the referral and hold events it consumes, and the dispatcher."""
+
+import logging
 
 from enlace_platform.runtime import ConsumerSpec, ServiceRuntime
-from enlace_platform.topics import REFERRAL_REFERRAL
 from notification.adapters.orm import TABLES
 from notification.config import NotificationSettings
-from notification.domain.events import WEBHOOK_EVENT_TYPES
+from notification.domain.events import TOPICS
 from notification.service_layer.dispatcher import Dispatcher
 from notification.service_layer.handlers import make_referral_event_handler
 
+log = logging.getLogger(__name__)
+
 
 def build_runtime(settings: NotificationSettings) -> ServiceRuntime:
-    on_referral_event = make_referral_event_handler(settings)
+    on_event = make_referral_event_handler(settings)
+    if not settings.smtp_host:
+        log.info("NOTIFICATION_SMTP_HOST is not set: e-mail is off (webhooks only)")
 
-    async def dispatch_webhooks(runtime: ServiceRuntime) -> None:
+    async def dispatch_deliveries(runtime: ServiceRuntime) -> None:
         await Dispatcher(runtime, settings).run()
 
     return ServiceRuntime(
         settings=settings,
         tables=TABLES,
-        consumers=[ConsumerSpec(name="notification.webhooks", topics=[REFERRAL_REFERRAL],
-                                handlers={t: on_referral_event for t in WEBHOOK_EVENT_TYPES})],
-        background=[dispatch_webhooks],
+        consumers=[ConsumerSpec(name="notification.webhooks", topics=list(TOPICS),
+                                handlers={t: on_event for types in TOPICS.values() for t in types})],
+        background=[dispatch_deliveries],
     )

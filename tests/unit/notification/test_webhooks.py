@@ -1,55 +1,104 @@
-"""Webhook rules: who hears about what, what the payload may contain, and the retry schedule."""
+"""Webhook rules: who hears about what, what the payload may contain, secrets and endpoints."""
 
+import base64
 import json
-import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from notification.domain.webhooks import SubscriptionView, next_attempt_delay, thin_payload, wants, webhook_id
+from notification.domain.events import EMAIL_EVENT_TYPES, HOLD_EVENT_TYPES, REFERRAL_EVENT_TYPES, WEBHOOK_EVENT_TYPES
+from notification.domain.webhooks import (
+    EMAIL, WEBHOOK, delivery_id, email_recipient_agency_ids, matches, new_secret, party_agency_ids, signing_secrets,
+    thin_payload, unknown_event_types, webhook_id, webhook_url_problem,
+)
 
-SUB = SubscriptionView(id="sub-1", agency_id="MX-DIF",
-                       event_types=("org.enlace.referral.requested.v1", "org.enlace.referral.accepted.v1"),
-                       active=True)
+# --- event types -----------------------------------------------------------------------------------
 
 
-# --- wants ---------------------------------------------------------------------------------------
+def test_the_catalog_types_are_all_subscribable():
+    assert len(REFERRAL_EVENT_TYPES) == 13 and len(HOLD_EVENT_TYPES) == 2
+    assert set(WEBHOOK_EVENT_TYPES) == set(REFERRAL_EVENT_TYPES) | set(HOLD_EVENT_TYPES)
+    assert all(t.startswith("referral.") and t.endswith(".v1") for t in REFERRAL_EVENT_TYPES)
+    assert all(t.startswith("protection_hold.") for t in HOLD_EVENT_TYPES)
+    assert set(EMAIL_EVENT_TYPES) == {"referral.requested.v1", "referral.overdue.v1", "referral.escalated.v1"}
 
 
-@pytest.mark.parametrize(("subscription", "event_type", "parties", "expected"), [
-    (SUB, "org.enlace.referral.requested.v1", {"MX-INM", "MX-DIF"}, True),
-    (SUB, "org.enlace.referral.accepted.v1", {"MX-DIF"}, True),
-    # Not a party to the referral: never hears about it, even if subscribed to the type.
-    (SUB, "org.enlace.referral.requested.v1", {"MX-INM", "MX-COMAR"}, False),
-    (SUB, "org.enlace.referral.requested.v1", set(), False),
-    # A party, but did not subscribe to this type.
-    (SUB, "org.enlace.referral.completed.v1", {"MX-DIF"}, False),
-    # Prefix or substring of a subscribed type is not a match.
-    (SUB, "org.enlace.referral.requested", {"MX-DIF"}, False),
-    # Inactive subscription hears nothing.
-    (SubscriptionView("sub-2", "MX-DIF", SUB.event_types, active=False),
-     "org.enlace.referral.requested.v1", {"MX-DIF"}, False),
-    # Agency ids match exactly.
-    (SUB, "org.enlace.referral.requested.v1", {"mx-dif", "MX-DIF-2"}, False),
+@pytest.mark.parametrize(("patterns", "unknown"), [
+    (["referral.requested.v1", "protection_hold.placed.v1"], []),
+    (["referral.*", "protection_hold.*"], []),
+    (["referral.exploded.v9", "referral.requested.v1"], ["referral.exploded.v9"]),
+    (["*"], ["*"]),
+    (["referral.requested"], ["referral.requested"]),
+    (["case.screened.v1"], ["case.screened.v1"]),  # intake's events are not relayed
+    (["referral.requested.*"], ["referral.requested.*"]),
 ])
-def test_wants(subscription, event_type, parties, expected):
-    assert wants(subscription, event_type, parties) is expected
+def test_unknown_event_types(patterns, unknown):
+    assert unknown_event_types(patterns) == unknown
 
 
-# --- webhook_id ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("patterns", "event_type", "expected"), [
+    (["referral.requested.v1"], "referral.requested.v1", True),
+    (["referral.requested.v1"], "referral.accepted.v1", False),
+    (["referral.*"], "referral.overdue.v1", True),
+    (["referral.*"], "protection_hold.placed.v1", False),
+    (["protection_hold.*"], "protection_hold.released.v1", True),
+    (["referral.requested.v1", "protection_hold.*"], "protection_hold.placed.v1", True),
+    # A prefix of a type is not a match; neither is a wildcard that is not a family.
+    (["referral.requested"], "referral.requested.v1", False),
+    (["referral.req*"], "referral.requested.v1", False),
+    (["*"], "referral.requested.v1", False),
+    ([], "referral.requested.v1", False),
+])
+def test_matches(patterns, event_type, expected):
+    assert matches(patterns, event_type) is expected
 
+
+# --- who is told -----------------------------------------------------------------------------------
+
+ROUTED = {"from_agency_id": "MX-INM", "to_agency_id": "MX-PFPNNA", "coordinator_agency_id": "MX-COORD"}
+QUEUED = {"from_agency_id": "MX-INM", "to_agency_id": None, "coordinator_agency_id": "MX-COORD"}
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (ROUTED, {"MX-INM", "MX-PFPNNA", "MX-COORD"}),
+    (QUEUED, {"MX-INM", "MX-COORD"}),
+    # referral.requested.v1 from the foundation: no coordinator field.
+    ({"from_agency_id": "MX-INM", "to_agency_id": "MX-COMAR"}, {"MX-INM", "MX-COMAR"}),
+    ({"from_agency_id": "", "to_agency_id": 7}, set()),
+    ({}, set()),
+])
+def test_parties_are_the_agencies_the_event_names(data, expected):
+    assert party_agency_ids(data) == expected
+
+
+@pytest.mark.parametrize(("event_type", "data", "expected"), [
+    ("referral.requested.v1", ROUTED, {"MX-PFPNNA"}),  # the receiver, not the sender
+    ("referral.requested.v1", QUEUED, {"MX-COORD"}),  # nobody to receive it: the coordinator's queue
+    ("referral.overdue.v1", ROUTED, {"MX-PFPNNA", "MX-COORD"}),
+    ("referral.escalated.v1", QUEUED, {"MX-COORD"}),
+    ("referral.escalated.v1", ROUTED, {"MX-PFPNNA", "MX-COORD"}),
+    ("referral.accepted.v1", ROUTED, set()),  # not an e-mail event
+    ("protection_hold.placed.v1", ROUTED, set()),
+])
+def test_email_recipients(event_type, data, expected):
+    assert email_recipient_agency_ids(event_type, data) == expected
+
+
+# --- ids -------------------------------------------------------------------------------------------
 
 def test_webhook_id_is_stable_per_subscription_and_event():
     assert webhook_id("sub-1", "evt-1") == webhook_id("sub-1", "evt-1")
+    assert delivery_id("sub-1", "evt-1", WEBHOOK) == webhook_id("sub-1", "evt-1")
 
 
 @pytest.mark.parametrize(("a", "b"), [
-    (("sub-1", "evt-1"), ("sub-1", "evt-2")),
-    (("sub-1", "evt-1"), ("sub-2", "evt-1")),
-    (("sub-1", "evt-1"), ("evt-1", "sub-1")),
+    (("sub-1", "evt-1", WEBHOOK), ("sub-1", "evt-2", WEBHOOK)),
+    (("sub-1", "evt-1", WEBHOOK), ("sub-2", "evt-1", WEBHOOK)),
+    (("sub-1", "evt-1", WEBHOOK), ("evt-1", "sub-1", WEBHOOK)),
+    (("sub-1", "evt-1", WEBHOOK), ("sub-1", "evt-1", EMAIL)),
 ])
-def test_webhook_id_differs_otherwise(a, b):
-    assert webhook_id(*a) != webhook_id(*b)
+def test_delivery_id_differs_otherwise(a, b):
+    assert delivery_id(*a) != delivery_id(*b)
 
 
 def test_webhook_id_format():
@@ -62,7 +111,7 @@ def test_webhook_id_format():
         assert "." not in wid and " " not in wid
 
 
-# --- thin_payload --------------------------------------------------------------------------------
+# --- thin_payload ----------------------------------------------------------------------------------
 
 OCCURRED = datetime(2024, 5, 17, 8, 30, 15, tzinfo=UTC)
 FULL_EVENT_DATA = {
@@ -70,111 +119,103 @@ FULL_EVENT_DATA = {
     "case_id": "case-9",
     "status": "requested",
     "need_code": "UNACCOMPANIED_CHILD",
-    # Everything below must never leave through a webhook.
+    "urgency": "immediate",
     "person_id": "person-77",
+    "from_agency_id": "MX-INM",
+    "to_agency_id": "MX-DIF",
+    # Nothing below is in the catalog; it must never leave through a webhook anyway.
     "given_name": "Ana",
     "family_name": "López",
     "date_of_birth": "2009-03-01",
     "notes": "disclosed sexual violence 2 days ago",
-    "from_agency_id": "MX-INM",
-    "to_agency_id": "MX-DIF",
 }
 
 
 def test_thin_payload_has_exactly_the_allowed_shape():
-    payload = thin_payload("org.enlace.referral.requested.v1", OCCURRED, FULL_EVENT_DATA,
-                           "https://referral.example/api")
+    payload = thin_payload("referral.requested.v1", "evt-1", OCCURRED, FULL_EVENT_DATA, "https://referral.example/api")
     assert set(payload) == {"type", "timestamp", "data"}
-    assert payload["type"] == "org.enlace.referral.requested.v1"
-    assert set(payload["data"]) == {"referral_id", "case_id", "status", "links"}
-    assert payload["data"]["referral_id"] == "ref-123"
-    assert payload["data"]["case_id"] == "case-9"
-    assert payload["data"]["status"] == "requested"
-    assert "UNACCOMPANIED_CHILD" not in json.dumps(payload), "need codes stay off webhooks"
-    assert payload["data"]["links"] == {"referral": "https://referral.example/api/referrals/ref-123"}
+    assert payload["type"] == "referral.requested.v1"
+    assert payload["data"] == {
+        "event_id": "evt-1", "referral_id": "ref-123", "case_id": "case-9", "status": "requested",
+        "links": {"referral": "https://referral.example/api/referrals/ref-123"},
+    }
 
 
-def test_thin_payload_never_carries_personal_data():
-    text = json.dumps(thin_payload("t", OCCURRED, FULL_EVENT_DATA, "https://referral.example"))
-    for secret in ("person-77", "Ana", "López", "2009-03-01", "sexual violence", "MX-INM"):
+def test_hold_payload_adds_the_hold_id():
+    data = {**FULL_EVENT_DATA, "hold_id": "hold-5"}
+    data.pop("status")
+    payload = thin_payload("protection_hold.placed.v1", "evt-2", OCCURRED, data, "https://referral.example")
+    assert payload["data"]["hold_id"] == "hold-5"
+    assert payload["data"]["status"] is None
+    assert payload["data"]["links"] == {"referral": "https://referral.example/referrals/ref-123"}
+    with pytest.raises(KeyError):
+        thin_payload("protection_hold.placed.v1", "evt-2", OCCURRED, FULL_EVENT_DATA, "https://x")
+
+
+def test_thin_payload_never_carries_personal_data_or_need_codes():
+    text = json.dumps(thin_payload("referral.requested.v1", "e", OCCURRED, FULL_EVENT_DATA, "https://referral.example"))
+    for secret in ("person-77", "Ana", "López", "2009-03-01", "sexual violence", "MX-INM", "UNACCOMPANIED_CHILD"):
         assert secret not in text
 
 
 def test_thin_payload_timestamp_is_the_occurrence_time():
     local = datetime(2024, 5, 17, 2, 30, 15, tzinfo=timezone(timedelta(hours=-6)))
-    payload = thin_payload("t", local, FULL_EVENT_DATA, "https://referral.example")
+    payload = thin_payload("t", "e", local, FULL_EVENT_DATA, "https://referral.example")
     assert datetime.fromisoformat(payload["timestamp"]) == OCCURRED
 
 
 @pytest.mark.parametrize("base", ["https://referral.example/api", "https://referral.example/api/"])
 def test_thin_payload_link_has_no_double_slash(base):
-    link = thin_payload("t", OCCURRED, FULL_EVENT_DATA, base)["data"]["links"]["referral"]
+    link = thin_payload("t", "e", OCCURRED, FULL_EVENT_DATA, base)["data"]["links"]["referral"]
     assert link == "https://referral.example/api/referrals/ref-123"
-
-
-def test_thin_payload_tolerates_missing_optional_codes_but_keeps_the_shape():
-    payload = thin_payload("t", OCCURRED, {"referral_id": "r", "case_id": "c"}, "https://x")
-    assert set(payload["data"]) == {"referral_id", "case_id", "status", "links"}
-    assert payload["data"]["status"] is None
 
 
 def test_thin_payload_requires_the_ids():
     with pytest.raises(KeyError):
-        thin_payload("t", OCCURRED, {"case_id": "c"}, "https://x")
+        thin_payload("t", "e", OCCURRED, {"case_id": "c"}, "https://x")
     with pytest.raises(KeyError):
-        thin_payload("t", OCCURRED, {"referral_id": "r"}, "https://x")
+        thin_payload("t", "e", OCCURRED, {"referral_id": "r"}, "https://x")
 
 
-# --- next_attempt_delay --------------------------------------------------------------------------
+# --- secrets ---------------------------------------------------------------------------------------
+
+def test_new_secret_is_a_standard_webhooks_secret():
+    secrets = {new_secret() for _ in range(50)}
+    assert len(secrets) == 50
+    for secret in secrets:
+        assert secret.startswith("whsec_")
+        assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 32
 
 
-def _ceiling(attempts: int, base: float, cap: float) -> float:
-    return min(cap, base * 2 ** max(0, attempts - 1))
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("seed", range(25))
-def test_delay_is_within_half_ceiling_and_ceiling(seed):
-    rng = random.Random(seed)
-    base, cap = 2.0, 600.0
-    for attempts in range(0, 15):
-        delay = next_attempt_delay(attempts, base, cap, rng).total_seconds()
-        ceiling = _ceiling(attempts, base, cap)
-        assert ceiling / 2 <= delay <= ceiling, (attempts, delay, ceiling)
+@pytest.mark.parametrize(("previous", "until", "expected"), [
+    (None, None, ["new"]),
+    ("old", NOW + timedelta(seconds=1), ["new", "old"]),
+    ("old", NOW, ["new"]),  # the overlap has just ended
+    ("old", NOW - timedelta(hours=1), ["new"]),
+    ("old", None, ["new"]),
+])
+def test_signing_secrets_overlap(previous, until, expected):
+    assert signing_secrets("new", previous, until, NOW) == expected
 
 
-def test_delay_doubles_per_attempt_before_the_cap():
-    base, cap = 1.0, 1e9
-    # With the random draw fixed at the top of its range, the delay is the ceiling itself.
-    class Top(random.Random):
-        def uniform(self, a, b):
-            return b
+# --- endpoints -------------------------------------------------------------------------------------
 
-    delays = [next_attempt_delay(n, base, cap, Top()).total_seconds() for n in range(1, 8)]
-    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
-
-
-def test_delay_never_shrinks_before_the_cap():
-    # Below the cap the ranges [c/2, c] and [c, 2c] touch, so growth holds whatever the jitter draws.
-    # (Once capped, successive draws from [max/2, max] may of course go down.)
-    for seed in range(50):
-        rng = random.Random(seed)
-        delays = [next_attempt_delay(n, 0.5, 1e6, rng) for n in range(1, 20)]
-        assert all(later >= earlier for earlier, later in zip(delays, delays[1:]))
-    assert next_attempt_delay(10, 0.5, 300.0, random.Random(1)) > next_attempt_delay(1, 0.5, 300.0, random.Random(1))
-
-
-def test_delay_is_capped_at_max():
-    for seed in range(50):
-        delay = next_attempt_delay(40, 2.0, 600.0, random.Random(seed))
-        assert timedelta(seconds=300) <= delay <= timedelta(seconds=600)
-
-
-def test_delay_is_jittered():
-    delays = {next_attempt_delay(5, 2.0, 600.0, random.Random(seed)) for seed in range(20)}
-    assert len(delays) > 1, "identical delays would make every failing receiver retry in lockstep"
-
-
-def test_delay_is_reproducible_with_the_same_seed():
-    a = [next_attempt_delay(n, 2.0, 600.0, random.Random(7)) for n in range(1, 10)]
-    b = [next_attempt_delay(n, 2.0, 600.0, random.Random(7)) for n in range(1, 10)]
-    assert a == b
+@pytest.mark.parametrize(("url", "allow_loopback", "refused"), [
+    ("https://hooks.agency.example/enlace", False, False),
+    ("http://hooks.agency.example/enlace", False, False),
+    ("http://127.0.0.1:8099/hooks", True, False),
+    ("http://localhost/hooks", True, False),
+    ("http://127.0.0.1:8099/hooks", False, True),
+    ("http://localhost/hooks", False, True),
+    ("http://[::1]/hooks", False, True),
+    ("http://10.0.0.5/hooks", False, True),
+    ("http://169.254.169.254/latest/meta-data", False, True),  # cloud metadata endpoint
+    ("ftp://hooks.agency.example/", True, True),
+    ("https://user:pw@hooks.agency.example/", True, True),
+    ("hooks.agency.example/enlace", True, True),
+])
+def test_webhook_url_rules(url, allow_loopback, refused):
+    assert (webhook_url_problem(url, allow_loopback=allow_loopback) is not None) is refused

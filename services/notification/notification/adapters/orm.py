@@ -1,10 +1,12 @@
-"""Notification's own tables: subscriptions, deliveries and the attempt log."""
+"""Notification's own tables: subscriptions, deliveries (the durable retry schedule) and the attempt log."""
 
 import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from notification.domain.delivery import PENDING
 
 
 def _now() -> datetime:
@@ -19,28 +21,40 @@ class SubscriptionRow(SQLModel, table=True):
     url: str
     event_types: list[str] = Field(sa_column=Column(JSON, nullable=False))
     secret: str = Field(description="whsec_… signing secret; shown once at creation")
+    previous_secret: str | None = Field(default=None, description="Still signs until previous_secret_expires_at")
+    previous_secret_expires_at: datetime | None = None
     email: str | None = None
     active: bool = True
+    disabled_reason: str | None = None  # deleted | gone (the receiver answered 410)
     created_at: datetime = Field(default_factory=_now)
+    updated_at: datetime = Field(default_factory=_now)
 
 
 class DeliveryRow(SQLModel, table=True):
-    __tablename__ = "notification_delivery"
-    __table_args__ = (UniqueConstraint("subscription_id", "event_id"),)
+    """One event for one subscription on one channel. Its row is the retry schedule: it survives restarts."""
 
-    id: str = Field(primary_key=True, description="The webhook-id header")
+    __tablename__ = "notification_delivery"
+    __table_args__ = (UniqueConstraint("event_id", "subscription_id", "channel"),)
+
+    id: str = Field(primary_key=True, description="The webhook-id header (stable across retries)")
     subscription_id: str = Field(foreign_key="notification_subscription.id", index=True)
+    agency_id: str = Field(index=True)
+    channel: str = "webhook"  # webhook | email
     event_id: str
     event_type: str
-    payload: str
-    status: str = Field(default="pending", index=True)  # pending | delivered | dead
+    payload: str = Field(description="Webhook: the exact JSON body. E-mail: JSON {to, subject, body}.")
+    status: str = Field(default=PENDING, index=True)  # pending | delivered | dead | cancelled
     attempts: int = 0
+    cycle_attempts: int = 0  # attempts since the cycle began (creation or manual redelivery)
+    cycle_started_at: datetime = Field(default_factory=_now)
     next_attempt_at: datetime = Field(default_factory=_now, index=True)
+    lease_token: str | None = None  # set while one dispatcher holds the attempt
+    lease_expires_at: datetime | None = None
     last_status_code: int | None = None
     last_error: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
-    created_at: datetime = Field(default_factory=_now)
+    created_at: datetime = Field(default_factory=_now, index=True)
     delivered_at: datetime | None = None
 
 
@@ -49,8 +63,9 @@ class DeliveryAttemptRow(SQLModel, table=True):
 
     id: str = Field(default_factory=lambda: str(uuid.uuid4()), primary_key=True)
     delivery_id: str = Field(foreign_key="notification_delivery.id", index=True)
+    number: int = Field(description="1 for the first attempt of the delivery, and so on")
     attempted_at: datetime = Field(default_factory=_now)
-    status_code: int | None = None
+    status_code: int | None = Field(default=None, description="HTTP status, or the SMTP reply code")
     latency_ms: float
     error: str | None = None
 

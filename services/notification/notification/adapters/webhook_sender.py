@@ -19,16 +19,22 @@ class SendResult:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-async def send_signed(client: httpx.AsyncClient, *, url: str, secret: str, message_id: str, payload: str,
+def signature_header(secrets: list[str] | str, message_id: str, when: datetime, payload: str) -> str:
+    """One ``v1,…`` signature per secret, space-separated, as Standard Webhooks allows during a rotation."""
+    if isinstance(secrets, str):
+        secrets = [secrets]
+    return " ".join(Webhook(secret).sign(message_id, when, payload) for secret in secrets)
+
+
+async def send_signed(client: httpx.AsyncClient, *, url: str, secret: str | list[str], message_id: str, payload: str,
                       now: datetime | None = None) -> SendResult:
     # The signing library treats the datetime as UTC, so hand it UTC.
     now = (now or datetime.now(UTC)).astimezone(UTC)
-    signature = Webhook(secret).sign(message_id, now, payload)
     headers = {
         "content-type": "application/json",
         "webhook-id": message_id,
         "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": signature,
+        "webhook-signature": signature_header(secret, message_id, now, payload),
     }
     started = time.perf_counter()
     try:

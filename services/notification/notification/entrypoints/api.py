@@ -1,27 +1,45 @@
-"""Subscriptions API: each agency manages its own webhook endpoints and reads its delivery log."""
+"""Subscriptions and delivery log API: each agency manages its own endpoints and reads its own deliveries."""
 
-import base64
-import secrets
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import AnyHttpUrl, BaseModel, EmailStr, Field
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.auth import CurrentPrincipal, Principal
-from enlace_platform.problems import Problem
+from enlace_platform.db import CommitWaker
+from enlace_platform.idempotency import Idempotency
+from enlace_platform.problems import ProblemDetails, Problem
 from enlace_platform.runtime import DbSession
-from notification.adapters.orm import DeliveryRow, SubscriptionRow
-from notification.domain.events import WEBHOOK_EVENT_TYPES
+from notification.adapters.orm import DeliveryAttemptRow, DeliveryRow, SubscriptionRow
+from notification.config import NotificationSettings
+from notification.domain.delivery import PENDING
+from notification.domain.events import EVENT_TYPE_WILDCARDS, WEBHOOK_EVENT_TYPES
+from notification.domain.webhooks import new_secret, unknown_event_types, webhook_url_problem
+from notification.service_layer.handlers import DELIVERIES_FLAG
+from notification.service_layer.subscriptions import disable_subscription, rotate_secret, schedule_redelivery
 
-router = APIRouter(tags=["subscriptions"])
+router = APIRouter()
+
+
+def _settings(request: Request) -> NotificationSettings:
+    return request.app.state.runtime.settings
+
+
+Settings = Annotated[NotificationSettings, Depends(_settings)]
+
+# --- models ----------------------------------------------------------------------------------------
 
 
 class SubscriptionIn(BaseModel):
-    url: AnyHttpUrl
-    event_types: list[str] = Field(min_length=1, description=f"Any of: {', '.join(WEBHOOK_EVENT_TYPES)}")
-    email: EmailStr | None = None
+    url: AnyHttpUrl = Field(description="Your webhook endpoint (http or https); it receives signed POSTs")
+    event_types: list[str] = Field(
+        min_length=1, max_length=len(WEBHOOK_EVENT_TYPES) + len(EVENT_TYPE_WILDCARDS),
+        description=f"Any of {', '.join(WEBHOOK_EVENT_TYPES)}, or a family: {', '.join(EVENT_TYPE_WILDCARDS)}")
+    email: EmailStr | None = Field(None, description="Also e-mailed about new inbound referrals and deadline "
+                                                     "escalations among the chosen types")
 
 
 class SubscriptionOut(BaseModel):
@@ -31,6 +49,9 @@ class SubscriptionOut(BaseModel):
     event_types: list[str]
     email: str | None
     active: bool
+    disabled_reason: str | None = Field(description="deleted, or gone (the endpoint answered 410)")
+    previous_secret_expires_at: datetime | None = Field(
+        description="After a rotation: until then, deliveries are signed with the old and the new secret")
     created_at: datetime
 
 
@@ -38,20 +59,53 @@ class SubscriptionCreated(SubscriptionOut):
     secret: str = Field(description="Signing secret (whsec_…). Shown only in this response.")
 
 
+class SecretRotated(BaseModel):
+    subscription_id: str
+    secret: str = Field(description="The new signing secret (whsec_…). Shown only in this response.")
+    previous_secret_expires_at: datetime = Field(
+        description="Until then every delivery carries two signatures: the old secret's and the new one's")
+
+
 class DeliveryOut(BaseModel):
-    id: str
+    id: str = Field(description="The webhook-id header: the same on every retry and redelivery")
+    subscription_id: str
+    channel: Literal["webhook", "email"]
     event_id: str
     event_type: str
-    status: str
+    status: Literal["pending", "delivered", "dead", "cancelled"]
     attempts: int
     last_status_code: int | None
     last_error: str | None
-    next_attempt_at: datetime
+    next_attempt_at: datetime | None = Field(description="When the next attempt is due; null unless pending")
+    created_at: datetime
     delivered_at: datetime | None
 
 
-def _new_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+class AttemptOut(BaseModel):
+    number: int
+    attempted_at: datetime
+    status_code: int | None = Field(description="HTTP status (webhook) or SMTP reply code (e-mail); null if none")
+    latency_ms: float
+    error: str | None
+
+
+class DeliveryDetail(DeliveryOut):
+    attempts_log: list[AttemptOut]
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryOut]
+
+
+def _subscription_out(sub: SubscriptionRow) -> dict:
+    return SubscriptionOut.model_validate(sub, from_attributes=True).model_dump()
+
+
+def _delivery_out(row: DeliveryRow) -> DeliveryOut:
+    out = DeliveryOut.model_validate(row, from_attributes=True)
+    if row.status != PENDING:
+        out.next_attempt_at = None
+    return out
 
 
 async def _own_subscription(session: AsyncSession, principal: Principal, subscription_id: str) -> SubscriptionRow:
@@ -61,39 +115,138 @@ async def _own_subscription(session: AsyncSession, principal: Principal, subscri
     return sub
 
 
+async def _own_delivery(session: AsyncSession, principal: Principal, delivery_id: str) -> DeliveryRow:
+    row = await session.get(DeliveryRow, delivery_id)
+    if row is None or row.agency_id != principal.agency_id:
+        raise Problem(404, detail=f"No delivery {delivery_id} for your agency.")
+    return row
+
+
+# --- subscriptions ---------------------------------------------------------------------------------
+
 @router.post("/subscriptions", status_code=status.HTTP_201_CREATED, response_model=SubscriptionCreated,
-             summary="Register a webhook endpoint for your agency")
-async def create_subscription(body: SubscriptionIn, principal: CurrentPrincipal, session: DbSession) -> SubscriptionCreated:
-    unknown = sorted(set(body.event_types) - set(WEBHOOK_EVENT_TYPES))
-    if unknown:
-        raise Problem(422, detail=f"Not webhook event types: {', '.join(unknown)}",
-                      errors=[{"path": "body/event_types", "message": f"unknown: {t}"} for t in unknown])
-    sub = SubscriptionRow(agency_id=principal.agency_id, url=str(body.url), event_types=body.event_types,
-                          email=body.email, secret=_new_secret())
+             tags=["subscriptions"], summary="Register a webhook endpoint for your agency (the secret is shown once)")
+async def create_subscription(body: SubscriptionIn, principal: CurrentPrincipal, session: DbSession,
+                              idempotency: Idempotency, settings: Settings) -> SubscriptionCreated:
+    previous = await idempotency.previous_resource(session)
+    if previous is not None:  # a retried POST gets the subscription it created, secret included
+        sub = await session.get(SubscriptionRow, previous)
+        return SubscriptionCreated(**_subscription_out(sub), secret=sub.secret)
+    errors = [{"path": f"body/event_types/{i}", "message": f"not a subscribable event type: {t}"}
+              for i, t in enumerate(body.event_types) if t in unknown_event_types([t])]
+    url_problem = webhook_url_problem(str(body.url), allow_loopback=settings.webhook_allow_loopback)
+    if url_problem:
+        errors.append({"path": "body/url", "message": url_problem})
+    if errors:
+        raise Problem(422, detail="; ".join(f"{e['path']}: {e['message']}" for e in errors), errors=errors)
+    sub = SubscriptionRow(agency_id=principal.agency_id, url=str(body.url),
+                          event_types=list(dict.fromkeys(body.event_types)), email=body.email, secret=new_secret())
+    idempotency.record(session, resource_id=sub.id)
     session.add(sub)
     await session.commit()
-    return SubscriptionCreated(**sub.model_dump())
+    return SubscriptionCreated(**_subscription_out(sub), secret=sub.secret)
 
 
-@router.get("/subscriptions", response_model=list[SubscriptionOut], summary="Your agency's subscriptions")
+@router.get("/subscriptions", response_model=list[SubscriptionOut], tags=["subscriptions"],
+            summary="Your agency's subscriptions, oldest first (secrets are never shown again)")
 async def list_subscriptions(principal: CurrentPrincipal, session: DbSession) -> list[SubscriptionOut]:
     rows = (await session.exec(select(SubscriptionRow).where(SubscriptionRow.agency_id == principal.agency_id)
                                .order_by(SubscriptionRow.created_at))).all()
-    return [SubscriptionOut(**r.model_dump()) for r in rows]
+    return [SubscriptionOut(**_subscription_out(r)) for r in rows]
 
 
-@router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT,
-               summary="Stop a subscription; its delivery log is kept")
+@router.get("/subscriptions/{subscription_id}", response_model=SubscriptionOut, tags=["subscriptions"],
+            summary="One of your agency's subscriptions")
+async def get_subscription(subscription_id: str, principal: CurrentPrincipal, session: DbSession) -> SubscriptionOut:
+    return SubscriptionOut(**_subscription_out(await _own_subscription(session, principal, subscription_id)))
+
+
+@router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["subscriptions"],
+               summary="Stop a subscription; its waiting deliveries are cancelled, its log is kept")
 async def delete_subscription(subscription_id: str, principal: CurrentPrincipal, session: DbSession) -> None:
     sub = await _own_subscription(session, principal, subscription_id)
-    sub.active = False
-    await session.commit()
+    if sub.active:
+        await disable_subscription(session, sub, "deleted")
+        await session.commit()
 
 
-@router.get("/subscriptions/{subscription_id}/deliveries", response_model=list[DeliveryOut],
-            summary="Deliveries to one of your subscriptions, newest first")
-async def list_deliveries(subscription_id: str, principal: CurrentPrincipal, session: DbSession) -> list[DeliveryOut]:
+@router.post("/subscriptions/{subscription_id}/secret/rotation", response_model=SecretRotated,
+             tags=["subscriptions"],
+             summary="Replace the signing secret; the old one keeps signing during the overlap window")
+async def rotate_subscription_secret(subscription_id: str, principal: CurrentPrincipal, session: DbSession,
+                                     idempotency: Idempotency, settings: Settings) -> SecretRotated:
+    sub = await _own_subscription(session, principal, subscription_id)
+    # A retried rotation must not rotate twice: the secret the caller never saw would push out the old one.
+    if await idempotency.previous_resource(session) is None:
+        rotate_secret(sub, timedelta(seconds=settings.secret_rotation_overlap_s))
+        idempotency.record(session, resource_id=sub.id)
+        session.add(sub)
+        await session.commit()
+    return SecretRotated(subscription_id=sub.id, secret=sub.secret,
+                         previous_secret_expires_at=sub.previous_secret_expires_at)
+
+
+@router.get("/subscriptions/{subscription_id}/deliveries", response_model=list[DeliveryOut], tags=["deliveries"],
+            summary="Deliveries to one of your subscriptions, newest first (at most 200)")
+async def list_subscription_deliveries(subscription_id: str, principal: CurrentPrincipal,
+                                       session: DbSession) -> list[DeliveryOut]:
     await _own_subscription(session, principal, subscription_id)
     rows = (await session.exec(select(DeliveryRow).where(DeliveryRow.subscription_id == subscription_id)
                                .order_by(DeliveryRow.created_at.desc()).limit(200))).all()
-    return [DeliveryOut(**r.model_dump()) for r in rows]
+    return [_delivery_out(r) for r in rows]
+
+
+# --- delivery log ----------------------------------------------------------------------------------
+
+@router.get("/deliveries", response_model=DeliveryPage, tags=["deliveries"],
+            summary="Your agency's deliveries, newest first; filter e.g. status=dead")
+async def list_deliveries(
+    principal: CurrentPrincipal, session: DbSession,
+    status_: Annotated[Literal["pending", "delivered", "dead", "cancelled"] | None, Query(alias="status")] = None,
+    channel: Literal["webhook", "email"] | None = None,
+    subscription_id: str | None = None,
+    event_type: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> DeliveryPage:
+    query = select(DeliveryRow).where(DeliveryRow.agency_id == principal.agency_id)
+    if status_ is not None:
+        query = query.where(DeliveryRow.status == status_)
+    if channel is not None:
+        query = query.where(DeliveryRow.channel == channel)
+    if subscription_id is not None:
+        query = query.where(DeliveryRow.subscription_id == subscription_id)
+    if event_type is not None:
+        query = query.where(DeliveryRow.event_type == event_type)
+    rows = (await session.exec(query.order_by(DeliveryRow.created_at.desc(), DeliveryRow.id).limit(limit))).all()
+    return DeliveryPage(items=[_delivery_out(r) for r in rows])
+
+
+@router.get("/deliveries/{delivery_id}", response_model=DeliveryDetail, tags=["deliveries"],
+            summary="One delivery with every attempt: status code, latency and error")
+async def get_delivery(delivery_id: str, principal: CurrentPrincipal, session: DbSession) -> DeliveryDetail:
+    row = await _own_delivery(session, principal, delivery_id)
+    attempts = (await session.exec(select(DeliveryAttemptRow).where(DeliveryAttemptRow.delivery_id == delivery_id)
+                                   .order_by(DeliveryAttemptRow.number))).all()
+    return DeliveryDetail(**_delivery_out(row).model_dump(),
+                          attempts_log=[AttemptOut.model_validate(a, from_attributes=True) for a in attempts])
+
+
+@router.post("/deliveries/{delivery_id}/redelivery", status_code=status.HTTP_202_ACCEPTED, response_model=DeliveryOut,
+             tags=["deliveries"], responses={409: {"model": ProblemDetails, "description": "The subscription is disabled, or an "
+                                                                                         "attempt is in flight"}},
+             summary="Send a delivery again by hand, under the same webhook-id, with a fresh retry schedule")
+async def redeliver(delivery_id: str, principal: CurrentPrincipal, session: DbSession) -> DeliveryOut:
+    row = await _own_delivery(session, principal, delivery_id)
+    sub = await session.get(SubscriptionRow, row.subscription_id)
+    if not sub.active:
+        raise Problem(409, detail=f"Subscription {sub.id} is disabled ({sub.disabled_reason}); "
+                                  "register the endpoint again to receive deliveries.")
+    lease = row.lease_expires_at
+    if row.lease_token and lease and (lease if lease.tzinfo else lease.replace(tzinfo=UTC)) > datetime.now(UTC):
+        raise Problem(409, detail="An attempt of this delivery is in flight; ask again when it has finished.")
+    schedule_redelivery(row)
+    session.add(row)
+    CommitWaker.mark(session, DELIVERIES_FLAG)
+    await session.commit()
+    return _delivery_out(row)
+

@@ -1,100 +1,211 @@
-"""Delivers due webhooks, retries with backoff and jitter, and keeps the schedule in the database.
+"""Delivers due webhooks and e-mails; retries with backoff and full jitter; the schedule lives in the database.
 
-The schedule (``next_attempt_at``) lives in the delivery row, so a restart resumes it. New
-deliveries wake the dispatcher on commit. Each endpoint gets its deliveries one at a time,
-while different endpoints are served concurrently, so a slow receiver delays only itself.
+* Durable: ``next_attempt_at`` is in the delivery row, so a restart resumes the schedule.
+* Replica-safe: an attempt is claimed with a lease (a conditional UPDATE); only the holder of the
+  lease records the result, and a lease that outlives a crashed holder expires and is claimed again.
+* Fair: at most ``delivery_concurrency_per_endpoint`` attempts are in flight per webhook URL (and for
+  SMTP), and at most ``delivery_concurrency_total`` in all. The loop never awaits an attempt: each
+  runs as its own task with a per-request timeout, so a slow receiver holds only its own slots.
 """
 
 import asyncio
+import json
 import logging
+import uuid
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from opentelemetry import trace
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.propagate import extract
-from sqlmodel import select
+from sqlalchemy import func, or_
+from sqlmodel import select, update
 
 from enlace_platform.db import CommitWaker
 from enlace_platform.runtime import ServiceRuntime
+from notification.adapters.email_sender import send_email
 from notification.adapters.orm import DeliveryAttemptRow, DeliveryRow, SubscriptionRow
 from notification.adapters.webhook_sender import SendResult, send_signed
 from notification.config import NotificationSettings
-from notification.domain.webhooks import next_attempt_delay
+from notification.domain.delivery import CANCELLED, DEAD, DELIVERED, PENDING, Outcome, RetryPolicy, decide, \
+    outcome_of_http
+from notification.domain.webhooks import EMAIL, WEBHOOK, signing_secrets
 from notification.service_layer.handlers import DELIVERIES_FLAG
+from notification.service_layer.subscriptions import disable_subscription
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("enlace.notification")
+
+SMTP_ENDPOINT = "smtp:"  # all e-mails share one endpoint: the SMTP server
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 class Dispatcher:
     def __init__(self, runtime: ServiceRuntime, settings: NotificationSettings) -> None:
-        self._runtime = runtime
+        self._sessions = runtime.sessions
+        self._stopping = runtime.stopping
         self._settings = settings
+        self._policy = RetryPolicy(max_attempts=settings.delivery_max_attempts,
+                                   max_age=timedelta(seconds=settings.delivery_max_age_s),
+                                   base_s=settings.delivery_retry_base_s, max_s=settings.delivery_retry_max_s)
+        self._lease = timedelta(seconds=max(settings.webhook_timeout_s, settings.smtp_timeout_s)
+                                + settings.delivery_lease_margin_s)
         self._waker = CommitWaker(runtime.sessions, DELIVERIES_FLAG)
+        self._in_flight: dict[str, int] = defaultdict(int)
+        self._tasks: set[asyncio.Task] = set()
+        self._client: httpx.AsyncClient | None = None
 
     async def run(self) -> None:
-        client = httpx.AsyncClient(timeout=self._settings.webhook_timeout_s, follow_redirects=False)
-        HTTPXClientInstrumentor.instrument_client(client)
+        s = self._settings
+        self._client = httpx.AsyncClient(timeout=s.webhook_timeout_s, follow_redirects=False,
+                                         limits=httpx.Limits(max_connections=s.delivery_concurrency_total))
+        HTTPXClientInstrumentor.instrument_client(self._client)
         try:
-            while not self._runtime.stopping.is_set():
+            while not self._stopping.is_set():
+                wait_s = s.dispatcher_fallback_poll_s
                 try:
-                    await self.dispatch_due(client)
+                    wait_s = await self.start_due()
                 except Exception:
                     log.exception("dispatch pass failed; retrying")
-                await self._waker.wait(self._settings.dispatcher_fallback_poll_s)
+                await self._waker.wait(wait_s)
         finally:
+            # Attempts in hand finish (each is bounded by its timeout) so their outcome is recorded;
+            # anything cut short keeps its lease, which expires, and the attempt is made again.
+            if self._tasks:
+                _, late = await asyncio.wait(self._tasks, timeout=s.webhook_timeout_s + 5)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
             self._waker.detach()
-            await client.aclose()
+            await self._client.aclose()
 
-    async def dispatch_due(self, client: httpx.AsyncClient) -> int:
-        async with self._runtime.sessions() as session:
-            rows = (await session.exec(
-                select(DeliveryRow, SubscriptionRow)
-                .join(SubscriptionRow, SubscriptionRow.id == DeliveryRow.subscription_id)
-                .where(DeliveryRow.status == "pending", DeliveryRow.next_attempt_at <= _now())
-                .order_by(DeliveryRow.next_attempt_at).limit(100))).all()
-        by_endpoint: dict[str, list] = defaultdict(list)
-        for delivery, sub in rows:
-            by_endpoint[sub.url].append((delivery, sub))
-        await asyncio.gather(*(self._serve_endpoint(client, items) for items in by_endpoint.values()))
-        return len(rows)
+    # --- picking work ------------------------------------------------------------------------------
 
-    async def _serve_endpoint(self, client: httpx.AsyncClient, items: list) -> None:
-        for delivery, sub in items:
-            parent = extract({"traceparent": delivery.traceparent or "", "tracestate": delivery.tracestate or ""})
-            with tracer.start_as_current_span("webhook deliver", context=parent, kind=trace.SpanKind.INTERNAL,
-                                              attributes={"enlace.service": "notification",
-                                                          "webhook.id": delivery.id,
-                                                          "cloudevents.event_type": delivery.event_type}):
-                result = await send_signed(client, url=sub.url, secret=sub.secret, message_id=delivery.id,
-                                           payload=delivery.payload)
-            await self._record(delivery.id, sub.id, result)
-
-    async def _record(self, delivery_id: str, subscription_id: str, result: SendResult) -> None:
+    async def start_due(self) -> float:
+        """Claim and start every due attempt there is room for; return how long to sleep at most."""
         s = self._settings
-        async with self._runtime.sessions() as session:
-            delivery = await session.get(DeliveryRow, delivery_id)
-            delivery.attempts += 1
-            delivery.last_status_code = result.status_code
-            delivery.last_error = result.error
-            session.add(DeliveryAttemptRow(delivery_id=delivery_id, status_code=result.status_code,
-                                           latency_ms=result.latency_ms, error=result.error))
+        now = _now()
+        room = s.delivery_concurrency_total - len(self._tasks)
+        if room > 0:
+            full = [key for key, n in self._in_flight.items() if n >= s.delivery_concurrency_per_endpoint]
+            query = (select(DeliveryRow, SubscriptionRow)
+                     .join(SubscriptionRow, SubscriptionRow.id == DeliveryRow.subscription_id)
+                     .where(DeliveryRow.status == PENDING, DeliveryRow.next_attempt_at <= now, SubscriptionRow.active,
+                            or_(DeliveryRow.lease_expires_at.is_(None), DeliveryRow.lease_expires_at < now)))
+            full_urls = [key for key in full if key != SMTP_ENDPOINT]
+            if full_urls:  # a busy endpoint's backlog must not crowd out the others
+                query = query.where(or_(DeliveryRow.channel != WEBHOOK, SubscriptionRow.url.not_in(full_urls)))
+            if SMTP_ENDPOINT in full or not s.smtp_host:
+                query = query.where(DeliveryRow.channel != EMAIL)
+            async with self._sessions() as session:
+                rows = (await session.exec(query.order_by(DeliveryRow.next_attempt_at).limit(room * 4))).all()
+            for delivery, sub in rows:
+                if len(self._tasks) >= s.delivery_concurrency_total:
+                    break
+                endpoint = SMTP_ENDPOINT if delivery.channel == EMAIL else sub.url
+                if self._in_flight[endpoint] >= s.delivery_concurrency_per_endpoint:
+                    continue
+                token = await self._claim(delivery.id, now)
+                if token is None:
+                    continue  # another replica took it
+                self._in_flight[endpoint] += 1
+                task = asyncio.create_task(self._attempt(delivery, sub, token, endpoint), name=f"deliver-{delivery.id}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        async with self._sessions() as session:
+            next_due = (await session.exec(select(func.min(DeliveryRow.next_attempt_at))
+                                           .where(DeliveryRow.status == PENDING))).one()
+        if next_due is None:
+            return s.dispatcher_fallback_poll_s
+        return min(s.dispatcher_fallback_poll_s, max(0.01, (_as_utc(next_due) - _now()).total_seconds()))
+
+    async def _claim(self, delivery_id: str, now: datetime) -> str | None:
+        token = uuid.uuid4().hex
+        async with self._sessions() as session:
+            result = await session.exec(
+                update(DeliveryRow)
+                .where(DeliveryRow.id == delivery_id, DeliveryRow.status == PENDING, DeliveryRow.next_attempt_at <= now,
+                       or_(DeliveryRow.lease_expires_at.is_(None), DeliveryRow.lease_expires_at < now))
+                .values(lease_token=token, lease_expires_at=now + self._lease))
+            await session.commit()
+        return token if result.rowcount == 1 else None
+
+    # --- one attempt -------------------------------------------------------------------------------
+
+    async def _attempt(self, delivery: DeliveryRow, sub: SubscriptionRow, token: str, endpoint: str) -> None:
+        try:
+            parent = extract({"traceparent": delivery.traceparent or "", "tracestate": delivery.tracestate or ""})
+            with tracer.start_as_current_span(f"{delivery.channel} deliver", context=parent,
+                                              kind=trace.SpanKind.INTERNAL,
+                                              attributes={"enlace.service": "notification", "webhook.id": delivery.id,
+                                                          "cloudevents.event_type": delivery.event_type}):
+                result, outcome = await self._send(delivery, sub)
+            await self._record(delivery.id, token, result, outcome)
+        except Exception:
+            log.exception("delivery %s: attempt failed unexpectedly; its lease will expire and it is retried",
+                          delivery.id)
+        finally:
+            self._in_flight[endpoint] -= 1
+            self._waker.wake()  # a slot is free
+
+    async def _send(self, delivery: DeliveryRow, sub: SubscriptionRow) -> tuple[SendResult, Outcome]:
+        if delivery.channel == EMAIL:
+            message = json.loads(delivery.payload)
+            result = await send_email(self._settings, message_id=delivery.id, to=message["to"],
+                                      subject=message["subject"], body=message["body"])
             if result.ok:
-                delivery.status, delivery.delivered_at = "delivered", _now()
-            elif result.status_code == 410:
-                # The receiver said the endpoint is gone for good: stop sending to it.
-                delivery.status = "dead"
-                (await session.get(SubscriptionRow, subscription_id)).active = False
-            elif delivery.attempts >= s.webhook_max_attempts:
-                delivery.status = "dead"
-                log.warning("webhook %s dead after %d attempts", delivery_id, delivery.attempts)
-            else:
-                delivery.next_attempt_at = _now() + next_attempt_delay(
-                    delivery.attempts, s.webhook_retry_base_s, s.webhook_retry_max_s)
+                return result, Outcome.OK
+            permanent = result.status_code is not None and 500 <= result.status_code < 600
+            return result, Outcome.PERMANENT if permanent else Outcome.TRANSIENT
+        secrets = signing_secrets(sub.secret, sub.previous_secret,
+                                  _as_utc(sub.previous_secret_expires_at) if sub.previous_secret_expires_at else None,
+                                  _now())
+        result = await send_signed(self._client, url=sub.url, secret=secrets, message_id=delivery.id,
+                                   payload=delivery.payload)
+        return result, outcome_of_http(result.status_code)
+
+    async def _record(self, delivery_id: str, token: str, result: SendResult, outcome: Outcome) -> None:
+        now = _now()
+        async with self._sessions() as session:
+            delivery = await session.get(DeliveryRow, delivery_id, with_for_update=True)
+            delivery.attempts += 1
+            session.add(DeliveryAttemptRow(delivery_id=delivery_id, number=delivery.attempts, attempted_at=now,
+                                           status_code=result.status_code, latency_ms=round(result.latency_ms, 1),
+                                           error=result.error))
+            if delivery.lease_token != token:
+                # Our lease ran out and the attempt was taken over (or cancelled): log it, decide nothing.
+                session.add(delivery)
+                await session.commit()
+                return
+            delivery.cycle_attempts += 1
+            delivery.last_status_code, delivery.last_error = result.status_code, result.error
+            delivery.lease_token, delivery.lease_expires_at = None, None
+            decision = decide(outcome, attempts=delivery.cycle_attempts, started_at=_as_utc(delivery.cycle_started_at),
+                              now=now, policy=self._policy)
+            delivery.status = decision.status
+            sub = await session.get(SubscriptionRow, delivery.subscription_id)
+            if decision.status == DELIVERED:
+                delivery.delivered_at = now
+            elif decision.status == PENDING:
+                delivery.next_attempt_at = decision.next_attempt_at
+                if not sub.active:
+                    delivery.status, delivery.last_error = CANCELLED, f"subscription disabled: {sub.disabled_reason}"
+            elif decision.status == DEAD:
+                log.warning("delivery %s (%s) is dead after %d attempts: %s", delivery_id, delivery.channel,
+                            delivery.cycle_attempts, result.error or result.status_code)
+            session.add(delivery)
+            if decision.disable_subscription and sub.active:
+                log.warning("subscription %s answered 410 Gone: disabled", sub.id)
+                delivery.last_error = "410 Gone: the subscription was disabled"
+                await session.flush()
+                await disable_subscription(session, sub, "gone")
             await session.commit()
