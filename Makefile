@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up down test token kafka-up kafka-down topics services-up services-down demo venv bench
+.PHONY: up down test token kafka-up kafka-down zipkin-up zipkin-down topics services-up services-down demo venv bench
 
 venv: $(STAMP)
 
@@ -16,9 +16,10 @@ $(STAMP): requirements.lock pyproject.toml
 	   $(PY) -m pip install -q --no-deps -e .; } 1>&2
 	@touch $@
 
-up: venv kafka-up topics services-up demo
+up: venv kafka-up zipkin-up topics services-up demo
+	@echo "Traces: http://127.0.0.1:9411/zipkin/  (each demo journey is one trace)" >&2
 
-down: services-down kafka-down
+down: services-down zipkin-down kafka-down
 
 kafka-up:
 	@deploy/kafka/kafka.sh start
@@ -26,12 +27,20 @@ kafka-up:
 kafka-down:
 	@deploy/kafka/kafka.sh stop
 
+zipkin-up:
+	@deploy/zipkin/zipkin.sh start
+
+zipkin-down:
+	@deploy/zipkin/zipkin.sh stop
+
 topics: venv
 	@$(PY) -m enlace_platform.topics 1>&2
 
 services-up: venv
 	@$(PY) -m enlace_platform.dev_issuer --agency MX-INM >/dev/null  # creates the dev issuer key first
-	@deploy/services.sh start
+	@OTEL_TRACES_EXPORTER=$${OTEL_TRACES_EXPORTER:-zipkin} \
+	 OTEL_EXPORTER_ZIPKIN_ENDPOINT=$${OTEL_EXPORTER_ZIPKIN_ENDPOINT:-http://127.0.0.1:9411/api/v2/spans} \
+	 deploy/services.sh start
 
 services-down:
 	@deploy/services.sh stop
@@ -41,6 +50,7 @@ demo: venv
 
 test: venv
 	@deploy/kafka/kafka.sh fetch
+	@deploy/zipkin/zipkin.sh fetch
 	$(PY) -m pytest
 
 # Prints only the token on stdout.

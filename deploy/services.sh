@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Starts and stops the three services as background uvicorn processes (no Docker needed).
 #   services.sh start | stop | status
-# Logs and pid files go to .run/; each service is ready when its /readyz answers 200.
+# Logs and pid files go to $ENLACE_RUN_DIR (default .run/); each service is ready when its /readyz
+# answers 200. Ports: INTAKE_PORT, REFERRAL_PORT, NOTIFICATION_PORT (default 8001-8003). Everything
+# else (databases, Kafka, tracing) comes from the environment, see docs/operations.md.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-run="$repo/.run"
+run="${ENLACE_RUN_DIR:-$repo/.run}"
 python="${PYTHON_BIN:-$repo/.venv/bin/python}"
-services=("intake:8001" "referral:8002" "notification:8003")
+services=("intake:${INTAKE_PORT:-8001}" "referral:${REFERRAL_PORT:-8002}" "notification:${NOTIFICATION_PORT:-8003}")
 
 running() { [ -f "$run/$1.pid" ] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
 
@@ -26,14 +28,14 @@ start() {
     setsid nohup "$python" -m uvicorn --factory "$name.entrypoints.app:create_app" \
       --host 127.0.0.1 --port "$port" --no-access-log >"$run/logs/$name.log" 2>&1 < /dev/null &
     echo $! > "$run/$name.pid"
-    echo "services: started $name on 127.0.0.1:$port (log .run/logs/$name.log)" >&2
+    echo "services: started $name on 127.0.0.1:$port (log $run/logs/$name.log)" >&2
   done
   for entry in "${services[@]}"; do
     name="${entry%%:*}"; port="${entry##*:}"
     deadline=$((SECONDS + ${SERVICES_READY_TIMEOUT:-90}))
     until ready "$port"; do
       if ! running "$name"; then echo "services: $name exited; last log lines:" >&2; tail -20 "$run/logs/$name.log" >&2; exit 1; fi
-      if [ $SECONDS -ge $deadline ]; then echo "services: $name not ready in time; see .run/logs/$name.log" >&2; exit 1; fi
+      if [ $SECONDS -ge $deadline ]; then echo "services: $name not ready in time; see $run/logs/$name.log" >&2; exit 1; fi
       sleep 0.3
     done
     echo "services: $name ready at http://127.0.0.1:$port (docs at /docs)" >&2

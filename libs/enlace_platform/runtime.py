@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from sqlalchemy import Table
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -57,6 +58,7 @@ class ServiceRuntime:
         s = self.settings
         self.tables = [OutboxMessage.__table__, ProcessedMessage.__table__, IdempotencyRecord.__table__, *self.tables]
         self.engine = make_engine(s.database_url)
+        SQLAlchemyInstrumentor().instrument(engine=self.engine.sync_engine)
         self.sessions = make_session_factory(self.engine, s.service_name)
         self.metrics = ServiceMetrics(s.service_name)
         self.producer: AIOKafkaProducer | None = None

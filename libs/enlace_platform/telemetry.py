@@ -1,8 +1,14 @@
 """OpenTelemetry tracing and JSON logs that carry the trace id.
 
-The OTLP/HTTP exporter is configured by the standard OTEL_* variables; it is switched on when
-``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) is set. Tests install their own
-in-memory exporter instead.
+The exporter is chosen and configured by the standard OTEL_* variables:
+
+* ``OTEL_TRACES_EXPORTER=otlp`` (the default once ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+  ``..._TRACES_ENDPOINT`` is set): OTLP over HTTP, ``OTEL_EXPORTER_OTLP_*``.
+* ``OTEL_TRACES_EXPORTER=zipkin``: Zipkin's own JSON API, ``OTEL_EXPORTER_ZIPKIN_ENDPOINT``
+  (what ``make up`` uses, see docs/operations.md).
+* ``none`` or unset without an endpoint: spans are made but not exported.
+
+Tests install their own in-memory exporter instead.
 """
 
 import logging
@@ -20,17 +26,30 @@ from pythonjsonlogger.json import JsonFormatter
 current_event_id: ContextVar[str | None] = ContextVar("current_event_id", default=None)
 
 
+def exporter_from_environment() -> SpanExporter | None:
+    choice = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if not choice and (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                       or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        choice = "otlp"
+    if choice == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if choice == "zipkin":
+        from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+        return ZipkinExporter()
+    if choice in ("", "none"):
+        return None
+    raise ValueError(f"OTEL_TRACES_EXPORTER={choice!r} is not supported here: use otlp, zipkin or none")
+
+
 def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> None:
     """Install a tracer provider once per process; a second call keeps the first provider."""
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
     provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}))
-    if exporter is None and (
-        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    ):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        exporter = OTLPSpanExporter()
+    exporter = exporter or exporter_from_environment()
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
