@@ -1,0 +1,229 @@
+"""Test helpers for the notification service: events as the referral service publishes them (per
+docs/event-catalog.md), a webhook receiver that verifies every signature with the Standard Webhooks
+reference library and can go down, answer slowly or answer 410, and a real SMTP server (aiosmtpd)."""
+
+import asyncio
+import contextlib
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from aiosmtpd.controller import Controller
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from enlace_platform.envelope import Envelope, to_kafka
+from enlace_platform.topics import REFERRAL_PROTECTION_HOLD, REFERRAL_REFERRAL
+from notification.config import NotificationSettings
+from tests.support.harness import fast_settings, free_port
+
+REFERRAL_SOURCE = "/enlace/referral"
+
+
+def notification_settings(*, tmp_path: Path, bootstrap: str, prefix: str, dev_issuer_dir: Path,
+                          **overrides) -> NotificationSettings:
+    """Quick retries (tens of milliseconds) so a whole retry schedule fits in a test."""
+    values = dict(delivery_retry_base_s=0.05, delivery_retry_max_s=0.4, dispatcher_fallback_poll_s=0.2,
+                  webhook_timeout_s=10.0)
+    values.update(overrides)
+    return fast_settings(NotificationSettings, tmp_path=tmp_path, bootstrap=bootstrap, prefix=prefix,
+                         dev_issuer_dir=dev_issuer_dir, **values)
+
+
+# --- events as the referral service writes them ------------------------------------------------------
+
+def referral_data(*, status: str = "requested", to_agency_id: str | None = "MX-PFPNNA",
+                  to_agency_type: str | None = "child_protection", **overrides) -> dict[str, Any]:
+    """A referral.* payload with every field of the catalog's shared shape."""
+    now = datetime.now(UTC)
+    data: dict[str, Any] = {
+        "referral_id": str(uuid.uuid4()),
+        "case_id": str(uuid.uuid4()),
+        "person_id": str(uuid.uuid4()),
+        "need_code": "UNACCOMPANIED_CHILD",
+        "urgency": "immediate",
+        "status": status,
+        "is_lead": True,
+        "from_agency_id": "MX-INM",
+        "to_agency_id": to_agency_id,
+        "to_agency_type": to_agency_type if to_agency_id else None,
+        "to_service_id": f"{to_agency_id}-1" if to_agency_id else None,
+        "coordinator_agency_id": "MX-COORD",
+        "due_at": (now + timedelta(hours=24)).isoformat(),
+        "previous_referral_id": None,
+        "actor_agency_id": None,
+        "reason_code": None,
+        "outcome_code": None,
+        "occurred_at": now.isoformat(),
+    }
+    data.update(overrides)
+    return data
+
+
+def hold_data(referral: dict[str, Any], *, released: bool = False, **overrides) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat()
+    data: dict[str, Any] = {
+        "hold_id": str(uuid.uuid4()), "case_id": referral["case_id"], "person_id": referral["person_id"],
+        "referral_id": referral["referral_id"], "need_code": referral["need_code"],
+        "from_agency_id": referral["from_agency_id"], "to_agency_id": referral["to_agency_id"],
+    }
+    if released:
+        data.update(release_reason="COMPLETED_FINAL", outcome_code="CHILD_PLACED_IN_CARE", released_at=now)
+    else:
+        data.update(placed_at=now, not_before=None)
+    data.update(overrides)
+    return data
+
+
+def event(event_type: str, data: dict[str, Any]) -> Envelope:
+    subject = data["hold_id"] if event_type.startswith("protection_hold.") else data["referral_id"]
+    return Envelope(type=event_type, source=REFERRAL_SOURCE, key=data["case_id"], subject=subject, data=data)
+
+
+def topic_of(event_type: str) -> str:
+    return REFERRAL_PROTECTION_HOLD if event_type.startswith("protection_hold.") else REFERRAL_REFERRAL
+
+
+async def publish(producer: AIOKafkaProducer, prefix: str, *envelopes: Envelope) -> None:
+    for envelope in envelopes:
+        key, value, headers = to_kafka(envelope)
+        await producer.send_and_wait(f"{prefix}{topic_of(envelope.type)}", value=value, key=key, headers=headers)
+
+
+# --- a webhook receiver as an agency runs one ----------------------------------------------------------
+
+@dataclass
+class Received:
+    webhook_id: str
+    headers: dict[str, str]
+    body: bytes
+    verified_by: set[str]  # the names of the secrets whose signature verified
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.verified_by)
+
+
+class _QuietServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # leave the test runner's signal handlers alone
+        yield
+
+
+@dataclass
+class SigningReceiver:
+    """Verifies each POST against every secret it knows (by name) and keeps it.
+
+    ``status_code`` is the answer; ``gate`` (if set) is awaited before answering, to make it slow;
+    ``on_receive`` callbacks run as each request arrives. ``down()``/``up()`` stop and restart the
+    server on the same port: while down, the sender gets connection refused.
+    """
+
+    secrets: dict[str, str] = field(default_factory=dict)
+    status_code: int = 204
+    gate: asyncio.Event | None = None
+    port: int = field(default_factory=free_port)
+    received: list[Received] = field(default_factory=list)
+    on_receive: list[Callable[[Received], None]] = field(default_factory=list)
+    _server: uvicorn.Server | None = None
+    _task: asyncio.Task | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    def ids(self) -> list[str]:
+        return [r.webhook_id for r in self.received]
+
+    async def _hook(self, request: Request) -> Response:
+        body = await request.body()
+        headers = dict(request.headers)
+        verified_by = set()
+        for name, secret in self.secrets.items():
+            try:
+                Webhook(secret).verify(body, headers)
+                verified_by.add(name)
+            except WebhookVerificationError:
+                pass
+        got = Received(headers.get("webhook-id", ""), headers, body, verified_by)
+        self.received.append(got)
+        for callback in self.on_receive:
+            callback(got)
+        if self.gate is not None:
+            await self.gate.wait()
+        if not verified_by:
+            return Response(status_code=401)
+        return Response(status_code=self.status_code)
+
+    async def up(self) -> None:
+        app = Starlette(routes=[Route("/hooks", self._hook, methods=["POST"])])
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self._server = _QuietServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                                                   timeout_graceful_shutdown=1))
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                raise RuntimeError("the receiver did not start") from self._task.exception()
+            await asyncio.sleep(0.02)
+
+    async def down(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            await self._task
+            self._server = self._task = None
+
+    @contextlib.asynccontextmanager
+    async def running(self):
+        await self.up()
+        try:
+            yield self
+        finally:
+            if self.gate is not None:
+                self.gate.set()  # never leave a request hanging at teardown
+            await self.down()
+
+
+# --- a real SMTP server --------------------------------------------------------------------------------
+
+class _Collect:
+    def __init__(self, messages: list) -> None:
+        self._messages = messages
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's hook name)
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        self._messages.append((list(envelope.rcpt_tos), message))
+        return "250 Message accepted for delivery"
+
+
+class SmtpSink:
+    """aiosmtpd on 127.0.0.1 and a free port, in this process; keeps every message it accepts."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.messages: list[tuple[list[str], EmailMessage]] = []
+        self._controller: Controller | None = None
+
+    def start(self) -> None:
+        self._controller = Controller(_Collect(self.messages), hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for rcpts, m in self.messages if address in rcpts]
