@@ -1,10 +1,17 @@
-"""Wires intake's runtime: its tables, the events it consumes and its background loops."""
+"""Wires intake's runtime: its tables and the referral events it consumes."""
 
-from enlace_platform.runtime import ServiceRuntime
+from enlace_platform.runtime import ConsumerSpec, ServiceRuntime
 from intake.adapters.orm import TABLES
 from intake.config import IntakeSettings
+from intake.domain import events
+from intake.service_layer.handlers import HOLD_HANDLERS, REFERRAL_HANDLERS
 
 
 def build_runtime(settings: IntakeSettings) -> ServiceRuntime:
-    # Intake consumes protection-hold events once the removal safeguard lands (intake issue).
-    return ServiceRuntime(settings=settings, tables=TABLES, consumers=[])
+    consumers = [
+        # The removal safeguard: protection holds placed and released by the referral service.
+        ConsumerSpec(name="intake.protection-holds", topics=[events.HOLD_TOPIC], handlers=HOLD_HANDLERS),
+        # Referral status and outcome codes: receiving agencies' access grants and the case view.
+        ConsumerSpec(name="intake.referrals", topics=[events.REFERRAL_TOPIC], handlers=REFERRAL_HANDLERS),
+    ]
+    return ServiceRuntime(settings=settings, tables=TABLES, consumers=consumers)

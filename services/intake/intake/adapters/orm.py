@@ -3,7 +3,7 @@
 import uuid
 from datetime import UTC, date, datetime
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -31,17 +31,63 @@ class PersonRow(SQLModel, table=True):
 
     id: str = Field(default_factory=_id, primary_key=True)
     case_id: str = Field(foreign_key="intake_case.id", index=True)
+    position: int = Field(default=0, description="Order of registration within the case")
     given_names: str
     family_names: str
+    search_name: str = Field(default="", index=True, description="Names, lower case, accents removed")
     sex: str
     date_of_birth: date | None = None
     estimated_age: int | None = None
     age_disputed: bool = False
     nationality: str | None = None
     languages: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    version: int = 1
+    updated_at: datetime = Field(default_factory=_now)
+
+
+class PersonDocumentRow(SQLModel, table=True):
+    __tablename__ = "intake_person_document"
+
+    id: str = Field(default_factory=_id, primary_key=True)
+    person_id: str = Field(foreign_key="intake_person.id", index=True)
+    case_id: str = Field(foreign_key="intake_case.id", index=True)
+    position: int = 0
+    type: str
+    number: str = Field(index=True)
+    issuing_country: str | None = None
+
+
+class PersonVersionRow(SQLModel, table=True):
+    """Every version of a person's record, the first one included: the history is never rewritten."""
+
+    __tablename__ = "intake_person_version"
+    __table_args__ = (UniqueConstraint("person_id", "version"),)
+
+    id: str = Field(default_factory=_id, primary_key=True)
+    person_id: str = Field(foreign_key="intake_person.id", index=True)
+    version: int
+    snapshot: dict = Field(sa_column=Column(JSON, nullable=False))
+    changed_fields: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    changed_by: str
+    changed_by_agency_id: str
+    changed_at: datetime = Field(default_factory=_now)
+
+
+class RelationshipRow(SQLModel, table=True):
+    """from_person is <kind> of to_person (parent, legal_guardian, other_relative, unrelated_adult)."""
+
+    __tablename__ = "intake_relationship"
+
+    id: str = Field(default_factory=_id, primary_key=True)
+    case_id: str = Field(foreign_key="intake_case.id", index=True)
+    from_person_id: str = Field(foreign_key="intake_person.id")
+    to_person_id: str = Field(foreign_key="intake_person.id")
+    kind: str
 
 
 class ScreeningRow(SQLModel, table=True):
+    """One screening result. Stored with its rules version and reasons; never recomputed."""
+
     __tablename__ = "intake_screening"
 
     id: str = Field(default_factory=_id, primary_key=True)
@@ -49,9 +95,84 @@ class ScreeningRow(SQLModel, table=True):
     person_id: str = Field(foreign_key="intake_person.id", index=True)
     rules_version: str
     answers: dict = Field(sa_column=Column(JSON, nullable=False))
+    facts: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     needs: list = Field(sa_column=Column(JSON, nullable=False))
+    age_band: str = ""
+    consent_scope: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     screened_by: str
     created_at: datetime = Field(default_factory=_now)
 
 
-TABLES = [CaseRow.__table__, PersonRow.__table__, ScreeningRow.__table__]
+class ConsentRow(SQLModel, table=True):
+    __tablename__ = "intake_consent"
+
+    id: str = Field(default_factory=_id, primary_key=True)
+    case_id: str = Field(foreign_key="intake_case.id", index=True)
+    person_id: str = Field(foreign_key="intake_person.id", index=True)
+    recipient_agency_type: str
+    purpose: str
+    basis: str = Field(description="consent or mandatory_override")
+    status: str = Field(default="granted", description="granted or withdrawn")
+    reason: str | None = Field(default=None, description="Why a mandatory override was applied")
+    recorded_by: str = Field(description="The user who recorded the consent or applied the override")
+    recorded_by_agency_id: str
+    granted_at: datetime = Field(default_factory=_now)
+    withdrawn_at: datetime | None = None
+    withdrawn_by: str | None = None
+
+
+class ProtectionHoldRow(SQLModel, table=True):
+    """A protection hold as learnt from referral.protection_hold; released holds are kept."""
+
+    __tablename__ = "intake_protection_hold"
+
+    hold_id: str = Field(primary_key=True)
+    case_id: str = Field(index=True)
+    person_id: str = Field(index=True)
+    referral_id: str | None = None
+    need_code: str | None = None
+    placed_at: datetime | None = None
+    not_before: datetime | None = None
+    status: str = "active"
+    released_at: datetime | None = None
+    release_reason: str | None = None
+    release_referral_id: str | None = None
+    outcome_code: str | None = None
+
+
+class ReferralViewRow(SQLModel, table=True):
+    """What intake knows of a referral: its status, receiver and outcome code; never its notes."""
+
+    __tablename__ = "intake_referral"
+
+    referral_id: str = Field(primary_key=True)
+    case_id: str = Field(index=True)
+    person_id: str = Field(index=True)
+    need_code: str
+    status: str
+    to_agency_id: str | None = Field(default=None, index=True)
+    to_agency_type: str | None = None
+    outcome_code: str | None = None
+    last_event_type: str
+    occurred_at: datetime
+
+
+class RemovalOrderRow(SQLModel, table=True):
+    """Removal orders, the refused ones included: every attempt under a hold stays on record."""
+
+    __tablename__ = "intake_removal_order"
+
+    id: str = Field(default_factory=_id, primary_key=True)
+    case_id: str = Field(foreign_key="intake_case.id", index=True)
+    person_id: str = Field(foreign_key="intake_person.id", index=True)
+    destination_country: str
+    status: str = Field(description="accepted or refused")
+    blocking_hold_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    requested_by: str
+    requested_by_agency_id: str
+    requested_at: datetime = Field(default_factory=_now)
+
+
+TABLES = [CaseRow.__table__, PersonRow.__table__, PersonDocumentRow.__table__, PersonVersionRow.__table__,
+          RelationshipRow.__table__, ScreeningRow.__table__, ConsentRow.__table__, ProtectionHoldRow.__table__,
+          ReferralViewRow.__table__, RemovalOrderRow.__table__]

@@ -1,32 +1,81 @@
-"""Intake REST API (thin: validation and authorization here, use cases in service_layer)."""
+"""Intake REST API (thin: validation and rendering here, use cases in service_layer).
 
-from datetime import date
-from typing import Annotated, Literal
+Every route needs a Bearer token. A case and everything in it belong to the agency that registered
+it; any other agency gets 404, except that a receiving agency may read one person's details while it
+holds an open referral about that person and consent covers it.
+"""
 
-from fastapi import APIRouter, status
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
-from sqlmodel import select
+import uuid
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from enlace_platform.auth import CurrentPrincipal
-from enlace_platform.problems import Problem
+from enlace_platform.idempotency import Idempotency
+from enlace_platform.problems import ProblemDetails, Problem
 from enlace_platform.runtime import DbSession
-from intake.adapters.orm import CaseRow, PersonRow
-from intake.domain.screening import ScreeningAnswers
+from intake.adapters.orm import (
+    CaseRow, ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ProtectionHoldRow, ReferralViewRow,
+    RelationshipRow, RemovalOrderRow, ScreeningRow,
+)
+from intake.domain.consent import AGENCY_TYPES, BASES, MANDATORY_OVERRIDE, PURPOSES
+from intake.domain.encounter import DOCUMENT_TYPES, RELATIONSHIP_KINDS
+from intake.domain.screening import TRAFFICKING_INDICATORS, ScreeningAnswers
 from intake.service_layer import services
 
 router = APIRouter(tags=["cases"])
 
+Alpha3 = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3 (XXA: stateless)")]
+Language = Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]
+Sex = Literal["female", "male", "other", "unknown"]
 
-class PersonIn(BaseModel):
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _field_error(path: tuple[Any, ...], message: str) -> RequestValidationError:
+    """A 422 naming the field, for checks that span several fields of the body."""
+    return RequestValidationError([{"loc": ("body", *path), "msg": message, "type": "value_error"}])
+
+
+# --- encounters ------------------------------------------------------------------------------
+
+class DocumentIn(_In):
+    type: Literal[DOCUMENT_TYPES]  # type: ignore[valid-type]
+    number: str = Field(min_length=1, max_length=64)
+    issuing_country: Alpha3 | None = None
+
+
+class DocumentOut(BaseModel):
+    type: str
+    number: str
+    issuing_country: str | None
+
+
+def _not_in_future(value: date | None) -> date | None:
+    if value is not None and value > datetime.now(UTC).date():
+        raise ValueError("date_of_birth is in the future")
+    return value
+
+
+class PersonIn(_In):
     given_names: str = Field(min_length=1, max_length=200)
     family_names: str = Field(min_length=1, max_length=200)
-    sex: Literal["female", "male", "other", "unknown"]
+    sex: Sex
     date_of_birth: date | None = None
-    estimated_age: int | None = Field(None, ge=0, le=120)
-    age_disputed: bool = False
-    nationality: str | None = Field(None, pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3")
-    languages: list[Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]] = Field(
-        default_factory=list, max_length=10, description="ISO 639-1 or 639-3 codes, lower case")
+    estimated_age: int | None = Field(None, ge=0, le=120, description="In years, when the date of birth is unknown")
+    age_disputed: bool = Field(False, description="The person's age is uncertain or disputed: treated as a child "
+                                                  "until an age assessment concludes")
+    nationality: Alpha3 | None = None
+    languages: list[Language] = Field(default_factory=list, max_length=10,
+                                      description="ISO 639-1 or 639-3 codes, lower case")
+    documents: list[DocumentIn] = Field(default_factory=list, max_length=10)
+
+    _dob = field_validator("date_of_birth")(_not_in_future)
 
     @model_validator(mode="after")
     def _some_age(self):
@@ -35,10 +84,19 @@ class PersonIn(BaseModel):
         return self
 
 
-class CaseIn(BaseModel):
+class RelationshipIn(_In):
+    from_person: int = Field(ge=0, description="Index in `persons` of the person who is <kind> of to_person")
+    to_person: int = Field(ge=0, description="Index in `persons`")
+    kind: Literal[RELATIONSHIP_KINDS] = Field(  # type: ignore[valid-type]
+        description="from_person is the parent / legal_guardian / other_relative / unrelated_adult of to_person")
+
+
+class CaseIn(_In):
     place: str = Field(min_length=1, max_length=200, description="Where the encounter happened")
     encountered_at: AwareDatetime
     persons: list[PersonIn] = Field(min_length=1, max_length=50)
+    relationships: list[RelationshipIn] = Field(default_factory=list, max_length=200,
+                                                description="How members of the group are related")
 
 
 class PersonOut(BaseModel):
@@ -51,6 +109,38 @@ class PersonOut(BaseModel):
     age_disputed: bool
     nationality: str | None
     languages: list[str]
+    documents: list[DocumentOut]
+    version: int
+
+
+class RelationshipOut(BaseModel):
+    from_person_id: str
+    to_person_id: str
+    kind: str
+
+
+class HoldOut(BaseModel):
+    hold_id: str
+    person_id: str
+    referral_id: str | None = Field(description="The referral that opened the hold")
+    need_code: str | None
+    status: Literal["active", "released"]
+    placed_at: AwareDatetime | None
+    not_before: AwareDatetime | None
+    released_at: AwareDatetime | None
+    release_reason: str | None
+    outcome_code: str | None
+
+
+class ReferralOut(BaseModel):
+    referral_id: str
+    person_id: str
+    need_code: str
+    status: str
+    to_agency_id: str | None
+    to_agency_type: str | None
+    outcome_code: str | None = Field(description="The receiving agency's outcome code, once completed")
+    updated_at: AwareDatetime
 
 
 class CaseOut(BaseModel):
@@ -60,27 +150,87 @@ class CaseOut(BaseModel):
     place: str
     encountered_at: AwareDatetime
     persons: list[PersonOut]
+    relationships: list[RelationshipOut]
+    holds: list[HoldOut] = Field(description="Protection holds on persons of this case, active and released")
+    referrals: list[ReferralOut] = Field(description="Referrals of this case as the referral service reported them")
 
 
-class ScreeningIn(BaseModel):
-    person_id: str
-    fear_of_return: bool = False
-    travelling_with_parent_or_guardian: bool | None = None
-    trafficking_indicators: list[str] = Field(default_factory=list)
-
-
-class NeedOut(BaseModel):
-    code: str
-    urgency: str
-    reasons: list[str]
-
-
-class ScreeningOut(BaseModel):
+class PersonNameOut(BaseModel):
     id: str
-    case_id: str
-    person_id: str
-    rules_version: str
-    needs: list[NeedOut]
+    given_names: str
+    family_names: str
+
+
+class CaseSummaryOut(BaseModel):
+    id: str
+    jurisdiction: str
+    place: str
+    encountered_at: AwareDatetime
+    persons: list[PersonNameOut]
+
+
+class PersonPatch(_In):
+    given_names: str | None = Field(None, min_length=1, max_length=200)
+    family_names: str | None = Field(None, min_length=1, max_length=200)
+    sex: Sex | None = None
+    date_of_birth: date | None = None
+    estimated_age: int | None = Field(None, ge=0, le=120)
+    age_disputed: bool | None = None
+    nationality: Alpha3 | None = None
+    languages: list[Language] | None = Field(None, max_length=10)
+    documents: list[DocumentIn] | None = Field(None, max_length=10, description="Replaces the whole list")
+
+    _dob = field_validator("date_of_birth")(_not_in_future)
+
+    @field_validator("given_names", "family_names", "sex", "age_disputed", "languages", "documents")
+    @classmethod
+    def _not_null(cls, value):
+        if value is None:
+            raise ValueError("may be left out, but not null")
+        return value
+
+
+class PersonVersionOut(BaseModel):
+    version: int
+    snapshot: dict[str, Any] = Field(description="The person's record as it was in this version")
+    changed_fields: list[str]
+    changed_by: str
+    changed_by_agency_id: str
+    changed_at: AwareDatetime
+
+
+def _person_out(person: PersonRow, documents: list[PersonDocumentRow]) -> PersonOut:
+    return PersonOut(id=person.id, given_names=person.given_names, family_names=person.family_names, sex=person.sex,
+                     date_of_birth=person.date_of_birth, estimated_age=person.estimated_age,
+                     age_disputed=person.age_disputed, nationality=person.nationality, languages=person.languages,
+                     documents=[DocumentOut(type=d.type, number=d.number, issuing_country=d.issuing_country)
+                                for d in documents], version=person.version)
+
+
+def _hold_out(h: ProtectionHoldRow) -> HoldOut:
+    return HoldOut(hold_id=h.hold_id, person_id=h.person_id, referral_id=h.referral_id, need_code=h.need_code,
+                   status=h.status, placed_at=h.placed_at, not_before=h.not_before, released_at=h.released_at,
+                   release_reason=h.release_reason, outcome_code=h.outcome_code)
+
+
+def _referral_out(r: ReferralViewRow) -> ReferralOut:
+    return ReferralOut(referral_id=r.referral_id, person_id=r.person_id, need_code=r.need_code, status=r.status,
+                       to_agency_id=r.to_agency_id, to_agency_type=r.to_agency_type, outcome_code=r.outcome_code,
+                       updated_at=r.occurred_at)
+
+
+async def _case_out(session, case: CaseRow) -> CaseOut:
+    persons = await services.persons_of(session, case.id)
+    documents = await services.documents_of(session, case.id)
+    return CaseOut(
+        id=case.id, agency_id=case.agency_id, jurisdiction=case.jurisdiction, place=case.place,
+        encountered_at=case.encountered_at,
+        persons=[_person_out(p, documents.get(p.id, [])) for p in persons],
+        relationships=[RelationshipOut(from_person_id=r.from_person_id, to_person_id=r.to_person_id, kind=r.kind)
+                       for r in await services.relationships_of(session, case.id)],
+        holds=[_hold_out(h) for h in await services.holds_of(session, case.id)],
+        referrals=[_referral_out(r) for r in await services.referrals_of(session, case.id)],
+    )
 
 
 def _not_found(what: str, ident: str) -> Problem:
@@ -88,43 +238,362 @@ def _not_found(what: str, ident: str) -> Problem:
 
 
 @router.post("/cases", status_code=status.HTTP_201_CREATED, response_model=CaseOut,
-             summary="Register an encounter: one person or a family group")
-async def register_case(body: CaseIn, principal: CurrentPrincipal, session: DbSession) -> CaseOut:
-    case = CaseRow(agency_id="", jurisdiction="", place=body.place,
+             summary="Register an encounter: one person or a family group, and how its members are related")
+async def register_case(body: CaseIn, principal: CurrentPrincipal, session: DbSession,
+                        idempotency: Idempotency) -> CaseOut:
+    previous = await idempotency.previous_resource(session)
+    if previous is not None:
+        return await _case_out(session, await services.get_case_for(session, principal, previous))
+    for i, rel in enumerate(body.relationships):
+        for name in ("from_person", "to_person"):
+            if getattr(rel, name) >= len(body.persons):
+                raise _field_error(("relationships", i, name), "no person with this index in persons")
+        if rel.from_person == rel.to_person:
+            raise _field_error(("relationships", i, "to_person"), "a person cannot be related to themself")
+    case = CaseRow(id=str(uuid.uuid4()), agency_id="", jurisdiction="", place=body.place,
                    encountered_at=body.encountered_at)
-    persons = [PersonRow(case_id=case.id, **p.model_dump()) for p in body.persons]
-    await services.register_case(session, principal, case, persons)
-    return _case_out(case, persons)
+    idempotency.record(session, resource_id=case.id)
+    persons = [PersonRow(case_id=case.id, **p.model_dump(exclude={"documents"})) for p in body.persons]
+    documents = {person.id: [d.model_dump() for d in p.documents] for person, p in zip(persons, body.persons)}
+    relationships = [RelationshipRow(case_id=case.id, from_person_id=persons[r.from_person].id,
+                                     to_person_id=persons[r.to_person].id, kind=r.kind) for r in body.relationships]
+    await services.register_case(session, principal, case, persons, documents=documents, relationships=relationships)
+    return await _case_out(session, case)
 
 
-@router.get("/cases/{case_id}", response_model=CaseOut, summary="Read a case registered by your agency")
+@router.get("/cases", response_model=list[CaseSummaryOut],
+            summary="Search your agency's own cases by a person's name or document number")
+async def search_cases(principal: CurrentPrincipal, session: DbSession,
+                       name: Annotated[str | None, Query(min_length=2, max_length=200,
+                                                         description="Part of a person's names; "
+                                                                     "case and accents are ignored")] = None,
+                       document_number: Annotated[str | None, Query(min_length=1, max_length=64,
+                                                                    description="Exact document number")] = None,
+                       limit: Annotated[int, Query(ge=1, le=200)] = 50) -> list[CaseSummaryOut]:
+    cases = await services.search_cases(session, principal, name=name, document_number=document_number, limit=limit)
+    out = []
+    for case in cases:
+        persons = await services.persons_of(session, case.id)
+        out.append(CaseSummaryOut(id=case.id, jurisdiction=case.jurisdiction, place=case.place,
+                                  encountered_at=case.encountered_at,
+                                  persons=[PersonNameOut(id=p.id, given_names=p.given_names,
+                                                         family_names=p.family_names) for p in persons]))
+    return out
+
+
+@router.get("/cases/{case_id}", response_model=CaseOut,
+            summary="Read a case registered by your agency, with its holds and referral outcomes")
 async def read_case(case_id: str, principal: CurrentPrincipal, session: DbSession) -> CaseOut:
     try:
         case = await services.get_case_for(session, principal, case_id)
     except services.NotFound:
         raise _not_found("case", case_id) from None
-    persons = (await session.exec(select(PersonRow).where(PersonRow.case_id == case.id))).all()
-    return _case_out(case, list(persons))
+    return await _case_out(session, case)
+
+
+@router.get("/cases/{case_id}/persons/{person_id}", response_model=PersonOut,
+            summary="Read one person: the registering agency, or a receiving agency with an open referral "
+                    "about this person that the person's consent (or the child-protection override) covers")
+async def read_person(case_id: str, person_id: str, principal: CurrentPrincipal, session: DbSession) -> PersonOut:
+    try:
+        person, documents = await services.person_for_reader(session, principal, case_id, person_id)
+    except services.NotFound:
+        raise _not_found("person", person_id) from None
+    return _person_out(person, documents)
+
+
+@router.patch("/cases/{case_id}/persons/{person_id}", response_model=PersonOut,
+              summary="Correct or complete a person's record; every earlier version is kept")
+async def update_person(case_id: str, person_id: str, body: PersonPatch, principal: CurrentPrincipal,
+                        session: DbSession) -> PersonOut:
+    changes = body.model_dump(exclude_unset=True)
+    if "documents" in changes:
+        changes["documents"] = [d.model_dump() for d in body.documents or []]
+    try:
+        case = await services.get_case_for(session, principal, case_id)
+        current, _ = await services.person_for_reader(session, principal, case.id, person_id)
+        merged = {f: changes.get(f, getattr(current, f)) for f in ("date_of_birth", "estimated_age", "age_disputed")}
+        if merged["date_of_birth"] is None and merged["estimated_age"] is None and not merged["age_disputed"]:
+            raise _field_error(("estimated_age",), "the person would have no date_of_birth, estimated_age "
+                                                   "or age_disputed")
+        person, documents = await services.update_person(session, principal, case.id, person_id, changes)
+    except services.NotFound:
+        raise _not_found("person", person_id) from None
+    return _person_out(person, documents)
+
+
+@router.get("/cases/{case_id}/persons/{person_id}/history", response_model=list[PersonVersionOut],
+            summary="Every version of a person's record, oldest first")
+async def person_history(case_id: str, person_id: str, principal: CurrentPrincipal,
+                         session: DbSession) -> list[PersonVersionOut]:
+    try:
+        versions = await services.person_history(session, principal, case_id, person_id)
+    except services.NotFound:
+        raise _not_found("person", person_id) from None
+    return [_version_out(v) for v in versions]
+
+
+def _version_out(v: PersonVersionRow) -> PersonVersionOut:
+    return PersonVersionOut(version=v.version, snapshot=v.snapshot, changed_fields=v.changed_fields,
+                            changed_by=v.changed_by, changed_by_agency_id=v.changed_by_agency_id,
+                            changed_at=v.changed_at)
+
+
+# --- screening -------------------------------------------------------------------------------
+
+YesNo = bool | None
+
+
+class ScreeningIn(_In):
+    """The questionnaire. Leave out (or null) what was not asked: unanswered is never read as "no"."""
+
+    person_id: str
+    fear_of_return: YesNo = Field(None, description="Fears harm if returned to the country of origin")
+    wishes_to_seek_asylum: YesNo = None
+    travelling_with_parent_or_guardian: YesNo = Field(
+        None, description="Says a parent or legal guardian travels with them (counts only together with a "
+                          "parent/legal_guardian relationship registered in the group)")
+    travelling_with_other_relative: YesNo = None
+    travelling_with_unrelated_adult: YesNo = None
+    trafficking_indicators: list[Literal[TRAFFICKING_INDICATORS]] = Field(  # type: ignore[valid-type]
+        default_factory=list, max_length=len(TRAFFICKING_INDICATORS), description="Structured indicators observed")
+    sexual_violence_disclosed: YesNo = Field(None, description="No details are recorded, only the disclosure")
+    sexual_violence_within_72h: YesNo = Field(None, description="Only with sexual_violence_disclosed")
+    urgent_medical_need: YesNo = None
+    disability: YesNo = None
+    pregnant: YesNo = None
+    pregnancy_high_risk: YesNo = Field(None, description="Only with pregnant: high-risk or near term")
+    considers_self_stateless: YesNo = None
+    birth_registered: YesNo = None
+    stranded_wishes_to_return: YesNo = Field(None, description="Stranded and wishes to return home")
+    kidnapped: YesNo = Field(None, description="Victim of kidnapping on the route")
+    extorted: YesNo = Field(None, description="Victim of extortion on the route")
+
+    @field_validator("sexual_violence_within_72h", "pregnancy_high_risk")
+    @classmethod
+    def _needs_its_question(cls, value: bool | None, info: ValidationInfo):
+        parent = {"sexual_violence_within_72h": "sexual_violence_disclosed",
+                  "pregnancy_high_risk": "pregnant"}[info.field_name]
+        if value is True and info.data.get(parent) is not True:
+            raise ValueError(f"only when {parent} is true")
+        return value
+
+    @field_validator("trafficking_indicators")
+    @classmethod
+    def _distinct(cls, value: list[str]):
+        if len(set(value)) != len(value):
+            raise ValueError("each indicator at most once")
+        return value
+
+    def answers(self) -> ScreeningAnswers:
+        data = self.model_dump(exclude={"person_id"})
+        data["trafficking_indicators"] = tuple(data["trafficking_indicators"])
+        return ScreeningAnswers(**data)
+
+
+class NeedOut(BaseModel):
+    code: str
+    urgency: Literal["immediate", "high", "standard"]
+    reasons: list[str] = Field(description="Why the rules found this need")
+    rule_ids: list[str] = Field(description="The rules (of rules_version) that found it")
+    flags: list[str] = Field(description="e.g. VIOLENCE_WITHIN_72H")
+
+
+class ConsentScopeOut(BaseModel):
+    recipient_agency_type: str
+    purpose: str
+    basis: str
+
+
+class ScreeningOut(BaseModel):
+    id: str
+    case_id: str
+    person_id: str
+    rules_version: str
+    age_band: str
+    needs: list[NeedOut]
+    answers: dict[str, Any]
+    consent_scope: list[ConsentScopeOut] = Field(description="What the person's consents allowed when screened")
+    screened_by: str
+    created_at: AwareDatetime
+
+
+def _screening_out(s: ScreeningRow) -> ScreeningOut:
+    return ScreeningOut(id=s.id, case_id=s.case_id, person_id=s.person_id, rules_version=s.rules_version,
+                        age_band=s.age_band, needs=[NeedOut(**{"rule_ids": [], "flags": [], **n}) for n in s.needs],
+                        answers=s.answers, consent_scope=s.consent_scope, screened_by=s.screened_by,
+                        created_at=s.created_at)
 
 
 @router.post("/cases/{case_id}/screenings", status_code=status.HTTP_201_CREATED, response_model=ScreeningOut,
-             summary="Record a screening for one person; the rules turn answers into protection needs")
-async def record_screening(case_id: str, body: ScreeningIn, principal: CurrentPrincipal,
-                           session: DbSession) -> ScreeningOut:
-    answers = ScreeningAnswers(
-        fear_of_return=body.fear_of_return,
-        travelling_with_parent_or_guardian=body.travelling_with_parent_or_guardian,
-        trafficking_indicators=tuple(body.trafficking_indicators),
-    )
+             summary="Screen one person: the rules turn the answers and the group's relationships into needs. "
+                     "Each screening is a new result; earlier results are never recomputed")
+async def record_screening(case_id: str, body: ScreeningIn, principal: CurrentPrincipal, session: DbSession,
+                           idempotency: Idempotency) -> ScreeningOut:
     try:
-        screening = await services.record_screening(session, principal, case_id, body.person_id, answers)
+        previous = await idempotency.previous_resource(session)
+        if previous is not None:
+            return _screening_out(await services.get_screening(session, principal, case_id, previous))
+        screening_id = str(uuid.uuid4())
+        idempotency.record(session, resource_id=screening_id)
+        screening = await services.record_screening(session, principal, case_id, body.person_id, body.answers(),
+                                                    screening_id=screening_id)
     except services.NotFound as exc:
         raise _not_found("case or person", str(exc)) from None
-    return ScreeningOut(id=screening.id, case_id=screening.case_id, person_id=screening.person_id,
-                        rules_version=screening.rules_version, needs=[NeedOut(**n) for n in screening.needs])
+    return _screening_out(screening)
 
 
-def _case_out(case: CaseRow, persons: list[PersonRow]) -> CaseOut:
-    return CaseOut(id=case.id, agency_id=case.agency_id, jurisdiction=case.jurisdiction, place=case.place,
-                   encountered_at=case.encountered_at,
-                   persons=[PersonOut(**p.model_dump(exclude={"case_id"})) for p in persons])
+@router.get("/cases/{case_id}/screenings", response_model=list[ScreeningOut],
+            summary="The case's screening results, oldest first, each as it was computed")
+async def list_screenings(case_id: str, principal: CurrentPrincipal, session: DbSession,
+                          person_id: str | None = None) -> list[ScreeningOut]:
+    try:
+        return [_screening_out(s) for s in await services.list_screenings(session, principal, case_id, person_id)]
+    except services.NotFound:
+        raise _not_found("case", case_id) from None
+
+
+# --- consent ---------------------------------------------------------------------------------
+
+class ConsentIn(_In):
+    recipient_agency_type: Literal[AGENCY_TYPES]  # type: ignore[valid-type]
+    purpose: Literal[PURPOSES]  # type: ignore[valid-type]
+    basis: Literal[BASES] = Field("consent", description="consent: the person agreed. mandatory_override: "  # type: ignore[valid-type]
+                                                         "child protection acts without consent, by law "
+                                                         "(child_protection and a person treated as a child only)")
+    reason: str | None = Field(None, min_length=1, max_length=1000, validate_default=True,
+                               description="Required for a mandatory override: its legal ground")
+
+    @field_validator("reason")
+    @classmethod
+    def _override_needs_reason(cls, value: str | None, info: ValidationInfo):
+        if info.data.get("basis") == MANDATORY_OVERRIDE and not (value and value.strip()):
+            raise ValueError("a mandatory override needs its reason")
+        if info.data.get("basis") != MANDATORY_OVERRIDE and value is not None:
+            raise ValueError("only a mandatory override takes a reason")
+        return value
+
+
+class ConsentOut(BaseModel):
+    id: str
+    person_id: str
+    recipient_agency_type: str
+    purpose: str
+    basis: str
+    status: Literal["granted", "withdrawn"]
+    reason: str | None
+    recorded_by: str = Field(description="Who recorded the consent or applied the override")
+    recorded_by_agency_id: str
+    granted_at: AwareDatetime
+    withdrawn_at: AwareDatetime | None
+    withdrawn_by: str | None
+
+
+class ConsentsOut(BaseModel):
+    items: list[ConsentOut] = Field(description="Every consent and override, withdrawn ones included")
+    scope: list[ConsentScopeOut] = Field(description="What the active ones allow now")
+
+
+def _consent_out(c: ConsentRow) -> ConsentOut:
+    return ConsentOut(**c.model_dump(include=set(ConsentOut.model_fields)))
+
+
+@router.post("/cases/{case_id}/persons/{person_id}/consents", status_code=status.HTTP_201_CREATED,
+             response_model=ConsentOut,
+             responses={200: {"model": ConsentOut, "description": "The same consent was already active"},
+                        409: {"model": ProblemDetails, "description": "An override for an adult or another agency type"}},
+             summary="Record a person's consent for a purpose and recipient agency type, or apply the "
+                     "mandatory child-protection override")
+async def grant_consent(case_id: str, person_id: str, body: ConsentIn, principal: CurrentPrincipal,
+                        session: DbSession, idempotency: Idempotency, response: Response) -> ConsentOut:
+    try:
+        previous = await idempotency.previous_resource(session)
+        if previous is not None:
+            return _consent_out(await services.get_consent(session, principal, case_id, previous))
+        consent_id = str(uuid.uuid4())
+        consent, created = await services.grant_consent(
+            session, principal, case_id, person_id, recipient_agency_type=body.recipient_agency_type,
+            purpose=body.purpose, basis=body.basis, reason=body.reason, consent_id=consent_id,
+            remember=lambda resource_id: idempotency.record(session, resource_id=resource_id))
+    except services.NotFound:
+        raise _not_found("person", person_id) from None
+    except services.Refused as exc:
+        raise Problem(409, detail=str(exc)) from None
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return _consent_out(consent)
+
+
+@router.get("/cases/{case_id}/persons/{person_id}/consents", response_model=ConsentsOut,
+            summary="A person's consents and overrides, and what they allow now")
+async def list_consents(case_id: str, person_id: str, principal: CurrentPrincipal, session: DbSession) -> ConsentsOut:
+    try:
+        rows = await services.list_consents(session, principal, case_id, person_id)
+    except services.NotFound:
+        raise _not_found("person", person_id) from None
+    return ConsentsOut(items=[_consent_out(c) for c in rows], scope=services.scope_of_rows(rows))
+
+
+@router.post("/cases/{case_id}/persons/{person_id}/consents/{consent_id}/withdrawal", response_model=ConsentOut,
+             summary="Withdraw a consent (or an override applied in error); withdrawing twice changes nothing")
+async def withdraw_consent(case_id: str, person_id: str, consent_id: str, principal: CurrentPrincipal,
+                           session: DbSession) -> ConsentOut:
+    try:
+        return _consent_out(await services.withdraw_consent(session, principal, case_id, person_id, consent_id))
+    except services.NotFound:
+        raise _not_found("consent", consent_id) from None
+
+
+# --- removal safeguard -----------------------------------------------------------------------
+
+class RemovalOrderIn(_In):
+    destination_country: Alpha3
+
+
+class RemovalOrderOut(BaseModel):
+    id: str
+    case_id: str
+    person_id: str
+    destination_country: str
+    status: Literal["accepted"]
+    requested_by: str
+    requested_by_agency_id: str
+    requested_at: AwareDatetime
+
+
+class BlockingHold(BaseModel):
+    hold_id: str
+    referral_id: str | None
+    need_code: str | None
+    not_before: AwareDatetime | None
+
+
+class RemovalRefused(ProblemDetails):
+    holds: list[BlockingHold] = Field(description="The active protection holds and the referrals behind them")
+    removal_order_id: str = Field(description="The refused attempt, kept on record")
+
+
+@router.post("/cases/{case_id}/persons/{person_id}/removal-orders", status_code=status.HTTP_201_CREATED,
+             response_model=RemovalOrderOut,
+             responses={409: {"model": RemovalRefused,
+                              "description": "The person is under an active protection hold (non-refoulement)"}},
+             summary="Order a person's removal; refused while any protection hold on the person is active")
+async def request_removal(case_id: str, person_id: str, body: RemovalOrderIn, principal: CurrentPrincipal,
+                          session: DbSession, idempotency: Idempotency) -> RemovalOrderOut:
+    try:
+        previous = await idempotency.previous_resource(session)
+        if previous is not None:
+            order = await services.get_removal_order(session, principal, case_id, previous)
+        else:
+            order = await services.request_removal(
+                session, principal, case_id, person_id, destination_country=body.destination_country,
+                order_id=str(uuid.uuid4()), remember=lambda resource_id: idempotency.record(session, resource_id=resource_id))
+    except services.NotFound:
+        raise _not_found("person", person_id) from None
+    except services.RemovalBlocked as blocked:
+        holds = [BlockingHold(hold_id=h.hold_id, referral_id=h.referral_id, need_code=h.need_code,
+                              not_before=h.not_before).model_dump(mode="json") for h in blocked.holds]
+        named = "; ".join(f"hold {h['hold_id']} ({h['need_code']}, referral {h['referral_id']})" for h in holds)
+        raise Problem(409, detail=f"Removal refused: the person is under active protection hold(s): {named}.",
+                      holds=holds, removal_order_id=blocked.order.id) from None
+    return RemovalOrderOut(**order.model_dump(include=set(RemovalOrderOut.model_fields)))
