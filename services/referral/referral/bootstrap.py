@@ -1,4 +1,4 @@
-"""Wires the referral runtime: tables, directory seeding, and the events it consumes."""
+"""Wires the referral runtime: tables, directory seeding, the events it consumes and its clock loop."""
 
 from pathlib import Path
 
@@ -7,8 +7,9 @@ from enlace_platform.topics import INTAKE_CASE
 from referral.adapters.directory import seed_if_empty
 from referral.adapters.orm import TABLES
 from referral.config import ReferralSettings
-from referral.domain import events
-from referral.service_layer.handlers import on_case_screened
+from referral.service_layer.clocks import clock_loop
+from referral.service_layer.handlers import consumer_handlers
+from referral.service_layer.referrals import Policy
 
 
 def build_runtime(settings: ReferralSettings) -> ServiceRuntime:
@@ -17,10 +18,12 @@ def build_runtime(settings: ReferralSettings) -> ServiceRuntime:
             async with runtime.sessions() as session:
                 await seed_if_empty(session, Path(settings.directory_seed_path))
 
-    return ServiceRuntime(
+    runtime = ServiceRuntime(
         settings=settings,
         tables=TABLES,
         consumers=[ConsumerSpec(name="referral.routing", topics=[INTAKE_CASE],
-                                handlers={events.CASE_SCREENED: on_case_screened})],
+                                handlers=consumer_handlers(Policy.from_settings(settings)))],
+        background=[clock_loop(settings.clock_interval_s)],
         on_startup=[seed_directory],
     )
+    return runtime

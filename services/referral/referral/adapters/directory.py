@@ -1,23 +1,44 @@
-"""Loads the directory for routing, and seeds the demo directory into an empty database."""
+"""Reads the directory for routing (with each service's open referral count), and seeds the demo directory."""
 
 import json
 from pathlib import Path
 
-from sqlmodel import select
+from sqlalchemy import func
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from referral.adapters.orm import AgencyRow, ServiceRow
+from referral.adapters.orm import AgencyRow, ConsentRow, ReferralRow, ServiceRow
+from referral.domain.codes import CONSENT_PURPOSE_REFERRAL
+from referral.domain.lifecycle import OPEN
 from referral.domain.routing import DirectoryService
 
 
+async def open_counts(session: AsyncSession, service_ids: list[str]) -> dict[str, int]:
+    query = (select(ReferralRow.to_service_id, func.count())
+             .where(col(ReferralRow.to_service_id).in_(service_ids), col(ReferralRow.status).in_([str(s) for s in OPEN]))
+             .group_by(ReferralRow.to_service_id))
+    return {sid: n for sid, n in (await session.exec(query)).all()}
+
+
 async def load_directory(session: AsyncSession, jurisdiction: str) -> list[DirectoryService]:
-    rows = (await session.exec(select(ServiceRow).where(ServiceRow.area == jurisdiction))).all()
-    return [
-        DirectoryService(service_id=r.id, agency_id=r.agency_id, need_codes=tuple(r.need_codes), area=r.area,
-                         age_min=r.age_min, age_max=r.age_max, languages=tuple(r.languages),
-                         capacity=r.capacity, active=r.active)
-        for r in rows
-    ]
+    rows = (await session.exec(select(ServiceRow, AgencyRow.type).join(AgencyRow)
+                               .where(ServiceRow.area == jurisdiction))).all()
+    counts = await open_counts(session, [r.id for r, _ in rows])
+    return [to_directory_service(r, agency_type, counts.get(r.id, 0)) for r, agency_type in rows]
+
+
+def to_directory_service(r: ServiceRow, agency_type: str, open_referrals: int) -> DirectoryService:
+    return DirectoryService(service_id=r.id, agency_id=r.agency_id, need_codes=tuple(r.need_codes), area=r.area,
+                            age_min=r.age_min, age_max=r.age_max, languages=tuple(r.languages),
+                            capacity=r.capacity, active=r.active, agency_type=agency_type,
+                            open_referrals=open_referrals)
+
+
+async def consented_agency_types(session: AsyncSession, person_id: str) -> frozenset[str]:
+    rows = (await session.exec(select(ConsentRow.recipient_agency_type).where(
+        ConsentRow.person_id == person_id, ConsentRow.purpose == CONSENT_PURPOSE_REFERRAL,
+        ConsentRow.granted == True))).all()  # noqa: E712 (SQL expression)
+    return frozenset(rows)
 
 
 async def seed_if_empty(session: AsyncSession, seed_path: Path) -> int:
@@ -27,6 +48,8 @@ async def seed_if_empty(session: AsyncSession, seed_path: Path) -> int:
     for agency in doc["agencies"]:
         session.add(AgencyRow(id=agency["id"], name=agency["name"], type=agency["type"],
                               jurisdiction=agency["jurisdiction"]))
+    await session.flush()
+    for agency in doc["agencies"]:
         for svc in agency["services"]:
             session.add(ServiceRow(agency_id=agency["id"], **svc))
     await session.commit()

@@ -1,19 +1,62 @@
-"""Referral inbox API: the referrals sent to or from the caller's agency."""
+"""Referral inbox API: referrals to and from the caller's agency (the coordinator: its jurisdiction's
+queue and escalations), the lifecycle actions, history, notes, manual referrals, holds and KPIs."""
 
+import statistics
+import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel
-from sqlalchemy import or_
-from sqlmodel import select
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import and_, func, or_
+from sqlmodel import col, select
 
 from enlace_platform.auth import CurrentPrincipal, Principal
-from enlace_platform.problems import Problem
+from enlace_platform.idempotency import Idempotency
+from enlace_platform.problems import Problem, ProblemDetails
 from enlace_platform.runtime import DbSession
-from referral.adapters.orm import ReferralRow
+from referral.adapters.orm import HistoryRow, HoldRow, ReferralRow
+from referral.domain.codes import AGE_BANDS, COORDINATOR, NEED_CODES, OUTCOME_CODES, REASON_CODES, URGENCIES
+from referral.domain.lifecycle import OPEN, TERMINAL, Action, Status, allowed_actions
+from referral.domain.routing import route
+from referral.adapters.directory import load_directory
+from referral.entrypoints.directory_api import LanguageCode
+from referral.service_layer.referrals import (
+    Actor, Command, Policy, act, add_note, aware, case_has_open_lead, decide_route, eligible_problem, facts_for,
+    now_utc, open_referral, open_referral_for, roles_of, visible_referral,
+)
 
 router = APIRouter(tags=["referrals"])
+
+NeedCode = Literal[tuple(sorted(NEED_CODES))]
+StatusCode = Literal[tuple(s.value for s in Status)]
+OPEN_VALUES = [s.value for s in OPEN]
+
+ACTION_ERRORS = {
+    403: {"model": ProblemDetails, "description": "Your agency's role on this referral does not allow the action"},
+    409: {"model": ProblemDetails, "description": "Not allowed from the current status (names `current_status` "
+                                                  "and `allowed_actions`), or lost a race with another user"},
+}
+
+
+def _policy(request: Request) -> Policy:
+    return Policy.from_settings(request.app.state.runtime.settings)
+
+
+class Exclusion(BaseModel):
+    service_id: str
+    agency_id: str
+    code: str = Field(description="OTHER_AREA, INACTIVE, ALREADY_REJECTED, NO_CAPACITY, AGE, LANGUAGE or CONSENT")
+    detail: str
+
+
+class Routing(BaseModel):
+    need_code: str
+    chosen_service_id: str | None
+    chosen_agency_id: str | None
+    chosen_because: str | None
+    escalation_reason: str | None
+    excluded: list[Exclusion]
 
 
 class ReferralOut(BaseModel):
@@ -23,48 +66,276 @@ class ReferralOut(BaseModel):
     need_code: str
     urgency: str
     status: str
+    version: int = Field(description="Send it back as expected_version to act only on what you saw")
     is_lead: bool
+    jurisdiction: str
     from_agency_id: str
-    to_agency_id: str | None
+    to_agency_id: str | None = Field(description="null while in the coordinator's queue")
+    to_agency_type: str | None
     to_service_id: str | None
+    coordinator_agency_id: str
+    previous_referral_id: str | None
+    next_referral_id: str | None = Field(description="The referral this one was routed onward to after a rejection")
+    routing: Routing
     routing_reasons: list[str]
+    escalation_reason: str | None = Field(description="Why the coordinator must act, while it must")
+    clock: str | None
+    due_at: datetime | None
+    overdue: bool
+    reason_code: str | None
+    outcome_code: str | None
     created_at: datetime
+    updated_at: datetime
+    accepted_at: datetime | None
+    closed_at: datetime | None
+    allowed_actions: list[str] = Field(description="What your agency may do now")
 
 
 class ReferralPage(BaseModel):
     items: list[ReferralOut]
+    total: int
     limit: int
     offset: int
 
 
-def _visible_to(principal: Principal):
-    return or_(ReferralRow.to_agency_id == principal.agency_id, ReferralRow.from_agency_id == principal.agency_id)
+class ManualReferralIn(BaseModel):
+    case_id: uuid.UUID
+    person_id: uuid.UUID
+    need_code: NeedCode
+    urgency: Literal[tuple(sorted(URGENCIES))] = "standard"
+    age_band: Literal[tuple(sorted(AGE_BANDS))]
+    languages: list[LanguageCode] = []
+    to_service_id: str | None = Field(None, description="A service of your jurisdiction; routed when absent")
+
+
+class ActionIn(BaseModel):
+    action: Literal[tuple(a.value for a in Action)]
+    reason_code: Literal[tuple(sorted(REASON_CODES))] | None = Field(None, description="reject, cancel, fail")
+    reason_text: str | None = Field(None, max_length=2000, description="Stays in this service; never in events")
+    outcome_code: Literal[tuple(sorted(OUTCOME_CODES))] | None = Field(None, description="complete")
+    to_service_id: str | None = Field(None, description="reassign: the service that takes it")
+    expected_version: int | None = Field(None, description="409 if the referral changed since you read it")
+
+
+class NoteIn(BaseModel):
+    text: str = Field(min_length=1, max_length=4000)
+
+
+class HistoryOut(BaseModel):
+    seq: int
+    at: datetime
+    action: str
+    from_status: str | None
+    to_status: str
+    actor_agency_id: str | None
+    actor_subject: str | None
+    reason_code: str | None
+    reason_text: str | None
+    outcome_code: str | None
+    note: str | None
+    to_agency_id: str | None
+
+
+class HoldOut(BaseModel):
+    id: str
+    case_id: str
+    person_id: str
+    need_code: str
+    referral_id: str
+    from_agency_id: str
+    to_agency_id: str | None
+    placed_at: datetime
+    not_before: datetime | None
+    active: bool
+    released_at: datetime | None
+    release_reason: str | None
+    released_by_referral_id: str | None
+    outcome_code: str | None
+
+
+class Kpis(BaseModel):
+    scope: str = Field(description="agency:<id>, or jurisdiction:<cc> for a coordinator")
+    total: int
+    by_status: dict[str, int]
+    median_time_to_accept_s: float | None
+    overdue: int
+    closed_loop_share: float | None = Field(description="Completed with an outcome / referrals that ended; a rejection "
+                                                        "routed onward counts through its successor")
+
+
+def _is_overdue(ref: ReferralRow, now: datetime) -> bool:
+    return ref.status in OPEN_VALUES and ref.due_at is not None and aware(ref.due_at) <= now
+
+
+async def render(session, ref: ReferralRow, principal: Principal) -> ReferralOut:
+    nxt = (await session.exec(select(ReferralRow.id).where(ReferralRow.previous_referral_id == ref.id))).first()
+    actions = allowed_actions(Status(ref.status), roles_of(principal, ref), has_receiver=ref.to_agency_id is not None)
+    return ReferralOut(**ref.model_dump(exclude={"open_key", "age_band", "languages", "screening_id", "routing",
+                                                 "clock_fired_at"}),
+                       routing=Routing(**ref.routing), next_referral_id=nxt,
+                       overdue=_is_overdue(ref, now_utc()), allowed_actions=[str(a) for a in actions])
+
+
+def _visible(principal: Principal, direction: str | None):
+    mine_to = ReferralRow.to_agency_id == principal.agency_id
+    mine_from = ReferralRow.from_agency_id == principal.agency_id
+    if principal.agency_type == COORDINATOR:
+        in_jurisdiction = ReferralRow.jurisdiction == principal.jurisdiction
+        queue = and_(in_jurisdiction, col(ReferralRow.to_agency_id).is_(None))
+        escalated = and_(in_jurisdiction, col(ReferralRow.escalation_reason).is_not(None))
+        options = {"to": mine_to, "from": mine_from, "queue": queue, "escalated": escalated,
+                   "jurisdiction": in_jurisdiction, None: or_(mine_to, mine_from, queue, escalated)}
+    else:
+        options = {"to": mine_to, "from": mine_from, None: or_(mine_to, mine_from)}
+    if direction not in options:
+        raise Problem(422, detail=f"direction {direction!r} is not available to your agency; use one of "
+                                  f"{sorted(k for k in options if k)}",
+                      errors=[{"path": "query/direction", "message": "not available"}])
+    return options[direction]
 
 
 @router.get("/referrals", response_model=ReferralPage, summary="Referrals sent to or from your agency")
 async def list_referrals(
     principal: CurrentPrincipal,
     session: DbSession,
-    status: str | None = None,
-    need_code: str | None = None,
+    status: StatusCode | None = None,
+    need_code: NeedCode | None = None,
+    overdue: bool | None = Query(None, description="true: a running deadline has passed"),
+    direction: Literal["to", "from", "queue", "escalated", "jurisdiction"] | None = Query(
+        None, description="to / from your agency; coordinator also: queue, escalated, jurisdiction"),
     case_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ReferralPage:
-    query = select(ReferralRow).where(_visible_to(principal))
+    conditions = [_visible(principal, direction)]
     if status:
-        query = query.where(ReferralRow.status == status)
+        conditions.append(ReferralRow.status == status)
     if need_code:
-        query = query.where(ReferralRow.need_code == need_code)
+        conditions.append(ReferralRow.need_code == need_code)
     if case_id:
-        query = query.where(ReferralRow.case_id == case_id)
-    rows = (await session.exec(query.order_by(ReferralRow.created_at, ReferralRow.id).offset(offset).limit(limit))).all()
-    return ReferralPage(items=[ReferralOut(**r.model_dump()) for r in rows], limit=limit, offset=offset)
+        conditions.append(ReferralRow.case_id == case_id)
+    if overdue is not None:
+        late = and_(col(ReferralRow.status).in_(OPEN_VALUES), col(ReferralRow.due_at).is_not(None),
+                    col(ReferralRow.due_at) <= now_utc())
+        conditions.append(late if overdue else ~late)
+    total = (await session.exec(select(func.count()).select_from(ReferralRow).where(*conditions))).one()
+    rows = (await session.exec(select(ReferralRow).where(*conditions)
+                               .order_by(ReferralRow.created_at, ReferralRow.id).offset(offset).limit(limit))).all()
+    return ReferralPage(items=[await render(session, r, principal) for r in rows], total=total, limit=limit,
+                        offset=offset)
+
+
+@router.post("/referrals", status_code=201, response_model=ReferralOut,
+             responses={409: {"model": ProblemDetails, "description": "An open referral for this person and need exists"}},
+             summary="A manual referral by a caseworker of your agency (sent from your agency)")
+async def create_referral(body: ManualReferralIn, request: Request, principal: CurrentPrincipal, session: DbSession,
+                          idempotency: Idempotency) -> ReferralOut:
+    previous = await idempotency.previous_resource(session)
+    if previous is not None:
+        return await render(session, await visible_referral(session, previous, principal), principal)
+    person_id, case_id = str(body.person_id), str(body.case_id)
+    existing = await open_referral_for(session, person_id, body.need_code)
+    if existing is not None:
+        raise Problem(409, detail=f"Person already has an open referral for {body.need_code}.",
+                      existing_referral_id=existing.id if roles_of(principal, existing) else None)
+    facts = await facts_for(session, principal.jurisdiction, body.age_band, body.languages, person_id)
+    if body.to_service_id:
+        directory = {s.service_id: s for s in await load_directory(session, principal.jurisdiction)}
+        service = directory.get(body.to_service_id)
+        why = "not a service of your jurisdiction" if service is None else eligible_problem(service, body.need_code, facts)
+        if why:
+            raise Problem(422, detail=f"{body.to_service_id} cannot take this referral: {why}",
+                          errors=[{"path": "body/to_service_id", "message": why}])
+        decision = route(body.need_code, facts, [service])  # the caseworker's choice, explained
+    else:
+        decision = await decide_route(session, body.need_code, facts)
+    new_id = str(uuid.uuid4())
+    idempotency.record(session, resource_id=new_id)
+    ref = await open_referral(
+        session, _policy(request), case_id=case_id, person_id=person_id, need_code=body.need_code,
+        urgency=body.urgency, facts=facts, from_agency_id=principal.agency_id,
+        is_lead=not await case_has_open_lead(session, case_id), decision=decision, actor=Actor.of(principal),
+        at=now_utc(), referral_id=new_id)
+    await session.commit()
+    return await render(session, ref, principal)
 
 
 @router.get("/referrals/{referral_id}", response_model=ReferralOut, summary="One referral, with its routing reasons")
 async def read_referral(referral_id: str, principal: CurrentPrincipal, session: DbSession) -> ReferralOut:
-    row = (await session.exec(select(ReferralRow).where(ReferralRow.id == referral_id, _visible_to(principal)))).first()
-    if row is None:
-        raise Problem(404, detail=f"No referral {referral_id} visible to your agency.")
-    return ReferralOut(**row.model_dump())
+    return await render(session, await visible_referral(session, referral_id, principal), principal)
+
+
+@router.post("/referrals/{referral_id}/actions", response_model=ReferralOut, responses=ACTION_ERRORS,
+             summary="Act on a referral: receive, accept, reject, start, hold, resume, complete, fail "
+                     "(receiving agency); cancel (sending agency or coordinator); reassign (coordinator)")
+async def act_on_referral(referral_id: str, body: ActionIn, request: Request, principal: CurrentPrincipal,
+                          session: DbSession) -> ReferralOut:
+    command = Command(action=Action(body.action), reason_code=body.reason_code, reason_text=body.reason_text,
+                      outcome_code=body.outcome_code, to_service_id=body.to_service_id,
+                      expected_version=body.expected_version)
+    ref = await act(session, _policy(request), referral_id, principal, command)
+    await session.commit()
+    return await render(session, ref, principal)
+
+
+@router.get("/referrals/{referral_id}/history", response_model=list[HistoryOut],
+            summary="The referral's full, ordered history: who did what, when, and why")
+async def referral_history(referral_id: str, principal: CurrentPrincipal, session: DbSession) -> list[HistoryOut]:
+    await visible_referral(session, referral_id, principal)
+    rows = (await session.exec(select(HistoryRow).where(HistoryRow.referral_id == referral_id)
+                               .order_by(HistoryRow.seq))).all()
+    return [HistoryOut(**r.model_dump()) for r in rows]
+
+
+@router.post("/referrals/{referral_id}/notes", status_code=201, response_model=HistoryOut,
+             summary="An interim progress note (the text stays here; the event carries ids only)")
+async def add_referral_note(referral_id: str, body: NoteIn, principal: CurrentPrincipal,
+                            session: DbSession) -> HistoryOut:
+    row = await add_note(session, referral_id, principal, body.text)
+    await session.commit()
+    return HistoryOut(**row.model_dump())
+
+
+def _hold_visible(principal: Principal):
+    mine = or_(HoldRow.from_agency_id == principal.agency_id, HoldRow.to_agency_id == principal.agency_id)
+    if principal.agency_type == COORDINATOR:
+        return or_(mine, HoldRow.jurisdiction == principal.jurisdiction)
+    return mine
+
+
+@router.get("/holds", response_model=list[HoldOut], summary="Protection holds of your referrals "
+                                                           "(coordinator: its jurisdiction)")
+async def list_holds(principal: CurrentPrincipal, session: DbSession, case_id: str | None = None,
+                     person_id: str | None = None, active: bool | None = None) -> list[HoldOut]:
+    query = select(HoldRow).where(_hold_visible(principal))
+    if case_id:
+        query = query.where(HoldRow.case_id == case_id)
+    if person_id:
+        query = query.where(HoldRow.person_id == person_id)
+    if active is not None:
+        query = query.where(col(HoldRow.released_at).is_(None) if active else col(HoldRow.released_at).is_not(None))
+    rows = (await session.exec(query.order_by(HoldRow.placed_at))).all()
+    return [HoldOut(**r.model_dump(), active=r.released_at is None) for r in rows]
+
+
+@router.get("/kpis", response_model=Kpis, summary="Your agency's referral KPIs (coordinator: its jurisdiction)")
+async def kpis(principal: CurrentPrincipal, session: DbSession) -> Kpis:
+    if principal.agency_type == COORDINATOR:
+        scope, condition = f"jurisdiction:{principal.jurisdiction}", ReferralRow.jurisdiction == principal.jurisdiction
+    else:
+        scope = f"agency:{principal.agency_id}"
+        condition = or_(ReferralRow.to_agency_id == principal.agency_id,
+                        ReferralRow.from_agency_id == principal.agency_id)
+    rows = (await session.exec(select(ReferralRow).where(condition))).all()
+    succeeded = {r.previous_referral_id for r in rows if r.previous_referral_id}
+    now = now_utc()
+    by_status = {s.value: 0 for s in Status}
+    for r in rows:
+        by_status[r.status] += 1
+    waits = [(aware(r.accepted_at) - aware(r.created_at)).total_seconds() for r in rows if r.accepted_at]
+    ended = [r for r in rows if r.status in {s.value for s in TERMINAL} and r.id not in succeeded]
+    closed = [r for r in ended if r.status == Status.COMPLETED and r.outcome_code]
+    return Kpis(scope=scope, total=len(rows), by_status=by_status,
+                median_time_to_accept_s=statistics.median(waits) if waits else None,
+                overdue=sum(_is_overdue(r, now) for r in rows),
+                closed_loop_share=len(closed) / len(ended) if ended else None)

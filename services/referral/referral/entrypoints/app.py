@@ -6,13 +6,15 @@ from enlace_platform.runtime import create_service_app
 from referral.bootstrap import build_runtime
 from referral.config import ReferralSettings
 from referral.entrypoints.api import router
+from referral.entrypoints.directory_api import router as directory_router
 
 
 def create_app(settings: ReferralSettings | None = None) -> FastAPI:
     settings = settings or ReferralSettings()
     return create_service_app(
         title="Enlace referral",
-        description="Routes protection needs to the responsible agency and runs the closed referral loop.",
+        description="Routes protection needs to the responsible agency through the service directory and runs "
+                    "the closed referral loop: lifecycle, deadline clocks and protection holds.",
         runtime=build_runtime(settings),
-        routers=[router],
+        routers=[router, directory_router],
     )

@@ -1,58 +1,124 @@
-"""Referral event handlers. Each runs inside the consumer's transaction (with its inbox row)."""
+"""Referral event handlers. Each runs inside the consumer's transaction (with its inbox row).
 
-from sqlmodel import select
+Idempotent beyond the inbox: a screening already routed is skipped, an open referral for the same
+person and need is never duplicated, and consent changes are upserts.
+"""
+
+from datetime import datetime
+from functools import partial
+
+from sqlmodel import delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.consumer import PoisonMessage
 from enlace_platform.envelope import Envelope
-from enlace_platform.outbox import add_event
-from referral.adapters.directory import load_directory
-from referral.adapters.orm import ReferralRow
+from referral.adapters.orm import ConsentRow, ReferralRow, ScreeningRow
+from referral.config import ReferralSettings
 from referral.domain import events
-from referral.domain.routing import NEED_CODES, URGENCIES, CaseFacts, age_range, route
+from referral.domain.codes import (
+    AGE_BANDS, AGENCY_TYPES, CONSENT_BASES, CONSENT_MISSING, CONSENT_PURPOSE_REFERRAL, CONSENT_PURPOSES, NEED_CODES,
+    URGENCIES,
+)
+from referral.domain.routing import LEAD_PRIORITY, lead_rank  # noqa: F401 (LEAD_PRIORITY is part of this API)
+from referral.service_layer.referrals import (
+    SYSTEM, Policy, assign_from_queue, case_has_open_lead, decide_route, facts_for, now_utc, open_referral,
+    open_referral_for, pick_lead,
+)
 
-# Lead order: the need whose agency should coordinate the others, most protective first.
-LEAD_PRIORITY = ["UNACCOMPANIED_CHILD", "SEPARATED_CHILD", "TRAFFICKING_PRESUMED", "INTERNATIONAL_PROTECTION"]
+_lead_rank = lead_rank  # kept for callers of the walking skeleton's name
 
 
-def _lead_rank(code: str) -> int:
-    return LEAD_PRIORITY.index(code) if code in LEAD_PRIORITY else len(LEAD_PRIORITY)
+def _contract_error(event_type: str, exc: Exception) -> PoisonMessage:
+    return PoisonMessage(f"{event_type} payload breaks its contract: {exc!r}")
 
 
-async def on_case_screened(session: AsyncSession, envelope: Envelope) -> None:
+def _consent_entry(entry: dict) -> tuple[str, str, str]:
+    agency_type, purpose, basis = entry["recipient_agency_type"], entry["purpose"], entry["basis"]
+    if agency_type not in AGENCY_TYPES or purpose not in CONSENT_PURPOSES or basis not in CONSENT_BASES:
+        raise ValueError(f"unknown consent scope entry {agency_type}/{purpose}/{basis}")
+    return agency_type, purpose, basis
+
+
+async def on_case_screened(session: AsyncSession, envelope: Envelope, policy: Policy | None = None) -> None:
+    policy = policy or Policy.from_settings(ReferralSettings())
     data = envelope.data
     try:
-        case_id, screening_id = data["case_id"], data["screening_id"]
-        facts = CaseFacts(jurisdiction=data["jurisdiction"], age_band=data["age_band"],
-                          languages=tuple(data.get("languages") or ()))
+        case_id, screening_id, person_id = str(data["case_id"]), str(data["screening_id"]), str(data["person_id"])
+        jurisdiction, age_band = str(data["jurisdiction"]), data["age_band"]
+        languages = [str(lang) for lang in data.get("languages") or ()]
         needs = [(n["code"], n["urgency"]) for n in data["needs"]]
-        age_range(facts.age_band)
+        from_agency = str(data["registering_agency_id"])
+        if age_band not in AGE_BANDS:
+            raise ValueError(f"unknown age band {age_band!r}")
         unknown = [(c, u) for c, u in needs if c not in NEED_CODES or u not in URGENCIES]
         if unknown:
             raise ValueError(f"unknown need codes or urgencies {unknown}")
-        from_agency = data["registering_agency_id"]
-        person_id = data["person_id"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PoisonMessage(f"case.screened.v1 payload breaks its contract: {exc!r}") from exc
+        scope = data.get("consent_scope")
+        scope = None if scope is None else [_consent_entry(e) for e in scope]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _contract_error(events.CASE_SCREENED, exc) from exc
 
-    existing = (await session.exec(select(ReferralRow).where(ReferralRow.screening_id == screening_id))).all()
-    if existing:
+    if await session.get(ScreeningRow, screening_id) is not None:
         return  # this screening was already routed
-    directory = await load_directory(session, facts.jurisdiction)
-    lead_code = min((code for code, _ in needs), key=_lead_rank, default=None)
-    for code, urgency in dict(needs).items():  # one referral per need code
-        decision = route(code, facts, directory)
-        referral = ReferralRow(
-            case_id=case_id, screening_id=screening_id, person_id=person_id, need_code=code, urgency=urgency,
-            from_agency_id=from_agency,
-            to_agency_id=decision.service.agency_id if decision.service else None,
-            to_service_id=decision.service.service_id if decision.service else None,
-            is_lead=code == lead_code, routing_reasons=list(decision.reasons),
-        )
-        session.add(referral)
-        add_event(session, topic=events.TOPIC, case_id=case_id, event_type=events.REFERRAL_REQUESTED,
-                  source=events.SOURCE, subject=referral.id,
-                  data={"referral_id": referral.id, "case_id": case_id, "person_id": person_id,
-                        "need_code": code, "urgency": urgency, "status": referral.status,
-                        "is_lead": referral.is_lead, "from_agency_id": from_agency,
-                        "to_agency_id": referral.to_agency_id, "to_service_id": referral.to_service_id})
+    session.add(ScreeningRow(screening_id=screening_id, case_id=case_id, person_id=person_id))
+    if scope is not None:  # the screening's snapshot of what consents allow replaces what we knew
+        await session.exec(delete(ConsentRow).where(ConsentRow.person_id == person_id))
+        for agency_type, purpose, basis in dict.fromkeys(scope):
+            session.add(ConsentRow(person_id=person_id, recipient_agency_type=agency_type, purpose=purpose,
+                                   basis=basis, granted=True))
+    await session.flush()
+
+    at = now_utc()
+    facts = await facts_for(session, jurisdiction, age_band, languages, person_id)
+    new_needs = {}
+    for code, urgency in needs:
+        if code not in new_needs and await open_referral_for(session, person_id, code) is None:
+            new_needs[code] = urgency  # re-screening never duplicates an open referral
+    lead_code = None if await case_has_open_lead(session, case_id) else pick_lead(list(new_needs))
+    for code, urgency in new_needs.items():
+        decision = await decide_route(session, code, facts)
+        await open_referral(session, policy, case_id=case_id, person_id=person_id, need_code=code, urgency=urgency,
+                            facts=facts, from_agency_id=from_agency, is_lead=code == lead_code, decision=decision,
+                            actor=SYSTEM, at=at, screening_id=screening_id)
+
+
+async def on_consent_changed(session: AsyncSession, envelope: Envelope, policy: Policy | None = None) -> None:
+    policy = policy or Policy.from_settings(ReferralSettings())
+    data = envelope.data
+    try:
+        person_id = str(data["person_id"])
+        agency_type, purpose, basis = _consent_entry(data)
+        status = data["status"]
+        if status not in ("granted", "withdrawn"):
+            raise ValueError(f"unknown consent status {status!r}")
+        changed_at = datetime.fromisoformat(str(data["changed_at"]).replace("Z", "+00:00"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _contract_error(events.CONSENT_CHANGED, exc) from exc
+
+    row = await session.get(ConsentRow, (person_id, agency_type, purpose))
+    if row is None:
+        row = ConsentRow(person_id=person_id, recipient_agency_type=agency_type, purpose=purpose, basis=basis,
+                         granted=status == "granted", updated_at=changed_at)
+        session.add(row)
+    else:
+        row.basis, row.granted, row.updated_at = basis, status == "granted", changed_at
+    await session.flush()
+    if status == "granted" and purpose == CONSENT_PURPOSE_REFERRAL:
+        await _route_referrals_waiting_for_consent(session, policy, person_id)
+
+
+async def _route_referrals_waiting_for_consent(session: AsyncSession, policy: Policy, person_id: str) -> None:
+    waiting = (await session.exec(select(ReferralRow).where(
+        ReferralRow.person_id == person_id, ReferralRow.escalation_reason == CONSENT_MISSING,
+        ReferralRow.to_agency_id == None, ReferralRow.status == "requested"))).all()  # noqa: E711
+    at = now_utc()
+    for ref in waiting:
+        facts = await facts_for(session, ref.jurisdiction, ref.age_band, ref.languages, person_id)
+        decision = await decide_route(session, ref.need_code, facts)
+        if decision.service is not None:
+            await assign_from_queue(session, policy, ref, decision, at)
+
+
+def consumer_handlers(policy: Policy) -> dict:
+    return {events.CASE_SCREENED: partial(on_case_screened, policy=policy),
+            events.CONSENT_CHANGED: partial(on_consent_changed, policy=policy)}

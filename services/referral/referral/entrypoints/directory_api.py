@@ -1,0 +1,229 @@
+"""The service directory (Open Referral HSDS style): any agency reads it; the coordinator of a
+jurisdiction creates, updates and deletes the agencies and services of that jurisdiction."""
+
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field, model_validator
+from sqlmodel import col, select
+
+from enlace_platform.auth import CurrentPrincipal, Principal
+from enlace_platform.idempotency import Idempotency
+from enlace_platform.problems import Problem, ProblemDetails
+from enlace_platform.runtime import DbSession
+from referral.adapters.directory import open_counts
+from referral.adapters.orm import AgencyRow, ReferralRow, ServiceRow
+from referral.domain.codes import AGENCY_TYPES, COORDINATOR, NEED_CODES
+from referral.domain.lifecycle import OPEN
+
+router = APIRouter(tags=["directory"])
+
+NeedCode = Literal[tuple(sorted(NEED_CODES))]
+AgencyType = Literal[tuple(sorted(AGENCY_TYPES))]
+LanguageCode = Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]
+
+WRITE_ERRORS = {403: {"model": ProblemDetails, "description": "Only the coordinator of that jurisdiction may change it"},
+                409: {"model": ProblemDetails, "description": "Still in use (open referrals or services)"}}
+
+
+class AgencyIn(BaseModel):
+    id: str = Field(min_length=2, max_length=64, pattern=r"^[A-Z]{2}-[A-Z0-9-]+$", examples=["MX-CASA"])
+    name: str = Field(min_length=1, max_length=200)
+    type: AgencyType
+    jurisdiction: str = Field(min_length=2, max_length=16, examples=["MX"])
+
+
+class AgencyUpdate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class AgencyOut(BaseModel):
+    id: str
+    name: str
+    type: str
+    jurisdiction: str
+
+
+class ServiceFields(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    need_codes: list[NeedCode] = Field(min_length=1)
+    age_min: int = Field(0, ge=0, le=120)
+    age_max: int = Field(120, ge=0, le=120)
+    languages: list[LanguageCode] = Field(min_length=1)
+    opening_hours: str = Field("", max_length=200, examples=["Mo-Fr 08:00-17:00", "24/7"])
+    capacity: int = Field(ge=0, description="How many open referrals the service takes at once")
+    active: bool = True
+
+    @model_validator(mode="after")
+    def _age_range(self):
+        if self.age_max < self.age_min:
+            raise ValueError("age_max must not be below age_min")
+        return self
+
+
+class ServiceIn(ServiceFields):
+    id: str | None = Field(None, min_length=2, max_length=64, description="Chosen by the server when absent")
+    agency_id: str
+    area: str = Field(min_length=2, max_length=16, description="Jurisdiction served; the agency's own")
+
+
+class ServiceOut(ServiceFields):
+    id: str
+    agency_id: str
+    agency_type: str
+    area: str
+    open_referrals: int
+
+
+def _require_coordinator(principal: Principal, jurisdiction: str) -> None:
+    if principal.agency_type != COORDINATOR or principal.jurisdiction != jurisdiction:
+        raise Problem(403, detail=f"Only the coordinator of {jurisdiction} may change its directory.")
+
+
+async def _agency(session, agency_id: str) -> AgencyRow:
+    row = await session.get(AgencyRow, agency_id)
+    if row is None:
+        raise Problem(404, detail=f"No agency {agency_id}.")
+    return row
+
+
+async def _service_out(session, row: ServiceRow) -> ServiceOut:
+    agency = await session.get(AgencyRow, row.agency_id)
+    count = (await open_counts(session, [row.id])).get(row.id, 0)
+    return ServiceOut(**row.model_dump(), agency_type=agency.type, open_referrals=count)
+
+
+@router.get("/agencies", response_model=list[AgencyOut], summary="Agencies of the directory (any agency)")
+async def list_agencies(principal: CurrentPrincipal, session: DbSession, jurisdiction: str | None = None,
+                        type: AgencyType | None = None) -> list[AgencyOut]:
+    query = select(AgencyRow)
+    if jurisdiction:
+        query = query.where(AgencyRow.jurisdiction == jurisdiction)
+    if type:
+        query = query.where(AgencyRow.type == type)
+    return [AgencyOut(**r.model_dump()) for r in (await session.exec(query.order_by(AgencyRow.id))).all()]
+
+
+@router.get("/agencies/{agency_id}", response_model=AgencyOut, summary="One agency (any agency)")
+async def read_agency(agency_id: str, principal: CurrentPrincipal, session: DbSession) -> AgencyOut:
+    return AgencyOut(**(await _agency(session, agency_id)).model_dump())
+
+
+@router.post("/agencies", status_code=201, response_model=AgencyOut, responses=WRITE_ERRORS,
+             summary="Add an agency to your jurisdiction (coordinator)")
+async def create_agency(body: AgencyIn, principal: CurrentPrincipal, session: DbSession,
+                        idempotency: Idempotency) -> AgencyOut:
+    _require_coordinator(principal, body.jurisdiction)
+    previous = await idempotency.previous_resource(session)
+    if previous is not None:
+        return AgencyOut(**(await _agency(session, previous)).model_dump())
+    if await session.get(AgencyRow, body.id) is not None:
+        raise Problem(409, detail=f"Agency {body.id} already exists.")
+    idempotency.record(session, resource_id=body.id)
+    row = AgencyRow(**body.model_dump())
+    session.add(row)
+    await session.commit()
+    return AgencyOut(**row.model_dump())
+
+
+@router.patch("/agencies/{agency_id}", response_model=AgencyOut, responses=WRITE_ERRORS,
+              summary="Rename an agency of your jurisdiction (coordinator)")
+async def update_agency(agency_id: str, body: AgencyUpdate, principal: CurrentPrincipal,
+                        session: DbSession) -> AgencyOut:
+    row = await _agency(session, agency_id)
+    _require_coordinator(principal, row.jurisdiction)
+    row.name = body.name
+    await session.commit()
+    return AgencyOut(**row.model_dump())
+
+
+@router.delete("/agencies/{agency_id}", status_code=204, responses=WRITE_ERRORS,
+               summary="Remove an agency without services (coordinator)")
+async def delete_agency(agency_id: str, principal: CurrentPrincipal, session: DbSession) -> Response:
+    row = await _agency(session, agency_id)
+    _require_coordinator(principal, row.jurisdiction)
+    if (await session.exec(select(ServiceRow.id).where(ServiceRow.agency_id == agency_id).limit(1))).first():
+        raise Problem(409, detail=f"Agency {agency_id} still offers services; delete them first.")
+    await session.delete(row)
+    await session.commit()
+    return Response(status_code=204)
+
+
+@router.get("/services", response_model=list[ServiceOut], summary="Services of the directory (any agency)")
+async def list_services(principal: CurrentPrincipal, session: DbSession, jurisdiction: str | None = None,
+                        need_code: NeedCode | None = None, agency_id: str | None = None,
+                        active: bool | None = None) -> list[ServiceOut]:
+    query = select(ServiceRow)
+    if jurisdiction:
+        query = query.where(ServiceRow.area == jurisdiction)
+    if agency_id:
+        query = query.where(ServiceRow.agency_id == agency_id)
+    if active is not None:
+        query = query.where(ServiceRow.active == active)
+    rows = [r for r in (await session.exec(query.order_by(ServiceRow.id))).all()
+            if need_code is None or need_code in r.need_codes]
+    return [await _service_out(session, r) for r in rows]
+
+
+async def _service(session, service_id: str) -> ServiceRow:
+    row = await session.get(ServiceRow, service_id)
+    if row is None:
+        raise Problem(404, detail=f"No service {service_id}.")
+    return row
+
+
+@router.get("/services/{service_id}", response_model=ServiceOut, summary="One service (any agency)")
+async def read_service(service_id: str, principal: CurrentPrincipal, session: DbSession) -> ServiceOut:
+    return await _service_out(session, await _service(session, service_id))
+
+
+@router.post("/services", status_code=201, response_model=ServiceOut, responses=WRITE_ERRORS,
+             summary="Add a service to an agency of your jurisdiction (coordinator)")
+async def create_service(body: ServiceIn, principal: CurrentPrincipal, session: DbSession,
+                         idempotency: Idempotency) -> ServiceOut:
+    agency = await session.get(AgencyRow, body.agency_id)
+    if agency is None:
+        raise Problem(422, detail=f"No agency {body.agency_id}.",
+                      errors=[{"path": "body/agency_id", "message": "unknown agency"}])
+    _require_coordinator(principal, agency.jurisdiction)
+    if body.area != agency.jurisdiction:
+        raise Problem(422, detail=f"A service of {agency.id} serves {agency.jurisdiction}.",
+                      errors=[{"path": "body/area", "message": "must be the agency's jurisdiction"}])
+    previous = await idempotency.previous_resource(session)
+    if previous is not None:
+        return await _service_out(session, await _service(session, previous))
+    service_id = body.id or f"{agency.id}-{uuid.uuid4().hex[:8]}"
+    if await session.get(ServiceRow, service_id) is not None:
+        raise Problem(409, detail=f"Service {service_id} already exists.")
+    idempotency.record(session, resource_id=service_id)
+    row = ServiceRow(**{**body.model_dump(exclude={"id"}), "id": service_id})
+    session.add(row)
+    await session.commit()
+    return await _service_out(session, row)
+
+
+@router.put("/services/{service_id}", response_model=ServiceOut, responses=WRITE_ERRORS,
+            summary="Update a service of your jurisdiction (coordinator)")
+async def update_service(service_id: str, body: ServiceFields, principal: CurrentPrincipal,
+                         session: DbSession) -> ServiceOut:
+    row = await _service(session, service_id)
+    _require_coordinator(principal, row.area)
+    for key, value in body.model_dump().items():
+        setattr(row, key, value)
+    await session.commit()
+    return await _service_out(session, row)
+
+
+@router.delete("/services/{service_id}", status_code=204, responses=WRITE_ERRORS,
+               summary="Remove a service without open referrals (coordinator); otherwise deactivate it")
+async def delete_service(service_id: str, principal: CurrentPrincipal, session: DbSession) -> Response:
+    row = await _service(session, service_id)
+    _require_coordinator(principal, row.area)
+    busy = (await session.exec(select(ReferralRow.id).where(
+        ReferralRow.to_service_id == service_id, col(ReferralRow.status).in_([str(s) for s in OPEN])).limit(1))).first()
+    if busy:
+        raise Problem(409, detail=f"Service {service_id} has open referrals; set active=false instead.")
+    await session.delete(row)
+    await session.commit()
+    return Response(status_code=204)

@@ -1,0 +1,93 @@
+"""Deadline clocks and reflection periods, run by a background loop in every replica.
+
+Each breach is claimed with a conditional UPDATE on its fired marker, in its own transaction, so it
+fires exactly once however many replicas share the database.
+"""
+
+import asyncio
+import logging
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from referral.adapters.orm import HoldRow, ReferralRow
+from referral.domain import events
+from referral.domain.codes import OVERDUE, REFLECTION_PERIOD_ENDED
+from referral.domain.lifecycle import OPEN
+from referral.service_layer.referrals import SYSTEM, add_history, now_utc, publish, release_hold
+
+log = logging.getLogger(__name__)
+BATCH = 100
+
+
+async def fire_overdue(session: AsyncSession, referral_id: str, at: datetime) -> bool:
+    ref = await session.get(ReferralRow, referral_id)
+    if ref is None or ref.clock is None:
+        return False
+    claimed = await session.execute(
+        update(ReferralRow).where(ReferralRow.id == referral_id, ReferralRow.clock == ref.clock,
+                                  col(ReferralRow.clock_fired_at).is_(None), col(ReferralRow.due_at) <= at,
+                                  col(ReferralRow.status).in_([str(s) for s in OPEN]))
+        .values(clock_fired_at=at, escalation_reason=OVERDUE))
+    if claimed.rowcount != 1:
+        return False  # another replica fired it, or the referral moved on
+    await session.refresh(ref)
+    await add_history(session, ref, "overdue", ref.status, SYSTEM, at, reason_code=ref.clock)
+    publish(session, ref, events.REFERRAL_OVERDUE, SYSTEM, at, reason_code=ref.clock)
+    await add_history(session, ref, "escalate", ref.status, SYSTEM, at, reason_code=OVERDUE)
+    publish(session, ref, events.REFERRAL_ESCALATED, SYSTEM, at, reason_code=OVERDUE)
+    return True
+
+
+async def end_reflection_period(session: AsyncSession, hold_id: str, at: datetime) -> bool:
+    hold = await session.get(HoldRow, hold_id)
+    if hold is None or hold.released_at is not None:
+        return False
+    # The referral whose chain carried the hold: the person's latest referral for this need.
+    ref = (await session.exec(select(ReferralRow).where(ReferralRow.person_id == hold.person_id,
+                                                        ReferralRow.need_code == hold.need_code)
+                              .order_by(col(ReferralRow.created_at).desc()).limit(1))).first()
+    if ref is None:
+        return False
+    outcome = ref.outcome_code if ref.status == "completed" else None
+    return await release_hold(session, hold, reason=REFLECTION_PERIOD_ENDED, ref=ref, outcome_code=outcome, at=at)
+
+
+async def run_clocks(sessions: async_sessionmaker[AsyncSession], at: datetime | None = None) -> int:
+    """One pass: fire every breached deadline and end every finished reflection period. Returns how many."""
+    at = at or now_utc()
+    async with sessions() as session:
+        due = (await session.exec(select(ReferralRow.id).where(
+            col(ReferralRow.due_at) <= at, col(ReferralRow.clock_fired_at).is_(None),
+            col(ReferralRow.status).in_([str(s) for s in OPEN])).limit(BATCH))).all()
+        ended = (await session.exec(select(HoldRow.id).where(
+            col(HoldRow.not_before) <= at, col(HoldRow.released_at).is_(None)).limit(BATCH))).all()
+    fired = 0
+    for referral_id in due:
+        async with sessions() as session:
+            if await fire_overdue(session, referral_id, at):
+                fired += 1
+            await session.commit()
+    for hold_id in ended:
+        async with sessions() as session:
+            if await end_reflection_period(session, hold_id, at):
+                fired += 1
+            await session.commit()
+    return fired
+
+
+def clock_loop(interval_s: float):
+    async def referral_clocks(runtime) -> None:
+        while not runtime.stopping.is_set():
+            try:
+                await run_clocks(runtime.sessions)
+            except Exception:
+                log.exception("clock pass failed; retrying next tick")
+            try:
+                await asyncio.wait_for(runtime.stopping.wait(), timeout=interval_s)
+            except TimeoutError:
+                pass
+    return referral_clocks

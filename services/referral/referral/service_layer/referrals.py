@@ -1,0 +1,406 @@
+"""Referral use cases: open (routed or manual), act on the lifecycle, onward routing, holds, notes.
+
+Each function works inside the caller's transaction; the caller commits. Business rows, history and
+outbox events therefore commit together. Every status change is a conditional
+``UPDATE ... WHERE version = :v``: of two concurrent actions on one referral exactly one wins.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, update
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from enlace_platform.auth import Principal
+from enlace_platform.outbox import add_event
+from enlace_platform.problems import Problem
+from referral.adapters.directory import consented_agency_types, load_directory, open_counts, to_directory_service
+from referral.adapters.orm import AgencyRow, HistoryRow, HoldRow, ReferralRow, ServiceRow
+from referral.domain import events
+from referral.domain.clocks import NeedClocks, clock_for
+from referral.domain.codes import (
+    CANCELLED_BY_COORDINATOR, COMPLETED_FINAL, COORDINATOR, FINAL_OUTCOMES, HOLD_BEARING_NEEDS, OUTCOME_CODES,
+    REASON_CODES, REJECTED_NO_ALTERNATIVE, TRAFFICKING, coordinator_of,
+)
+from referral.domain.lifecycle import OPEN, TERMINAL, Action, Allowed, Conflict, Role, Status, decide
+from referral.domain.routing import CaseFacts, RoutingDecision, ineligibility, lead_rank, route
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Deadline clocks per need and the trafficking reflection period."""
+    clocks: dict[str, NeedClocks]
+    default_clocks: NeedClocks
+    reflection_period: timedelta
+
+    @classmethod
+    def from_settings(cls, settings) -> "Policy":
+        clocks, default = settings.clock_policy()
+        return cls(clocks, default, settings.reflection_period)
+
+    def clock(self, status: Status, need_code: str, since: datetime) -> tuple[str | None, datetime | None]:
+        return clock_for(status, need_code, self.clocks, self.default_clocks, since)
+
+
+@dataclass(frozen=True)
+class Actor:
+    agency_id: str | None  # None: the system (routing, clocks)
+    subject: str | None = None
+
+    @classmethod
+    def of(cls, principal: Principal) -> "Actor":
+        return cls(principal.agency_id, principal.subject)
+
+
+SYSTEM = Actor(None)
+
+
+@dataclass(frozen=True)
+class Command:
+    action: Action
+    reason_code: str | None = None
+    reason_text: str | None = None
+    outcome_code: str | None = None
+    to_service_id: str | None = None
+    expected_version: int | None = None
+
+
+def open_key(person_id: str, need_code: str) -> str:
+    return f"{person_id}|{need_code}"
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; we only ever store UTC
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
+
+def aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+# --- events and history ----------------------------------------------------------------------
+
+def referral_payload(ref: ReferralRow, actor: Actor, at: datetime, *, reason_code: str | None = None) -> dict:
+    """The catalog's shared referral payload: codes and ids only."""
+    return {
+        "referral_id": ref.id, "case_id": ref.case_id, "person_id": ref.person_id, "need_code": ref.need_code,
+        "urgency": ref.urgency, "status": ref.status, "is_lead": ref.is_lead,
+        "from_agency_id": ref.from_agency_id, "to_agency_id": ref.to_agency_id,
+        "to_agency_type": ref.to_agency_type, "to_service_id": ref.to_service_id,
+        "coordinator_agency_id": ref.coordinator_agency_id, "due_at": _iso(ref.due_at),
+        "previous_referral_id": ref.previous_referral_id, "actor_agency_id": actor.agency_id,
+        "reason_code": reason_code, "outcome_code": ref.outcome_code if ref.status == Status.COMPLETED else None,
+        "occurred_at": _iso(at),
+    }
+
+
+def publish(session: AsyncSession, ref: ReferralRow, event_type: str, actor: Actor, at: datetime,
+            *, reason_code: str | None = None) -> None:
+    add_event(session, topic=events.TOPIC, case_id=ref.case_id, event_type=event_type, source=events.SOURCE,
+              subject=ref.id, data=referral_payload(ref, actor, at, reason_code=reason_code))
+
+
+async def add_history(session: AsyncSession, ref: ReferralRow, action: str, from_status: str | None, actor: Actor,
+                      at: datetime, **details) -> HistoryRow:
+    last = (await session.exec(select(func.max(HistoryRow.seq)).where(HistoryRow.referral_id == ref.id))).one()
+    row = HistoryRow(referral_id=ref.id, seq=(last or 0) + 1, at=at, action=action, from_status=from_status,
+                     to_status=ref.status, actor_agency_id=actor.agency_id, actor_subject=actor.subject, **details)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+# --- opening referrals -----------------------------------------------------------------------
+
+async def decide_route(session: AsyncSession, need_code: str, facts: CaseFacts,
+                       excluded_agencies: frozenset[str] = frozenset()) -> RoutingDecision:
+    return route(need_code, facts, await load_directory(session, facts.jurisdiction), excluded_agencies)
+
+
+async def facts_for(session: AsyncSession, jurisdiction: str, age_band: str, languages: list[str],
+                    person_id: str) -> CaseFacts:
+    return CaseFacts(jurisdiction=jurisdiction, age_band=age_band, languages=tuple(languages),
+                     consented_agency_types=await consented_agency_types(session, person_id))
+
+
+async def open_referral_for(session: AsyncSession, person_id: str, need_code: str) -> ReferralRow | None:
+    return (await session.exec(select(ReferralRow).where(ReferralRow.open_key == open_key(person_id, need_code)))).first()
+
+
+async def case_has_open_lead(session: AsyncSession, case_id: str) -> bool:
+    query = select(ReferralRow.id).where(ReferralRow.case_id == case_id, ReferralRow.is_lead == True,  # noqa: E712
+                                         col(ReferralRow.status).in_([str(s) for s in OPEN]))
+    return (await session.exec(query.limit(1))).first() is not None
+
+
+def pick_lead(codes: list[str]) -> str | None:
+    return min(codes, key=lead_rank, default=None)
+
+
+async def open_referral(session: AsyncSession, policy: Policy, *, case_id: str, person_id: str, need_code: str,
+                        urgency: str, facts: CaseFacts, from_agency_id: str, is_lead: bool,
+                        decision: RoutingDecision, actor: Actor, at: datetime, screening_id: str | None = None,
+                        previous: ReferralRow | None = None, escalation_reason: str | None = None,
+                        referral_id: str | None = None) -> ReferralRow:
+    """A new referral (status requested), routed or queued; publishes it, escalates a queued one, places a hold."""
+    chosen = decision.service
+    clock, due_at = policy.clock(Status.REQUESTED, need_code, at)
+    ref = ReferralRow(
+        case_id=case_id, screening_id=screening_id, person_id=person_id, need_code=need_code, urgency=urgency,
+        is_lead=is_lead, jurisdiction=facts.jurisdiction, age_band=facts.age_band, languages=list(facts.languages),
+        from_agency_id=from_agency_id, to_agency_id=chosen.agency_id if chosen else None,
+        to_agency_type=chosen.agency_type if chosen else None, to_service_id=chosen.service_id if chosen else None,
+        coordinator_agency_id=coordinator_of(facts.jurisdiction),
+        previous_referral_id=previous.id if previous else None, routing=decision.explanation(),
+        routing_reasons=list(decision.reasons), clock=clock, due_at=due_at,
+        open_key=open_key(person_id, need_code), created_at=at, updated_at=at,
+    )
+    if referral_id is not None:
+        ref.id = referral_id
+    if chosen is None:
+        ref.escalation_reason = escalation_reason or decision.escalation_reason
+    session.add(ref)
+    await session.flush()
+    await add_history(session, ref, "route", None, actor, at, to_agency_id=ref.to_agency_id,
+                      reason_code=ref.escalation_reason)
+    publish(session, ref, events.REFERRAL_REQUESTED, actor, at)
+    if ref.escalation_reason:
+        await add_history(session, ref, "escalate", ref.status, SYSTEM, at, reason_code=ref.escalation_reason)
+        publish(session, ref, events.REFERRAL_ESCALATED, SYSTEM, at, reason_code=ref.escalation_reason)
+    await place_hold_if_needed(session, policy, ref, at)
+    return ref
+
+
+# --- protection holds ------------------------------------------------------------------------
+
+async def active_hold(session: AsyncSession, person_id: str, need_code: str) -> HoldRow | None:
+    return (await session.exec(select(HoldRow).where(HoldRow.active_key == open_key(person_id, need_code)))).first()
+
+
+def hold_payload(hold: HoldRow) -> dict:
+    return {"hold_id": hold.id, "case_id": hold.case_id, "person_id": hold.person_id, "referral_id": hold.referral_id,
+            "need_code": hold.need_code, "from_agency_id": hold.from_agency_id, "to_agency_id": hold.to_agency_id,
+            "placed_at": _iso(hold.placed_at), "not_before": _iso(hold.not_before)}
+
+
+async def place_hold_if_needed(session: AsyncSession, policy: Policy, ref: ReferralRow, at: datetime) -> None:
+    """One hold per (person, need): placed by the first referral; onward referrals keep it."""
+    if ref.need_code not in HOLD_BEARING_NEEDS or await active_hold(session, ref.person_id, ref.need_code):
+        return
+    hold = HoldRow(case_id=ref.case_id, person_id=ref.person_id, need_code=ref.need_code, referral_id=ref.id,
+                   from_agency_id=ref.from_agency_id, to_agency_id=ref.to_agency_id, jurisdiction=ref.jurisdiction,
+                   placed_at=at, active_key=open_key(ref.person_id, ref.need_code),
+                   not_before=at + policy.reflection_period if ref.need_code == TRAFFICKING else None)
+    session.add(hold)
+    await session.flush()
+    add_event(session, topic=events.HOLD_TOPIC, case_id=ref.case_id, event_type=events.HOLD_PLACED,
+              source=events.SOURCE, subject=hold.id, data=hold_payload(hold))
+
+
+async def release_hold(session: AsyncSession, hold: HoldRow, *, reason: str, ref: ReferralRow,
+                       outcome_code: str | None, at: datetime) -> bool:
+    """Claims the release with a conditional UPDATE: a hold is released exactly once."""
+    result = await session.execute(
+        update(HoldRow).where(HoldRow.id == hold.id, col(HoldRow.released_at).is_(None))
+        .values(released_at=at, release_reason=reason, released_by_referral_id=ref.id, outcome_code=outcome_code,
+                active_key=None))
+    if result.rowcount != 1:
+        return False
+    add_event(session, topic=events.HOLD_TOPIC, case_id=hold.case_id, event_type=events.HOLD_RELEASED,
+              source=events.SOURCE, subject=hold.id,
+              data={"hold_id": hold.id, "case_id": hold.case_id, "person_id": hold.person_id,
+                    "referral_id": ref.id, "need_code": hold.need_code, "from_agency_id": hold.from_agency_id,
+                    "to_agency_id": ref.to_agency_id, "release_reason": reason, "outcome_code": outcome_code,
+                    "released_at": _iso(at)})
+    return True
+
+
+# --- acting on a referral --------------------------------------------------------------------
+
+def is_coordinator_for(principal: Principal, ref: ReferralRow) -> bool:
+    return principal.agency_type == COORDINATOR and principal.jurisdiction == ref.jurisdiction
+
+
+def roles_of(principal: Principal, ref: ReferralRow) -> frozenset[Role]:
+    roles = set()
+    if ref.to_agency_id is not None and principal.agency_id == ref.to_agency_id:
+        roles.add(Role.RECEIVER)
+    if principal.agency_id == ref.from_agency_id:
+        roles.add(Role.SENDER)
+    if is_coordinator_for(principal, ref):
+        roles.add(Role.COORDINATOR)
+    return frozenset(roles)
+
+
+async def visible_referral(session: AsyncSession, referral_id: str, principal: Principal) -> ReferralRow:
+    ref = await session.get(ReferralRow, referral_id)
+    if ref is None or not roles_of(principal, ref):
+        raise Problem(404, detail=f"No referral {referral_id} visible to your agency.")
+    return ref
+
+
+async def conditional_update(session: AsyncSession, ref: ReferralRow, changes: dict) -> None:
+    """UPDATE ... WHERE version = :v; the loser of a race gets 409 and nothing changes."""
+    changes = {**changes, "version": ref.version + 1}
+    result = await session.execute(update(ReferralRow).where(ReferralRow.id == ref.id,
+                                                             ReferralRow.version == ref.version).values(**changes))
+    if result.rowcount != 1:
+        await session.rollback()
+        current = await session.get(ReferralRow, ref.id, populate_existing=True)
+        raise Problem(409, detail="The referral was changed by someone else at the same time; reload and retry.",
+                      current_status=current.status if current else None,
+                      current_version=current.version if current else None)
+    for key, value in changes.items():
+        set_committed_value(ref, key, value)
+
+
+def _validate(cmd: Command, allowed: Allowed) -> None:
+    if allowed.rule.needs_reason:
+        if cmd.reason_code not in REASON_CODES:
+            raise Problem(422, detail=f"{cmd.action} needs reason_code, one of {sorted(REASON_CODES)}",
+                          errors=[{"path": "body/reason_code", "message": "required, from the catalog's list"}])
+        if not (cmd.reason_text or "").strip():
+            raise Problem(422, detail=f"{cmd.action} needs reason_text explaining the reason",
+                          errors=[{"path": "body/reason_text", "message": "required"}])
+    if allowed.rule.needs_outcome and cmd.outcome_code not in OUTCOME_CODES:
+        raise Problem(422, detail=f"complete needs outcome_code, one of {sorted(OUTCOME_CODES)}",
+                      errors=[{"path": "body/outcome_code", "message": "required, from the catalog's list"}])
+    if cmd.action == Action.REASSIGN and not cmd.to_service_id:
+        raise Problem(422, detail="reassign needs to_service_id",
+                      errors=[{"path": "body/to_service_id", "message": "required"}])
+
+
+async def _reassign_target(session: AsyncSession, ref: ReferralRow, service_id: str):
+    row = await session.get(ServiceRow, service_id)
+    agency = await session.get(AgencyRow, row.agency_id) if row else None
+    if row is None or agency is None:
+        raise Problem(422, detail=f"No directory service {service_id}",
+                      errors=[{"path": "body/to_service_id", "message": "unknown service"}])
+    service = to_directory_service(row, agency.type, (await open_counts(session, [row.id])).get(row.id, 0))
+    problem = None
+    if ref.need_code not in service.need_codes:
+        problem = f"does not serve {ref.need_code}"
+    elif service.area != ref.jurisdiction:
+        problem = f"serves {service.area}, the referral is in {ref.jurisdiction}"
+    elif not service.active:
+        problem = "inactive"
+    if problem:
+        raise Problem(422, detail=f"{service_id} cannot take this referral: {problem}",
+                      errors=[{"path": "body/to_service_id", "message": problem}])
+    return service
+
+
+async def act(session: AsyncSession, policy: Policy, referral_id: str, principal: Principal, cmd: Command,
+              at: datetime | None = None) -> ReferralRow:
+    """Run one lifecycle action for the caller; returns the referral after it (the caller commits)."""
+    at = at or now_utc()
+    ref = await visible_referral(session, referral_id, principal)
+    roles = roles_of(principal, ref)
+    verdict = decide(Status(ref.status), cmd.action, roles, has_receiver=ref.to_agency_id is not None)
+    if isinstance(verdict, Conflict):
+        raise Problem(409, detail=f"Cannot {cmd.action} a referral that is {ref.status}; "
+                                  f"you may: {', '.join(verdict.allowed_actions) or 'nothing'}.",
+                      current_status=ref.status, allowed_actions=[str(a) for a in verdict.allowed_actions])
+    if not isinstance(verdict, Allowed):
+        raise Problem(403, detail=f"Your agency ({', '.join(sorted(roles))} of this referral) may not {cmd.action} it.")
+    _validate(cmd, verdict)
+    if cmd.expected_version is not None and cmd.expected_version != ref.version:
+        raise Problem(409, detail=f"The referral is at version {ref.version}, not {cmd.expected_version}.",
+                      current_status=ref.status, current_version=ref.version)
+
+    actor = Actor.of(principal)
+    from_status = ref.status
+    target = verdict.target
+    changes: dict = {"status": str(target), "updated_at": at}
+    if cmd.action in (Action.ACCEPT, Action.REASSIGN):
+        clock, due_at = policy.clock(target, ref.need_code, at)
+        changes.update(clock=clock, due_at=due_at, clock_fired_at=None, escalation_reason=None)
+    if cmd.action == Action.ACCEPT:
+        changes["accepted_at"] = at
+    if cmd.action == Action.REASSIGN:
+        service = await _reassign_target(session, ref, cmd.to_service_id)
+        changes.update(to_agency_id=service.agency_id, to_agency_type=service.agency_type,
+                       to_service_id=service.service_id, accepted_at=None)
+    if target in TERMINAL:
+        changes.update(open_key=None, clock=None, due_at=None, closed_at=at, escalation_reason=None,
+                       reason_code=cmd.reason_code, outcome_code=cmd.outcome_code)
+    await conditional_update(session, ref, changes)
+
+    await add_history(session, ref, str(cmd.action), from_status, actor, at, reason_code=cmd.reason_code,
+                      reason_text=cmd.reason_text, outcome_code=cmd.outcome_code,
+                      to_agency_id=ref.to_agency_id if cmd.action == Action.REASSIGN else None)
+    publish(session, ref, events.ACTION_EVENTS[cmd.action], actor, at, reason_code=cmd.reason_code)
+
+    if cmd.action == Action.REJECT:
+        await route_onward(session, policy, ref, at)
+    elif cmd.action == Action.COMPLETE and cmd.outcome_code in FINAL_OUTCOMES and ref.need_code != TRAFFICKING:
+        hold = await active_hold(session, ref.person_id, ref.need_code)
+        if hold:
+            await release_hold(session, hold, reason=COMPLETED_FINAL, ref=ref, outcome_code=cmd.outcome_code, at=at)
+    elif cmd.action == Action.CANCEL and Role.COORDINATOR in roles and ref.need_code != TRAFFICKING:
+        hold = await active_hold(session, ref.person_id, ref.need_code)
+        if hold:
+            await release_hold(session, hold, reason=CANCELLED_BY_COORDINATOR, ref=ref, outcome_code=None, at=at)
+    return ref
+
+
+async def rejected_agencies(session: AsyncSession, ref: ReferralRow) -> frozenset[str]:
+    """Agencies that rejected this need along the chain of onward referrals."""
+    agencies: set[str] = set()
+    current: ReferralRow | None = ref
+    while current is not None:
+        if current.status == Status.REJECTED and current.to_agency_id:
+            agencies.add(current.to_agency_id)
+        current = await session.get(ReferralRow, current.previous_referral_id) if current.previous_referral_id else None
+    return frozenset(agencies)
+
+
+async def route_onward(session: AsyncSession, policy: Policy, rejected: ReferralRow, at: datetime) -> ReferralRow:
+    """A new referral to the next eligible service, linked to the rejected one; the hold stays."""
+    facts = await facts_for(session, rejected.jurisdiction, rejected.age_band, rejected.languages, rejected.person_id)
+    decision = await decide_route(session, rejected.need_code, facts, await rejected_agencies(session, rejected))
+    return await open_referral(
+        session, policy, case_id=rejected.case_id, person_id=rejected.person_id, need_code=rejected.need_code,
+        urgency=rejected.urgency, facts=facts, from_agency_id=rejected.from_agency_id, is_lead=rejected.is_lead,
+        decision=decision, actor=SYSTEM, at=at, screening_id=rejected.screening_id, previous=rejected,
+        escalation_reason=REJECTED_NO_ALTERNATIVE)
+
+
+async def assign_from_queue(session: AsyncSession, policy: Policy, ref: ReferralRow, decision: RoutingDecision,
+                            at: datetime) -> None:
+    """The system assigns a queued referral once routing finds a service (e.g. consent was given)."""
+    service = decision.service
+    clock, due_at = policy.clock(Status.REQUESTED, ref.need_code, at)
+    await conditional_update(session, ref, {
+        "to_agency_id": service.agency_id, "to_agency_type": service.agency_type, "to_service_id": service.service_id,
+        "routing": decision.explanation(), "routing_reasons": list(decision.reasons), "escalation_reason": None,
+        "clock": clock, "due_at": due_at, "clock_fired_at": None, "updated_at": at})
+    await add_history(session, ref, "reassign", ref.status, SYSTEM, at, to_agency_id=service.agency_id)
+    publish(session, ref, events.REFERRAL_REASSIGNED, SYSTEM, at)
+
+
+async def add_note(session: AsyncSession, referral_id: str, principal: Principal, text: str,
+                   at: datetime | None = None) -> HistoryRow:
+    """A progress note: the text stays here; the event carries ids only."""
+    at = at or now_utc()
+    ref = await visible_referral(session, referral_id, principal)
+    actor = Actor.of(principal)
+    row = await add_history(session, ref, "note", ref.status, actor, at, note=text)
+    publish(session, ref, events.REFERRAL_NOTE_ADDED, actor, at)
+    return row
+
+
+def eligible_problem(service, need_code: str, facts: CaseFacts) -> str | None:
+    if need_code not in service.need_codes:
+        return f"does not serve {need_code}"
+    why = ineligibility(service, need_code, facts)
+    return why[1] if why else None
