@@ -1,130 +1,217 @@
-"""Screening rules: answers in, protection needs (with urgency and reasons) out."""
+"""Screening rules v2, table-driven: every rule of the data file is exercised, and the table proves it."""
+
+import copy
 
 import pytest
 
-from intake.domain.screening import PersonFacts, ProtectionNeed, ScreeningAnswers, Urgency, age_band, evaluate
+from intake.domain.encounter import Relationship, person_facts
+from intake.domain.rules import NEED_CODES, InvalidRuleSet, parse_rule_set, rule_set_document
+from intake.domain.screening import (
+    FACT_TYPES, RULES_VERSION, TRAFFICKING_INDICATORS, PersonFacts, ScreeningAnswers, Urgency, age_band,
+    current_rules, evaluate,
+)
 
+ADULT = PersonFacts(30)
+CHILD = PersonFacts(15)
+A = ScreeningAnswers
 
-def _codes(needs: list[ProtectionNeed]) -> list[str]:
-    return [n.code for n in needs]
-
-
-def _need(needs: list[ProtectionNeed], code: str) -> ProtectionNeed:
-    matches = [n for n in needs if n.code == code]
-    assert len(matches) == 1, f"expected exactly one {code}, got {_codes(needs)}"
-    return matches[0]
-
-
+# id, person, answers, {need code: (urgency, rule ids that must have fired)}
 CASES = [
-    # id, person, answers, expected codes (order-insensitive)
-    ("unaccompanied-15", PersonFacts(15), ScreeningAnswers(travelling_with_parent_or_guardian=False),
-     {"UNACCOMPANIED_CHILD"}),
-    ("unaccompanied-0", PersonFacts(0), ScreeningAnswers(travelling_with_parent_or_guardian=False),
-     {"UNACCOMPANIED_CHILD"}),
-    ("unaccompanied-17", PersonFacts(17), ScreeningAnswers(travelling_with_parent_or_guardian=False),
-     {"UNACCOMPANIED_CHILD"}),
-    ("adult-18-alone", PersonFacts(18), ScreeningAnswers(travelling_with_parent_or_guardian=False), set()),
-    ("adult-40-alone", PersonFacts(40), ScreeningAnswers(travelling_with_parent_or_guardian=False), set()),
-    ("disputed-claims-adult-alone", PersonFacts(25, age_disputed=True),
-     ScreeningAnswers(travelling_with_parent_or_guardian=False), {"UNACCOMPANIED_CHILD"}),
-    ("age-unknown-alone", PersonFacts(None), ScreeningAnswers(travelling_with_parent_or_guardian=False),
-     {"UNACCOMPANIED_CHILD"}),
-    ("child-with-parent", PersonFacts(9), ScreeningAnswers(travelling_with_parent_or_guardian=True), set()),
-    ("disputed-with-parent", PersonFacts(16, age_disputed=True),
-     ScreeningAnswers(travelling_with_parent_or_guardian=True), set()),
-    ("adult-fear", PersonFacts(30), ScreeningAnswers(fear_of_return=True), {"INTERNATIONAL_PROTECTION"}),
-    ("child-with-parent-fear", PersonFacts(10),
-     ScreeningAnswers(fear_of_return=True, travelling_with_parent_or_guardian=True), {"INTERNATIONAL_PROTECTION"}),
-    ("adult-trafficking", PersonFacts(22), ScreeningAnswers(trafficking_indicators=("debt bondage",)),
-     {"TRAFFICKING_PRESUMED"}),
-    ("everything", PersonFacts(16),
-     ScreeningAnswers(fear_of_return=True, travelling_with_parent_or_guardian=False,
-                      trafficking_indicators=("documents withheld", "recruited with false job offer")),
-     {"UNACCOMPANIED_CHILD", "INTERNATIONAL_PROTECTION", "TRAFFICKING_PRESUMED"}),
-    ("nothing-adult", PersonFacts(35), ScreeningAnswers(), set()),
-    # Companionship not established: the child is protected as unaccompanied until it is.
-    ("child-companion-unanswered", PersonFacts(12), ScreeningAnswers(), {"UNACCOMPANIED_CHILD"}),
-    ("disputed-companion-unanswered", PersonFacts(19, age_disputed=True), ScreeningAnswers(fear_of_return=True),
-     {"UNACCOMPANIED_CHILD", "INTERNATIONAL_PROTECTION"}),
-    ("nothing-adult-with-family", PersonFacts(35), ScreeningAnswers(travelling_with_parent_or_guardian=True), set()),
+    ("uac-alone", CHILD, A(), {"UNACCOMPANIED_CHILD": ("immediate", {"UAC-1"})}),
+    ("uac-infant", PersonFacts(0), A(), {"UNACCOMPANIED_CHILD": ("immediate", {"UAC-1"})}),
+    ("uac-17", PersonFacts(17), A(), {"UNACCOMPANIED_CHILD": ("immediate", {"UAC-1"})}),
+    ("uac-with-unrelated-adult", PersonFacts(15, unrelated_adult_in_group=True), A(),
+     {"UNACCOMPANIED_CHILD": ("immediate", {"UAC-1"})}),
+    ("uac-claims-parent-not-registered", CHILD, A(travelling_with_parent_or_guardian=True),
+     {"UNACCOMPANIED_CHILD": ("immediate", {"UAC-1"})}),
+    ("uac-age-unknown", PersonFacts(None), A(), {"UNACCOMPANIED_CHILD": ("immediate", {"UAC-1"})}),
+    ("uac-disputed-claims-adult", PersonFacts(25, age_disputed=True), A(),
+     {"UNACCOMPANIED_CHILD": ("immediate", {"UAC-1"})}),
+    ("uac-denies-registered-parent", PersonFacts(12, parent_or_guardian_in_group=True),
+     A(travelling_with_parent_or_guardian=False), {"UNACCOMPANIED_CHILD": ("immediate", {"UAC-2"})}),
+    ("child-with-parent", PersonFacts(9, parent_or_guardian_in_group=True), A(), {}),
+    ("child-with-parent-confirms", PersonFacts(9, parent_or_guardian_in_group=True),
+     A(travelling_with_parent_or_guardian=True), {}),
+    ("separated-relative-in-group", PersonFacts(14, other_relative_in_group=True), A(),
+     {"SEPARATED_CHILD": ("immediate", {"SEP-1"})}),
+    ("separated-relative-declared", CHILD, A(travelling_with_other_relative=True),
+     {"SEPARATED_CHILD": ("immediate", {"SEP-1"})}),
+    ("separated-disputed-age", PersonFacts(20, age_disputed=True, other_relative_in_group=True), A(),
+     {"SEPARATED_CHILD": ("immediate", {"SEP-1"})}),
+    ("adult-18-alone", PersonFacts(18), A(), {}),
+    ("adult-nothing", ADULT, A(travelling_with_parent_or_guardian=False), {}),
+    ("fear", ADULT, A(fear_of_return=True), {"INTERNATIONAL_PROTECTION": ("high", {"IP-1"})}),
+    ("asylum", ADULT, A(wishes_to_seek_asylum=True), {"INTERNATIONAL_PROTECTION": ("high", {"IP-1"})}),
+    ("no-fear-answered", ADULT, A(fear_of_return=False, wishes_to_seek_asylum=False), {}),
+    ("trafficking-control", ADULT, A(trafficking_indicators=("DEBT_BONDAGE",)),
+     {"TRAFFICKING_PRESUMED": ("immediate", {"TRF-1"})}),
+    ("trafficking-two-weak", ADULT, A(trafficking_indicators=("DECEPTIVE_RECRUITMENT", "COACHED_ANSWERS")),
+     {"TRAFFICKING_PRESUMED": ("high", {"TRF-2"})}),
+    ("trafficking-one-weak-adult", ADULT, A(trafficking_indicators=("DECEPTIVE_RECRUITMENT",)), {}),
+    ("trafficking-one-weak-child", PersonFacts(16, parent_or_guardian_in_group=True),
+     A(trafficking_indicators=("UNAWARE_OF_DESTINATION",)), {"TRAFFICKING_PRESUMED": ("immediate", {"TRF-3"})}),
+    ("sgbv-recent", ADULT, A(sexual_violence_disclosed=True, sexual_violence_within_72h=True),
+     {"SGBV_SURVIVOR": ("immediate", {"SGBV-1"}), "MEDICAL_URGENT": ("immediate", {"MED-2"})}),
+    ("sgbv-older", ADULT, A(sexual_violence_disclosed=True, sexual_violence_within_72h=False),
+     {"SGBV_SURVIVOR": ("high", {"SGBV-2"})}),
+    ("sgbv-timing-unknown", ADULT, A(sexual_violence_disclosed=True), {"SGBV_SURVIVOR": ("high", {"SGBV-2"})}),
+    ("medical", ADULT, A(urgent_medical_need=True), {"MEDICAL_URGENT": ("immediate", {"MED-1"})}),
+    ("pregnancy-high-risk", ADULT, A(pregnant=True, pregnancy_high_risk=True),
+     {"MEDICAL_URGENT": ("high", {"MED-3"})}),
+    ("pregnancy-routine", ADULT, A(pregnant=True, pregnancy_high_risk=False), {}),
+    ("medical-and-pregnancy", ADULT, A(urgent_medical_need=True, pregnant=True, pregnancy_high_risk=True),
+     {"MEDICAL_URGENT": ("immediate", {"MED-1", "MED-3"})}),
+    ("disability", ADULT, A(disability=True), {"DISABILITY": ("standard", {"DIS-1"})}),
+    ("stateless-declared", ADULT, A(considers_self_stateless=True), {"STATELESSNESS_RISK": ("standard", {"STL-1"})}),
+    ("no-nationality-no-document", PersonFacts(30, nationality_recorded=False, holds_identity_document=False), A(),
+     {"STATELESSNESS_RISK": ("standard", {"STL-2"})}),
+    ("no-nationality-but-document", PersonFacts(30, nationality_recorded=False), A(), {}),
+    ("birth-unregistered", ADULT, A(birth_registered=False), {"STATELESSNESS_RISK": ("standard", {"STL-3"})}),
+    ("stranded-return", ADULT, A(stranded_wishes_to_return=True),
+     {"STRANDED_ASSISTED_RETURN": ("standard", {"RET-1"})}),
+    ("stranded-but-fears-return", ADULT, A(stranded_wishes_to_return=True, fear_of_return=True),
+     {"INTERNATIONAL_PROTECTION": ("high", {"IP-1"})}),
+    ("stranded-but-seeks-asylum", ADULT, A(stranded_wishes_to_return=True, wishes_to_seek_asylum=True),
+     {"INTERNATIONAL_PROTECTION": ("high", {"IP-1"})}),
+    ("kidnapped", ADULT, A(kidnapped=True), {"CRIME_VICTIM": ("high", {"CRM-1"})}),
+    ("extorted", ADULT, A(extorted=True), {"CRIME_VICTIM": ("standard", {"CRM-2"})}),
+    ("kidnapped-and-extorted", ADULT, A(kidnapped=True, extorted=True),
+     {"CRIME_VICTIM": ("high", {"CRM-1", "CRM-2"})}),
+    ("everything-child", PersonFacts(16, unrelated_adult_in_group=True),
+     A(fear_of_return=True, trafficking_indicators=("DOCUMENTS_WITHHELD", "DECEPTIVE_RECRUITMENT", "COACHED_ANSWERS"),
+       sexual_violence_disclosed=True, sexual_violence_within_72h=True, disability=True, kidnapped=True),
+     {"UNACCOMPANIED_CHILD": ("immediate", {"UAC-1"}), "INTERNATIONAL_PROTECTION": ("high", {"IP-1"}),
+      "TRAFFICKING_PRESUMED": ("immediate", {"TRF-1", "TRF-2", "TRF-3"}),
+      "SGBV_SURVIVOR": ("immediate", {"SGBV-1"}), "MEDICAL_URGENT": ("immediate", {"MED-2"}),
+      "DISABILITY": ("standard", {"DIS-1"}), "CRIME_VICTIM": ("high", {"CRM-1"})}),
 ]
 
 
 @pytest.mark.parametrize(("person", "answers", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_evaluate_table(person, answers, expected):
+def test_rules_table(person, answers, expected):
     needs = evaluate(person, answers)
-    codes = _codes(needs)
-    assert set(codes) == expected
-    assert len(codes) == len(set(codes)), "a need appears at most once"
+    assert [n.code for n in needs] == list(dict.fromkeys(n.code for n in needs)), "one need per code"
+    assert {n.code for n in needs} == set(expected)
     for need in needs:
-        assert need.reasons, f"{need.code} carries no reasons"
-        assert all(isinstance(r, str) and r.strip() for r in need.reasons)
-        assert isinstance(need.urgency, Urgency)
+        urgency, rule_ids = expected[need.code]
+        assert need.urgency is Urgency(urgency), need
+        assert set(need.rule_ids) == rule_ids, need
+        assert need.reasons and all(isinstance(r, str) and r.strip() for r in need.reasons)
+        assert not any("{" in r for r in need.reasons), "every placeholder was filled"
 
 
-def test_unaccompanied_child_is_immediate_and_explains_both_facts():
-    need = _need(evaluate(PersonFacts(14), ScreeningAnswers(travelling_with_parent_or_guardian=False)),
-                 "UNACCOMPANIED_CHILD")
-    assert need.urgency is Urgency.IMMEDIATE
-    text = " ".join(need.reasons).lower()
-    assert "child" in text
-    assert "parent" in text or "guardian" in text
+def test_every_rule_in_the_data_file_is_exercised_by_the_table():
+    fired = {rid for _, person, answers, _ in CASES for n in evaluate(person, answers) for rid in n.rule_ids}
+    expected = {rid for *_, exp in CASES for _, ids in exp.values() for rid in ids}
+    assert fired == expected == current_rules().rule_ids
 
 
-def test_disputed_age_is_treated_as_a_child_whatever_the_claimed_age():
-    for claimed in (18, 25, 70):
-        person = PersonFacts(claimed, age_disputed=True)
-        assert person.treated_as_child
-        need = _need(evaluate(person, ScreeningAnswers(travelling_with_parent_or_guardian=False)),
-                     "UNACCOMPANIED_CHILD")
-        assert need.urgency is Urgency.IMMEDIATE
-        assert any("disputed" in r or "uncertain" in r for r in need.reasons)
+def test_every_need_code_of_the_catalog_can_be_found():
+    found = {code for *_, exp in CASES for code in exp}
+    assert found == set(NEED_CODES)
 
 
-def test_fear_of_return_is_international_protection():
-    need = _need(evaluate(PersonFacts(30), ScreeningAnswers(fear_of_return=True)), "INTERNATIONAL_PROTECTION")
-    assert need.urgency in (Urgency.IMMEDIATE, Urgency.HIGH)
-    assert any("fear" in r or "asylum" in r for r in need.reasons)
+def test_reasons_explain_the_unaccompanied_child():
+    [need] = evaluate(PersonFacts(15, unrelated_adult_in_group=True), A())
+    assert need.reasons == ("treated as a child: aged 15", "no parent or legal guardian in the registered group",
+                            "no other relative travels with the child", "travels with an adult who is not a relative")
 
 
-def test_trafficking_gives_one_reason_per_indicator():
-    indicators = ("documents withheld by employer", "debt bondage", "movement restricted")
-    need = _need(evaluate(PersonFacts(27), ScreeningAnswers(trafficking_indicators=indicators)),
-                 "TRAFFICKING_PRESUMED")
-    assert need.urgency is Urgency.IMMEDIATE
-    assert len(need.reasons) == len(indicators)
-    for indicator, reason in zip(indicators, need.reasons, strict=True):
-        assert indicator in reason
+def test_disputed_age_reason_says_why_the_person_is_a_child():
+    [need] = evaluate(PersonFacts(25, age_disputed=True), A())
+    assert "age disputed" in need.reasons[0] and "age assessment" in need.reasons[0]
 
 
-def test_evaluate_is_deterministic():
-    person = PersonFacts(16, age_disputed=True)
-    answers = ScreeningAnswers(fear_of_return=True, travelling_with_parent_or_guardian=False,
-                               trafficking_indicators=("a", "b"))
+def test_trafficking_reason_names_the_matched_indicators():
+    [need] = evaluate(ADULT, A(trafficking_indicators=("DEBT_BONDAGE", "FORCED_LABOUR")))
+    assert need.reasons == ("trafficking indicator of exploitation or control: DEBT_BONDAGE, FORCED_LABOUR",)
+
+
+def test_sgbv_within_72_hours_is_flagged():
+    needs = {n.code: n for n in evaluate(ADULT, A(sexual_violence_disclosed=True, sexual_violence_within_72h=True))}
+    assert needs["SGBV_SURVIVOR"].flags == ("VIOLENCE_WITHIN_72H",)
+    older = {n.code: n for n in evaluate(ADULT, A(sexual_violence_disclosed=True, sexual_violence_within_72h=False))}
+    assert older["SGBV_SURVIVOR"].flags == ()
+
+
+def test_unanswered_is_not_no():
+    # birth_registered unanswered must not look like "never registered".
+    assert evaluate(ADULT, A(birth_registered=None)) == []
+    assert evaluate(ADULT, A(birth_registered=True)) == []
+
+
+def test_evaluation_is_deterministic():
+    person, answers = CASES[-1][1], CASES[-1][2]
     assert evaluate(person, answers) == evaluate(person, answers)
 
 
-@pytest.mark.parametrize(("person", "band"), [
-    (PersonFacts(0), "0-11"),
-    (PersonFacts(11), "0-11"),
-    (PersonFacts(12), "12-17"),
-    (PersonFacts(17), "12-17"),
-    (PersonFacts(18), "18-59"),
-    (PersonFacts(59), "18-59"),
-    (PersonFacts(60), "60+"),
-    (PersonFacts(95), "60+"),
-    (PersonFacts(None), "unknown-treated-as-child"),
-    (PersonFacts(30, age_disputed=True), "disputed-treated-as-child"),
-    (PersonFacts(8, age_disputed=True), "disputed-treated-as-child"),
+def test_indicators_in_the_rules_are_the_questionnaire_codes():
+    used = {c for r in current_rules().rules for c in _any_of_codes(r.when)}
+    assert used == set(TRAFFICKING_INDICATORS)
+
+
+def _any_of_codes(node):
+    if "any_of" in node:
+        yield from node["any_of"]
+    for key in ("all", "any"):
+        for child in node.get(key, ()):
+            yield from _any_of_codes(child)
+    if "not" in node:
+        yield from _any_of_codes(node["not"])
+
+
+def test_a_new_rule_set_does_not_change_what_the_current_one_says():
+    document = copy.deepcopy(rule_set_document(RULES_VERSION))
+    document["version"] = "v3-test"
+    for rule in document["rules"]:
+        if rule["id"] == "IP-1":
+            rule["urgency"] = "immediate"
+    v3 = parse_rule_set(document, FACT_TYPES)
+    [under_v3] = evaluate(ADULT, A(fear_of_return=True), v3)
+    [under_v2] = evaluate(ADULT, A(fear_of_return=True))
+    assert (under_v3.urgency, under_v2.urgency) == (Urgency.IMMEDIATE, Urgency.HIGH)
+    assert rule_set_document(RULES_VERSION)["version"] == RULES_VERSION
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda d: d["rules"][0]["when"]["all"].append({"fact": "favourite_colour", "is": True}), "unknown fact"),
+    (lambda d: d["rules"][0].update(need="HUNGRY"), "unknown need"),
+    (lambda d: d["rules"][0].update(urgency="whenever"), "whenever"),
+    (lambda d: d["rules"][1].update(id=d["rules"][0]["id"]), "unique"),
+    (lambda d: d["rules"][0]["when"]["all"].append({"fact": "kidnapped", "any_of": ["X"]}), "list fact"),
+    (lambda d: d["rules"][0]["when"]["all"].append({"fact": "kidnapped", "is": True, "reason": "{nope}"}),
+     "placeholder"),
+    (lambda d: d["rules"][0].pop("when"), "badly shaped"),
 ])
-def test_age_band(person, band):
-    assert age_band(person) == band
+def test_a_broken_rule_file_is_refused(mutate, message):
+    document = copy.deepcopy(rule_set_document(RULES_VERSION))
+    mutate(document)
+    with pytest.raises(InvalidRuleSet, match=message):
+        parse_rule_set(document, FACT_TYPES)
 
 
-@pytest.mark.parametrize("age", [None, *range(0, 100)])
-def test_age_band_agrees_with_treated_as_child(age):
-    # A band for minors must go with treated_as_child, and an adult band never does.
-    for disputed in (False, True):
-        person = PersonFacts(age, age_disputed=disputed)
-        child_band = age_band(person) in {"0-11", "12-17", "disputed-treated-as-child", "unknown-treated-as-child"}
-        assert child_band == person.treated_as_child
+def test_relationships_of_the_encounter_make_the_facts():
+    from datetime import date
+
+    rels = [Relationship("mother", "girl", "parent"), Relationship("uncle", "boy", "other_relative"),
+            Relationship("stranger", "teen", "unrelated_adult")]
+    today = date(2026, 11, 28)
+
+    def facts(pid, **kw):
+        return person_facts(person_id=pid, date_of_birth=kw.get("dob"), estimated_age=kw.get("age", 10),
+                            age_disputed=False, nationality="HND", document_count=0, relationships=rels, today=today)
+
+    assert facts("girl").parent_or_guardian_in_group and not facts("girl").other_relative_in_group
+    assert not facts("mother").parent_or_guardian_in_group, "being a parent is not having one"
+    assert facts("boy").other_relative_in_group and facts("uncle").other_relative_in_group
+    assert facts("teen").unrelated_adult_in_group and not facts("teen").parent_or_guardian_in_group
+    assert facts("x", dob=date(2008, 11, 29)).age_years == 17
+    assert facts("x", dob=date(2008, 11, 28)).age_years == 18
+    assert not facts("girl").holds_identity_document and facts("girl").nationality_recorded
+
+
+def test_age_bands():
+    assert [age_band(PersonFacts(a)) for a in (0, 11, 12, 17, 18, 59, 60)] == \
+           ["0-11", "0-11", "12-17", "12-17", "18-59", "18-59", "60+"]
+    assert age_band(PersonFacts(None)) == "unknown-treated-as-child"
+    assert age_band(PersonFacts(30, age_disputed=True)) == "disputed-treated-as-child"

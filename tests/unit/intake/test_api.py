@@ -1,0 +1,421 @@
+"""Intake's HTTP API on its real app and database, without a broker (events wait in the outbox).
+
+Referral and hold events are handed to the real handlers as the consumer runner would.
+"""
+
+import json
+import uuid
+
+import pytest
+
+from enlace_platform.consumer import PoisonMessage
+from intake.service_layer.handlers import HOLD_HANDLERS, REFERRAL_HANDLERS
+from tests.support.harness import bearer
+from tests.support.intake_support import (
+    deliver, family_group, hold_placed, hold_released, inm, intake_without_broker, outbox_rows, referral_event,
+)
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+async def intake(tmp_path, dev_issuer_dir):
+    async with intake_without_broker(tmp_path, dev_issuer_dir) as (client, runtime):
+        yield client, runtime
+
+
+@pytest.fixture
+def officer(dev_issuer_dir):
+    return inm(dev_issuer_dir)
+
+
+async def _register(client, headers, body=None, **extra_headers):
+    r = await client.post("/cases", headers={**headers, **extra_headers}, json=body or family_group())
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _paths(response) -> list[str]:
+    assert response.status_code == 422 and response.headers["content-type"] == PROBLEM, response.text
+    return [e["path"] for e in response.json()["errors"]]
+
+
+# --- encounters ------------------------------------------------------------------------------
+
+async def test_a_family_group_is_registered_with_documents_and_relationships(intake, officer):
+    client, runtime = intake
+    case = await _register(client, officer)
+    mother, daughter, teen, adult, _ = case["persons"]
+    assert mother["documents"] == [{"type": "passport", "number": "HN1234567", "issuing_country": "HND"}]
+    assert {(r["from_person_id"], r["to_person_id"], r["kind"]) for r in case["relationships"]} == {
+        (mother["id"], daughter["id"], "parent"), (adult["id"], teen["id"], "unrelated_adult")}
+    assert (await client.get(f"/cases/{case['id']}", headers=officer)).json() == case
+    [event] = await outbox_rows(runtime, "case.registered.v1")
+    payload = json.loads(event.payload)
+    assert payload["person_ids"] == [p["id"] for p in case["persons"]] and payload["agency_id"] == "MX-INM"
+    assert "HN1234567" not in event.payload and "Pérez" not in event.payload
+
+
+async def test_bad_input_is_a_422_problem_naming_the_field(intake, officer):
+    client, _ = intake
+    body = family_group()
+    body["persons"][0]["date_of_birth"] = "2999-01-01"
+    assert "body/persons/0/date_of_birth" in _paths(await client.post("/cases", headers=officer, json=body))
+    body = family_group()
+    body["persons"][3]["documents"][0]["issuing_country"] = "gt"
+    assert "body/persons/3/documents/0/issuing_country" in _paths(
+        await client.post("/cases", headers=officer, json=body))
+    body = family_group()
+    body["relationships"][1]["to_person"] = 7
+    assert _paths(await client.post("/cases", headers=officer, json=body)) == ["body/relationships/1/to_person"]
+    body = family_group()
+    body["relationships"][0].update(from_person=1, to_person=1)
+    assert _paths(await client.post("/cases", headers=officer, json=body)) == ["body/relationships/0/to_person"]
+    body = family_group()
+    body["relationships"][0]["kind"] = "cousin"
+    assert "body/relationships/0/kind" in _paths(await client.post("/cases", headers=officer, json=body))
+    body = family_group()
+    body["persons"][1]["eye_colour"] = "brown"
+    assert "body/persons/1/eye_colour" in _paths(await client.post("/cases", headers=officer, json=body))
+    body = family_group()
+    del body["persons"][2]["estimated_age"]
+    assert "body/persons/2" in _paths(await client.post("/cases", headers=officer, json=body))
+
+
+async def test_a_replayed_post_with_the_same_idempotency_key_returns_the_first_case(intake, officer):
+    client, runtime = intake
+    key = {"idempotency-key": f"border-post-7/{uuid.uuid4()}"}
+    first = await _register(client, officer, **key)
+    again = await _register(client, officer, **key)
+    assert again == first
+    assert len(await outbox_rows(runtime, "case.registered.v1")) == 1
+    other_body = family_group()
+    other_body["place"] = "Tapachula"
+    r = await client.post("/cases", headers={**officer, **key}, json=other_body)
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
+    # Without a key, each POST is a new case.
+    await _register(client, officer)
+    assert len(await outbox_rows(runtime, "case.registered.v1")) == 2
+
+
+async def test_search_finds_only_the_agencys_own_cases(intake, officer, dev_issuer_dir):
+    client, _ = intake
+    case = await _register(client, officer)
+    gt = bearer(dev_issuer_dir, "GT-IGM", "migration_authority", jurisdiction="GT")
+    gt_case = await _register(client, gt)
+
+    async def ids(headers, **params):
+        r = await client.get("/cases", headers=headers, params=params)
+        assert r.status_code == 200, r.text
+        return [c["id"] for c in r.json()]
+
+    assert await ids(officer, name="perez lopez") == [case["id"]], "accents and case are ignored"
+    assert await ids(officer, name="SOFÍA") == [case["id"]]
+    assert await ids(officer, document_number="GT-99-1234") == [case["id"]]
+    assert await ids(officer, name="nobody") == []
+    assert await ids(officer, name="Kevin", document_number="HN1234567") == [case["id"]]
+    assert await ids(gt, name="Pérez") == [gt_case["id"]], "each agency finds its own registration only"
+    assert await ids(gt, document_number="HN1234567") == [gt_case["id"]]
+    comar = bearer(dev_issuer_dir, "MX-COMAR", "asylum_office")
+    assert await ids(comar, name="Pérez") == []
+    assert (await client.get(f"/cases/{case['id']}", headers=gt)).status_code == 404
+    assert "query/name" in _paths(await client.get("/cases", headers=officer, params={"name": "a"}))
+
+
+async def test_a_person_is_updated_and_every_version_kept(intake, officer, dev_issuer_dir):
+    client, _ = intake
+    case = await _register(client, officer)
+    teen = case["persons"][2]
+    url = f"/cases/{case['id']}/persons/{teen['id']}"
+    r = await client.patch(url, headers=officer, json={"family_names": "Ramírez Soto", "age_disputed": True,
+                                                       "documents": [{"type": "birth_certificate",
+                                                                      "number": "BC-77"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["family_names"] == "Ramírez Soto" and r.json()["version"] == 2 and r.json()["age_disputed"]
+    r = await client.patch(url, headers=officer, json={"family_names": "Ramírez Soto"})
+    assert r.json()["version"] == 2, "no change, no new version"
+    history = (await client.get(f"{url}/history", headers=officer)).json()
+    assert [v["version"] for v in history] == [1, 2]
+    assert history[0]["snapshot"]["family_names"] == "Ramírez" and history[0]["snapshot"]["documents"] == []
+    assert history[1]["changed_fields"] == ["age_disputed", "documents", "family_names"]
+    assert history[1]["changed_by_agency_id"] == "MX-INM"
+    found = (await client.get("/cases", headers=officer, params={"document_number": "BC-77"})).json()
+    assert [c["id"] for c in found] == [case["id"]]
+    assert "body/given_names" in _paths(await client.patch(url, headers=officer, json={"given_names": None}))
+    assert "body/estimated_age" in _paths(await client.patch(url, headers=officer, json={"estimated_age": None,
+                                                                                          "age_disputed": False}))
+    gt = bearer(dev_issuer_dir, "GT-IGM", "migration_authority", jurisdiction="GT")
+    assert (await client.patch(url, headers=gt, json={"family_names": "X"})).status_code == 404
+    assert (await client.get(f"{url}/history", headers=gt)).status_code == 404
+
+
+# --- screening -------------------------------------------------------------------------------
+
+async def test_rescreening_makes_a_new_result_and_keeps_the_old_one(intake, officer):
+    client, runtime = intake
+    case = await _register(client, officer)
+    adult = case["persons"][3]
+    url = f"/cases/{case['id']}/screenings"
+    first = (await client.post(url, headers=officer, json={"person_id": adult["id"]})).json()
+    assert first["needs"] == [] and first["rules_version"] == "v2" and first["age_band"] == "18-59"
+    r = await client.post(url, headers=officer, json={"person_id": adult["id"], "fear_of_return": True,
+                                                      "kidnapped": True})
+    assert r.status_code == 201, r.text
+    second = r.json()
+    assert second["id"] != first["id"]
+    assert [(n["code"], n["urgency"]) for n in second["needs"]] == [("INTERNATIONAL_PROTECTION", "high"),
+                                                                   ("CRIME_VICTIM", "high")]
+    listed = (await client.get(url, headers=officer, params={"person_id": adult["id"]})).json()
+    assert [s["id"] for s in listed] == [first["id"], second["id"]] and listed[0]["needs"] == []
+    events = [json.loads(r.payload) for r in await outbox_rows(runtime, "case.screened.v1")]
+    assert [e["screening_id"] for e in events] == [first["id"], second["id"]]
+    assert events[1]["needs"] == [{"code": "INTERNATIONAL_PROTECTION", "urgency": "high"},
+                                  {"code": "CRIME_VICTIM", "urgency": "high"}]
+    assert events[1]["consent_scope"] == []
+
+
+async def test_screening_input_is_checked(intake, officer, dev_issuer_dir):
+    client, _ = intake
+    case = await _register(client, officer)
+    url = f"/cases/{case['id']}/screenings"
+    pid = case["persons"][0]["id"]
+    assert _paths(await client.post(url, headers=officer, json={
+        "person_id": pid, "sexual_violence_within_72h": True})) == ["body/sexual_violence_within_72h"]
+    assert "body/trafficking_indicators/0" in _paths(await client.post(url, headers=officer, json={
+        "person_id": pid, "trafficking_indicators": ["debt bondage"]}))
+    assert "body/pregnancy_high_risk" in _paths(await client.post(url, headers=officer, json={
+        "person_id": pid, "pregnant": False, "pregnancy_high_risk": True}))
+    assert (await client.post(url, headers=officer, json={"person_id": "nobody"})).status_code == 404
+    gt = bearer(dev_issuer_dir, "GT-IGM", "migration_authority", jurisdiction="GT")
+    assert (await client.post(url, headers=gt, json={"person_id": pid})).status_code == 404
+
+
+async def test_screening_post_is_idempotent(intake, officer):
+    client, runtime = intake
+    case = await _register(client, officer)
+    key = {"idempotency-key": str(uuid.uuid4())}
+    body = {"person_id": case["persons"][2]["id"]}
+    first = await client.post(f"/cases/{case['id']}/screenings", headers={**officer, **key}, json=body)
+    again = await client.post(f"/cases/{case['id']}/screenings", headers={**officer, **key}, json=body)
+    assert again.status_code == 201 and again.json() == first.json()
+    assert len(await outbox_rows(runtime, "case.screened.v1")) == 1
+
+
+# --- consent ---------------------------------------------------------------------------------
+
+async def test_consent_is_granted_withdrawn_and_published(intake, officer):
+    client, runtime = intake
+    case = await _register(client, officer)
+    adult = case["persons"][0]
+    url = f"/cases/{case['id']}/persons/{adult['id']}/consents"
+    r = await client.post(url, headers=officer, json={"recipient_agency_type": "asylum_office", "purpose": "referral"})
+    assert r.status_code == 201, r.text
+    consent = r.json()
+    assert consent["basis"] == "consent" and consent["status"] == "granted" and consent["recorded_by"]
+    again = await client.post(url, headers=officer, json={"recipient_agency_type": "asylum_office",
+                                                          "purpose": "referral"})
+    assert again.status_code == 200 and again.json()["id"] == consent["id"]
+    screening = (await client.post(f"/cases/{case['id']}/screenings", headers=officer,
+                                   json={"person_id": adult["id"], "fear_of_return": True})).json()
+    assert screening["consent_scope"] == [{"recipient_agency_type": "asylum_office", "purpose": "referral",
+                                           "basis": "consent"}]
+    r = await client.post(f"{url}/{consent['id']}/withdrawal", headers=officer)
+    assert r.status_code == 200 and r.json()["status"] == "withdrawn" and r.json()["withdrawn_at"]
+    assert (await client.post(f"{url}/{consent['id']}/withdrawal", headers=officer)).json()["status"] == "withdrawn"
+    listed = (await client.get(url, headers=officer)).json()
+    assert [c["status"] for c in listed["items"]] == ["withdrawn"] and listed["scope"] == []
+    events = [json.loads(r.payload) for r in await outbox_rows(runtime, "consent.changed.v1")]
+    assert [(e["status"], e["consent_id"], e["basis"]) for e in events] == [
+        ("granted", consent["id"], "consent"), ("withdrawn", consent["id"], "consent")]
+    screened = json.loads((await outbox_rows(runtime, "case.screened.v1"))[0].payload)
+    assert screened["consent_scope"] == screening["consent_scope"]
+
+
+async def test_the_mandatory_override_is_for_children_and_child_protection_only(intake, officer):
+    client, runtime = intake
+    case = await _register(client, officer)
+    mother, _, teen, _, disputed = case["persons"]
+
+    def url(person):
+        return f"/cases/{case['id']}/persons/{person['id']}/consents"
+
+    override = {"recipient_agency_type": "child_protection", "purpose": "referral", "basis": "mandatory_override",
+                "reason": "Unaccompanied child: LGDNNA art. 89"}
+    r = await client.post(url(teen), headers=officer, json=override)
+    assert r.status_code == 201, r.text
+    assert r.json()["basis"] == "mandatory_override" and r.json()["reason"] == override["reason"]
+    assert r.json()["recorded_by_agency_id"] == "MX-INM"
+    assert (await client.post(url(disputed), headers=officer, json=override)).status_code == 201
+    refused = await client.post(url(mother), headers=officer, json=override)
+    assert refused.status_code == 409 and refused.headers["content-type"] == PROBLEM
+    assert "child" in refused.json()["detail"]
+    r = await client.post(url(teen), headers=officer, json={**override, "recipient_agency_type": "health"})
+    assert r.status_code == 409
+    assert _paths(await client.post(url(teen), headers=officer, json={**override, "reason": None})) == ["body/reason"]
+    assert _paths(await client.post(url(teen), headers=officer, json={
+        "recipient_agency_type": "health", "purpose": "referral", "reason": "why"})) == ["body/reason"]
+    assert [json.loads(e.payload)["basis"] for e in await outbox_rows(runtime, "consent.changed.v1")] == [
+        "mandatory_override", "mandatory_override"]
+
+
+# --- receiving agencies' access --------------------------------------------------------------
+
+async def test_a_receiving_agency_reads_a_person_only_with_an_open_referral_and_consent(intake, officer,
+                                                                                       dev_issuer_dir):
+    client, runtime = intake
+    case = await _register(client, officer)
+    mother, daughter = case["persons"][:2]
+    comar = bearer(dev_issuer_dir, "MX-COMAR", "asylum_office")
+    other_office = bearer(dev_issuer_dir, "MX-COMAR-2", "asylum_office")
+    mother_url = f"/cases/{case['id']}/persons/{mother['id']}"
+    assert (await client.get(mother_url, headers=officer)).status_code == 200, "the registering agency, always"
+    assert (await client.get(mother_url, headers=comar)).status_code == 404
+
+    referral_id = str(uuid.uuid4())
+    common = dict(referral_id=referral_id, case_id=case["id"], person_id=mother["id"],
+                  need_code="INTERNATIONAL_PROTECTION")
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event("requested", status="requested", to_agency_id="MX-COMAR",
+                                                             to_agency_type="asylum_office", **common))
+    assert (await client.get(mother_url, headers=comar)).status_code == 404, "no consent yet"
+    await client.post(f"{mother_url}/consents", headers=officer,
+                      json={"recipient_agency_type": "asylum_office", "purpose": "follow_up"})
+    assert (await client.get(mother_url, headers=comar)).status_code == 404, "follow_up is not referral"
+    consent = (await client.post(f"{mother_url}/consents", headers=officer,
+                                 json={"recipient_agency_type": "asylum_office", "purpose": "referral"})).json()
+    r = await client.get(mother_url, headers=comar)
+    assert r.status_code == 200 and r.json()["given_names"] == "María José"
+    daughter_url = f"/cases/{case['id']}/persons/{daughter['id']}"
+    assert (await client.get(daughter_url, headers=comar)).status_code == 404, "only the person referred"
+    assert (await client.get(f"/cases/{case['id']}", headers=comar)).status_code == 404, "never the whole case"
+    assert (await client.get(mother_url, headers=other_office)).status_code == 404
+
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event("reassigned", status="requested",
+                                                             to_agency_id="MX-COMAR-2",
+                                                             to_agency_type="asylum_office", **common))
+    assert (await client.get(mother_url, headers=comar)).status_code == 404, "reassignment moves the grant"
+    assert (await client.get(mother_url, headers=other_office)).status_code == 200
+
+    await client.post(f"{mother_url}/consents/{consent['id']}/withdrawal", headers=officer)
+    assert (await client.get(mother_url, headers=other_office)).status_code == 404, "consent withdrawn"
+    await client.post(f"{mother_url}/consents", headers=officer,
+                      json={"recipient_agency_type": "asylum_office", "purpose": "referral"})
+    assert (await client.get(mother_url, headers=other_office)).status_code == 200
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event(
+        "completed", status="completed", to_agency_id="MX-COMAR-2", to_agency_type="asylum_office",
+        outcome_code="ASYLUM_CLAIM_REGISTERED", **common))
+    assert (await client.get(mother_url, headers=other_office)).status_code == 404, "closed referral"
+    view = (await client.get(f"/cases/{case['id']}", headers=officer)).json()
+    assert [(r["referral_id"], r["status"], r["outcome_code"]) for r in view["referrals"]] == [
+        (referral_id, "completed", "ASYLUM_CLAIM_REGISTERED")]
+
+
+async def test_child_protection_reads_a_child_under_the_mandatory_override(intake, officer, dev_issuer_dir):
+    client, runtime = intake
+    case = await _register(client, officer)
+    teen = case["persons"][2]
+    pfpnna = bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection")
+    url = f"/cases/{case['id']}/persons/{teen['id']}"
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event(
+        "accepted", referral_id=str(uuid.uuid4()), case_id=case["id"], person_id=teen["id"],
+        need_code="UNACCOMPANIED_CHILD", status="accepted", to_agency_id="MX-PFPNNA",
+        to_agency_type="child_protection"))
+    assert (await client.get(url, headers=pfpnna)).status_code == 404
+    await client.post(f"{url}/consents", headers=officer, json={
+        "recipient_agency_type": "child_protection", "purpose": "referral", "basis": "mandatory_override",
+        "reason": "Unaccompanied child"})
+    assert (await client.get(url, headers=pfpnna)).status_code == 200
+
+
+async def test_an_older_referral_event_does_not_undo_a_newer_one(intake, officer):
+    from datetime import UTC, datetime, timedelta
+
+    client, runtime = intake
+    case = await _register(client, officer)
+    pid = case["persons"][0]["id"]
+    common = dict(referral_id=str(uuid.uuid4()), case_id=case["id"], person_id=pid, need_code="MEDICAL_URGENT",
+                  to_agency_id="MX-SALUD", to_agency_type="health")
+    now = datetime.now(UTC)
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event("cancelled", status="cancelled", occurred_at=now, **common))
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event("accepted", status="accepted",
+                                                             occurred_at=now - timedelta(minutes=5), **common))
+    [ref] = (await client.get(f"/cases/{case['id']}", headers=officer)).json()["referrals"]
+    assert ref["status"] == "cancelled"
+
+
+# --- removal safeguard -----------------------------------------------------------------------
+
+async def test_removal_is_refused_under_an_active_hold_and_accepted_once_released(intake, officer):
+    client, runtime = intake
+    case = await _register(client, officer)
+    teen = case["persons"][2]
+    url = f"/cases/{case['id']}/persons/{teen['id']}/removal-orders"
+    placed = hold_placed(case_id=case["id"], person_id=teen["id"], need_code="UNACCOMPANIED_CHILD")
+    await deliver(runtime, HOLD_HANDLERS, placed)
+    await deliver(runtime, HOLD_HANDLERS, hold_placed(case_id=case["id"], person_id=teen["id"],
+                                                      need_code="UNACCOMPANIED_CHILD",
+                                                      hold_id=placed.data["hold_id"],
+                                                      referral_id=placed.data["referral_id"]))
+    r = await client.post(url, headers=officer, json={"destination_country": "HND"})
+    assert r.status_code == 409 and r.headers["content-type"] == PROBLEM
+    problem = r.json()
+    assert problem["holds"] == [{"hold_id": placed.data["hold_id"], "referral_id": placed.data["referral_id"],
+                                 "need_code": "UNACCOMPANIED_CHILD", "not_before": None}]
+    assert placed.data["hold_id"] in problem["detail"] and placed.data["referral_id"] in problem["detail"]
+    view = (await client.get(f"/cases/{case['id']}", headers=officer)).json()
+    assert [(h["hold_id"], h["status"]) for h in view["holds"]] == [(placed.data["hold_id"], "active")]
+
+    other = case["persons"][3]
+    r = await client.post(f"/cases/{case['id']}/persons/{other['id']}/removal-orders", headers=officer,
+                          json={"destination_country": "GTM"})
+    assert r.status_code == 201, "a hold on one person does not stop another's order"
+
+    await deliver(runtime, HOLD_HANDLERS, hold_released(placed, outcome_code="CHILD_PLACED_IN_CARE"))
+    key = {"idempotency-key": str(uuid.uuid4())}
+    r = await client.post(url, headers={**officer, **key}, json={"destination_country": "HND"})
+    assert r.status_code == 201 and r.json()["status"] == "accepted", r.text
+    again = await client.post(url, headers={**officer, **key}, json={"destination_country": "HND"})
+    assert again.status_code == 201 and again.json() == r.json()
+    [hold] = (await client.get(f"/cases/{case['id']}", headers=officer)).json()["holds"]
+    assert hold["status"] == "released" and hold["outcome_code"] == "CHILD_PLACED_IN_CARE"
+    assert hold["release_reason"] == "COMPLETED_FINAL"
+
+
+async def test_a_release_that_arrives_before_its_placement_still_ends_released(intake, officer):
+    client, runtime = intake
+    case = await _register(client, officer)
+    adult = case["persons"][0]
+    placed = hold_placed(case_id=case["id"], person_id=adult["id"], need_code="INTERNATIONAL_PROTECTION")
+    await deliver(runtime, HOLD_HANDLERS, hold_released(placed))
+    await deliver(runtime, HOLD_HANDLERS, placed)
+    r = await client.post(f"/cases/{case['id']}/persons/{adult['id']}/removal-orders", headers=officer,
+                          json={"destination_country": "HND"})
+    assert r.status_code == 201, r.text
+    [hold] = (await client.get(f"/cases/{case['id']}", headers=officer)).json()["holds"]
+    assert hold["status"] == "released" and hold["referral_id"] == placed.data["referral_id"]
+    assert hold["placed_at"] is not None
+
+
+async def test_removal_orders_belong_to_the_registering_agency(intake, officer, dev_issuer_dir):
+    client, _ = intake
+    case = await _register(client, officer)
+    url = f"/cases/{case['id']}/persons/{case['persons'][0]['id']}/removal-orders"
+    comar = bearer(dev_issuer_dir, "MX-COMAR", "asylum_office")
+    assert (await client.post(url, headers=comar, json={"destination_country": "HND"})).status_code == 404
+    assert "body/destination_country" in _paths(await client.post(url, headers=officer,
+                                                                  json={"destination_country": "Honduras"}))
+
+
+async def test_a_hold_event_that_breaks_its_contract_is_poison(intake, officer):
+    client, runtime = intake
+    case = await _register(client, officer)
+    bad = hold_placed(case_id=case["id"], person_id=case["persons"][0]["id"], need_code="UNACCOMPANIED_CHILD")
+    del bad.data["hold_id"]
+    with pytest.raises(PoisonMessage, match="hold_id"):
+        await deliver(runtime, HOLD_HANDLERS, bad)
+    wrong_key = hold_placed(case_id=case["id"], person_id=case["persons"][0]["id"], need_code="UNACCOMPANIED_CHILD")
+    wrong_key = type(wrong_key)(**{**wrong_key.__dict__, "key": str(uuid.uuid4())})
+    with pytest.raises(PoisonMessage, match="record key"):
+        await deliver(runtime, HOLD_HANDLERS, wrong_key)
+    unknown_need = hold_placed(case_id=case["id"], person_id=case["persons"][0]["id"], need_code="HUNGRY")
+    with pytest.raises(PoisonMessage, match="need_code"):
+        await deliver(runtime, HOLD_HANDLERS, unknown_need)
