@@ -1,0 +1,281 @@
+"""Webhook delivery on the real broker: the notification app consumes referral events published to its
+topics and POSTs to real loopback receivers that verify every signature with the reference library."""
+
+import asyncio
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlmodel import update
+
+from notification.adapters.orm import SubscriptionRow
+from notification.entrypoints.app import create_app
+from tests.support.harness import bearer, eventually, provision_topics, running_app, unique_prefix
+from tests.support.notification_support import SigningReceiver, event, notification_settings, publish, referral_data
+
+pytestmark = pytest.mark.kafka
+
+
+class Notification:
+    """Starts (and restarts) the notification app on one database and one set of topics."""
+
+    def __init__(self, kafka_bootstrap, dev_issuer_dir, tmp_path, prefix, producer) -> None:
+        self._common = dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir)
+        self.prefix = prefix
+        self.producer = producer
+        self.dev_issuer_dir = dev_issuer_dir
+
+    @asynccontextmanager
+    async def running(self, **overrides):
+        app = create_app(notification_settings(**self._common, **overrides))
+        async with running_app(app) as client:
+            client.runtime = app.state.runtime
+            yield client
+
+    def headers(self, agency_id: str, agency_type: str) -> dict[str, str]:
+        return bearer(self.dev_issuer_dir, agency_id, agency_type)
+
+    async def publish(self, *envelopes) -> None:
+        await publish(self.producer, self.prefix, *envelopes)
+
+
+@pytest.fixture
+async def notification(kafka_bootstrap, dev_issuer_dir, tmp_path, producer):
+    prefix = unique_prefix()
+    await provision_topics(kafka_bootstrap, prefix)
+    return Notification(kafka_bootstrap, dev_issuer_dir, tmp_path, prefix, producer)
+
+
+PFPNNA = ("MX-PFPNNA", "child_protection")
+INM = ("MX-INM", "migration_authority")
+
+
+async def subscribe(client, notification, agency, receiver: SigningReceiver, event_types=("referral.*",), name="s"):
+    r = await client.post("/subscriptions", headers=notification.headers(*agency),
+                          json={"url": receiver.url, "event_types": list(event_types)})
+    assert r.status_code == 201, r.text
+    receiver.secrets[name] = r.json()["secret"]
+    return r.json()
+
+
+async def deliveries(client, notification, agency, **params) -> list[dict]:
+    r = await client.get("/deliveries", headers=notification.headers(*agency), params=params)
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+async def detail(client, notification, agency, delivery_id) -> dict:
+    return (await client.get(f"/deliveries/{delivery_id}", headers=notification.headers(*agency))).json()
+
+
+async def the_delivery(client, notification, agency, predicate, what) -> dict:
+    async def check():
+        found = [d for d in await deliveries(client, notification, agency) if predicate(d)]
+        return found[0] if found else None
+    return await eventually(check, what=what)
+
+
+async def test_a_receiver_that_was_down_gets_the_event_exactly_once_after_retries(notification):
+    receiver = SigningReceiver()
+    async with notification.running(delivery_max_attempts=100) as client:
+        await subscribe(client, notification, PFPNNA, receiver)
+        await notification.publish(event("referral.requested.v1", referral_data()))
+        # The receiver is down: attempts fail and are rescheduled.
+        failing = await the_delivery(client, notification, PFPNNA, lambda d: d["attempts"] >= 3,
+                                     "three failed attempts")
+        assert failing["status"] == "pending" and failing["last_status_code"] is None
+        async with receiver.running():
+            await the_delivery(client, notification, PFPNNA, lambda d: d["status"] == "delivered", "the delivery")
+            # A later event, delivered after the first: had the first been sent again, it would be here by now.
+            marker = event("referral.accepted.v1", referral_data(status="accepted"))
+            await notification.publish(marker)
+            await the_delivery(client, notification, PFPNNA,
+                               lambda d: d["event_id"] == marker.id and d["status"] == "delivered", "the marker")
+        log = await detail(client, notification, PFPNNA, failing["id"])
+
+    assert receiver.ids().count(failing["id"]) == 1, receiver.ids()
+    assert len(receiver.received) == 2 and all(r.verified for r in receiver.received)
+    attempts = log["attempts_log"]
+    assert [a["number"] for a in attempts] == list(range(1, len(attempts) + 1)) and len(attempts) >= 4
+    assert all(a["status_code"] is None and "ConnectError" in a["error"] for a in attempts[:-1])
+    assert attempts[-1]["status_code"] == 204 and attempts[-1]["error"] is None
+    assert all(a["latency_ms"] >= 0 for a in attempts)
+
+
+async def test_a_restart_in_the_middle_of_the_retry_schedule_resumes_it(notification):
+    receiver = SigningReceiver(status_code=503)
+    async with receiver.running():
+        async with notification.running(delivery_max_attempts=100) as client:
+            await subscribe(client, notification, PFPNNA, receiver)
+            await notification.publish(event("referral.requested.v1", referral_data()))
+            before = await the_delivery(client, notification, PFPNNA, lambda d: d["attempts"] >= 2,
+                                        "two failed attempts")
+        # Stopped. The receiver recovers while the service is down; a new app opens the same database.
+        attempts_before_restart = len(receiver.received)
+        receiver.status_code = 204
+        async with notification.running(delivery_max_attempts=100) as client:
+            after = await the_delivery(client, notification, PFPNNA, lambda d: d["status"] == "delivered",
+                                       "the delivery after the restart")
+            everything = await deliveries(client, notification, PFPNNA)
+
+    assert after["id"] == before["id"] and len(everything) == 1, "resumed, not re-created"
+    assert after["attempts"] == attempts_before_restart + 1 >= 3, "the count carried on across the restart"
+    assert set(receiver.ids()) == {before["id"]}, "the same webhook-id every time"
+    assert all(r.verified for r in receiver.received)
+
+
+async def test_an_event_seen_twice_is_delivered_once(notification):
+    receiver = SigningReceiver()
+    async with receiver.running(), notification.running() as client:
+        await subscribe(client, notification, PFPNNA, receiver)
+        twice = event("referral.requested.v1", referral_data())
+        await notification.publish(twice, twice)
+        marker = event("referral.received.v1", referral_data(status="received"))
+        await notification.publish(marker)
+        await the_delivery(client, notification, PFPNNA,
+                           lambda d: d["event_id"] == marker.id and d["status"] == "delivered", "the marker")
+        await the_delivery(client, notification, PFPNNA,
+                           lambda d: d["event_id"] == twice.id and d["status"] == "delivered", "the event")
+        listed = await deliveries(client, notification, PFPNNA)
+    assert sorted(d["event_id"] for d in listed) == sorted([twice.id, marker.id])
+    assert len(receiver.ids()) == len(set(receiver.ids())) == 2
+
+
+async def test_a_slow_receiver_does_not_delay_another(notification):
+    slow = SigningReceiver(gate=asyncio.Event())  # answers only when the test opens the gate
+    fast = SigningReceiver()
+    events = [event("referral.requested.v1", referral_data()) for _ in range(5)]
+    async with slow.running(), fast.running(), notification.running(webhook_timeout_s=120) as client:
+        await subscribe(client, notification, INM, slow)  # the sender hears about each referral...
+        await subscribe(client, notification, PFPNNA, fast)  # ...and so does the receiving agency
+        await notification.publish(*events)
+
+        async def fast_got_all():
+            return len(fast.received) == len(events)
+
+        await eventually(fast_got_all, what="every event at the fast receiver")
+        # Evidence, taken while the slow receiver still holds its requests: not one slow attempt has
+        # finished, and no more than the per-endpoint limit is waiting at the slow endpoint.
+        slow_now = await deliveries(client, notification, INM)
+        assert len(slow_now) == len(events)
+        assert all(d["attempts"] == 0 and d["status"] == "pending" for d in slow_now), slow_now
+        assert 1 <= len(slow.received) <= 2, "two in flight per endpoint, the rest waiting"
+        fast_done = await deliveries(client, notification, PFPNNA, status="delivered")
+        assert len(fast_done) == len(events)
+
+        slow.gate.set()
+
+        async def slow_got_all():
+            return len(await deliveries(client, notification, INM, status="delivered")) == len(events)
+
+        await eventually(slow_got_all, what="the slow receiver catching up")
+    assert sorted(slow.ids()) == sorted(d["id"] for d in slow_now)
+    assert all(r.verified for r in slow.received + fast.received)
+
+
+async def test_410_disables_the_subscription_and_cancels_what_waits(notification):
+    receiver = SigningReceiver(status_code=410, gate=asyncio.Event())
+    async with receiver.running(), notification.running(delivery_concurrency_per_endpoint=1) as client:
+        sub = await subscribe(client, notification, PFPNNA, receiver)
+        await notification.publish(*(event("referral.requested.v1", referral_data()) for _ in range(3)))
+
+        async def three_waiting():
+            return len(receiver.received) == 1 and len(await deliveries(client, notification, PFPNNA)) == 3
+
+        await eventually(three_waiting, what="one request in flight, three deliveries")
+        receiver.gate.set()  # now the receiver answers 410 Gone
+
+        async def settled():
+            found = await deliveries(client, notification, PFPNNA)
+            return found if all(d["status"] != "pending" for d in found) else None
+
+        found = await eventually(settled, what="no delivery left pending")
+        shown = (await client.get(f"/subscriptions/{sub['id']}", headers=notification.headers(*PFPNNA))).json()
+        # Later events no longer reach it.
+        other = SigningReceiver()
+        async with other.running():
+            await subscribe(client, notification, INM, other)
+            marker = event("referral.requested.v1", referral_data())
+            await notification.publish(marker)
+            await eventually(lambda: _async(len(other.received) == 1), what="the marker at another agency")
+        after = await deliveries(client, notification, PFPNNA)
+
+    assert sorted(d["status"] for d in found) == ["cancelled", "cancelled", "dead"]
+    assert [d["last_status_code"] for d in found if d["status"] == "dead"] == [410]
+    assert shown["active"] is False and shown["disabled_reason"] == "gone"
+    assert len(receiver.received) == 1
+    assert len(after) == 3, "nothing new for a disabled subscription"
+
+
+async def _async(value):
+    return value
+
+
+async def test_max_attempts_make_it_dead_then_a_manual_redelivery_sends_it_again(notification):
+    receiver = SigningReceiver(status_code=500)
+    async with receiver.running(), notification.running(delivery_max_attempts=3) as client:
+        await subscribe(client, notification, PFPNNA, receiver)
+        await notification.publish(event("referral.requested.v1", referral_data()))
+        dead = await the_delivery(client, notification, PFPNNA, lambda d: d["status"] == "dead", "a dead delivery")
+        assert [d["id"] for d in await deliveries(client, notification, PFPNNA, status="dead")] == [dead["id"]]
+        log = await detail(client, notification, PFPNNA, dead["id"])
+        assert [(a["number"], a["status_code"]) for a in log["attempts_log"]] == [(1, 500), (2, 500), (3, 500)]
+
+        receiver.status_code = 204
+        r = await client.post(f"/deliveries/{dead['id']}/redelivery", headers=notification.headers(*PFPNNA))
+        assert r.status_code == 202, r.text
+        await the_delivery(client, notification, PFPNNA, lambda d: d["status"] == "delivered", "the redelivery")
+        log = await detail(client, notification, PFPNNA, dead["id"])
+    assert receiver.ids() == [dead["id"]] * 4, "the same webhook-id, so the receiver can deduplicate"
+    assert all(r.verified for r in receiver.received)
+    assert [a["status_code"] for a in log["attempts_log"]] == [500, 500, 500, 204]
+
+
+async def test_during_a_rotation_both_secrets_verify_and_afterwards_only_the_new(notification):
+    receiver = SigningReceiver()
+    async with receiver.running(), notification.running(secret_rotation_overlap_s=3600) as client:
+        sub = await subscribe(client, notification, PFPNNA, receiver, name="old")
+        r = await client.post(f"/subscriptions/{sub['id']}/secret/rotation", headers=notification.headers(*PFPNNA))
+        receiver.secrets["new"] = r.json()["secret"]
+        first = event("referral.requested.v1", referral_data())
+        await notification.publish(first)
+        await eventually(lambda: _async(len(receiver.received) == 1), what="the first webhook")
+
+        # The overlap ends (moved into the past rather than waited for).
+        async with client.runtime.sessions() as session:
+            await session.exec(update(SubscriptionRow).where(SubscriptionRow.id == sub["id"])
+                               .values(previous_secret_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+            await session.commit()
+        await notification.publish(event("referral.accepted.v1", referral_data(status="accepted")))
+        await eventually(lambda: _async(len(receiver.received) == 2), what="the second webhook")
+
+    during, after = receiver.received
+    assert during.verified_by == {"old", "new"}
+    assert len(during.headers["webhook-signature"].split(" ")) == 2
+    assert after.verified_by == {"new"}
+    assert len(after.headers["webhook-signature"].split(" ")) == 1
+
+
+async def test_two_replicas_on_one_database_never_send_the_same_attempt_twice(notification):
+    seen: dict[str, int] = {}
+    overlaps: list[str] = []
+    receiver = SigningReceiver()
+
+    def arrived(got):
+        seen[got.webhook_id] = seen.get(got.webhook_id, 0) + 1
+        if seen[got.webhook_id] > 1:
+            overlaps.append(got.webhook_id)
+
+    receiver.on_receive.append(arrived)
+    events = [event("referral.requested.v1", referral_data()) for _ in range(20)]
+    async with receiver.running(), notification.running(dispatcher_fallback_poll_s=0.05) as one, \
+            notification.running(dispatcher_fallback_poll_s=0.05):
+        await subscribe(one, notification, PFPNNA, receiver)
+        await notification.publish(*events)
+
+        async def all_delivered():
+            return len(await deliveries(one, notification, PFPNNA, status="delivered", limit=500)) == len(events)
+
+        await eventually(all_delivered, what="every delivery")
+    assert overlaps == []
+    assert len(receiver.ids()) == len(set(receiver.ids())) == len(events)
