@@ -76,9 +76,11 @@ class ConsumerRunner:
         max_attempts: int = 3,
         retry_base_s: float = 0.2,
         metrics: "ServiceMetrics | None" = None,
+        validate: Callable[[str, dict], None] | None = None,
     ) -> None:
         self.name = name
         self._metrics = metrics
+        self._validate = validate  # raises PoisonMessage for a payload that breaks its contract
         self._group_id = group_id
         self._topics = topics
         self._handlers = handlers
@@ -189,6 +191,13 @@ class ConsumerRunner:
                 "enlace.service": self._service,
             },
         ) as span:
+            if self._validate is not None:
+                try:
+                    self._validate(envelope.type, envelope.data)
+                except PoisonMessage as exc:
+                    span.record_exception(exc)
+                    await self._dead_letter(record, exc, attempts=1)
+                    return "dead-lettered"
             for attempt in range(1, self._max_attempts + 1):
                 try:
                     await self._handle_once(handler, envelope)

@@ -22,6 +22,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.auth import TokenVerifier
 from enlace_platform.consumer import ConsumerRunner, Handler
+from enlace_platform.contracts import published_contracts
 from enlace_platform.db import create_tables, make_engine, make_session_factory, ping
 from enlace_platform.idempotency import IdempotencyRecord
 from enlace_platform.inbox import ProcessedMessage
@@ -92,6 +93,7 @@ class ServiceRuntime:
                 handlers=spec.handlers, session_factory=self.sessions, bootstrap_servers=s.kafka_bootstrap_servers,
                 dlq_producer=self.producer, service_name=s.service_name, max_attempts=s.consumer_max_attempts,
                 retry_base_s=s.consumer_retry_base_s, metrics=self.metrics,
+                validate=published_contracts().check,
             )
             for spec in self.consumers
         ]

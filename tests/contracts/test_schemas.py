@@ -14,16 +14,16 @@ import asyncio
 import copy
 import importlib.util
 import json
-import re
 import types
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from jsonschema import Draft7Validator, Draft202012Validator, FormatChecker
+from jsonschema import Draft7Validator, Draft202012Validator
+
+from enlace_platform.contracts import FORMATS
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACTS = REPO / "contracts"
@@ -37,31 +37,6 @@ KNOWN_NEED_CODES = {
     "SGBV_SURVIVOR", "MEDICAL_URGENT", "DISABILITY", "STATELESSNESS_RISK", "STRANDED_ASSISTED_RETURN",
     "CRIME_VICTIM",
 }
-
-# --- format checking -------------------------------------------------------------------------
-# jsonschema checks "date-time" and "uri" only with optional extras we do not install; these
-# stand-ins are strict enough for our payloads (RFC 3339 with an offset; absolute URLs).
-FORMATS = FormatChecker()
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
-
-
-@FORMATS.checks("date-time", raises=ValueError)
-def _is_datetime(value: object) -> bool:
-    if not isinstance(value, str):
-        return True
-    if not _RFC3339.match(value):
-        return False
-    datetime.fromisoformat(value.replace("z", "Z"))
-    return True
-
-
-@FORMATS.checks("uri", raises=ValueError)
-def _is_uri(value: object) -> bool:
-    if not isinstance(value, str):
-        return True
-    parts = urlsplit(value)
-    return bool(parts.scheme and (parts.netloc or parts.path)) and " " not in value
-
 
 def _load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))

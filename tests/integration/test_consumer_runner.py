@@ -7,6 +7,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlmodel import Field, SQLModel, select
 
 from enlace_platform.consumer import ConsumerRunner, PoisonMessage
+from enlace_platform.contracts import EventContracts
 from enlace_platform.envelope import Envelope, to_kafka
 from enlace_platform.inbox import ProcessedMessage
 from enlace_platform.metrics import ServiceMetrics
@@ -245,3 +246,35 @@ async def test_metrics_count_handled_and_dead_lettered_records_and_report_no_lag
     assert sample("enlace_dlq_messages_total", consumer="test.notes", topic=prefix + TOPIC) == 1
     assert lag and set(lag.values()) == {0}
     assert {topic for topic, _ in lag} == {prefix + TOPIC}
+
+
+async def test_an_event_that_breaks_its_published_schema_is_dead_lettered_without_reaching_the_handler(
+        kafka_bootstrap, sessions, producer):
+    prefix = unique_prefix()
+    await provision_topics(kafka_bootstrap, prefix)
+    contracts = EventContracts()
+    good = Envelope(type="case.registered.v1", source="/test", key="case-1", data={
+        "case_id": "6b2f9a64-3f0e-4a56-9a41-1f3f0c1b2a10", "agency_id": "MX-INM", "jurisdiction": "MX",
+        "person_ids": ["0d6c1d0e-8f43-4d4b-a8f5-8a4c3c0f9b21"], "encountered_at": "2026-11-28T10:00:00Z"})
+    assert contracts.violations(good.type, good.data) == []
+    bad = Envelope(type="case.registered.v1", source="/test", key="case-2",
+                   data={**good.data, "person_ids": "Juan Pérez", "given_names": "Juan"})
+    handled: list[str] = []
+
+    async def record(session, envelope):
+        handled.append(envelope.id)
+
+    await _publish(producer, prefix + TOPIC, bad)
+    await _publish(producer, prefix + TOPIC, good)
+    runner = _runner(prefix, sessions, kafka_bootstrap, producer, handlers={"case.registered.v1": record},
+                     validate=contracts.check)
+    await _run_until(runner, 2)
+
+    assert handled == [good.id]
+    [dead] = await read_topic(kafka_bootstrap, prefix + TOPIC + ".dlq", expected=1)
+    headers = dict(dead.headers)
+    assert headers["ce_id"] == bad.id.encode()
+    assert headers["dlq_exception"] == b"ContractViolation"
+    message = headers["dlq_message"].decode()
+    assert "person_ids: fails 'type'" in message and "additionalProperties" in message
+    assert "Juan" not in message  # the offending values never reach the DLQ headers
