@@ -1,0 +1,154 @@
+"""The events intake's real code writes to its outbox validate against contracts/events, and carry no personal data.
+
+Runs intake's use cases on a SQLite file (no broker): a family group is registered, consents and an
+override are recorded and withdrawn, and everyone is screened with answers that reach every need code.
+"""
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+from sqlmodel import select
+
+from enlace_platform.auth import Principal
+from enlace_platform.contracts import FORMATS
+from enlace_platform.envelope import from_kafka, to_kafka
+from enlace_platform.outbox import OutboxMessage, envelope_of
+from intake.adapters import orm
+from intake.domain import consent, events
+from intake.domain.rules import NEED_CODES, Urgency
+from intake.domain.screening import PersonFacts, ScreeningAnswers, age_band
+from intake.service_layer import services
+from tests.support.harness import service_database
+
+EVENTS = Path(__file__).resolve().parents[2] / "contracts" / "events"
+INM = Principal(subject="officer-7", agency_id="MX-INM", agency_type="migration_authority", jurisdiction="MX",
+                roles=("caseworker",))
+SECRETS = ("María", "Pérez", "Kevin", "Ramírez", "HN1234567", "Ciudad Hidalgo", "1990-02-14", "officer-7",
+           "LGDNNA", "HND")
+
+
+def _schema(event_type: str) -> dict:
+    return json.loads((EVENTS / f"{event_type}.schema.json").read_text(encoding="utf-8"))
+
+
+def _errors(event_type: str, payload: dict) -> list[str]:
+    validator = Draft202012Validator(_schema(event_type), format_checker=FORMATS)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(payload)]
+
+
+@pytest.fixture
+async def outbox(tmp_path):
+    async with service_database(tmp_path / "intake.db", orm.TABLES) as sessions:
+        case = orm.CaseRow(agency_id="", jurisdiction="", place="Ciudad Hidalgo, Chiapas",
+                           encountered_at=datetime(2026, 11, 20, 4, 30, tzinfo=UTC))
+        people = [
+            orm.PersonRow(case_id=case.id, given_names="María", family_names="Pérez", sex="female",
+                          date_of_birth=datetime(1990, 2, 14).date(), nationality="HND", languages=["es"]),
+            orm.PersonRow(case_id=case.id, given_names="Kevin", family_names="Ramírez", sex="male", estimated_age=15,
+                          languages=["es", "mam"]),
+            orm.PersonRow(case_id=case.id, given_names="Brayan", family_names="Cruz", sex="male", estimated_age=19,
+                          age_disputed=True, languages=[]),
+            orm.PersonRow(case_id=case.id, given_names="Rosa", family_names="Cruz", sex="female", estimated_age=70,
+                          languages=["es"]),
+        ]
+        mother, teen, disputed, elder = people
+        rels = [orm.RelationshipRow(case_id=case.id, from_person_id=elder.id, to_person_id=disputed.id,
+                                    kind="other_relative")]
+        async with sessions() as session:
+            await services.register_case(session, INM, case, people, relationships=rels, documents={
+                mother.id: [{"type": "passport", "number": "HN1234567", "issuing_country": "HND"}]})
+        async with sessions() as session:
+            granted, _ = await services.grant_consent(session, INM, case.id, mother.id,
+                                                      recipient_agency_type="asylum_office", purpose="referral",
+                                                      basis=consent.CONSENT, reason=None)
+        async with sessions() as session:
+            await services.grant_consent(session, INM, case.id, mother.id, recipient_agency_type="health",
+                                         purpose="follow_up", basis=consent.CONSENT, reason=None)
+        async with sessions() as session:
+            await services.grant_consent(session, INM, case.id, teen.id, recipient_agency_type="child_protection",
+                                         purpose="referral", basis=consent.MANDATORY_OVERRIDE,
+                                         reason="LGDNNA art. 89: unaccompanied child")
+        everything = ScreeningAnswers(
+            fear_of_return=True, trafficking_indicators=("DEBT_BONDAGE",), sexual_violence_disclosed=True,
+            sexual_violence_within_72h=True, disability=True, considers_self_stateless=True, kidnapped=True)
+        plans = [(mother, everything), (teen, ScreeningAnswers(extorted=True)), (disputed, ScreeningAnswers()),
+                 (elder, ScreeningAnswers(stranded_wishes_to_return=True, urgent_medical_need=True))]
+        for person, answers in plans:
+            async with sessions() as session:
+                await services.record_screening(session, INM, case.id, person.id, answers)
+        async with sessions() as session:
+            await services.withdraw_consent(session, INM, case.id, mother.id, granted.id)
+        async with sessions() as session:
+            query = select(OutboxMessage).order_by(OutboxMessage.created_at, OutboxMessage.sequence)
+            yield list((await session.exec(query)).all())
+
+
+def test_every_published_type_has_a_strict_schema():
+    for event_type in events.PUBLISHED:
+        schema = _schema(event_type)
+        Draft202012Validator.check_schema(schema)
+        assert schema["title"] == event_type and schema["additionalProperties"] is False
+
+
+async def test_the_outbox_payloads_validate_against_their_schemas(outbox):
+    types = [row.type for row in outbox]
+    assert types.count("case.registered.v1") == 1 and types.count("case.screened.v1") == 4
+    assert types.count("consent.changed.v1") == 4
+    for row in outbox:
+        assert row.aggregatetype == events.TOPIC and row.source == events.SOURCE
+        payload = json.loads(row.payload)
+        assert _errors(row.type, payload) == [], (row.type, payload)
+        assert row.aggregateid == payload["case_id"], "the record key is the case id"
+        subject = {"case.registered.v1": "case_id", "case.screened.v1": "screening_id",
+                   "consent.changed.v1": "consent_id"}[row.type]
+        assert row.subject == payload[subject]
+        key, value, headers = to_kafka(envelope_of(row))
+        assert from_kafka(key, value, headers).data == payload
+
+
+async def test_screened_events_always_carry_the_consent_scope(outbox):
+    screened = [json.loads(r.payload) for r in outbox if r.type == "case.screened.v1"]
+    assert all("consent_scope" in s for s in screened)
+    mother, teen, disputed, elder = screened
+    assert mother["consent_scope"] == [
+        {"recipient_agency_type": "asylum_office", "purpose": "referral", "basis": "consent"},
+        {"recipient_agency_type": "health", "purpose": "follow_up", "basis": "consent"}]
+    assert teen["consent_scope"] == [{"recipient_agency_type": "child_protection", "purpose": "referral",
+                                      "basis": "mandatory_override"}]
+    assert disputed["consent_scope"] == [] and elder["consent_scope"] == []
+    assert {n["code"] for s in screened for n in s["needs"]} == set(NEED_CODES), "every need code is exercised"
+    assert [s["age_band"] for s in screened] == ["18-59", "12-17", "disputed-treated-as-child", "60+"]
+    assert teen["languages"] == ["es", "mam"] and all(s["rules_version"] == "v2" for s in screened)
+
+
+async def test_consent_changes_are_published_granted_and_withdrawn(outbox):
+    changes = [json.loads(r.payload) for r in outbox if r.type == "consent.changed.v1"]
+    assert [(c["recipient_agency_type"], c["purpose"], c["basis"], c["status"]) for c in changes] == [
+        ("asylum_office", "referral", "consent", "granted"), ("health", "follow_up", "consent", "granted"),
+        ("child_protection", "referral", "mandatory_override", "granted"),
+        ("asylum_office", "referral", "consent", "withdrawn")]
+    assert changes[0]["consent_id"] == changes[3]["consent_id"]
+
+
+async def test_no_personal_data_reaches_the_bus(outbox):
+    for row in outbox:
+        for secret in SECRETS:
+            assert secret not in row.payload, f"{secret!r} leaked into {row.type}"
+        assert "reason" not in json.loads(row.payload)
+
+
+def test_code_lists_agree_with_the_schemas():
+    screened = _schema("case.screened.v1")
+    assert screened["$defs"]["need_code"]["enum"] == list(NEED_CODES)
+    assert set(screened["$defs"]["urgency"]["enum"]) == {u.value for u in Urgency}
+    assert screened["$defs"]["agency_type"]["enum"] == list(consent.AGENCY_TYPES)
+    changed = _schema("consent.changed.v1")["properties"]
+    assert changed["recipient_agency_type"]["enum"] == list(consent.AGENCY_TYPES)
+    assert changed["purpose"]["enum"] == list(consent.PURPOSES)
+    assert changed["basis"]["enum"] == list(consent.BASES)
+    produced = {age_band(PersonFacts(a)) for a in range(121)}
+    produced |= {age_band(PersonFacts(None)), age_band(PersonFacts(30, age_disputed=True))}
+    assert set(screened["properties"]["age_band"]["enum"]) == produced
