@@ -1,0 +1,162 @@
+"""On the real broker: a family group is screened, the referral service's protection holds reach intake
+over Kafka, and removal of each held person is refused (409 naming the hold and its referral) until
+the hold is released. The hold events are published as the referral service publishes them."""
+
+import json
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from enlace_platform.envelope import Envelope, to_kafka
+from enlace_platform.topics import INTAKE_CASE, REFERRAL_PROTECTION_HOLD, REFERRAL_REFERRAL
+from intake.config import IntakeSettings
+from intake.entrypoints.app import create_app
+from tests.support.harness import (
+    envelopes, eventually, fast_settings, provision_topics, read_topic, running_app, unique_prefix,
+)
+from tests.support.intake_support import family_group, hold_placed, hold_released, inm, referral_event
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+async def intake(kafka_bootstrap, dev_issuer_dir, tmp_path):
+    prefix = unique_prefix()
+    await provision_topics(kafka_bootstrap, prefix)
+    app = create_app(fast_settings(IntakeSettings, tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix,
+                                   dev_issuer_dir=dev_issuer_dir))
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+
+    async def publish(topic: str, envelope: Envelope) -> None:
+        key, value, headers = to_kafka(envelope)
+        await producer.send_and_wait(f"{prefix}{topic}", value=value, key=key, headers=headers)
+
+    try:
+        async with running_app(app) as client:
+            yield client, publish, prefix
+    finally:
+        await producer.stop()
+
+
+async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(intake, dev_issuer_dir,
+                                                                           kafka_bootstrap):
+    client, publish, prefix = intake
+    officer = inm(dev_issuer_dir)
+
+    # A border post registers the group and screens everyone.
+    r = await client.post("/cases", headers=officer, json=family_group())
+    assert r.status_code == 201, r.text
+    case = r.json()
+    mother, daughter, teen, unrelated_adult, disputed = case["persons"]
+    answers = {mother["id"]: {"fear_of_return": True, "wishes_to_seek_asylum": True,
+                              "travelling_with_parent_or_guardian": False},
+               daughter["id"]: {"travelling_with_parent_or_guardian": True},
+               teen["id"]: {"travelling_with_parent_or_guardian": False, "travelling_with_unrelated_adult": True},
+               unrelated_adult["id"]: {"fear_of_return": False},
+               disputed["id"]: {}}
+    needs = {}
+    for person in case["persons"]:
+        r = await client.post(f"/cases/{case['id']}/screenings", headers=officer,
+                              json={"person_id": person["id"], **answers[person["id"]]})
+        assert r.status_code == 201, r.text
+        needs[person["id"]] = {n["code"]: n for n in r.json()["needs"]}
+
+    assert set(needs[mother["id"]]) == {"INTERNATIONAL_PROTECTION"}
+    assert needs[mother["id"]]["INTERNATIONAL_PROTECTION"]["reasons"] == ["expressed fear of return",
+                                                                          "wishes to seek asylum"]
+    assert needs[daughter["id"]] == {}, "a child with her registered mother"
+    assert set(needs[teen["id"]]) == {"UNACCOMPANIED_CHILD"}
+    uac = needs[teen["id"]]["UNACCOMPANIED_CHILD"]
+    assert uac["urgency"] == "immediate" and uac["reasons"] == [
+        "treated as a child: aged 15", "no parent or legal guardian in the registered group",
+        "no other relative travels with the child", "travels with an adult who is not a relative"]
+    assert needs[unrelated_adult["id"]] == {}
+    assert set(needs[disputed["id"]]) == {"UNACCOMPANIED_CHILD"}
+    assert needs[disputed["id"]]["UNACCOMPANIED_CHILD"]["reasons"][0] == (
+        "treated as a child: age disputed, treated as a child until an age assessment concludes")
+
+    # The screenings went out on intake.case, codes only.
+    records = envelopes(await read_topic(kafka_bootstrap, f"{prefix}{INTAKE_CASE}", expected=6))
+    screened = [e.data for e in records if e.type == "case.screened.v1"]
+    assert len(screened) == 5 and all(e.key == case["id"] for e in records)
+    assert {s["person_id"]: [n["code"] for n in s["needs"]] for s in screened}[teen["id"]] == ["UNACCOMPANIED_CHILD"]
+    assert all(s["consent_scope"] == [] for s in screened)
+    assert "Pérez" not in json.dumps([e.data for e in records], ensure_ascii=False)
+
+    # The referral service places a hold per hold-bearing need.
+    placed = {p["id"]: hold_placed(case_id=case["id"], person_id=p["id"], need_code=code)
+              for p, code in ((mother, "INTERNATIONAL_PROTECTION"), (teen, "UNACCOMPANIED_CHILD"),
+                              (disputed, "UNACCOMPANIED_CHILD"))}
+    for envelope in placed.values():
+        await publish(REFERRAL_PROTECTION_HOLD, envelope)
+    await publish(REFERRAL_PROTECTION_HOLD, placed[teen["id"]])  # delivered twice: still one hold
+    await publish(REFERRAL_REFERRAL, referral_event(
+        "accepted", referral_id=placed[mother["id"]].data["referral_id"], case_id=case["id"],
+        person_id=mother["id"], need_code="INTERNATIONAL_PROTECTION", status="accepted", to_agency_id="MX-COMAR",
+        to_agency_type="asylum_office"))
+
+    async def case_view(predicate):
+        async def check():
+            view = (await client.get(f"/cases/{case['id']}", headers=officer)).json()
+            return view if predicate(view) else None
+        return check
+
+    view = await eventually(await case_view(lambda v: len(v["holds"]) == 3 and v["referrals"]),
+                            what="the holds and the referral reach intake")
+    assert {h["status"] for h in view["holds"]} == {"active"}
+    assert [(r["referral_id"], r["status"], r["to_agency_id"]) for r in view["referrals"]] == [
+        (placed[mother["id"]].data["referral_id"], "accepted", "MX-COMAR")]
+
+    for person in (mother, teen, disputed):
+        r = await client.post(f"/cases/{case['id']}/persons/{person['id']}/removal-orders", headers=officer,
+                              json={"destination_country": "HND"})
+        assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json", r.text
+        hold = placed[person["id"]].data
+        assert r.json()["holds"] == [{"hold_id": hold["hold_id"], "referral_id": hold["referral_id"],
+                                      "need_code": hold["need_code"], "not_before": None}]
+        assert hold["hold_id"] in r.json()["detail"] and hold["referral_id"] in r.json()["detail"]
+    r = await client.post(f"/cases/{case['id']}/persons/{unrelated_adult['id']}/removal-orders", headers=officer,
+                          json={"destination_country": "GTM"})
+    assert r.status_code == 201, "no hold, no refusal"
+
+    # The asylum claim is decided and the children are placed in care: the holds are released.
+    await publish(REFERRAL_REFERRAL, referral_event(
+        "completed", referral_id=placed[mother["id"]].data["referral_id"], case_id=case["id"],
+        person_id=mother["id"], need_code="INTERNATIONAL_PROTECTION", status="completed", to_agency_id="MX-COMAR",
+        to_agency_type="asylum_office", outcome_code="ASYLUM_CLAIM_REJECTED_FINAL"))
+    for envelope in placed.values():
+        outcome = "ASYLUM_CLAIM_REJECTED_FINAL" if envelope.data["need_code"] == "INTERNATIONAL_PROTECTION" \
+            else "CHILD_REUNIFIED_WITH_FAMILY"
+        await publish(REFERRAL_PROTECTION_HOLD, hold_released(envelope, outcome_code=outcome))
+    view = await eventually(await case_view(lambda v: {h["status"] for h in v["holds"]} == {"released"}
+                                            and v["referrals"][0]["outcome_code"]),
+                            what="the releases and the outcome reach intake")
+    assert view["referrals"][0]["outcome_code"] == "ASYLUM_CLAIM_REJECTED_FINAL"
+    for person in (mother, teen, disputed):
+        r = await client.post(f"/cases/{case['id']}/persons/{person['id']}/removal-orders", headers=officer,
+                              json={"destination_country": "HND"})
+        assert r.status_code == 201 and r.json()["status"] == "accepted", r.text
+
+
+async def test_a_release_published_before_its_placement_still_releases(intake, dev_issuer_dir):
+    client, publish, _ = intake
+    officer = inm(dev_issuer_dir)
+    case = (await client.post("/cases", headers=officer, json=family_group())).json()
+    teen = case["persons"][2]
+    placed = hold_placed(case_id=case["id"], person_id=teen["id"], need_code="TRAFFICKING_PRESUMED",
+                         hold_id=str(uuid.uuid4()))
+    await publish(REFERRAL_PROTECTION_HOLD, hold_released(placed, release_reason="REFLECTION_PERIOD_ENDED",
+                                                          outcome_code=None))
+    await publish(REFERRAL_PROTECTION_HOLD, placed)
+
+    async def placement_arrived():
+        holds = (await client.get(f"/cases/{case['id']}", headers=officer)).json()["holds"]
+        return holds if holds and holds[0]["placed_at"] else None
+
+    [hold] = await eventually(placement_arrived, what="both hold events reach intake")
+    assert hold["status"] == "released" and hold["release_reason"] == "REFLECTION_PERIOD_ENDED"
+    r = await client.post(f"/cases/{case['id']}/persons/{teen['id']}/removal-orders", headers=officer,
+                          json={"destination_country": "HND"})
+    assert r.status_code == 201, r.text
