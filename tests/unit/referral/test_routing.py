@@ -296,3 +296,12 @@ def test_demo_directory_sends_no_adult_to_child_protection():
     decision = route("UNACCOMPANIED_CHILD", facts, directory)
     assert decision.service is None
     assert {e.code for e in decision.exclusions if e.service_id.startswith("MX-")} == {"AGE"}
+
+
+def test_sexual_violence_goes_to_health_first_then_psychosocial():
+    psi = replace(CHILD, service_id="a-psi", agency_id="MX-PSI", agency_type="psychosocial",
+                  need_codes=("SGBV_SURVIVOR",), age_min=0, age_max=120)
+    health = replace(psi, service_id="z-health", agency_id="MX-SSA", agency_type="health")
+    facts = replace(ADULT, consented_agency_types=frozenset({"psychosocial", "health"}))
+    assert route("SGBV_SURVIVOR", facts, [psi, health]).service == health
+    assert route("SGBV_SURVIVOR", facts, [psi, replace(health, active=False)]).service == psi

@@ -4,7 +4,7 @@ A service is eligible when it serves the need, in the case's jurisdiction, is ac
 (open referrals below capacity), the person's whole age band lies inside its age range, it shares a
 language with the person (unknown languages do not block), its agency did not already reject this
 need, and the person's consent scope covers its agency type (mandatory needs go without consent).
-The first eligible service by id wins; every decision lists why it chose and why each other lost.
+The first eligible service wins (by the need's preferred agency type, then by id); every decision lists why it chose and why each other lost.
 """
 
 from dataclasses import dataclass, field
@@ -100,11 +100,25 @@ def ineligibility(service: DirectoryService, need_code: str, case: CaseFacts,
     return None
 
 
+# Where one need is served by several agency types, which type should take it first. Sexual violence
+# goes to health first: post-exposure prophylaxis must start within 72 hours.
+PREFERRED_AGENCY_TYPES = {
+    "SGBV_SURVIVOR": ("health", "psychosocial"),
+    "CRIME_VICTIM": ("anti_trafficking", "psychosocial"),
+    "STRANDED_ASSISTED_RETURN": ("return_assistance", "child_protection"),
+}
+
+
+def _preference(need_code: str, agency_type: str) -> int:
+    order = PREFERRED_AGENCY_TYPES.get(need_code, ())
+    return order.index(agency_type) if agency_type in order else len(order)
+
+
 def route(need_code: str, case: CaseFacts, directory: list[DirectoryService],
           excluded_agencies: frozenset[str] = frozenset()) -> RoutingDecision:
     reasons: list[str] = []
     exclusions: list[Exclusion] = []
-    for service in sorted(directory, key=lambda s: s.service_id):
+    for service in sorted(directory, key=lambda s: (_preference(need_code, s.agency_type), s.service_id)):
         if need_code not in service.need_codes:
             continue  # services for other needs are not candidates at all
         why_not = ineligibility(service, need_code, case, excluded_agencies)

@@ -27,7 +27,7 @@ async def fire_overdue(session: AsyncSession, referral_id: str, at: datetime) ->
     ref = await session.get(ReferralRow, referral_id)
     if ref is None or ref.clock is None:
         return False
-    claimed = await session.execute(
+    claimed = await session.exec(
         update(ReferralRow).where(ReferralRow.id == referral_id, ReferralRow.clock == ref.clock,
                                   col(ReferralRow.clock_fired_at).is_(None), col(ReferralRow.due_at) <= at,
                                   col(ReferralRow.status).in_([str(s) for s in OPEN]))

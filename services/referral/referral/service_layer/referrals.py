@@ -209,7 +209,7 @@ async def place_hold_if_needed(session: AsyncSession, policy: Policy, ref: Refer
 async def release_hold(session: AsyncSession, hold: HoldRow, *, reason: str, ref: ReferralRow,
                        outcome_code: str | None, at: datetime) -> bool:
     """Claims the release with a conditional UPDATE: a hold is released exactly once."""
-    result = await session.execute(
+    result = await session.exec(
         update(HoldRow).where(HoldRow.id == hold.id, col(HoldRow.released_at).is_(None))
         .values(released_at=at, release_reason=reason, released_by_referral_id=ref.id, outcome_code=outcome_code,
                 active_key=None))
@@ -250,12 +250,13 @@ async def visible_referral(session: AsyncSession, referral_id: str, principal: P
 
 async def conditional_update(session: AsyncSession, ref: ReferralRow, changes: dict) -> None:
     """UPDATE ... WHERE version = :v; the loser of a race gets 409 and nothing changes."""
-    changes = {**changes, "version": ref.version + 1}
-    result = await session.execute(update(ReferralRow).where(ReferralRow.id == ref.id,
-                                                             ReferralRow.version == ref.version).values(**changes))
+    referral_id, version = ref.id, ref.version
+    changes = {**changes, "version": version + 1}
+    result = await session.exec(update(ReferralRow).where(ReferralRow.id == referral_id,
+                                                          ReferralRow.version == version).values(**changes))
     if result.rowcount != 1:
         await session.rollback()
-        current = await session.get(ReferralRow, ref.id, populate_existing=True)
+        current = await session.get(ReferralRow, referral_id, populate_existing=True)
         raise Problem(409, detail="The referral was changed by someone else at the same time; reload and retry.",
                       current_status=current.status if current else None,
                       current_version=current.version if current else None)

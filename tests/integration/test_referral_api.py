@@ -1,0 +1,387 @@
+"""The referral app through its HTTP API, with screening and consent events handed to its consumer
+handlers (the broker paths are in test_referral_clocks.py and tests/e2e/test_referral_closed_loop.py)."""
+
+import asyncio
+import uuid
+
+import pytest
+
+from tests.support.referral_support import (
+    consent_changed, consent_scope, referral_harness, referral_settings, screened, token,
+)
+
+
+@pytest.fixture
+async def ref(tmp_path, dev_issuer_dir):
+    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir)) as harness:
+        yield harness
+
+
+@pytest.fixture
+def auth(dev_issuer_dir):
+    return lambda agency_id: token(dev_issuer_dir, agency_id)
+
+
+def _problem(r, status: int) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    return r.json()
+
+
+async def _one(ref, headers, **params) -> dict:
+    [item] = await ref.referrals(headers, **params)
+    return item
+
+
+async def test_two_needs_make_two_referrals_with_one_lead_and_explained_routing(ref, auth):
+    event = screened("INTERNATIONAL_PROTECTION", "UNACCOMPANIED_CHILD", age_band="12-17")
+    await ref.deliver(event)
+    inm = auth("MX-INM")
+    sent = await ref.referrals(inm, case_id=event.data["case_id"])
+    by_need = {r["need_code"]: r for r in sent}
+    assert set(by_need) == {"INTERNATIONAL_PROTECTION", "UNACCOMPANIED_CHILD"}
+    assert [r["need_code"] for r in sent if r["is_lead"]] == ["UNACCOMPANIED_CHILD"]
+    child = by_need["UNACCOMPANIED_CHILD"]
+    assert (child["to_agency_id"], child["to_service_id"], child["to_agency_type"]) == (
+        "MX-PFPNNA", "MX-PFPNNA-1", "child_protection")
+    assert child["routing"]["chosen_service_id"] == "MX-PFPNNA-1" and "MX-PFPNNA-1" in child["routing"]["chosen_because"]
+    assert child["coordinator_agency_id"] == "MX-COORD" and child["status"] == "requested"
+    assert child["clock"] == "ACCEPT_DEADLINE" and child["due_at"] and child["overdue"] is False
+    # The receiver reads the same decision; the screening's other receiver does not see this one.
+    assert (await ref.client.get(f"/referrals/{child['id']}", headers=auth("MX-PFPNNA"))).json()["routing"] == child["routing"]
+    _problem(await ref.client.get(f"/referrals/{child['id']}", headers=auth("MX-COMAR")), 404)
+
+    requested = await ref.events("referral.requested.v1")
+    assert {p["referral_id"] for _, p in requested} == {r["id"] for r in sent}
+    placed = await ref.events("protection_hold.placed.v1")
+    assert {p["need_code"] for _, p in placed} == {"INTERNATIONAL_PROTECTION", "UNACCOMPANIED_CHILD"}
+    assert all(p["not_before"] is None for _, p in placed)
+
+
+async def test_redelivery_and_rescreening_never_duplicate_open_referrals(ref, auth):
+    event = screened("INTERNATIONAL_PROTECTION", "SGBV_SURVIVOR")
+    await ref.deliver(event)
+    before = await ref.events()
+    # The same screening again, in a new envelope (a new ce_id, so the inbox would not catch it).
+    await ref.deliver(screened("INTERNATIONAL_PROTECTION", "SGBV_SURVIVOR", case_id=event.data["case_id"],
+                               person_id=event.data["person_id"], screening_id=event.data["screening_id"]))
+    # A new screening of the same person with an extra need: only the new need opens a referral.
+    await ref.deliver(screened("INTERNATIONAL_PROTECTION", "SGBV_SURVIVOR", "MEDICAL_URGENT",
+                               case_id=event.data["case_id"], person_id=event.data["person_id"]))
+    sent = await ref.referrals(auth("MX-INM"), case_id=event.data["case_id"])
+    assert sorted(r["need_code"] for r in sent) == ["INTERNATIONAL_PROTECTION", "MEDICAL_URGENT", "SGBV_SURVIVOR"]
+    after = await ref.events()
+    assert [t for t, _ in after[len(before):]] == ["referral.requested.v1"]
+    assert not any(r["is_lead"] for r in sent if r["need_code"] == "MEDICAL_URGENT"), "the case already has a lead"
+
+
+async def test_full_closed_loop_with_notes_history_and_hold_release(ref, auth):
+    event = screened("UNACCOMPANIED_CHILD", age_band="12-17")
+    await ref.deliver(event)
+    pfpnna, inm = auth("MX-PFPNNA"), auth("MX-INM")
+    item = await _one(ref, pfpnna, direction="to")
+    rid = item["id"]
+    assert item["allowed_actions"] == ["receive", "accept", "reject"]
+    for action in ("receive", "accept", "start", "hold", "resume"):
+        r = await ref.act(rid, pfpnna, action)
+        assert r.status_code == 200, r.text
+    assert r.json()["status"] == "in-progress" and r.json()["clock"] == "COMPLETE_DEADLINE"
+    r = await ref.client.post(f"/referrals/{rid}/notes", headers=pfpnna, json={"text": "Entrevista hecha; sin tutor."})
+    assert r.status_code == 201
+    r = await ref.act(rid, pfpnna, "complete", outcome_code="CHILD_PLACED_IN_CARE")
+    assert r.status_code == 200 and r.json()["status"] == "completed" and r.json()["outcome_code"] == "CHILD_PLACED_IN_CARE"
+    assert r.json()["due_at"] is None and r.json()["allowed_actions"] == []
+
+    history = (await ref.client.get(f"/referrals/{rid}/history", headers=inm)).json()
+    assert [h["seq"] for h in history] == list(range(1, len(history) + 1))
+    assert [(h["action"], h["from_status"], h["to_status"]) for h in history] == [
+        ("route", None, "requested"), ("receive", "requested", "received"), ("accept", "received", "accepted"),
+        ("start", "accepted", "in-progress"), ("hold", "in-progress", "on-hold"),
+        ("resume", "on-hold", "in-progress"), ("note", "in-progress", "in-progress"),
+        ("complete", "in-progress", "completed")]
+    assert history[0]["actor_agency_id"] is None
+    assert {h["actor_agency_id"] for h in history[1:]} == {"MX-PFPNNA"}
+    assert all(h["actor_subject"] for h in history[1:]) and history[6]["note"] == "Entrevista hecha; sin tutor."
+
+    types = [t for t, p in await ref.events() if p.get("referral_id") == rid]
+    assert types == ["referral.requested.v1", "protection_hold.placed.v1", "referral.received.v1",
+                     "referral.accepted.v1", "referral.started.v1", "referral.put_on_hold.v1", "referral.started.v1",
+                     "referral.note_added.v1", "referral.completed.v1", "protection_hold.released.v1"]
+    [(_, completed)] = await ref.events("referral.completed.v1")
+    assert completed["outcome_code"] == "CHILD_PLACED_IN_CARE" and completed["from_agency_id"] == "MX-INM"
+    assert completed["actor_agency_id"] == "MX-PFPNNA"
+    [(_, note)] = await ref.events("referral.note_added.v1")
+    assert "Entrevista" not in str(note)
+    [(_, released)] = await ref.events("protection_hold.released.v1")
+    assert released["release_reason"] == "COMPLETED_FINAL" and released["outcome_code"] == "CHILD_PLACED_IN_CARE"
+    [hold] = (await ref.client.get("/holds", headers=inm, params={"case_id": event.data["case_id"]})).json()
+    assert hold["active"] is False and hold["release_reason"] == "COMPLETED_FINAL"
+
+
+async def test_a_non_final_outcome_keeps_the_hold(ref, auth):
+    await ref.deliver(screened("INTERNATIONAL_PROTECTION"))
+    comar = auth("MX-COMAR")
+    rid = (await _one(ref, comar))["id"]
+    await ref.act(rid, comar, "accept")
+    r = await ref.act(rid, comar, "complete", outcome_code="ASYLUM_CLAIM_REGISTERED")
+    assert r.status_code == 200
+    assert await ref.events("protection_hold.released.v1") == []
+    assert [h["active"] for h in (await ref.client.get("/holds", headers=comar)).json()] == [True]
+
+
+async def test_illegal_moves_are_409_naming_status_and_allowed_actions(ref, auth):
+    await ref.deliver(screened("UNACCOMPANIED_CHILD", age_band="0-11"))
+    pfpnna = auth("MX-PFPNNA")
+    rid = (await _one(ref, pfpnna))["id"]
+    body = _problem(await ref.act(rid, pfpnna, "complete", outcome_code="CHILD_PLACED_IN_CARE"), 409)
+    assert body["current_status"] == "requested" and body["allowed_actions"] == ["receive", "accept", "reject"]
+    assert "requested" in body["detail"]
+    # Wrong role: the sender may not accept, the receiver may not reassign.
+    assert "accept" in _problem(await ref.act(rid, auth("MX-INM"), "accept"), 403)["detail"]
+    _problem(await ref.act(rid, pfpnna, "reassign", to_service_id="MX-PFPNNA-1"), 403)
+    # Missing or unknown reasons and outcomes name the field.
+    assert _problem(await ref.act(rid, pfpnna, "reject"), 422)["errors"][0]["path"] == "body/reason_code"
+    assert _problem(await ref.act(rid, pfpnna, "reject", reason_code="NO_CAPACITY"), 422)["errors"][0]["path"] == \
+        "body/reason_text"
+    assert any(e["path"] == "body/reason_code" for e in
+               _problem(await ref.act(rid, pfpnna, "reject", reason_code="BORED", reason_text="x"), 422)["errors"])
+    await ref.act(rid, pfpnna, "accept")
+    assert _problem(await ref.act(rid, pfpnna, "complete"), 422)["errors"][0]["path"] == "body/outcome_code"
+    # A stale expected_version is refused.
+    body = _problem(await ref.act(rid, pfpnna, "start", expected_version=1), 409)
+    assert body["current_version"] == 2
+    assert (await ref.act(rid, pfpnna, "start", expected_version=2)).status_code == 200
+
+
+async def test_unrelated_agencies_get_404_everywhere(ref, auth):
+    await ref.deliver(screened("UNACCOMPANIED_CHILD", age_band="0-11"))
+    rid = (await _one(ref, auth("MX-PFPNNA")))["id"]
+    for agency in ("MX-COMAR", "GT-PGN", "GT-COORD"):
+        headers = auth(agency)
+        _problem(await ref.client.get(f"/referrals/{rid}", headers=headers), 404)
+        _problem(await ref.client.get(f"/referrals/{rid}/history", headers=headers), 404)
+        _problem(await ref.act(rid, headers, "accept"), 404)
+        _problem(await ref.act(rid, headers, "cancel", reason_code="OTHER", reason_text="x"), 404)
+        _problem(await ref.client.post(f"/referrals/{rid}/notes", headers=headers, json={"text": "x"}), 404)
+        assert await ref.referrals(headers) == []
+    _problem(await ref.client.get(f"/referrals/{uuid.uuid4()}", headers=auth("MX-PFPNNA")), 404)
+
+
+async def test_concurrent_accepts_exactly_one_wins(ref, auth, dev_issuer_dir):
+    from tests.support.harness import bearer
+
+    await ref.deliver(screened("UNACCOMPANIED_CHILD", age_band="12-17"))
+    rid = (await _one(ref, auth("MX-PFPNNA")))["id"]
+    users = [bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection", "MX", roles=[f"caseworker-{i}"]) for i in (1, 2)]
+    results = await asyncio.gather(*(ref.act(rid, h, "accept") for h in users))
+    assert sorted(r.status_code for r in results) == [200, 409], [r.text for r in results]
+    loser = next(r for r in results if r.status_code == 409).json()
+    assert loser["current_status"] == "accepted"
+    assert len(await ref.events("referral.accepted.v1")) == 1
+    history = (await ref.client.get(f"/referrals/{rid}/history", headers=users[0])).json()
+    assert [h["action"] for h in history] == ["route", "accept"]
+
+
+async def test_the_version_check_refuses_a_write_based_on_a_stale_read(ref, auth):
+    """The conditional UPDATE itself: on databases where two readers can overlap (PostgreSQL), the
+    second writer's version no longer matches and it gets 409 with nothing changed."""
+    from enlace_platform.problems import Problem
+    from referral.adapters.orm import ReferralRow
+    from referral.service_layer.referrals import conditional_update
+
+    await ref.deliver(screened("UNACCOMPANIED_CHILD", age_band="12-17"))
+    rid = (await _one(ref, auth("MX-PFPNNA")))["id"]
+    async with ref.runtime.sessions() as first:
+        stale = await first.get(ReferralRow, rid)
+        await first.commit()
+    async with ref.runtime.sessions() as second:
+        await conditional_update(second, await second.get(ReferralRow, rid), {"status": "accepted"})
+        await second.commit()
+    async with ref.runtime.sessions() as first:
+        first.add(stale)
+        with pytest.raises(Problem) as refused:
+            await conditional_update(first, stale, {"status": "rejected"})
+        assert refused.value.status == 409 and refused.value.extensions["current_status"] == "accepted"
+    assert (await ref.client.get(f"/referrals/{rid}", headers=auth("MX-PFPNNA"))).json()["status"] == "accepted"
+
+
+async def _second_child_service(ref, auth) -> None:
+    r = await ref.client.post("/services", headers=auth("MX-COORD"), json={
+        "id": "MX-PFPNNA-2", "agency_id": "MX-FEVIMTRA", "area": "MX", "name": "Albergue especializado",
+        "need_codes": ["UNACCOMPANIED_CHILD"], "age_min": 0, "age_max": 17, "languages": ["es"], "capacity": 5})
+    assert r.status_code == 201, r.text
+
+
+async def test_rejection_routes_onward_keeps_the_hold_and_escalates_when_none_is_left(ref, auth):
+    await _second_child_service(ref, auth)
+    event = screened("UNACCOMPANIED_CHILD", age_band="12-17")
+    await ref.deliver(event)
+    first = await _one(ref, auth("MX-PFPNNA"))
+    r = await ref.act(first["id"], auth("MX-PFPNNA"), "reject", reason_code="NO_CAPACITY", reason_text="Lleno hoy")
+    assert r.status_code == 200 and r.json()["status"] == "rejected"
+    onward_id = r.json()["next_referral_id"]
+    onward = (await ref.client.get(f"/referrals/{onward_id}", headers=auth("MX-FEVIMTRA"))).json()
+    assert onward["previous_referral_id"] == first["id"] and onward["to_service_id"] == "MX-PFPNNA-2"
+    assert onward["is_lead"] and onward["status"] == "requested"
+    assert {e["agency_id"]: e["code"] for e in onward["routing"]["excluded"]} == {"MX-PFPNNA": "ALREADY_REJECTED"}
+    # The rejecting agency still sees its own rejected referral, not the onward one.
+    _problem(await ref.client.get(f"/referrals/{onward_id}", headers=auth("MX-PFPNNA")), 404)
+
+    r = await ref.act(onward_id, auth("MX-FEVIMTRA"), "reject", reason_code="OUT_OF_MANDATE", reason_text="No")
+    queued_id = r.json()["next_referral_id"]
+    coord = auth("MX-COORD")
+    queued = (await ref.client.get(f"/referrals/{queued_id}", headers=coord)).json()
+    assert queued["to_agency_id"] is None and queued["escalation_reason"] == "REJECTED_NO_ALTERNATIVE"
+    assert queued["allowed_actions"] == ["cancel", "reassign"]
+    assert [q["id"] for q in await ref.referrals(coord, direction="queue")] == [queued_id]
+    [(_, escalated)] = await ref.events("referral.escalated.v1")
+    assert escalated["reason_code"] == "REJECTED_NO_ALTERNATIVE" and escalated["to_agency_id"] is None
+    assert escalated["to_agency_type"] is None and escalated["to_service_id"] is None
+
+    # The coordinator assigns the queued referral; the hold was never released along the way.
+    r = await ref.act(queued_id, coord, "reassign", to_service_id="MX-PFPNNA-1")
+    assert r.status_code == 200 and r.json()["to_agency_id"] == "MX-PFPNNA" and r.json()["escalation_reason"] is None
+    assert await ref.referrals(coord, direction="queue") == []
+    assert len(await ref.events("protection_hold.placed.v1")) == 1
+    assert await ref.events("protection_hold.released.v1") == []
+    [(_, reassigned)] = await ref.events("referral.reassigned.v1")
+    assert reassigned["actor_agency_id"] == "MX-COORD" and reassigned["to_agency_id"] == "MX-PFPNNA"
+    rejected = [p for _, p in await ref.events("referral.rejected.v1")]
+    assert [p["reason_code"] for p in rejected] == ["NO_CAPACITY", "OUT_OF_MANDATE"]
+    assert "Lleno" not in str(rejected)
+
+
+async def test_no_eligible_agency_goes_to_the_coordinator_queue(ref, auth):
+    await ref.deliver(screened("STATELESSNESS_RISK", jurisdiction="ZZ"))
+    [(_, requested)] = await ref.events("referral.requested.v1")
+    assert requested["to_agency_id"] is None and requested["coordinator_agency_id"] == "ZZ-COORD"
+    [(_, escalated)] = await ref.events("referral.escalated.v1")
+    assert escalated["reason_code"] == "NO_ELIGIBLE_AGENCY"
+    # Nobody's agency in MX sees it; its sender does.
+    assert await ref.referrals(auth("MX-COORD")) == []
+    [mine] = await ref.referrals(auth("ZZ-MIG"))
+    assert mine["escalation_reason"] == "NO_ELIGIBLE_AGENCY"
+
+
+async def test_missing_consent_queues_and_granted_consent_routes(ref, auth):
+    event = screened("INTERNATIONAL_PROTECTION", "UNACCOMPANIED_CHILD", age_band="12-17",
+                     scope=consent_scope("health"))
+    await ref.deliver(event)
+    coord = auth("MX-COORD")
+    queued = await _one(ref, coord, direction="queue")
+    assert queued["need_code"] == "INTERNATIONAL_PROTECTION" and queued["escalation_reason"] == "CONSENT_MISSING"
+    assert {e["code"] for e in queued["routing"]["excluded"]} == {"CONSENT"}
+    child = await _one(ref, auth("MX-PFPNNA"))
+    assert child["need_code"] == "UNACCOMPANIED_CHILD", "mandatory needs route without consent"
+    # Consent for another purpose changes nothing; consent to refer to the asylum office routes it.
+    await ref.deliver(consent_changed(event.data["case_id"], event.data["person_id"], "asylum_office",
+                                      purpose="follow_up"))
+    assert (await _one(ref, coord, direction="queue"))["id"] == queued["id"]
+    await ref.deliver(consent_changed(event.data["case_id"], event.data["person_id"], "asylum_office"))
+    assert await ref.referrals(coord, direction="queue") == []
+    routed = await _one(ref, auth("MX-COMAR"))
+    assert routed["id"] == queued["id"] and routed["to_service_id"] == "MX-COMAR-1"
+    [(_, reassigned)] = await ref.events("referral.reassigned.v1")
+    assert reassigned["actor_agency_id"] is None
+    # Withdrawn consent: a later screening of this person queues the need again.
+    await ref.deliver(consent_changed(event.data["case_id"], event.data["person_id"], "health", status="withdrawn"))
+    second = screened("MEDICAL_URGENT", case_id=event.data["case_id"], person_id=event.data["person_id"], scope=None)
+    second.data.pop("consent_scope")  # an older intake: the stored scope applies
+    await ref.deliver(second)
+    assert (await _one(ref, coord, direction="queue", need_code="MEDICAL_URGENT"))["escalation_reason"] == \
+        "CONSENT_MISSING"
+
+
+async def test_cancel_by_sender_keeps_the_hold_cancel_by_coordinator_releases_it(ref, auth):
+    await ref.deliver(screened("INTERNATIONAL_PROTECTION"))
+    await ref.deliver(screened("INTERNATIONAL_PROTECTION"))
+    first, second = await ref.referrals(auth("MX-INM"))
+    r = await ref.act(first["id"], auth("MX-INM"), "cancel", reason_code="REFERRED_IN_ERROR", reason_text="x")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert await ref.events("protection_hold.released.v1") == []
+    r = await ref.act(second["id"], auth("MX-COORD"), "cancel", reason_code="DUPLICATE", reason_text="x")
+    assert r.status_code == 200
+    [(_, released)] = await ref.events("protection_hold.released.v1")
+    assert released["release_reason"] == "CANCELLED_BY_COORDINATOR" and released["referral_id"] == second["id"]
+
+
+async def test_manual_referral_with_idempotency_key(ref, auth):
+    inm = auth("MX-INM") | {"Idempotency-Key": "manual-1"}
+    body = {"case_id": str(uuid.uuid4()), "person_id": str(uuid.uuid4()), "need_code": "UNACCOMPANIED_CHILD",
+            "urgency": "immediate", "age_band": "12-17", "languages": ["es"]}
+    first = await ref.client.post("/referrals", headers=inm, json=body)
+    assert first.status_code == 201, first.text
+    again = await ref.client.post("/referrals", headers=inm, json=body)
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    assert first.json()["to_agency_id"] == "MX-PFPNNA" and first.json()["is_lead"]
+    assert len(await ref.events("referral.requested.v1")) == 1
+    assert _problem(await ref.client.post("/referrals", headers=inm, json={**body, "urgency": "high"}), 422)
+    # Without a key, a second open referral for the same person and need is a conflict.
+    body2 = {**body}
+    dup = _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json=body2), 409)
+    assert dup["existing_referral_id"] == first.json()["id"]
+    # A chosen service must be able to take it.
+    bad = {**body, "person_id": str(uuid.uuid4()), "to_service_id": "MX-COMAR-1"}
+    assert _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json=bad), 422)[
+        "errors"][0]["path"] == "body/to_service_id"
+    ok = {**body, "person_id": str(uuid.uuid4()), "need_code": "INTERNATIONAL_PROTECTION",
+          "age_band": "18-59", "to_service_id": "MX-COMAR-1"}
+    assert _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json=ok), 422)["detail"].endswith(
+        "no consent to refer to a asylum_office agency")
+    assert _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json={**body, "need_code": "X"}), 422)
+
+
+async def test_inbox_filters_and_pagination(ref, auth):
+    for _ in range(3):
+        await ref.deliver(screened("SGBV_SURVIVOR", "INTERNATIONAL_PROTECTION"))
+    inm, ssa = auth("MX-INM"), auth("MX-SSA")
+    page = (await ref.client.get("/referrals", headers=inm, params={"limit": 4, "offset": 4})).json()
+    assert page["total"] == 6 and len(page["items"]) == 2
+    assert {r["need_code"] for r in await ref.referrals(inm, need_code="SGBV_SURVIVOR")} == {"SGBV_SURVIVOR"}
+    assert len(await ref.referrals(ssa, direction="to")) == 3 and await ref.referrals(ssa, direction="from") == []
+    rid = (await ref.referrals(ssa))[0]["id"]
+    await ref.act(rid, ssa, "accept")
+    assert [r["id"] for r in await ref.referrals(ssa, status="accepted")] == [rid]
+    assert await ref.referrals(inm, overdue="true") == []
+    assert len(await ref.referrals(inm, overdue="false")) == 6
+    _problem(await ref.client.get("/referrals", headers=ssa, params={"direction": "queue"}), 422)
+    _problem(await ref.client.get("/referrals", headers=ssa, params={"status": "lost"}), 422)
+
+
+async def test_kpis_scoped_to_agency_and_jurisdiction(ref, auth):
+    for _ in range(2):
+        await ref.deliver(screened("INTERNATIONAL_PROTECTION"))
+    await ref.deliver(screened("INTERNATIONAL_PROTECTION", jurisdiction="GT"))
+    comar = auth("MX-COMAR")
+    first, second = await ref.referrals(comar)
+    await ref.act(first["id"], comar, "accept")
+    await ref.act(first["id"], comar, "complete", outcome_code="REFUGEE_STATUS_GRANTED")
+    await ref.act(second["id"], comar, "reject", reason_code="DUPLICATE", reason_text="x")
+    k = (await ref.client.get("/kpis", headers=comar)).json()
+    assert k["scope"] == "agency:MX-COMAR" and k["total"] == 2
+    assert k["by_status"]["completed"] == 1 and k["by_status"]["rejected"] == 1
+    assert k["median_time_to_accept_s"] >= 0 and k["overdue"] == 0
+    assert k["closed_loop_share"] == 0.5
+    k = (await ref.client.get("/kpis", headers=auth("MX-COORD"))).json()
+    # Jurisdiction-wide: the rejection went on to the queue (open), so it is not an ended loop.
+    assert k["scope"] == "jurisdiction:MX" and k["total"] == 3 and k["by_status"]["requested"] == 1
+    assert k["closed_loop_share"] == 1.0
+    assert (await ref.client.get("/kpis", headers=auth("GT-COORD"))).json()["total"] == 1
+
+
+async def test_a_screening_that_breaks_its_contract_is_poison(ref):
+    from enlace_platform.consumer import PoisonMessage
+
+    for breakage in ({"age_band": "teen"}, {"needs": [{"code": "HUNGRY", "urgency": "high"}]},
+                     {"consent_scope": [{"recipient_agency_type": "police", "purpose": "referral", "basis": "consent"}]}):
+        event = screened("UNACCOMPANIED_CHILD")
+        event.data.update(breakage)
+        with pytest.raises(PoisonMessage):
+            await ref.deliver(event)
+    event = screened("UNACCOMPANIED_CHILD")
+    del event.data["person_id"]
+    with pytest.raises(PoisonMessage):
+        await ref.deliver(event)
+    bad = consent_changed(str(uuid.uuid4()), str(uuid.uuid4()), "asylum_office", status="maybe")
+    with pytest.raises(PoisonMessage):
+        await ref.deliver(bad)
