@@ -1,0 +1,175 @@
+"""The whole system as `make up` runs it: three service processes, Kafka, Zipkin, and the demo flow.
+
+Then two outsiders check it:
+* kcat (C, from Debian) reads every topic and each record's headers and payload are checked against
+  contracts/ — an integrator in another language sees exactly what the contracts promise;
+* Zipkin's API shows each journey as one trace across the three services, from the intake POST
+  to the webhook POST.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonschema import Draft7Validator, Draft202012Validator
+
+from enlace_platform.contracts import FORMATS
+from enlace_platform.topics import CATALOG
+from tests.support.harness import REPO, free_port, provision_topics, unique_prefix
+
+pytestmark = pytest.mark.kafka
+
+CONTRACTS = REPO / "contracts"
+SERVICES = ("intake", "referral", "notification")
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def zipkin(tmp_path_factory):
+    port = free_port()
+    env = {**os.environ, "ZIPKIN_PORT": str(port), "ZIPKIN_STATE_DIR": str(tmp_path_factory.mktemp("zipkin"))}
+    script = REPO / "deploy" / "zipkin" / "zipkin.sh"
+    subprocess.run([str(script), "start"], env=env, check=True, timeout=180)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(script), "stop"], env=env, timeout=60)
+
+
+@pytest.fixture(scope="module")
+async def system(kafka_bootstrap, zipkin, dev_issuer_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("system")
+    prefix = unique_prefix()
+    await provision_topics(kafka_bootstrap, prefix)
+    ports = {name: free_port() for name in SERVICES}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    env = {
+        **os.environ,
+        "ENLACE_RUN_DIR": str(run_dir),
+        **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
+        **{f"{name.upper()}_DATABASE_URL": f"sqlite+aiosqlite:///{run_dir / name}.db" for name in SERVICES},
+        **{f"{name.upper()}_PUBLIC_BASE_URL": url for name, url in urls.items()},
+        "ENLACE_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ENLACE_KAFKA_TOPIC_PREFIX": prefix,
+        "ENLACE_AUTH_DEV_PUBLIC_KEY_PATH": str(dev_issuer_dir / "public.pem"),
+        "ENLACE_OUTBOX_FALLBACK_POLL_S": "0.5",
+        "OTEL_TRACES_EXPORTER": "zipkin",
+        "OTEL_EXPORTER_ZIPKIN_ENDPOINT": f"{zipkin}/api/v2/spans",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "PYTHON_BIN": sys.executable,
+    }
+    services = REPO / "deploy" / "services.sh"
+    subprocess.run([str(services), "start"], env=env, check=True, timeout=180)
+    try:
+        yield {"env": env, "urls": urls, "prefix": prefix, "bootstrap": kafka_bootstrap, "run_dir": run_dir}
+    finally:
+        subprocess.run([str(services), "stop"], env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def demo(system, dev_issuer_dir):
+    urls = system["urls"]
+    env = {**system["env"], "DEMO_INTAKE_URL": urls["intake"], "DEMO_REFERRAL_URL": urls["referral"],
+           "DEMO_NOTIFICATION_URL": urls["notification"], "DEMO_RECEIVER_PORT": str(free_port()),
+           "DEMO_KEY_DIR": str(dev_issuer_dir), "DEMO_SUMMARY_PATH": str(system["run_dir"] / "demo.json")}
+    result = subprocess.run([sys.executable, str(REPO / "deploy" / "demo" / "run_demo.py")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"demo failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return json.loads((system["run_dir"] / "demo.json").read_text())
+
+
+def _kcat_records(bootstrap: str, topic: str) -> list[dict]:
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat (Debian package kcat) is needed: .ci/run installs it"
+    result = subprocess.run([kcat, "-b", bootstrap, "-C", "-t", topic, "-o", "beginning", "-e", "-J", "-q"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def _asyncapi_header_validator() -> Draft7Validator:
+    doc = yaml.safe_load((CONTRACTS / "asyncapi.yaml").read_text())
+    return Draft7Validator(doc["components"]["schemas"]["cloudEventHeaders"], format_checker=FORMATS)
+
+
+def test_kcat_reads_every_event_of_the_demo_and_each_matches_the_published_contracts(system, demo):
+    headers_schema = _asyncapi_header_validator()
+    seen_types: dict[str, int] = defaultdict(int)
+    problems: list[str] = []
+    for base in CATALOG:
+        for record in _kcat_records(system["bootstrap"], system["prefix"] + base):
+            flat = record.get("headers") or []
+            headers = dict(zip(flat[::2], flat[1::2], strict=True))
+            where = f"{base}[{record['partition']}]@{record['offset']}"
+            problems += [f"{where} header {'/'.join(map(str, e.path))}: {e.message}"
+                         for e in headers_schema.iter_errors(headers)]
+            event_type = headers.get("ce_type", "?")
+            schema_path = CONTRACTS / "events" / f"{event_type}.schema.json"
+            if not schema_path.is_file():
+                problems.append(f"{where}: no schema for {event_type}")
+                continue
+            payload = json.loads(record["payload"])
+            validator = Draft202012Validator(json.loads(schema_path.read_text()), format_checker=FORMATS)
+            problems += [f"{where} {event_type} {'/'.join(map(str, e.absolute_path))}: {e.message}"
+                         for e in validator.iter_errors(payload)]
+            if record["key"] != payload.get("case_id"):
+                problems.append(f"{where}: key {record['key']!r} is not the payload's case_id")
+            seen_types[event_type] += 1
+    assert problems == []
+    assert set(demo["event_types"]) <= set(seen_types), f"kcat saw {dict(seen_types)}"
+
+
+def _find_journey_trace(zipkin: str, deadline_s: float = 60) -> tuple[list[dict], list]:
+    traces: list = []
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        traces = _get_json(f"{zipkin}/api/v2/traces?serviceName=notification&limit=100&lookback=3600000")
+        for trace in traces:
+            services = {span.get("localEndpoint", {}).get("serviceName") for span in trace}
+            webhook_posts = [s for s in trace if s.get("kind") == "CLIENT"
+                             and s.get("localEndpoint", {}).get("serviceName") == "notification"
+                             and s.get("tags", {}).get("http.request.method", s.get("tags", {}).get("http.method")) == "POST"]
+            intake_posts = [s for s in trace if s.get("kind") == "SERVER"
+                            and s.get("localEndpoint", {}).get("serviceName") == "intake"
+                            and s.get("name", "").lower().startswith("post ")]
+            if set(SERVICES) <= services and webhook_posts and intake_posts:
+                return trace, traces
+        time.sleep(1)
+    return [], traces
+
+
+def test_zipkin_shows_a_journey_as_one_trace_from_the_intake_post_to_the_webhook_post(system, demo, zipkin):
+    trace, traces = _find_journey_trace(zipkin)
+    summary = [sorted({s.get("localEndpoint", {}).get("serviceName") for s in t}) for t in traces[:10]]
+    assert trace, f"no trace spans intake → referral → notification with the webhook POST; traces seen: {summary}"
+    assert len({span["traceId"] for span in trace}) == 1
+    kafka_consumers = {s["localEndpoint"]["serviceName"] for s in trace if s.get("kind") == "CONSUMER"}
+    assert {"referral", "notification"} <= kafka_consumers
+
+
+def test_each_service_serves_prometheus_metrics_after_the_demo(system, demo):
+    for name, url in system["urls"].items():
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert "enlace_outbox_backlog" in text, name
+        assert 'outcome="handled"' in text, f"{name} handled no event"
+
+
+def test_service_logs_are_json_lines_with_trace_and_service(system, demo):
+    for name in SERVICES:
+        lines = Path(system["run_dir"], "logs", f"{name}.log").read_text().splitlines()
+        parsed = [json.loads(line) for line in lines if line.startswith("{")]
+        assert parsed, f"{name} wrote no JSON log lines"
+        assert len(parsed) == len([line for line in lines if line.strip()]), f"{name} wrote non-JSON lines"
+        assert all(entry["service"] == name for entry in parsed)
