@@ -15,11 +15,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo
 
 from enlace_platform.auth import CurrentPrincipal
 from enlace_platform.idempotency import Idempotency
-from enlace_platform.problems import ProblemDetails, Problem
+from enlace_platform.problems import Problem, ProblemDetails
 from enlace_platform.runtime import DbSession
 from intake.adapters.orm import (
     CaseRow, ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ProtectionHoldRow, ReferralViewRow,
-    RelationshipRow, RemovalOrderRow, ScreeningRow,
+    RelationshipRow, ScreeningRow,
 )
 from intake.domain.consent import AGENCY_TYPES, BASES, MANDATORY_OVERRIDE, PURPOSES
 from intake.domain.encounter import DOCUMENT_TYPES, RELATIONSHIP_KINDS
