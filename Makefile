@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up down test token kafka-up kafka-down zipkin-up zipkin-down topics services-up services-down demo venv bench
+.PHONY: contracts up down test token kafka-up kafka-down zipkin-up zipkin-down topics services-up services-down demo venv bench
 
 venv: $(STAMP)
 
@@ -52,6 +52,11 @@ test: venv
 	@deploy/kafka/kafka.sh fetch
 	@deploy/zipkin/zipkin.sh fetch
 	$(PY) -m pytest
+
+# Regenerates contracts/openapi/*.json and contracts/asyncapi.yaml from the code (CI checks they match).
+contracts: venv
+	@$(PY) deploy/export_openapi.py
+	@$(PY) deploy/export_asyncapi.py
 
 # Prints only the token on stdout.
 token: venv

@@ -59,7 +59,8 @@ class ServiceRuntime:
         s = self.settings
         self.tables = [OutboxMessage.__table__, ProcessedMessage.__table__, IdempotencyRecord.__table__, *self.tables]
         self.engine = make_engine(s.database_url)
-        SQLAlchemyInstrumentor().instrument(engine=self.engine.sync_engine)
+        # The instrumentation declares sqlalchemy < 2.1 but works with its unchanged engine events API.
+        SQLAlchemyInstrumentor().instrument(engine=self.engine.sync_engine, skip_dep_check=True)
         self.sessions = make_session_factory(self.engine, s.service_name)
         self.metrics = ServiceMetrics(s.service_name)
         self.producer: AIOKafkaProducer | None = None

@@ -22,6 +22,19 @@ REFERRAL_PROTECTION_HOLD = "referral.protection_hold"
 CATALOG: list[str] = [INTAKE_CASE, REFERRAL_REFERRAL, REFERRAL_PROTECTION_HOLD]
 
 
+# Which topic carries an event type (by the aggregate that starts its name), and who publishes there.
+EVENT_TOPICS: dict[str, str] = {
+    "case": INTAKE_CASE, "consent": INTAKE_CASE,
+    "referral": REFERRAL_REFERRAL, "protection_hold": REFERRAL_PROTECTION_HOLD,
+}
+TOPIC_OWNERS: dict[str, str] = {INTAKE_CASE: "intake", REFERRAL_REFERRAL: "referral",
+                                REFERRAL_PROTECTION_HOLD: "referral"}
+
+
+def topic_of(event_type: str) -> str:
+    return EVENT_TOPICS[event_type.split(".", 1)[0]]
+
+
 def dlq(topic: str) -> str:
     return f"{topic}.dlq"
 

@@ -611,3 +611,11 @@ def test_openapi_check_names_the_files_that_differ(tmp_path: Path, capsys):
     assert export.main(["--check", "--out-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "referral.json" in err and "intake.json differs" not in err
+
+
+def test_committed_asyncapi_matches_the_code_and_schemas():
+    spec = importlib.util.spec_from_file_location("export_asyncapi", REPO / "deploy" / "export_asyncapi.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert ASYNCAPI.read_text(encoding="utf-8") == module.render(module.build()), \
+        "run `python deploy/export_asyncapi.py`"
