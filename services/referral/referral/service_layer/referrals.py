@@ -89,7 +89,8 @@ def aware(value: datetime | None) -> datetime | None:
 
 # --- events and history ----------------------------------------------------------------------
 
-def referral_payload(ref: ReferralRow, actor: Actor, at: datetime, *, reason_code: str | None = None) -> dict:
+def referral_payload(ref: ReferralRow, event_type: str, actor: Actor, at: datetime, *,
+                     reason_code: str | None = None) -> dict:
     """The catalog's shared referral payload: codes and ids only."""
     return {
         "referral_id": ref.id, "case_id": ref.case_id, "person_id": ref.person_id, "need_code": ref.need_code,
@@ -98,7 +99,7 @@ def referral_payload(ref: ReferralRow, actor: Actor, at: datetime, *, reason_cod
         "to_agency_type": ref.to_agency_type, "to_service_id": ref.to_service_id,
         "coordinator_agency_id": ref.coordinator_agency_id, "due_at": _iso(ref.due_at),
         "previous_referral_id": ref.previous_referral_id, "actor_agency_id": actor.agency_id,
-        "reason_code": reason_code, "outcome_code": ref.outcome_code if ref.status == Status.COMPLETED else None,
+        "reason_code": reason_code, "outcome_code": ref.outcome_code if event_type == events.REFERRAL_COMPLETED else None,
         "occurred_at": _iso(at),
     }
 
@@ -106,7 +107,7 @@ def referral_payload(ref: ReferralRow, actor: Actor, at: datetime, *, reason_cod
 def publish(session: AsyncSession, ref: ReferralRow, event_type: str, actor: Actor, at: datetime,
             *, reason_code: str | None = None) -> None:
     add_event(session, topic=events.TOPIC, case_id=ref.case_id, event_type=event_type, source=events.SOURCE,
-              subject=ref.id, data=referral_payload(ref, actor, at, reason_code=reason_code))
+              subject=ref.id, data=referral_payload(ref, event_type, actor, at, reason_code=reason_code))
 
 
 async def add_history(session: AsyncSession, ref: ReferralRow, action: str, from_status: str | None, actor: Actor,
