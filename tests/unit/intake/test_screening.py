@@ -63,10 +63,14 @@ CASES = [
      {"MEDICAL_URGENT": ("immediate", {"MED-1", "MED-3"})}),
     ("disability", ADULT, A(disability=True), {"DISABILITY": ("standard", {"DIS-1"})}),
     ("stateless-declared", ADULT, A(considers_self_stateless=True), {"STATELESSNESS_RISK": ("standard", {"STL-1"})}),
-    ("no-nationality-no-document", PersonFacts(30, nationality_recorded=False, holds_identity_document=False), A(),
+    ("recorded-stateless", PersonFacts(30, recorded_as_stateless=True), A(),
      {"STATELESSNESS_RISK": ("standard", {"STL-2"})}),
-    ("no-nationality-but-document", PersonFacts(30, nationality_recorded=False), A(), {}),
-    ("birth-unregistered", ADULT, A(birth_registered=False), {"STATELESSNESS_RISK": ("standard", {"STL-3"})}),
+    ("nationality-unspecified-no-document", PersonFacts(30, nationality_unspecified=True,
+                                                        holds_identity_document=False), A(),
+     {"STATELESSNESS_RISK": ("standard", {"STL-3"})}),
+    ("nationality-unspecified-but-document", PersonFacts(30, nationality_unspecified=True), A(), {}),
+    ("no-nationality-recorded-no-document", PersonFacts(30, holds_identity_document=False), A(), {}),
+    ("birth-unregistered", ADULT, A(birth_registered=False), {"STATELESSNESS_RISK": ("standard", {"STL-4"})}),
     ("stranded-return", ADULT, A(stranded_wishes_to_return=True),
      {"STRANDED_ASSISTED_RETURN": ("standard", {"RET-1"})}),
     ("stranded-but-fears-return", ADULT, A(stranded_wishes_to_return=True, fear_of_return=True),
@@ -207,7 +211,10 @@ def test_relationships_of_the_encounter_make_the_facts():
     assert facts("teen").unrelated_adult_in_group and not facts("teen").parent_or_guardian_in_group
     assert facts("x", dob=date(2008, 11, 29)).age_years == 17
     assert facts("x", dob=date(2008, 11, 28)).age_years == 18
-    assert not facts("girl").holds_identity_document and facts("girl").nationality_recorded
+    assert not facts("girl").holds_identity_document and not facts("girl").recorded_as_stateless
+    stateless = person_facts(person_id="s", date_of_birth=None, estimated_age=30, age_disputed=False,
+                             nationality="XXA", document_count=1, relationships=[], today=today)
+    assert stateless.recorded_as_stateless and not stateless.nationality_unspecified
 
 
 def test_age_bands():

@@ -12,6 +12,9 @@ LEGAL_GUARDIAN = "legal_guardian"
 OTHER_RELATIVE = "other_relative"
 UNRELATED_ADULT = "unrelated_adult"
 RELATIONSHIP_KINDS = (PARENT, LEGAL_GUARDIAN, OTHER_RELATIVE, UNRELATED_ADULT)
+# ICAO Doc 9303 codes that ISO 3166 lacks.
+STATELESS = "XXA"
+UNSPECIFIED_NATIONALITY = "XXX"
 DOCUMENT_TYPES = ("passport", "national_id", "birth_certificate", "travel_document", "residence_permit", "other")
 
 
@@ -43,5 +46,6 @@ def person_facts(*, person_id: str, date_of_birth: date | None, estimated_age: i
     return PersonFacts(
         age_years=age_in_years(date_of_birth, estimated_age, today), age_disputed=age_disputed,
         parent_or_guardian_in_group=parent_or_guardian, other_relative_in_group=other_relative,
-        unrelated_adult_in_group=unrelated_adult, nationality_recorded=nationality is not None,
+        unrelated_adult_in_group=unrelated_adult, recorded_as_stateless=nationality == STATELESS,
+        nationality_unspecified=nationality == UNSPECIFIED_NATIONALITY,
         holds_identity_document=document_count > 0)

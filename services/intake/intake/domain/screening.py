@@ -35,7 +35,8 @@ class PersonFacts:
     parent_or_guardian_in_group: bool = False
     other_relative_in_group: bool = False
     unrelated_adult_in_group: bool = False
-    nationality_recorded: bool = True
+    recorded_as_stateless: bool = False  # nationality XXA (ICAO Doc 9303)
+    nationality_unspecified: bool = False  # nationality XXX: could not be determined
     holds_identity_document: bool = True
 
     @property

@@ -28,7 +28,7 @@ from intake.service_layer import services
 
 router = APIRouter(tags=["cases"])
 
-Alpha3 = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3 (XXA: stateless)")]
+Alpha3 = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3, or ICAO XXA (stateless) or XXX (undetermined)")]
 Language = Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]
 Sex = Literal["female", "male", "other", "unknown"]
 
