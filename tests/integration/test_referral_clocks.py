@@ -1,0 +1,130 @@
+"""Deadline clocks and reflection periods fire exactly once, even with two replicas of the service
+sharing one database: on the real broker, counting the events on the topic."""
+
+import asyncio
+from contextlib import AsyncExitStack
+from datetime import timedelta
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from enlace_platform.envelope import to_kafka
+from referral.service_layer.clocks import run_clocks
+from referral.service_layer.referrals import now_utc
+from tests.support.harness import envelopes, eventually, provision_topics, read_topic, unique_prefix
+from tests.support.referral_support import referral_harness, referral_settings, screened, token
+
+
+async def test_two_clock_passes_at_once_fire_each_breach_once(tmp_path, dev_issuer_dir):
+    """No broker: two runtimes on one SQLite file run their clock pass at the same moment."""
+    settings = referral_settings(tmp_path, dev_issuer_dir, clock_interval_s=3600)
+    async with referral_harness(settings) as one, referral_harness(settings) as two:
+        for _ in range(5):
+            await one.deliver(screened("SGBV_SURVIVOR", "TRAFFICKING_PRESUMED"))
+        later = now_utc() + timedelta(days=40)
+        fired = await asyncio.gather(run_clocks(one.runtime.sessions, later), run_clocks(two.runtime.sessions, later),
+                                     run_clocks(one.runtime.sessions, later))
+        # 10 referrals overdue (accept clock) + 5 trafficking reflection periods ended.
+        assert sum(fired) == 15
+        assert await run_clocks(two.runtime.sessions, later) == 0
+        overdue = [p["referral_id"] for _, p in await one.events("referral.overdue.v1")]
+        assert len(overdue) == len(set(overdue)) == 10
+        escalated = [p for _, p in await one.events("referral.escalated.v1")]
+        assert sorted(p["referral_id"] for p in escalated) == sorted(overdue)
+        assert {p["reason_code"] for p in escalated} == {"OVERDUE"}
+        released = [p for _, p in await one.events("protection_hold.released.v1")]
+        assert len(released) == 5 and {p["release_reason"] for p in released} == {"REFLECTION_PERIOD_ENDED"}
+
+
+async def test_accepting_restarts_the_clock_and_a_new_breach_fires_again(tmp_path, dev_issuer_dir):
+    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir, clock_interval_s=3600)) as ref:
+        await ref.deliver(screened("SGBV_SURVIVOR"))
+        ssa, coord = token(dev_issuer_dir, "MX-SSA"), token(dev_issuer_dir, "MX-COORD")
+        [item] = await ref.referrals(ssa)
+        assert await run_clocks(ref.runtime.sessions, now_utc() + timedelta(hours=25)) == 1
+        [late] = await ref.referrals(coord, direction="escalated")
+        assert late["escalation_reason"] == "OVERDUE" and late["clock"] == "ACCEPT_DEADLINE"
+        # The referral is still the receiver's; accepting it ends the escalation and starts the 72 h clock.
+        r = await ref.act(item["id"], ssa, "accept")
+        assert r.status_code == 200 and r.json()["clock"] == "COMPLETE_DEADLINE" and r.json()["escalation_reason"] is None
+        assert await ref.referrals(coord, direction="escalated") == []
+        assert await run_clocks(ref.runtime.sessions, now_utc() + timedelta(hours=25)) == 0
+        assert await run_clocks(ref.runtime.sessions, now_utc() + timedelta(hours=73)) == 1
+        assert [p["reason_code"] for _, p in await ref.events("referral.overdue.v1")] == [
+            "ACCEPT_DEADLINE", "COMPLETE_DEADLINE"]
+        history = (await ref.client.get(f"/referrals/{item['id']}/history", headers=ssa)).json()
+        assert [h["action"] for h in history] == ["route", "overdue", "escalate", "accept", "overdue", "escalate"]
+        assert all(h["actor_agency_id"] is None for h in history if h["action"] in ("overdue", "escalate"))
+
+
+async def test_a_trafficking_hold_outlives_completion_until_the_reflection_period_ends(tmp_path, dev_issuer_dir):
+    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir, clock_interval_s=3600)) as ref:
+        await ref.deliver(screened("TRAFFICKING_PRESUMED"))
+        fev = token(dev_issuer_dir, "MX-FEVIMTRA")
+        [item] = await ref.referrals(fev)
+        [(_, placed)] = await ref.events("protection_hold.placed.v1")
+        assert placed["not_before"] is not None
+        await ref.act(item["id"], fev, "accept")
+        r = await ref.act(item["id"], fev, "complete", outcome_code="TRAFFICKING_VICTIM_NOT_IDENTIFIED")
+        assert r.status_code == 200
+        assert await ref.events("protection_hold.released.v1") == []
+        assert await run_clocks(ref.runtime.sessions, now_utc() + timedelta(days=29)) == 0
+        assert await run_clocks(ref.runtime.sessions, now_utc() + timedelta(days=31)) == 1
+        [(_, released)] = await ref.events("protection_hold.released.v1")
+        assert released["release_reason"] == "REFLECTION_PERIOD_ENDED"
+        assert released["outcome_code"] == "TRAFFICKING_VICTIM_NOT_IDENTIFIED" and released["referral_id"] == item["id"]
+
+
+@pytest.mark.kafka
+async def test_two_replicas_on_the_real_broker_publish_each_breach_once(kafka_bootstrap, tmp_path, dev_issuer_dir):
+    prefix = unique_prefix()
+    await provision_topics(kafka_bootstrap, prefix)
+    settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix,
+                                 clock_interval_s=0.05, reflection_period=timedelta(seconds=2),
+                                 deadlines={"SGBV_SURVIVOR": {"accept_within": 1}})
+    screenings = [screened("SGBV_SURVIVOR", "TRAFFICKING_PRESUMED") for _ in range(4)]
+    async with AsyncExitStack() as stack:
+        one = await stack.enter_async_context(referral_harness(settings))
+        two = await stack.enter_async_context(referral_harness(settings))
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
+        await producer.start()
+        try:
+            for event in screenings:
+                key, value, headers = to_kafka(event)
+                await producer.send_and_wait(f"{prefix}intake.case", value=value, key=key, headers=headers)
+        finally:
+            await producer.stop()
+
+        async def all_fired():
+            events = await one.events("referral.overdue.v1", "protection_hold.released.v1")
+            return len(events) >= 8 and events
+
+        await eventually(all_fired, timeout=60, what="4 overdue SGBV referrals and 4 ended reflection periods")
+        # Both replicas' loops keep running; one more explicit pass of each finds nothing left to fire.
+        assert await run_clocks(one.runtime.sessions) == 0
+        assert await run_clocks(two.runtime.sessions) == 0
+
+        await eventually(lambda: _all_sent(one), what="the outbox relayed everything")
+        topic = envelopes(await read_topic(kafka_bootstrap, f"{prefix}referral.referral", expected=4 * 2 + 8 + 4))
+        holds = envelopes(await read_topic(kafka_bootstrap, f"{prefix}referral.protection_hold", expected=8))
+
+    overdue = [e for e in topic if e.type == "referral.overdue.v1"]
+    assert sorted(e.data["need_code"] for e in overdue) == ["SGBV_SURVIVOR"] * 4
+    assert len({e.data["referral_id"] for e in overdue}) == 4 and len({e.id for e in overdue}) == 4
+    escalated = [e for e in topic if e.type == "referral.escalated.v1"]
+    assert sorted(e.data["referral_id"] for e in escalated) == sorted(e.data["referral_id"] for e in overdue)
+    released = [e for e in holds if e.type == "protection_hold.released.v1"]
+    placed = [e for e in holds if e.type == "protection_hold.placed.v1"]
+    assert len(placed) == 4 and len(released) == 4
+    assert {e.data["hold_id"] for e in released} == {e.data["hold_id"] for e in placed}
+    assert {e.data["release_reason"] for e in released} == {"REFLECTION_PERIOD_ENDED"}
+    assert {e.data["case_id"] for e in released} == {s.data["case_id"] for s in screenings}
+
+
+async def _all_sent(harness) -> bool:
+    from sqlmodel import col, select
+
+    from enlace_platform.outbox import OutboxMessage
+
+    async with harness.runtime.sessions() as session:
+        return (await session.exec(select(OutboxMessage.id).where(col(OutboxMessage.sent_at).is_(None)))).first() is None
