@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from enlace_platform.contracts import published_contracts
 from enlace_platform.envelope import Envelope
 from enlace_platform.outbox import OutboxMessage
 from intake.config import IntakeSettings
@@ -84,7 +85,7 @@ def hold_released(placed: Envelope, *, release_reason: str = "COMPLETED_FINAL",
 
 def referral_event(kind: str, *, referral_id: str, case_id: str, person_id: str, need_code: str, status: str,
                    to_agency_id: str | None, to_agency_type: str | None, outcome_code: str | None = None,
-                   occurred_at: datetime | None = None) -> Envelope:
+                   reason_code: str | None = None, occurred_at: datetime | None = None) -> Envelope:
     return Envelope(type=f"referral.{kind}.v1", source="/enlace/referral", key=case_id, subject=referral_id,
                     data={"referral_id": referral_id, "case_id": case_id, "person_id": person_id,
                           "need_code": need_code, "urgency": "high", "status": status, "is_lead": True,
@@ -92,12 +93,14 @@ def referral_event(kind: str, *, referral_id: str, case_id: str, person_id: str,
                           "to_agency_type": to_agency_type,
                           "to_service_id": f"{to_agency_id}-1" if to_agency_id else None,
                           "coordinator_agency_id": "MX-COORD", "due_at": None, "previous_referral_id": None,
-                          "actor_agency_id": to_agency_id, "reason_code": None, "outcome_code": outcome_code,
+                          "actor_agency_id": to_agency_id, "reason_code": reason_code, "outcome_code": outcome_code,
                           "occurred_at": (occurred_at or datetime.now(UTC)).isoformat()})
 
 
-async def deliver(runtime, handlers: dict, envelope: Envelope) -> None:
-    """Runs the handler in its own transaction, as the consumer runner would."""
+async def deliver(runtime, handlers: dict, envelope: Envelope, *, check_contract: bool = True) -> None:
+    """As the consumer runner does: checks the published contract, then runs the handler in its own transaction."""
+    if check_contract:
+        published_contracts().check(envelope.type, envelope.data)
     async with runtime.sessions() as session:
         await handlers[envelope.type](session, envelope)
         await session.commit()

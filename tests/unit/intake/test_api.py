@@ -335,7 +335,8 @@ async def test_an_older_referral_event_does_not_undo_a_newer_one(intake, officer
     common = dict(referral_id=str(uuid.uuid4()), case_id=case["id"], person_id=pid, need_code="MEDICAL_URGENT",
                   to_agency_id="MX-SALUD", to_agency_type="health")
     now = datetime.now(UTC)
-    await deliver(runtime, REFERRAL_HANDLERS, referral_event("cancelled", status="cancelled", occurred_at=now, **common))
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event("cancelled", status="cancelled", occurred_at=now,
+                                                             reason_code="DUPLICATE", **common))
     await deliver(runtime, REFERRAL_HANDLERS, referral_event("accepted", status="accepted",
                                                              occurred_at=now - timedelta(minutes=5), **common))
     [ref] = (await client.get(f"/cases/{case['id']}", headers=officer)).json()["referrals"]
@@ -410,12 +411,14 @@ async def test_a_hold_event_that_breaks_its_contract_is_poison(intake, officer):
     case = await _register(client, officer)
     bad = hold_placed(case_id=case["id"], person_id=case["persons"][0]["id"], need_code="UNACCOMPANIED_CHILD")
     del bad.data["hold_id"]
+    with pytest.raises(PoisonMessage, match="breaks its schema"):
+        await deliver(runtime, HOLD_HANDLERS, bad)  # the published contract already refuses it
     with pytest.raises(PoisonMessage, match="hold_id"):
-        await deliver(runtime, HOLD_HANDLERS, bad)
+        await deliver(runtime, HOLD_HANDLERS, bad, check_contract=False)  # and so does intake's own parsing
     wrong_key = hold_placed(case_id=case["id"], person_id=case["persons"][0]["id"], need_code="UNACCOMPANIED_CHILD")
     wrong_key = type(wrong_key)(**{**wrong_key.__dict__, "key": str(uuid.uuid4())})
     with pytest.raises(PoisonMessage, match="record key"):
-        await deliver(runtime, HOLD_HANDLERS, wrong_key)
+        await deliver(runtime, HOLD_HANDLERS, wrong_key, check_contract=False)
     unknown_need = hold_placed(case_id=case["id"], person_id=case["persons"][0]["id"], need_code="HUNGRY")
     with pytest.raises(PoisonMessage, match="need_code"):
-        await deliver(runtime, HOLD_HANDLERS, unknown_need)
+        await deliver(runtime, HOLD_HANDLERS, unknown_need, check_contract=False)
