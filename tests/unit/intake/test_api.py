@@ -422,3 +422,31 @@ async def test_a_hold_event_that_breaks_its_contract_is_poison(intake, officer):
     unknown_need = hold_placed(case_id=case["id"], person_id=case["persons"][0]["id"], need_code="HUNGRY")
     with pytest.raises(PoisonMessage, match="need_code"):
         await deliver(runtime, HOLD_HANDLERS, unknown_need, check_contract=False)
+
+
+async def test_a_new_rule_set_never_rewrites_past_results(intake, officer, monkeypatch):
+    import copy
+
+    from intake.domain.rules import parse_rule_set, rule_set_document
+    from intake.domain.screening import FACT_TYPES, RULES_VERSION
+    from intake.service_layer import services
+
+    client, runtime = intake
+    case = await _register(client, officer)
+    body = {"person_id": case["persons"][0]["id"], "fear_of_return": True}
+    url = f"/cases/{case['id']}/screenings"
+    before = (await client.post(url, headers=officer, json=body)).json()
+
+    document = copy.deepcopy(rule_set_document(RULES_VERSION))
+    document["version"] = "v3-test"
+    for rule in document["rules"]:
+        if rule["id"] == "IP-1":
+            rule["urgency"] = "immediate"
+    monkeypatch.setattr(services, "current_rules", lambda: parse_rule_set(document, FACT_TYPES))
+    after = (await client.post(url, headers=officer, json=body)).json()
+
+    listed = (await client.get(url, headers=officer)).json()
+    assert [(s["id"], s["rules_version"], s["needs"][0]["urgency"]) for s in listed] == [
+        (before["id"], "v2", "high"), (after["id"], "v3-test", "immediate")]
+    assert [json.loads(r.payload)["rules_version"] for r in await outbox_rows(runtime, "case.screened.v1")] == [
+        "v2", "v3-test"]

@@ -18,7 +18,7 @@ from intake.domain import consent as consent_rules
 from intake.domain import events
 from intake.domain.encounter import Relationship, person_facts
 from intake.domain.safeguard import ACTIVE, referral_is_open
-from intake.domain.screening import RULES_VERSION, PersonFacts, ScreeningAnswers, age_band, evaluate, facts_of
+from intake.domain.screening import PersonFacts, ScreeningAnswers, age_band, current_rules, evaluate, facts_of
 
 
 class NotFound(Exception):
@@ -230,12 +230,13 @@ async def record_screening(session: AsyncSession, principal: Principal, case_id:
     case = await get_case_for(session, principal, case_id)
     person = await _person_in(session, case, person_id)
     facts = await facts_for(session, case, person)
-    needs = evaluate(facts, answers)
+    rule_set = current_rules()
+    needs = evaluate(facts, answers, rule_set)
     consent_scope = [{"recipient_agency_type": g.recipient_agency_type, "purpose": g.purpose, "basis": g.basis}
                      for g in consent_rules.scope(await _active_grants(session, person.id))]
     band = age_band(facts)
     screening = ScreeningRow(
-        case_id=case.id, person_id=person.id, rules_version=RULES_VERSION, screened_by=principal.subject,
+        case_id=case.id, person_id=person.id, rules_version=rule_set.version, screened_by=principal.subject,
         answers=answers.as_dict(), facts={k: v for k, v in facts_of(facts, answers).items()
                                           if k not in answers.as_dict()},
         needs=[{"code": n.code, "urgency": n.urgency.value, "reasons": list(n.reasons), "rule_ids": list(n.rule_ids),
@@ -253,7 +254,7 @@ async def record_screening(session: AsyncSession, principal: Principal, case_id:
                   "person_id": person.id,
                   "registering_agency_id": case.agency_id,
                   "jurisdiction": case.jurisdiction,
-                  "rules_version": RULES_VERSION,
+                  "rules_version": rule_set.version,
                   "age_band": band,
                   "languages": person.languages,
                   "needs": [{"code": n.code, "urgency": n.urgency.value} for n in needs],
