@@ -112,6 +112,8 @@ async def test_search_finds_only_the_agencys_own_cases(intake, officer, dev_issu
     assert await ids(officer, name="perez lopez") == [case["id"]], "accents and case are ignored"
     assert await ids(officer, name="SOFÍA") == [case["id"]]
     assert await ids(officer, document_number="GT-99-1234") == [case["id"]]
+    assert await ids(officer, document_number=" hn1234567 ") == [case["id"]], "case and spaces around are ignored"
+    assert await ids(officer, document_number="HN123456") == [], "but the number must be whole"
     assert await ids(officer, name="nobody") == []
     assert await ids(officer, name="Kevin", document_number="HN1234567") == [case["id"]]
     assert await ids(gt, name="Pérez") == [gt_case["id"]], "each agency finds its own registration only"

@@ -268,7 +268,7 @@ async def search_cases(principal: CurrentPrincipal, session: DbSession,
                                                          description="Part of a person's names; "
                                                                      "case and accents are ignored")] = None,
                        document_number: Annotated[str | None, Query(min_length=1, max_length=64,
-                                                                    description="Exact document number")] = None,
+                                                                    description="A whole document number; case is ignored")] = None,
                        limit: Annotated[int, Query(ge=1, le=200)] = 50) -> list[CaseSummaryOut]:
     cases = await services.search_cases(session, principal, name=name, document_number=document_number, limit=limit)
     out = []

@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
+from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -145,7 +146,8 @@ async def search_cases(session: AsyncSession, principal: Principal, *, name: str
         person_ids = select(PersonRow.case_id).where(col(PersonRow.search_name).contains(search_key(name)))
         query = query.where(col(CaseRow.id).in_(person_ids))
     if document_number:
-        doc_cases = select(PersonDocumentRow.case_id).where(PersonDocumentRow.number == document_number.strip())
+        doc_cases = select(PersonDocumentRow.case_id).where(
+            func.upper(PersonDocumentRow.number) == document_number.strip().upper())
         query = query.where(col(CaseRow.id).in_(doc_cases))
     query = query.order_by(col(CaseRow.encountered_at).desc()).limit(limit)
     return list((await session.exec(query)).all())
