@@ -91,7 +91,11 @@ async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(inta
                               (disputed, "UNACCOMPANIED_CHILD"))}
     for envelope in placed.values():
         await publish(REFERRAL_PROTECTION_HOLD, envelope)
-    await publish(REFERRAL_PROTECTION_HOLD, placed[teen["id"]])  # delivered twice: still one hold
+    # The same placement again, as a new event (e.g. re-published after a producer restart): still one hold.
+    again = placed[teen["id"]].data
+    await publish(REFERRAL_PROTECTION_HOLD, hold_placed(case_id=case["id"], person_id=teen["id"],
+                                                        need_code=again["need_code"], hold_id=again["hold_id"],
+                                                        referral_id=again["referral_id"]))
     await publish(REFERRAL_REFERRAL, referral_event(
         "accepted", referral_id=placed[mother["id"]].data["referral_id"], case_id=case["id"],
         person_id=mother["id"], need_code="INTERNATIONAL_PROTECTION", status="accepted", to_agency_id="MX-COMAR",
