@@ -83,7 +83,8 @@ async def test_screening_becomes_a_referral_and_a_signed_webhook_in_one_trace(sy
     names = {s.name for s in finished}
     assert any(s.name.startswith("POST /cases/{case_id}/screenings") and s.kind.name == "SERVER" for s in finished), names
     services = {s.attributes.get("enlace.service") for s in finished if s.kind.name == "CONSUMER"}
-    assert services == {"referral", "notification"}, names
+    # Intake consumes referral events too; its span joins the trace whenever it has handled them by now.
+    assert {"referral", "notification"} <= services <= {"intake", "referral", "notification"}, names
     assert any(s.kind.name == "CLIENT" and s.attributes.get("http.request.method", s.attributes.get("http.method"))
                == "POST" for s in finished), names
     assert any(s.name.endswith("intake.case publish") for s in finished), names
