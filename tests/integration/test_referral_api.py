@@ -385,3 +385,40 @@ async def test_a_screening_that_breaks_its_contract_is_poison(ref):
     bad = consent_changed(str(uuid.uuid4()), str(uuid.uuid4()), "asylum_office", status="maybe")
     with pytest.raises(PoisonMessage):
         await ref.deliver(bad)
+
+
+async def test_coordinator_releases_a_hold_left_behind_by_a_sender_cancellation(ref, auth):
+    event = screened("INTERNATIONAL_PROTECTION", "TRAFFICKING_PRESUMED")
+    await ref.deliver(event)
+    inm, coord = auth("MX-INM"), auth("MX-COORD")
+    holds = {h["need_code"]: h for h in (await ref.client.get("/holds", headers=coord)).json()}
+    asylum_hold = holds["INTERNATIONAL_PROTECTION"]
+    _problem(await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=coord), 409)  # still open
+    for item in await ref.referrals(inm):
+        r = await ref.act(item["id"], inm, "cancel", reason_code="REFERRED_IN_ERROR", reason_text="x")
+        assert r.status_code == 200
+    assert await ref.events("protection_hold.released.v1") == []
+    _problem(await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=auth("MX-COMAR")), 404)
+    _problem(await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=auth("GT-COORD")), 404)
+    r = await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=coord)
+    assert r.status_code == 200 and r.json()["release_reason"] == "CANCELLED_BY_COORDINATOR"
+    _problem(await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=coord), 409)  # once only
+    body = _problem(await ref.client.post(f"/holds/{holds['TRAFFICKING_PRESUMED']['id']}/release", headers=coord), 409)
+    assert body["not_before"]
+    [(_, released)] = await ref.events("protection_hold.released.v1")
+    assert released["hold_id"] == asylum_hold["id"]
+
+
+async def test_when_the_lead_closes_the_most_protective_open_referral_leads(ref, auth):
+    await ref.deliver(screened("UNACCOMPANIED_CHILD", "SGBV_SURVIVOR", "INTERNATIONAL_PROTECTION", age_band="12-17"))
+    inm, pfpnna = auth("MX-INM"), auth("MX-PFPNNA")
+    lead = await _one(ref, pfpnna)
+    assert lead["is_lead"]
+    await ref.act(lead["id"], pfpnna, "accept")
+    await ref.act(lead["id"], pfpnna, "complete", outcome_code="CHILD_PLACED_IN_CARE")
+    leads = [r["need_code"] for r in await ref.referrals(inm) if r["is_lead"] and r["status"] == "requested"]
+    assert leads == ["INTERNATIONAL_PROTECTION"]
+    asylum = next(r for r in await ref.referrals(inm) if r["need_code"] == "INTERNATIONAL_PROTECTION")
+    await ref.act(asylum["id"], auth("MX-COMAR"), "receive")
+    [(_, received)] = await ref.events("referral.received.v1")
+    assert received["is_lead"] is True

@@ -23,7 +23,7 @@ from referral.adapters.directory import load_directory
 from referral.entrypoints.directory_api import LanguageCode
 from referral.service_layer.referrals import (
     Actor, Command, Policy, act, add_note, aware, case_has_open_lead, decide_route, eligible_problem, facts_for,
-    now_utc, open_referral, open_referral_for, roles_of, visible_referral,
+    now_utc, open_referral, open_referral_for, release_hold_by_coordinator, roles_of, visible_referral,
 )
 
 router = APIRouter(tags=["referrals"])
@@ -316,6 +316,16 @@ async def list_holds(principal: CurrentPrincipal, session: DbSession, case_id: s
         query = query.where(col(HoldRow.released_at).is_(None) if active else col(HoldRow.released_at).is_not(None))
     rows = (await session.exec(query.order_by(HoldRow.placed_at))).all()
     return [HoldOut(**r.model_dump(), active=r.released_at is None) for r in rows]
+
+
+@router.post("/holds/{hold_id}/release", response_model=HoldOut,
+             responses={409: {"model": ProblemDetails, "description": "Already released, a referral for the need "
+                                                                       "is still open, or the reflection period runs"}},
+             summary="Release a hold whose need has no open referral left (coordinator of its jurisdiction)")
+async def release_hold(hold_id: str, principal: CurrentPrincipal, session: DbSession) -> HoldOut:
+    hold = await release_hold_by_coordinator(session, hold_id, principal)
+    await session.commit()
+    return HoldOut(**hold.model_dump(), active=hold.released_at is None)
 
 
 @router.get("/kpis", response_model=Kpis, summary="Your agency's referral KPIs (coordinator: its jurisdiction)")

@@ -342,6 +342,8 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
                       to_agency_id=ref.to_agency_id if cmd.action == Action.REASSIGN else None)
     publish(session, ref, events.ACTION_EVENTS[cmd.action], actor, at, reason_code=cmd.reason_code)
 
+    if target in TERMINAL and cmd.action != Action.REJECT and ref.is_lead:
+        await promote_lead(session, ref.case_id)
     if cmd.action == Action.REJECT:
         await route_onward(session, policy, ref, at)
     elif cmd.action == Action.COMPLETE and cmd.outcome_code in FINAL_OUTCOMES and ref.need_code != TRAFFICKING:
@@ -353,6 +355,40 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
         if hold:
             await release_hold(session, hold, reason=CANCELLED_BY_COORDINATOR, ref=ref, outcome_code=None, at=at)
     return ref
+
+
+async def promote_lead(session: AsyncSession, case_id: str) -> None:
+    """The lead closed: the most protective open referral of the case leads now (its next event says so)."""
+    candidates = (await session.exec(select(ReferralRow).where(
+        ReferralRow.case_id == case_id, col(ReferralRow.status).in_([str(s) for s in OPEN])))).all()
+    if candidates and not any(c.is_lead for c in candidates):
+        best = min(candidates, key=lambda c: (lead_rank(c.need_code), c.created_at))
+        await session.exec(update(ReferralRow).where(ReferralRow.id == best.id).values(is_lead=True))
+        set_committed_value(best, "is_lead", True)
+
+
+async def release_hold_by_coordinator(session: AsyncSession, hold_id: str, principal: Principal,
+                                      at: datetime | None = None) -> HoldRow:
+    """A coordinator ends a hold whose need has no open referral left (e.g. the sender cancelled it)."""
+    at = at or now_utc()
+    hold = await session.get(HoldRow, hold_id)
+    if hold is None or not (principal.agency_type == COORDINATOR and principal.jurisdiction == hold.jurisdiction):
+        raise Problem(404, detail=f"No protection hold {hold_id} in your jurisdiction.")
+    if hold.released_at is not None:
+        raise Problem(409, detail="The hold was already released.", release_reason=hold.release_reason)
+    open_ref = await open_referral_for(session, hold.person_id, hold.need_code)
+    if open_ref is not None:
+        raise Problem(409, detail="A referral for this need is still open; cancel it instead.",
+                      open_referral_id=open_ref.id)
+    if hold.not_before is not None and aware(hold.not_before) > at:
+        raise Problem(409, detail="The reflection period has not ended; the hold cannot be released before "
+                                  f"{_iso(hold.not_before)}.", not_before=_iso(hold.not_before))
+    latest = (await session.exec(select(ReferralRow).where(
+        ReferralRow.person_id == hold.person_id, ReferralRow.need_code == hold.need_code)
+        .order_by(col(ReferralRow.created_at).desc()).limit(1))).first()
+    await release_hold(session, hold, reason=CANCELLED_BY_COORDINATOR, ref=latest, outcome_code=None, at=at)
+    await session.refresh(hold)
+    return hold
 
 
 async def rejected_agencies(session: AsyncSession, ref: ReferralRow) -> frozenset[str]:
