@@ -128,3 +128,20 @@ async def _all_sent(harness) -> bool:
 
     async with harness.runtime.sessions() as session:
         return (await session.exec(select(OutboxMessage.id).where(col(OutboxMessage.sent_at).is_(None)))).first() is None
+
+
+async def test_inbox_lists_overdue_referrals_and_kpis_count_them(tmp_path, dev_issuer_dir):
+    settings = referral_settings(tmp_path, dev_issuer_dir, clock_interval_s=3600,
+                                 deadlines={"MEDICAL_URGENT": {"accept_within": "PT0S"}})
+    async with referral_harness(settings) as ref:
+        await ref.deliver(screened("MEDICAL_URGENT", "DISABILITY"))
+        ssa = token(dev_issuer_dir, "MX-SSA")
+        [late] = await ref.referrals(ssa, overdue="true")
+        assert late["need_code"] == "MEDICAL_URGENT" and late["overdue"] is True
+        assert [r["need_code"] for r in await ref.referrals(ssa, overdue="false")] == ["DISABILITY"]
+        assert (await ref.client.get("/kpis", headers=ssa)).json()["overdue"] == 1
+        # Overdue before the clock loop noticed; the escalation follows with the next pass.
+        assert late["escalation_reason"] is None
+        assert await run_clocks(ref.runtime.sessions) == 1
+        [escalated] = await ref.referrals(token(dev_issuer_dir, "MX-COORD"), direction="escalated")
+        assert escalated["id"] == late["id"]

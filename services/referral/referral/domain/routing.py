@@ -7,7 +7,7 @@ need, and the person's consent scope covers its agency type (mandatory needs go 
 The first eligible service wins (by the need's preferred agency type, then by id); every decision lists why it chose and why each other lost.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from referral.domain.codes import (
     CONSENT_MISSING, MANDATORY_NEEDS, NEED_CODES, NO_ELIGIBLE_AGENCY, URGENCIES,  # noqa: F401 (re-exported)

@@ -4,7 +4,7 @@ jurisdiction creates, updates and deletes the agencies and services of that juri
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, model_validator
 from sqlmodel import col, select
 

@@ -19,14 +19,11 @@ from referral.domain.codes import (
     AGE_BANDS, AGENCY_TYPES, CONSENT_BASES, CONSENT_MISSING, CONSENT_PURPOSE_REFERRAL, CONSENT_PURPOSES, NEED_CODES,
     URGENCIES,
 )
-from referral.domain.routing import LEAD_PRIORITY, lead_rank  # noqa: F401 (LEAD_PRIORITY is part of this API)
+from referral.domain.routing import LEAD_PRIORITY  # noqa: F401 (re-exported: tests/contracts read it here)
 from referral.service_layer.referrals import (
     SYSTEM, Policy, assign_from_queue, case_has_open_lead, decide_route, facts_for, now_utc, open_referral,
     open_referral_for, pick_lead,
 )
-
-_lead_rank = lead_rank  # kept for callers of the walking skeleton's name
-
 
 def _contract_error(event_type: str, exc: Exception) -> PoisonMessage:
     return PoisonMessage(f"{event_type} payload breaks its contract: {exc!r}")
