@@ -369,6 +369,13 @@ async def test_kpis_scoped_to_agency_and_jurisdiction(ref, auth):
     assert (await ref.client.get("/kpis", headers=auth("GT-COORD"))).json()["total"] == 1
 
 
+async def test_a_scope_listing_one_agency_type_twice_is_fine(ref, auth):
+    scope = consent_scope("asylum_office") + [{"recipient_agency_type": "asylum_office", "purpose": "referral",
+                                               "basis": "mandatory_override"}]
+    await ref.deliver(screened("INTERNATIONAL_PROTECTION", scope=scope))
+    assert (await _one(ref, auth("MX-COMAR")))["to_service_id"] == "MX-COMAR-1"
+
+
 async def test_a_screening_that_breaks_its_contract_is_poison(ref):
     from enlace_platform.consumer import PoisonMessage
 

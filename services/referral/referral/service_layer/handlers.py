@@ -60,7 +60,8 @@ async def on_case_screened(session: AsyncSession, envelope: Envelope, policy: Po
     session.add(ScreeningRow(screening_id=screening_id, case_id=case_id, person_id=person_id))
     if scope is not None:  # the screening's snapshot of what consents allow replaces what we knew
         await session.exec(delete(ConsentRow).where(ConsentRow.person_id == person_id))
-        for agency_type, purpose, basis in dict.fromkeys(scope):
+        allowed = {(agency_type, purpose): basis for agency_type, purpose, basis in scope}  # one row per pair
+        for (agency_type, purpose), basis in allowed.items():
             session.add(ConsentRow(person_id=person_id, recipient_agency_type=agency_type, purpose=purpose,
                                    basis=basis, granted=True))
     await session.flush()
