@@ -238,6 +238,9 @@ async def test_rejection_routes_onward_keeps_the_hold_and_escalates_when_none_is
     assert escalated["reason_code"] == "REJECTED_NO_ALTERNATIVE" and escalated["to_agency_id"] is None
     assert escalated["to_agency_type"] is None and escalated["to_service_id"] is None
 
+    [hold] = (await ref.client.get("/holds", headers=auth("MX-FEVIMTRA"))).json()
+    assert hold["active"] and hold["referral_id"] == first["id"], "the onward receiver sees the hold"
+    assert (await ref.client.get("/holds", headers=auth("MX-COMAR"))).json() == []
     # The coordinator assigns the queued referral; the hold was never released along the way.
     r = await ref.act(queued_id, coord, "reassign", to_service_id="MX-PFPNNA-1")
     assert r.status_code == 200 and r.json()["to_agency_id"] == "MX-PFPNNA" and r.json()["escalation_reason"] is None

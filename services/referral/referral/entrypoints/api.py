@@ -297,7 +297,11 @@ async def add_referral_note(referral_id: str, body: NoteIn, principal: CurrentPr
 
 
 def _hold_visible(principal: Principal):
-    mine = or_(HoldRow.from_agency_id == principal.agency_id, HoldRow.to_agency_id == principal.agency_id)
+    # A receiver of any referral of the need (also an onward one) sees the hold.
+    received = select(ReferralRow.id).where(ReferralRow.person_id == HoldRow.person_id,
+                                            ReferralRow.need_code == HoldRow.need_code,
+                                            ReferralRow.to_agency_id == principal.agency_id).exists()
+    mine = or_(HoldRow.from_agency_id == principal.agency_id, HoldRow.to_agency_id == principal.agency_id, received)
     if principal.agency_type == COORDINATOR:
         return or_(mine, HoldRow.jurisdiction == principal.jurisdiction)
     return mine
