@@ -11,7 +11,7 @@ from sqlmodel import update
 from notification.adapters.orm import SubscriptionRow
 from notification.entrypoints.app import create_app
 from tests.support.harness import bearer, eventually, provision_topics, running_app, unique_prefix
-from tests.support.notification_support import SigningReceiver, event, notification_settings, publish, referral_data
+from tests.support.notification_support import SigningReceiver, consumers_assigned, event, notification_settings, publish, referral_data
 
 pytestmark = pytest.mark.kafka
 
@@ -30,6 +30,7 @@ class Notification:
         app = create_app(notification_settings(**self._common, **overrides))
         async with running_app(app) as client:
             client.runtime = app.state.runtime
+            await consumers_assigned(client.runtime)
             yield client
 
     def headers(self, agency_id: str, agency_type: str) -> dict[str, str]:

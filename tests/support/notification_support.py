@@ -23,10 +23,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from enlace_platform.contracts import published_contracts
 from enlace_platform.envelope import Envelope, to_kafka
 from enlace_platform.topics import REFERRAL_PROTECTION_HOLD, REFERRAL_REFERRAL
 from notification.config import NotificationSettings
-from tests.support.harness import fast_settings, free_port
+from tests.support.harness import eventually, fast_settings, free_port
 
 REFERRAL_SOURCE = "/enlace/referral"
 
@@ -39,6 +40,15 @@ def notification_settings(*, tmp_path: Path, bootstrap: str, prefix: str, dev_is
     values.update(overrides)
     return fast_settings(NotificationSettings, tmp_path=tmp_path, bootstrap=bootstrap, prefix=prefix,
                          dev_issuer_dir=dev_issuer_dir, **values)
+
+
+async def consumers_assigned(runtime) -> None:
+    """Waits until the app's consumers own their partitions. On a fresh broker the first group join
+    waits for __consumer_offsets to be created, which can outlast a test's usual liveness bound."""
+    async def assigned():
+        return runtime.runners and all(r.ready.is_set() for r in runtime.runners)
+
+    await eventually(assigned, timeout=120, what="the consumers' partition assignment")
 
 
 # --- events as the referral service writes them ------------------------------------------------------
@@ -86,7 +96,12 @@ def hold_data(referral: dict[str, Any], *, released: bool = False, **overrides) 
     return data
 
 
-def event(event_type: str, data: dict[str, Any]) -> Envelope:
+def event(event_type: str, data: dict[str, Any], *, check: bool = True) -> Envelope:
+    """The envelope the referral service would publish; by default the payload must pass its published schema
+    (the consumer enforces it too: a breaking payload goes to the dead-letter topic)."""
+    if check:
+        problems = published_contracts().violations(event_type, data)
+        assert not problems, f"test event {event_type} breaks its contract: {problems}"
     subject = data["hold_id"] if event_type.startswith("protection_hold.") else data["referral_id"]
     return Envelope(type=event_type, source=REFERRAL_SOURCE, key=data["case_id"], subject=subject, data=data)
 
