@@ -81,6 +81,33 @@ def referral_data(*, status: str = "requested", to_agency_id: str | None = "MX-P
     return data
 
 
+# Per type: the status after the event and the codes the catalog asks for.
+_REFERRAL_SAMPLES: dict[str, dict[str, Any]] = {
+    "referral.requested.v1": {"status": "requested"},
+    "referral.received.v1": {"status": "received", "actor_agency_id": "MX-PFPNNA"},
+    "referral.accepted.v1": {"status": "accepted", "actor_agency_id": "MX-PFPNNA"},
+    "referral.rejected.v1": {"status": "rejected", "actor_agency_id": "MX-PFPNNA", "reason_code": "NO_CAPACITY"},
+    "referral.started.v1": {"status": "in-progress", "actor_agency_id": "MX-PFPNNA"},
+    "referral.put_on_hold.v1": {"status": "on-hold", "actor_agency_id": "MX-PFPNNA"},
+    "referral.completed.v1": {"status": "completed", "actor_agency_id": "MX-PFPNNA",
+                              "outcome_code": "CHILD_PLACED_IN_CARE", "due_at": None},
+    "referral.cancelled.v1": {"status": "cancelled", "actor_agency_id": "MX-COORD", "reason_code": "DUPLICATE"},
+    "referral.failed.v1": {"status": "failed", "actor_agency_id": "MX-PFPNNA", "reason_code": "PERSON_NOT_REACHABLE"},
+    "referral.reassigned.v1": {"status": "requested", "actor_agency_id": "MX-COORD"},
+    "referral.note_added.v1": {"status": "accepted", "actor_agency_id": "MX-PFPNNA"},
+    "referral.overdue.v1": {"status": "requested", "reason_code": "ACCEPT_DEADLINE"},
+    "referral.escalated.v1": {"status": "requested", "reason_code": "OVERDUE"},
+}
+
+
+def sample_event(event_type: str, referral: dict[str, Any] | None = None) -> Envelope:
+    """A valid event of any consumed type, about ``referral`` (a referral_data()) if given."""
+    referral = referral or referral_data()
+    if event_type.startswith("protection_hold."):
+        return event(event_type, hold_data(referral, released=event_type == "protection_hold.released.v1"))
+    return event(event_type, {**referral, **_REFERRAL_SAMPLES[event_type]})
+
+
 def hold_data(referral: dict[str, Any], *, released: bool = False, **overrides) -> dict[str, Any]:
     now = datetime.now(UTC).isoformat()
     data: dict[str, Any] = {
