@@ -11,7 +11,9 @@ from sqlmodel import update
 from notification.adapters.orm import SubscriptionRow
 from notification.entrypoints.app import create_app
 from tests.support.harness import bearer, eventually, provision_topics, running_app, unique_prefix
-from tests.support.notification_support import SigningReceiver, consumers_assigned, event, notification_settings, publish, referral_data
+from tests.support.notification_support import (
+    SigningReceiver, consumers_assigned, event, notification_settings, publish, referral_data,
+)
 
 pytestmark = pytest.mark.kafka
 

@@ -137,6 +137,17 @@ def topic_of(event_type: str) -> str:
     return REFERRAL_PROTECTION_HOLD if event_type.startswith("protection_hold.") else REFERRAL_REFERRAL
 
 
+@contextlib.asynccontextmanager
+async def kafka_producer(bootstrap: str):
+    """An idempotent producer, as the referral service's relay uses."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
 async def publish(producer: AIOKafkaProducer, prefix: str, *envelopes: Envelope) -> None:
     for envelope in envelopes:
         key, value, headers = to_kafka(envelope)
