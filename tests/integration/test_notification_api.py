@@ -275,3 +275,13 @@ async def test_a_contract_breaking_event_is_poison(api, settings):
     with pytest.raises(PoisonMessage):
         await _handle(api, settings, hold)
 
+
+
+async def test_metrics_count_deliveries_by_channel_and_status(api, pfpnna, settings):
+    await _subscribe(api, pfpnna, email="guardia@pfpnna.example")
+    await _handle(api, settings, event("referral.requested.v1", referral_data()))
+    text = (await api.get("/metrics")).text
+    assert 'enlace_notification_deliveries{channel="webhook",status="pending"} 1.0' in text
+    assert 'enlace_notification_deliveries{channel="email",status="pending"} 1.0' in text
+    assert 'enlace_notification_deliveries{channel="webhook",status="dead"} 0.0' in text
+    assert "enlace_notification_oldest_pending_age_seconds" in text

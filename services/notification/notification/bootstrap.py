@@ -8,6 +8,7 @@ from notification.config import NotificationSettings
 from notification.domain.events import TOPICS
 from notification.service_layer.dispatcher import Dispatcher
 from notification.service_layer.handlers import make_referral_event_handler
+from notification.service_layer.metrics import delivery_gauges
 
 log = logging.getLogger(__name__)
 
@@ -26,4 +27,5 @@ def build_runtime(settings: NotificationSettings) -> ServiceRuntime:
         consumers=[ConsumerSpec(name="notification.webhooks", topics=list(TOPICS),
                                 handlers={t: on_event for types in TOPICS.values() for t in types})],
         background=[dispatch_deliveries],
+        scrape_hooks=[delivery_gauges],
     )

@@ -236,3 +236,20 @@ async def test_non_utc_now_still_verifies(receiver, client):
                                message_id="msg_tz", payload=PAYLOAD, now=now)
     assert receiver.last().verified, receiver.last().error
     assert result.ok
+
+
+async def test_during_a_rotation_each_secret_alone_verifies(receiver, client):
+    from notification.adapters.webhook_sender import signature_header
+
+    now = datetime.now(UTC)
+    result = await send_signed(client, url=f"{receiver.base_url}/hooks/main", secret=[OTHER_SECRET, SECRET],
+                               message_id="msg_rot", payload=PAYLOAD, now=now)
+    got = receiver.last()
+    assert got.verified and result.ok  # the receiver knows only SECRET
+    signatures = got.headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
+    Webhook(OTHER_SECRET).verify(got.body, got.headers)  # and one that knows only the other secret too
+    assert got.headers["webhook-signature"] == signature_header([OTHER_SECRET, SECRET], "msg_rot", now, PAYLOAD)
+    third = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    with pytest.raises(WebhookVerificationError):
+        Webhook(third).verify(got.body, got.headers)
