@@ -253,3 +253,11 @@ async def test_during_a_rotation_each_secret_alone_verifies(receiver, client):
     third = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     with pytest.raises(WebhookVerificationError):
         Webhook(third).verify(got.body, got.headers)
+
+
+async def test_the_total_timeout_bounds_the_whole_exchange(receiver, client):
+    # httpx's timeout (5 s here) applies per read; the total bound ends the attempt regardless.
+    result = await send_signed(client, url=f"{receiver.base_url}/hooks/main?slow=1", secret=SECRET,
+                               message_id="msg_total", payload=PAYLOAD, total_timeout_s=0.1)
+    assert result.status_code is None and not result.ok
+    assert result.error.startswith("TimeoutError")

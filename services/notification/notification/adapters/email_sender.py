@@ -1,5 +1,6 @@
 """Sends one e-mail over SMTP with aiosmtplib."""
 
+import asyncio
 import time
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -22,14 +23,17 @@ async def send_email(settings: NotificationSettings, *, message_id: str, to: str
     message.set_content(body)
     started = time.perf_counter()
     try:
-        await aiosmtplib.send(
-            message, hostname=settings.smtp_host, port=settings.smtp_port, username=settings.smtp_username,
-            password=settings.smtp_password, start_tls=settings.smtp_starttls, timeout=settings.smtp_timeout_s)
+        async with asyncio.timeout(settings.smtp_timeout_s * 3):  # the whole dialogue, not each reply
+            await aiosmtplib.send(
+                message, hostname=settings.smtp_host, port=settings.smtp_port, username=settings.smtp_username,
+                password=settings.smtp_password, start_tls=settings.smtp_starttls, timeout=settings.smtp_timeout_s)
         return SendResult(250, (time.perf_counter() - started) * 1000, None)
     except aiosmtplib.SMTPRecipientsRefused as exc:
         code = exc.recipients[0].code if exc.recipients else None
         return SendResult(code, (time.perf_counter() - started) * 1000, f"SMTPRecipientsRefused: {code}")
     except aiosmtplib.SMTPResponseException as exc:
         return SendResult(exc.code, (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc.message}"[:500])
+    except TimeoutError:
+        return SendResult(None, (time.perf_counter() - started) * 1000, "TimeoutError: the SMTP dialogue took too long")
     except (aiosmtplib.SMTPException, OSError) as exc:
         return SendResult(None, (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}"[:500])

@@ -1,5 +1,6 @@
 """Sends one signed webhook (Standard Webhooks) over HTTP."""
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +28,9 @@ def signature_header(secrets: list[str] | str, message_id: str, when: datetime, 
 
 
 async def send_signed(client: httpx.AsyncClient, *, url: str, secret: str | list[str], message_id: str, payload: str,
-                      now: datetime | None = None) -> SendResult:
+                      now: datetime | None = None, total_timeout_s: float | None = None) -> SendResult:
+    """``total_timeout_s`` bounds the whole exchange (httpx's timeouts are per read/write, so a receiver that
+    trickles bytes could otherwise outlast the dispatcher's lease)."""
     # The signing library treats the datetime as UTC, so hand it UTC.
     now = (now or datetime.now(UTC)).astimezone(UTC)
     headers = {
@@ -38,7 +41,10 @@ async def send_signed(client: httpx.AsyncClient, *, url: str, secret: str | list
     }
     started = time.perf_counter()
     try:
-        response = await client.post(url, content=payload.encode(), headers=headers)
+        async with asyncio.timeout(total_timeout_s):
+            response = await client.post(url, content=payload.encode(), headers=headers)
         return SendResult(response.status_code, (time.perf_counter() - started) * 1000, None)
+    except TimeoutError:
+        return SendResult(None, (time.perf_counter() - started) * 1000, f"TimeoutError: no answer within {total_timeout_s}s")
     except httpx.HTTPError as exc:
         return SendResult(None, (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}"[:500])

@@ -57,7 +57,9 @@ class Dispatcher:
         self._policy = RetryPolicy(max_attempts=settings.delivery_max_attempts,
                                    max_age=timedelta(seconds=settings.delivery_max_age_s),
                                    base_s=settings.delivery_retry_base_s, max_s=settings.delivery_retry_max_s)
-        self._lease = timedelta(seconds=max(settings.webhook_timeout_s, settings.smtp_timeout_s)
+        # Longer than any attempt can take (each send is bounded as a whole), so a lease never expires
+        # under a live attempt.
+        self._lease = timedelta(seconds=max(settings.webhook_timeout_s, settings.smtp_timeout_s * 3)
                                 + settings.delivery_lease_margin_s)
         self._waker = CommitWaker(runtime.sessions, DELIVERIES_FLAG)
         self._in_flight: dict[str, int] = defaultdict(int)
@@ -80,13 +82,14 @@ class Dispatcher:
         finally:
             # Attempts in hand finish (each is bounded by its timeout) so their outcome is recorded;
             # anything cut short keeps its lease, which expires, and the attempt is made again.
-            if self._tasks:
-                _, late = await asyncio.wait(self._tasks, timeout=s.webhook_timeout_s + 5)
-                for task in late:
+            try:
+                if self._tasks:
+                    await asyncio.wait(self._tasks, timeout=s.webhook_timeout_s + 1)
+            finally:
+                for task in self._tasks:
                     task.cancel()
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._waker.detach()
-            await self._client.aclose()
+                self._waker.detach()
+                await self._client.aclose()
 
     # --- picking work ------------------------------------------------------------------------------
 
@@ -170,7 +173,7 @@ class Dispatcher:
                                   _as_utc(sub.previous_secret_expires_at) if sub.previous_secret_expires_at else None,
                                   _now())
         result = await send_signed(self._client, url=sub.url, secret=secrets, message_id=delivery.id,
-                                   payload=delivery.payload)
+                                   payload=delivery.payload, total_timeout_s=self._settings.webhook_timeout_s)
         return result, outcome_of_http(result.status_code)
 
     async def _record(self, delivery_id: str, token: str, result: SendResult, outcome: Outcome) -> None:
