@@ -20,11 +20,11 @@ class NotificationSettings(ServiceSettings):
                                              description="How long the old secret still signs after a rotation")
 
     # Retries (webhooks and e-mails alike).
-    delivery_max_attempts: int = Field(15, validation_alias="NOTIFICATION_DELIVERY_MAX_ATTEMPTS")
+    delivery_max_attempts: int = Field(100, validation_alias="NOTIFICATION_DELIVERY_MAX_ATTEMPTS")
     delivery_max_age_s: float = Field(86400.0, validation_alias="NOTIFICATION_DELIVERY_MAX_AGE_S",
                                       description="After this long without success a delivery is dead")
     delivery_retry_base_s: float = Field(5.0, validation_alias="NOTIFICATION_DELIVERY_RETRY_BASE_S")
-    delivery_retry_max_s: float = Field(3600.0, validation_alias="NOTIFICATION_DELIVERY_RETRY_MAX_S")
+    delivery_retry_max_s: float = Field(900.0, validation_alias="NOTIFICATION_DELIVERY_RETRY_MAX_S")
 
     # Dispatch.
     delivery_concurrency_per_endpoint: int = Field(2, validation_alias="NOTIFICATION_CONCURRENCY_PER_ENDPOINT",

@@ -97,6 +97,7 @@ class Dispatcher:
         """Claim and start every due attempt there is room for; return how long to sleep at most."""
         s = self._settings
         now = _now()
+        started = 0
         room = s.delivery_concurrency_total - len(self._tasks)
         if room > 0:
             full = [key for key, n in self._in_flight.items() if n >= s.delivery_concurrency_per_endpoint]
@@ -124,12 +125,17 @@ class Dispatcher:
                 task = asyncio.create_task(self._attempt(delivery, sub, token, endpoint), name=f"deliver-{delivery.id}")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+                started += 1
+        if started:
+            return 0.0  # there may be more due work behind what this pass read
+        # Due work waiting for a busy endpoint is started when a slot frees (that wakes the loop); sleep
+        # until the next scheduled retry, or the fallback poll (leases of dead replicas, other replicas' rows).
         async with self._sessions() as session:
             next_due = (await session.exec(select(func.min(DeliveryRow.next_attempt_at))
-                                           .where(DeliveryRow.status == PENDING))).one()
+                                           .where(DeliveryRow.status == PENDING, DeliveryRow.next_attempt_at > now))).one()
         if next_due is None:
             return s.dispatcher_fallback_poll_s
-        return min(s.dispatcher_fallback_poll_s, max(0.01, (_as_utc(next_due) - _now()).total_seconds()))
+        return min(s.dispatcher_fallback_poll_s, max(0.0, (_as_utc(next_due) - _now()).total_seconds()))
 
     async def _claim(self, delivery_id: str, now: datetime) -> str | None:
         token = uuid.uuid4().hex
