@@ -285,3 +285,18 @@ async def test_metrics_count_deliveries_by_channel_and_status(api, pfpnna, setti
     assert 'enlace_notification_deliveries{channel="email",status="pending"} 1.0' in text
     assert 'enlace_notification_deliveries{channel="webhook",status="dead"} 0.0' in text
     assert "enlace_notification_oldest_pending_age_seconds" in text
+
+
+async def test_a_database_from_an_older_version_is_refused_plainly(settings, tmp_path):
+    import sqlite3
+
+    from notification.adapters.schema_check import OutdatedSchema
+
+    db = sqlite3.connect(tmp_path / "notification.db")  # the walking skeleton's table, without the new columns
+    db.execute("CREATE TABLE notification_subscription (id VARCHAR PRIMARY KEY, agency_id VARCHAR, url VARCHAR, "
+               "event_types JSON, secret VARCHAR, email VARCHAR, active BOOLEAN, created_at DATETIME)")
+    db.commit()
+    db.close()
+    with pytest.raises(OutdatedSchema, match="notification_subscription.previous_secret"):
+        async with running_app(create_app(settings)):
+            pass
