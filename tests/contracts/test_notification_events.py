@@ -46,7 +46,8 @@ async def written(tmp_path):
         async with sessions() as session:
             for agency in PARTIES:
                 session.add(orm.SubscriptionRow(agency_id=agency, url=f"https://{agency.lower()}.example/hooks",
-                                                secret="whsec_dGVzdA==", event_types=["referral.*", "protection_hold.*"],
+                                                secret="whsec_dGVzdA==",
+                                                event_types=["referral.*", "protection_hold.*"],
                                                 email=f"{agency.lower()}@example.org"))
             await session.commit()
         referral = referral_data(need_code="TRAFFICKING_PRESUMED")

@@ -111,8 +111,10 @@ async def test_a_referrals_life_reaches_every_party_as_verified_webhooks(kafka_b
         pfpnna.gate.set()
         await delivered("MX-PFPNNA", 8)
 
-        logs = {agency: (await client.get("/deliveries", headers=headers[agency], params={"limit": 500})).json()["items"]
-                for agency in AGENCIES}
+        logs = {}
+        for agency in AGENCIES:
+            r = await client.get("/deliveries", headers=headers[agency], params={"limit": 500})
+            logs[agency] = r.json()["items"]
     for receiver in receivers.values():
         await receiver.down()
 

@@ -206,8 +206,8 @@ async def test_email_deliveries_go_to_the_receiver_or_the_coordinator(api, setti
 
     assert await emailed(event("referral.requested.v1", referral_data())) == {pfpnna["id"]}
     assert await emailed(event("referral.requested.v1", referral_data(to_agency_id=None))) == {coord["id"]}
-    assert await emailed(event("referral.overdue.v1", referral_data(status="requested", reason_code="ACCEPT_DEADLINE"))) \
-        == {pfpnna["id"], coord["id"]}
+    overdue = referral_data(status="requested", reason_code="ACCEPT_DEADLINE")
+    assert await emailed(event("referral.overdue.v1", overdue)) == {pfpnna["id"], coord["id"]}
     assert await emailed(event("referral.accepted.v1", referral_data(status="accepted"))) == set()
     assert inm["id"]  # the sender gets webhooks, never these e-mails
 

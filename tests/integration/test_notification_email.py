@@ -66,7 +66,8 @@ async def test_a_new_inbound_referral_is_emailed_to_the_receiver_without_persona
     assert to_receiver["From"] == "avisos@enlace.example"
     body = to_receiver.get_content()
     assert routed["referral_id"] in body and f"/referrals/{routed['referral_id']}" in body
-    assert "coordinator's queue" in to_coordinator.get_content() and queued["referral_id"] in to_coordinator.get_content()
+    coordinator_body = to_coordinator.get_content()
+    assert "coordinator's queue" in coordinator_body and queued["referral_id"] in coordinator_body
     for message in (to_receiver, to_coordinator):
         text = message.as_string()
         for leak in ("SGBV", "SURVIVOR", "TRAFFICKING", routed["person_id"], queued["person_id"], routed["case_id"]):

@@ -11,7 +11,8 @@ from notification.adapters.webhook_sender import SendResult
 from notification.config import NotificationSettings
 
 
-async def send_email(settings: NotificationSettings, *, message_id: str, to: str, subject: str, body: str) -> SendResult:
+async def send_email(settings: NotificationSettings, *, message_id: str, to: str, subject: str,
+                     body: str) -> SendResult:
     """``status_code`` is the SMTP reply code when the server answered; None when it could not be reached."""
     message = EmailMessage()
     message["From"] = settings.smtp_sender
@@ -32,7 +33,8 @@ async def send_email(settings: NotificationSettings, *, message_id: str, to: str
         code = exc.recipients[0].code if exc.recipients else None
         return SendResult(code, (time.perf_counter() - started) * 1000, f"SMTPRecipientsRefused: {code}")
     except aiosmtplib.SMTPResponseException as exc:
-        return SendResult(exc.code, (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc.message}"[:500])
+        error = f"{type(exc).__name__}: {exc.message}"[:500]
+        return SendResult(exc.code, (time.perf_counter() - started) * 1000, error)
     except TimeoutError:
         return SendResult(None, (time.perf_counter() - started) * 1000, "TimeoutError: the SMTP dialogue took too long")
     except (aiosmtplib.SMTPException, OSError) as exc:

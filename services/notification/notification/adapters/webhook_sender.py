@@ -45,6 +45,7 @@ async def send_signed(client: httpx.AsyncClient, *, url: str, secret: str | list
             response = await client.post(url, content=payload.encode(), headers=headers)
         return SendResult(response.status_code, (time.perf_counter() - started) * 1000, None)
     except TimeoutError:
-        return SendResult(None, (time.perf_counter() - started) * 1000, f"TimeoutError: no answer within {total_timeout_s}s")
+        error = f"TimeoutError: no answer within {total_timeout_s}s"
+        return SendResult(None, (time.perf_counter() - started) * 1000, error)
     except httpx.HTTPError as exc:
         return SendResult(None, (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}"[:500])

@@ -232,8 +232,9 @@ async def get_delivery(delivery_id: str, principal: CurrentPrincipal, session: D
 
 
 @router.post("/deliveries/{delivery_id}/redelivery", status_code=status.HTTP_202_ACCEPTED, response_model=DeliveryOut,
-             tags=["deliveries"], responses={409: {"model": ProblemDetails, "description": "The subscription is disabled, or an "
-                                                                                         "attempt is in flight"}},
+             tags=["deliveries"],
+             responses={409: {"model": ProblemDetails,
+                              "description": "The subscription is disabled, or an attempt is in flight"}},
              summary="Send a delivery again by hand, under the same webhook-id, with a fresh retry schedule")
 async def redeliver(delivery_id: str, principal: CurrentPrincipal, session: DbSession) -> DeliveryOut:
     row = await _own_delivery(session, principal, delivery_id)

@@ -131,8 +131,9 @@ class Dispatcher:
         # Due work waiting for a busy endpoint is started when a slot frees (that wakes the loop); sleep
         # until the next scheduled retry, or the fallback poll (leases of dead replicas, other replicas' rows).
         async with self._sessions() as session:
-            next_due = (await session.exec(select(func.min(DeliveryRow.next_attempt_at))
-                                           .where(DeliveryRow.status == PENDING, DeliveryRow.next_attempt_at > now))).one()
+            next_due = (await session.exec(
+                select(func.min(DeliveryRow.next_attempt_at))
+                .where(DeliveryRow.status == PENDING, DeliveryRow.next_attempt_at > now))).one()
         if next_due is None:
             return s.dispatcher_fallback_poll_s
         return min(s.dispatcher_fallback_poll_s, max(0.0, (_as_utc(next_due) - _now()).total_seconds()))

@@ -25,7 +25,7 @@ _AGENCY_FIELDS = ("from_agency_id", "to_agency_id", "coordinator_agency_id")
 def _check_contract(envelope: Envelope) -> None:
     """The few fields notification relies on; anything else is the referral service's business."""
     data = envelope.data
-    required = ("referral_id", "case_id", "hold_id") if envelope.type in HOLD_EVENT_TYPES else ("referral_id", "case_id")
+    required = ("referral_id", "case_id") + (("hold_id",) if envelope.type in HOLD_EVENT_TYPES else ())
     for name in required:
         if not isinstance(data.get(name), str) or not data[name]:
             raise PoisonMessage(f"{envelope.type} payload lacks a string {name}")
