@@ -1,6 +1,7 @@
 """The subscriptions and delivery log API, in-process, without a broker (deliveries are written by the
 real event handler; the dispatcher only runs once Kafka is up, so here they stay as written)."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -300,3 +301,36 @@ async def test_a_database_from_an_older_version_is_refused_plainly(settings, tmp
     with pytest.raises(OutdatedSchema, match="notification_subscription.previous_secret"):
         async with running_app(create_app(settings)):
             pass
+
+
+async def test_one_lease_per_attempt_across_dispatchers(api, pfpnna, settings):
+    from notification.adapters.webhook_sender import SendResult
+    from notification.domain.delivery import Outcome
+    from notification.service_layer.dispatcher import Dispatcher
+
+    await _subscribe(api, pfpnna)
+    await _handle(api, settings, event("referral.requested.v1", referral_data()))
+    [row] = await _deliveries(api)
+    # Two replicas on one database (each with its own engine, as separate processes would have).
+    other = create_app(settings).state.runtime
+    one, two = Dispatcher(api.runtime, settings), Dispatcher(other, settings)
+    try:
+        now = datetime.now(UTC)
+        tokens = await asyncio.gather(*(d.claim(row.id, now) for d in (one, two, one, two)))
+        assert len([t for t in tokens if t]) == 1, tokens
+        [first] = [t for t in tokens if t]
+        # The holder dies; once its lease has expired, another replica takes the attempt over...
+        assert await two.claim(row.id, now + timedelta(seconds=1)) is None, "the lease still holds"
+        later = now + timedelta(hours=1)
+        second = await two.claim(row.id, later)
+        assert second and second != first
+        # ...and the late result of the first holder is logged but decides nothing.
+        await one.record(row.id, first, SendResult(204, 5.0, None), Outcome.OK)
+        async with api.runtime.sessions() as session:
+            current = await session.get(DeliveryRow, row.id)
+            assert (current.status, current.lease_token, current.attempts) == ("pending", second, 1)
+        await two.record(row.id, second, SendResult(204, 5.0, None), Outcome.OK)
+        detail = (await api.get(f"/deliveries/{row.id}", headers=pfpnna)).json()
+        assert detail["status"] == "delivered" and len(detail["attempts_log"]) == 2
+    finally:
+        await other.engine.dispose()

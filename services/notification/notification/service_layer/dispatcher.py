@@ -118,7 +118,7 @@ class Dispatcher:
                 endpoint = SMTP_ENDPOINT if delivery.channel == EMAIL else sub.url
                 if self._in_flight[endpoint] >= s.delivery_concurrency_per_endpoint:
                     continue
-                token = await self._claim(delivery.id, now)
+                token = await self.claim(delivery.id, now)
                 if token is None:
                     continue  # another replica took it
                 self._in_flight[endpoint] += 1
@@ -138,7 +138,8 @@ class Dispatcher:
             return s.dispatcher_fallback_poll_s
         return min(s.dispatcher_fallback_poll_s, max(0.0, (_as_utc(next_due) - _now()).total_seconds()))
 
-    async def _claim(self, delivery_id: str, now: datetime) -> str | None:
+    async def claim(self, delivery_id: str, now: datetime) -> str | None:
+        """Take the due attempt with a lease; None if another dispatcher holds it or it is not due."""
         token = uuid.uuid4().hex
         async with self._sessions() as session:
             result = await session.exec(
@@ -159,7 +160,7 @@ class Dispatcher:
                                               attributes={"enlace.service": "notification", "webhook.id": delivery.id,
                                                           "cloudevents.event_type": delivery.event_type}):
                 result, outcome = await self._send(delivery, sub)
-            await self._record(delivery.id, token, result, outcome)
+            await self.record(delivery.id, token, result, outcome)
         except Exception:
             log.exception("delivery %s: attempt failed unexpectedly; its lease will expire and it is retried",
                           delivery.id)
@@ -183,7 +184,8 @@ class Dispatcher:
                                    payload=delivery.payload, total_timeout_s=self._settings.webhook_timeout_s)
         return result, outcome_of_http(result.status_code)
 
-    async def _record(self, delivery_id: str, token: str, result: SendResult, outcome: Outcome) -> None:
+    async def record(self, delivery_id: str, token: str, result: SendResult, outcome: Outcome) -> None:
+        """Log the attempt; apply the decision only while still holding the lease ``token``."""
         now = _now()
         async with self._sessions() as session:
             delivery = await session.get(DeliveryRow, delivery_id, with_for_update=True)
