@@ -97,3 +97,20 @@ def test_gone_disables_the_subscription_and_permanent_failures_are_not_retried()
 ])
 def test_http_outcomes(code, outcome):
     assert outcome_of_http(code) is outcome
+
+
+def test_retry_after_is_a_floor_capped_at_the_maximum_delay():
+    class Bottom(random.Random):
+        def uniform(self, a, b):
+            return a
+
+    now = START + timedelta(seconds=1)
+    honoured = decide(Outcome.TRANSIENT, attempts=1, started_at=START, now=now, policy=POLICY, retry_after_s=120,
+                      rng=Bottom())
+    assert honoured.next_attempt_at == now + timedelta(seconds=120)
+    capped = decide(Outcome.TRANSIENT, attempts=1, started_at=START, now=now, policy=POLICY, retry_after_s=10**9,
+                    rng=Bottom())
+    assert capped.next_attempt_at == now + timedelta(seconds=POLICY.max_s)
+    tight = RetryPolicy(max_attempts=5, max_age=timedelta(seconds=60), base_s=2.0, max_s=600.0)
+    assert decide(Outcome.TRANSIENT, attempts=1, started_at=START, now=now, policy=tight,
+                  retry_after_s=300).next_attempt_at == START + timedelta(seconds=60), "never past the deadline"

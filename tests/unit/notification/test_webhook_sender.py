@@ -63,7 +63,8 @@ def _receiver_app(receiver: Receiver) -> Starlette:
         reply = int(request.query_params.get("reply", "204"))
         if "slow" in request.query_params:
             await asyncio.sleep(float(request.query_params["slow"]))
-        return Response(status_code=reply)
+        headers = {"retry-after": request.query_params["retry_after"]} if "retry_after" in request.query_params else {}
+        return Response(status_code=reply, headers=headers)
 
     return Starlette(routes=[Route("/hooks/{name}", hook, methods=["POST"])])
 
@@ -261,3 +262,14 @@ async def test_the_total_timeout_bounds_the_whole_exchange(receiver, client):
                                message_id="msg_total", payload=PAYLOAD, total_timeout_s=0.1)
     assert result.status_code is None and not result.ok
     assert result.error.startswith("TimeoutError")
+
+
+@pytest.mark.parametrize(("reply", "header", "expected"), [
+    (429, "30", 30.0), (503, "7", 7.0), (503, "Wed, 21 Oct 2015 07:28:00 GMT", None), (500, "30", None),
+    (429, None, None),
+])
+async def test_retry_after_is_read_from_429_and_503(receiver, client, reply, header, expected):
+    query = f"reply={reply}" + (f"&retry_after={header}" if header else "")
+    result = await send_signed(client, url=f"{receiver.base_url}/hooks/main?{query}", secret=SECRET,
+                               message_id="msg_ra", payload=PAYLOAD)
+    assert result.status_code == reply and result.retry_after_s == expected

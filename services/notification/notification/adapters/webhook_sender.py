@@ -14,10 +14,17 @@ class SendResult:
     status_code: int | None
     latency_ms: float
     error: str | None
+    retry_after_s: float | None = None  # the receiver's Retry-After (429/503), in seconds
 
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in delay-seconds form; the HTTP-date form is ignored (backoff applies)."""
+    value = response.headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() else None
 
 
 def signature_header(secrets: list[str] | str, message_id: str, when: datetime, payload: str) -> str:
@@ -43,7 +50,8 @@ async def send_signed(client: httpx.AsyncClient, *, url: str, secret: str | list
     try:
         async with asyncio.timeout(total_timeout_s):
             response = await client.post(url, content=payload.encode(), headers=headers)
-        return SendResult(response.status_code, (time.perf_counter() - started) * 1000, None)
+        return SendResult(response.status_code, (time.perf_counter() - started) * 1000, None,
+                          _retry_after(response) if response.status_code in (429, 503) else None)
     except TimeoutError:
         error = f"TimeoutError: no answer within {total_timeout_s}s"
         return SendResult(None, (time.perf_counter() - started) * 1000, error)

@@ -42,9 +42,10 @@ def next_attempt_delay(attempts: int, base_s: float, max_s: float, rng: random.R
 
 
 def decide(outcome: Outcome, *, attempts: int, started_at: datetime, now: datetime, policy: RetryPolicy,
-           rng: random.Random | None = None) -> Decision:
+           retry_after_s: float | None = None, rng: random.Random | None = None) -> Decision:
     """What follows an attempt. ``attempts`` counts the attempts of this cycle including this one;
-    ``started_at`` is when the cycle began (creation, or a manual redelivery)."""
+    ``started_at`` is when the cycle began (creation, or a manual redelivery). A receiver's Retry-After
+    is honoured as a minimum wait, up to the policy's maximum delay."""
     if outcome is Outcome.OK:
         return Decision(DELIVERED)
     if outcome is Outcome.GONE:
@@ -54,8 +55,11 @@ def decide(outcome: Outcome, *, attempts: int, started_at: datetime, now: dateti
     deadline = started_at + policy.max_age
     if attempts >= policy.max_attempts or now >= deadline:
         return Decision(DEAD)
+    delay = next_attempt_delay(attempts, policy.base_s, policy.max_s, rng)
+    if retry_after_s is not None:
+        delay = max(delay, timedelta(seconds=min(retry_after_s, policy.max_s)))
     # The last retry happens at the deadline at the latest, so max_age is honoured without losing a try.
-    return Decision(PENDING, min(now + next_attempt_delay(attempts, policy.base_s, policy.max_s, rng), deadline))
+    return Decision(PENDING, min(now + delay, deadline))
 
 
 def outcome_of_http(status_code: int | None) -> Outcome:

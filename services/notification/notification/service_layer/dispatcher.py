@@ -202,7 +202,7 @@ class Dispatcher:
             delivery.last_status_code, delivery.last_error = result.status_code, result.error
             delivery.lease_token, delivery.lease_expires_at = None, None
             decision = decide(outcome, attempts=delivery.cycle_attempts, started_at=_as_utc(delivery.cycle_started_at),
-                              now=now, policy=self._policy)
+                              now=now, policy=self._policy, retry_after_s=result.retry_after_s)
             delivery.status = decision.status
             sub = await session.get(SubscriptionRow, delivery.subscription_id)
             if decision.status == DELIVERED:
