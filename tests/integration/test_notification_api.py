@@ -334,3 +334,28 @@ async def test_one_lease_per_attempt_across_dispatchers(api, pfpnna, settings):
         assert detail["status"] == "delivered" and len(detail["attempts_log"]) == 2
     finally:
         await other.engine.dispose()
+
+
+async def test_patch_changes_a_subscription_and_re_enables_it(api, pfpnna, comar, settings):
+    sub = await _subscribe(api, pfpnna, email="guardia@pfpnna.example")
+    url = f"/subscriptions/{sub['id']}"
+    r = await api.patch(url, headers=pfpnna, json={"url": "https://new.pfpnna.example/hooks",
+                                                   "event_types": ["protection_hold.*"], "email": None})
+    assert r.status_code == 200, r.text
+    assert (r.json()["url"], r.json()["event_types"], r.json()["email"]) == (
+        "https://new.pfpnna.example/hooks", ["protection_hold.*"], None)
+    assert "secret" not in r.json()
+    for body, path in (({"event_types": ["referral.nope.v1"]}, "body/event_types/0"),
+                       ({"url": "http://10.1.2.3/hooks"}, "body/url"), ({"url": None}, "body/url"),
+                       ({"active": False}, "body/active")):
+        r = await api.patch(url, headers=pfpnna, json=body)
+        assert r.status_code == 422 and path in [e["path"] for e in r.json()["errors"]], (body, r.text)
+    assert (await api.patch(url, headers=comar, json={"active": True})).status_code == 404
+
+    await api.delete(url, headers=pfpnna)
+    r = await api.patch(url, headers=pfpnna, json={"active": True})
+    assert r.status_code == 200 and r.json()["active"] is True and r.json()["disabled_reason"] is None
+    data = referral_data()
+    await _handle(api, settings, event("protection_hold.placed.v1", hold_data(data)))
+    [delivery] = await _deliveries(api)
+    assert delivery.event_type == "protection_hold.placed.v1" and delivery.channel == "webhook"

@@ -42,6 +42,14 @@ class SubscriptionIn(BaseModel):
                                                      "escalations among the chosen types")
 
 
+class SubscriptionPatch(BaseModel):
+    url: AnyHttpUrl | None = Field(None, description="A new endpoint; pending deliveries go there")
+    event_types: list[str] | None = Field(None, min_length=1,
+                                          max_length=len(WEBHOOK_EVENT_TYPES) + len(EVENT_TYPE_WILDCARDS))
+    email: EmailStr | None = Field(None, description="A new address; null removes it")
+    active: Literal[True] | None = Field(None, description="true re-enables a deleted or gone (410) subscription")
+
+
 class SubscriptionOut(BaseModel):
     id: str
     agency_id: str
@@ -124,6 +132,17 @@ async def _own_delivery(session: AsyncSession, principal: Principal, delivery_id
 
 # --- subscriptions ---------------------------------------------------------------------------------
 
+def _check(url: AnyHttpUrl | None, event_types: list[str] | None, settings: NotificationSettings) -> None:
+    """The rules pydantic cannot know: catalogued event types, and which hosts may receive webhooks."""
+    errors = [{"path": f"body/event_types/{i}", "message": f"not a subscribable event type: {t}"}
+              for i, t in enumerate(event_types or []) if unknown_event_types([t])]
+    url_problem = url is not None and webhook_url_problem(str(url), allow_loopback=settings.webhook_allow_loopback)
+    if url_problem:
+        errors.append({"path": "body/url", "message": url_problem})
+    if errors:
+        raise Problem(422, detail="; ".join(f"{e['path']}: {e['message']}" for e in errors), errors=errors)
+
+
 @router.post("/subscriptions", status_code=status.HTTP_201_CREATED, response_model=SubscriptionCreated,
              tags=["subscriptions"], summary="Register a webhook endpoint for your agency (the secret is shown once)")
 async def create_subscription(body: SubscriptionIn, principal: CurrentPrincipal, session: DbSession,
@@ -132,13 +151,7 @@ async def create_subscription(body: SubscriptionIn, principal: CurrentPrincipal,
     if previous is not None:  # a retried POST gets the subscription it created, secret included
         sub = await session.get(SubscriptionRow, previous)
         return SubscriptionCreated(**_subscription_out(sub), secret=sub.secret)
-    errors = [{"path": f"body/event_types/{i}", "message": f"not a subscribable event type: {t}"}
-              for i, t in enumerate(body.event_types) if t in unknown_event_types([t])]
-    url_problem = webhook_url_problem(str(body.url), allow_loopback=settings.webhook_allow_loopback)
-    if url_problem:
-        errors.append({"path": "body/url", "message": url_problem})
-    if errors:
-        raise Problem(422, detail="; ".join(f"{e['path']}: {e['message']}" for e in errors), errors=errors)
+    _check(body.url, body.event_types, settings)
     sub = SubscriptionRow(agency_id=principal.agency_id, url=str(body.url),
                           event_types=list(dict.fromkeys(body.event_types)), email=body.email, secret=new_secret())
     idempotency.record(session, resource_id=sub.id)
@@ -159,6 +172,31 @@ async def list_subscriptions(principal: CurrentPrincipal, session: DbSession) ->
             summary="One of your agency's subscriptions")
 async def get_subscription(subscription_id: str, principal: CurrentPrincipal, session: DbSession) -> SubscriptionOut:
     return SubscriptionOut(**_subscription_out(await _own_subscription(session, principal, subscription_id)))
+
+
+@router.patch("/subscriptions/{subscription_id}", response_model=SubscriptionOut, tags=["subscriptions"],
+              summary="Change the endpoint, event types or e-mail of a subscription, or re-enable it")
+async def update_subscription(subscription_id: str, body: SubscriptionPatch, principal: CurrentPrincipal,
+                              session: DbSession, settings: Settings) -> SubscriptionOut:
+    sub = await _own_subscription(session, principal, subscription_id)
+    for name in ("url", "event_types", "active"):
+        if name in body.model_fields_set and getattr(body, name) is None:
+            raise Problem(422, detail=f"body/{name}: may be left out, not null",
+                          errors=[{"path": f"body/{name}", "message": "may be left out, not null"}])
+    _check(body.url, body.event_types, settings)
+    if body.url is not None:
+        sub.url = str(body.url)
+    if body.event_types is not None:
+        sub.event_types = list(dict.fromkeys(body.event_types))
+    if "email" in body.model_fields_set:
+        sub.email = body.email
+    if body.active:
+        # Deliveries cancelled meanwhile stay cancelled; redeliver them by hand if they still matter.
+        sub.active, sub.disabled_reason = True, None
+    sub.updated_at = datetime.now(UTC)
+    session.add(sub)
+    await session.commit()
+    return SubscriptionOut(**_subscription_out(sub))
 
 
 @router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["subscriptions"],
