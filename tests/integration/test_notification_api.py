@@ -359,3 +359,44 @@ async def test_patch_changes_a_subscription_and_re_enables_it(api, pfpnna, comar
     await _handle(api, settings, event("protection_hold.placed.v1", hold_data(data)))
     [delivery] = await _deliveries(api)
     assert delivery.event_type == "protection_hold.placed.v1" and delivery.channel == "webhook"
+
+
+async def test_disabling_spares_an_attempt_in_flight_and_cancels_it_if_it_fails(api, pfpnna, settings):
+    from notification.adapters.webhook_sender import SendResult
+    from notification.domain.delivery import Outcome
+    from notification.service_layer.dispatcher import Dispatcher
+
+    sub = await _subscribe(api, pfpnna)
+    for _ in range(3):
+        await _handle(api, settings, event("referral.requested.v1", referral_data()))
+    first, second, third = await _deliveries(api)
+    dispatcher = Dispatcher(api.runtime, settings)
+    now = datetime.now(UTC)
+    token_1, token_2 = await dispatcher.claim(first.id, now), await dispatcher.claim(second.id, now)
+    assert (await api.delete(f"/subscriptions/{sub['id']}", headers=pfpnna)).status_code == 204
+    statuses = {d.id: d.status for d in await _deliveries(api)}
+    assert statuses == {first.id: "pending", second.id: "pending", third.id: "cancelled"}
+    # The two attempts in flight finish: one got through, one failed.
+    await dispatcher.record(first.id, token_1, SendResult(204, 3.0, None), Outcome.OK)
+    await dispatcher.record(second.id, token_2, SendResult(503, 3.0, None), Outcome.TRANSIENT)
+    statuses = {d.id: d.status for d in await _deliveries(api)}
+    assert statuses == {first.id: "delivered", second.id: "cancelled", third.id: "cancelled"}
+
+
+async def test_an_orphaned_delivery_of_a_disabled_subscription_is_cancelled_not_kept(api, pfpnna, settings):
+    from notification.service_layer.dispatcher import Dispatcher
+
+    sub = await _subscribe(api, pfpnna)
+    await _handle(api, settings, event("referral.requested.v1", referral_data()))
+    [row] = await _deliveries(api)
+    dispatcher = Dispatcher(api.runtime, settings)
+    assert await dispatcher.claim(row.id, datetime.now(UTC))  # ...and then its holder dies
+    await api.delete(f"/subscriptions/{sub['id']}", headers=pfpnna)
+    async with api.runtime.sessions() as session:  # its lease runs out
+        stale = await session.get(DeliveryRow, row.id)
+        stale.lease_expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        session.add(stale)
+        await session.commit()
+    await dispatcher.start_due()
+    [row] = await _deliveries(api)
+    assert row.status == "cancelled" and row.attempts == 0

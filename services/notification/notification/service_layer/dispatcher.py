@@ -103,7 +103,7 @@ class Dispatcher:
             full = [key for key, n in self._in_flight.items() if n >= s.delivery_concurrency_per_endpoint]
             query = (select(DeliveryRow, SubscriptionRow)
                      .join(SubscriptionRow, SubscriptionRow.id == DeliveryRow.subscription_id)
-                     .where(DeliveryRow.status == PENDING, DeliveryRow.next_attempt_at <= now, SubscriptionRow.active,
+                     .where(DeliveryRow.status == PENDING, DeliveryRow.next_attempt_at <= now,
                             or_(DeliveryRow.lease_expires_at.is_(None), DeliveryRow.lease_expires_at < now)))
             full_urls = [key for key in full if key != SMTP_ENDPOINT]
             if full_urls:  # a busy endpoint's backlog must not crowd out the others
@@ -112,9 +112,14 @@ class Dispatcher:
                 query = query.where(DeliveryRow.channel != EMAIL)
             async with self._sessions() as session:
                 rows = (await session.exec(query.order_by(DeliveryRow.next_attempt_at).limit(room * 4))).all()
+            orphans = [delivery.id for delivery, sub in rows if not sub.active]
+            if orphans:  # left pending by an attempt that died while its subscription was disabled
+                await self._cancel(orphans, now)
             for delivery, sub in rows:
                 if len(self._tasks) >= s.delivery_concurrency_total:
                     break
+                if not sub.active:
+                    continue
                 endpoint = SMTP_ENDPOINT if delivery.channel == EMAIL else sub.url
                 if self._in_flight[endpoint] >= s.delivery_concurrency_per_endpoint:
                     continue
@@ -137,6 +142,15 @@ class Dispatcher:
         if next_due is None:
             return s.dispatcher_fallback_poll_s
         return min(s.dispatcher_fallback_poll_s, max(0.0, (_as_utc(next_due) - _now()).total_seconds()))
+
+    async def _cancel(self, delivery_ids: list[str], now: datetime) -> None:
+        async with self._sessions() as session:
+            await session.exec(
+                update(DeliveryRow)
+                .where(DeliveryRow.id.in_(delivery_ids), DeliveryRow.status == PENDING,
+                       or_(DeliveryRow.lease_expires_at.is_(None), DeliveryRow.lease_expires_at < now))
+                .values(status=CANCELLED, last_error="subscription disabled", lease_token=None, lease_expires_at=None))
+            await session.commit()
 
     async def claim(self, delivery_id: str, now: datetime) -> str | None:
         """Take the due attempt with a lease; None if another dispatcher holds it or it is not due."""

@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import or_
 from sqlmodel import update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -21,9 +22,11 @@ async def disable_subscription(session: AsyncSession, sub: SubscriptionRow, reas
     sub.disabled_reason = reason
     sub.updated_at = _now()
     session.add(sub)
+    # An attempt in flight keeps its lease: its outcome is recorded (delivered, or cancelled if it failed).
     await session.exec(
         update(DeliveryRow)
-        .where(DeliveryRow.subscription_id == sub.id, DeliveryRow.status == PENDING)
+        .where(DeliveryRow.subscription_id == sub.id, DeliveryRow.status == PENDING,
+               or_(DeliveryRow.lease_expires_at.is_(None), DeliveryRow.lease_expires_at < sub.updated_at))
         .values(status=CANCELLED, last_error=f"subscription disabled: {reason}", lease_token=None,
                 lease_expires_at=None))
 
