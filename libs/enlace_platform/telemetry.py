@@ -20,6 +20,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
+from opentelemetry.trace import SpanKind
 from pythonjsonlogger.json import JsonFormatter
 
 # The CloudEvents id of the event being handled, so every log line of a handler names it.
@@ -44,11 +46,30 @@ def exporter_from_environment() -> SpanExporter | None:
     raise ValueError(f"OTEL_TRACES_EXPORTER={choice!r} is not supported here: use otlp, zipkin or none")
 
 
+class _NoOrphanClientSpans(Sampler):
+    """For spans without a parent: drop client spans (a background loop's SQL query or poll), which
+    would bury the journeys in the trace UI; keep every other root (a request, a clock firing)."""
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):
+        if kind == SpanKind.CLIENT:
+            return SamplingResult(Decision.DROP)
+        return ALWAYS_ON.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return "NoOrphanClientSpans"
+
+
+# Children follow their parent's decision; OTEL_TRACES_SAMPLER, when set, replaces this.
+JOURNEY_SAMPLER = ParentBased(root=_NoOrphanClientSpans())
+
+
 def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> None:
     """Install a tracer provider once per process; a second call keeps the first provider."""
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
-    provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}))
+    sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else JOURNEY_SAMPLER
+    provider = TracerProvider(sampler=sampler,
+                              resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}))
     exporter = exporter or exporter_from_environment()
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))

@@ -134,7 +134,9 @@ def _find_journey_trace(zipkin: str, deadline_s: float = 60) -> tuple[list[dict]
     traces: list = []
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        traces = _get_json(f"{zipkin}/api/v2/traces?serviceName=notification&limit=100&lookback=3600000")
+        # Journeys start with intake's screening POST; Zipkin keeps span names in lower case.
+        traces = _get_json(f"{zipkin}/api/v2/traces?serviceName=intake&spanName=post%20/cases/%7Bcase_id%7D/screenings"
+                           "&limit=50&lookback=3600000")
         for trace in traces:
             services = {span.get("localEndpoint", {}).get("serviceName") for span in trace}
             webhook_posts = [s for s in trace if s.get("kind") == "CLIENT"
