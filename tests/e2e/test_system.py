@@ -160,12 +160,24 @@ def test_zipkin_shows_a_journey_as_one_trace_from_the_intake_post_to_the_webhook
     assert {"referral", "notification"} <= kafka_consumers
 
 
+def _metrics(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return {name: float(value) for name, value in (line.rsplit(" ", 1) for line in lines
+                                                   if line and not line.startswith("#"))}
+
+
 def test_each_service_serves_prometheus_metrics_after_the_demo(system, demo):
-    for name, url in system["urls"].items():
-        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        assert "enlace_outbox_backlog" in text, name
-        assert 'outcome="handled"' in text, f"{name} handled no event"
+    metrics = {name: _metrics(url) for name, url in system["urls"].items()}
+    for name, samples in metrics.items():
+        assert "enlace_outbox_backlog" in samples, name
+        assert any('outcome="handled"' in sample and value > 0 for sample, value in samples.items()
+                   if sample.startswith("enlace_handler_duration_seconds_count")), f"{name} handled no event"
+    referral, notification = metrics["referral"], metrics["notification"]
+    assert referral['enlace_referrals{status="completed"}'] >= 1
+    assert referral["enlace_protection_holds_active"] >= 1
+    assert "enlace_referrals_overdue" in referral and "enlace_referrals_unassigned" in referral
+    assert notification['enlace_notification_deliveries{channel="webhook",status="delivered"}'] >= demo["webhooks"]
 
 
 def test_service_logs_are_json_lines_with_trace_and_service(system, demo):

@@ -9,6 +9,7 @@ from referral.adapters.orm import TABLES
 from referral.config import ReferralSettings
 from referral.service_layer.clocks import clock_loop
 from referral.service_layer.handlers import consumer_handlers
+from referral.service_layer.metrics import referral_gauges
 from referral.service_layer.referrals import Policy
 
 
@@ -25,5 +26,6 @@ def build_runtime(settings: ReferralSettings) -> ServiceRuntime:
                                 handlers=consumer_handlers(Policy.from_settings(settings)))],
         background=[clock_loop(settings.clock_interval_s)],
         on_startup=[seed_directory],
+        scrape_hooks=[referral_gauges],
     )
     return runtime
