@@ -7,6 +7,7 @@ Then two outsiders check it:
   to the webhook POST.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -29,6 +30,9 @@ pytestmark = pytest.mark.kafka
 
 CONTRACTS = REPO / "contracts"
 SERVICES = ("intake", "referral", "notification")
+# ce_subject names the thing an event is about (docs/event-catalog.md).
+SUBJECT_FIELDS = {"case.registered.v1": "case_id", "case.screened.v1": "screening_id",
+                  "consent.changed.v1": "consent_id", "referral": "referral_id", "protection_hold": "hold_id"}
 
 
 def _get_json(url: str):
@@ -125,6 +129,9 @@ def test_kcat_reads_every_event_of_the_demo_and_each_matches_the_published_contr
                          for e in validator.iter_errors(payload)]
             if record["key"] != payload.get("case_id"):
                 problems.append(f"{where}: key {record['key']!r} is not the payload's case_id")
+            subject_field = SUBJECT_FIELDS.get(event_type) or SUBJECT_FIELDS[event_type.split(".")[0]]
+            if headers.get("ce_subject") != payload.get(subject_field):
+                problems.append(f"{where}: ce_subject is not the payload's {subject_field}")
             seen_types[event_type] += 1
     assert problems == []
     assert set(demo["event_types"]) <= set(seen_types), f"kcat saw {dict(seen_types)}"
@@ -178,6 +185,32 @@ def test_each_service_serves_prometheus_metrics_after_the_demo(system, demo):
     assert referral["enlace_protection_holds_active"] >= 1
     assert "enlace_referrals_overdue" in referral and "enlace_referrals_unassigned" in referral
     assert notification['enlace_notification_deliveries{channel="webhook",status="delivered"}'] >= demo["webhooks"]
+
+
+def _demo_personal_data() -> list[str]:
+    spec = importlib.util.spec_from_file_location("run_demo", REPO / "deploy" / "demo" / "run_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    values = []
+    for person in module.FAMILY["persons"]:
+        values += [person["given_names"], person["family_names"]]
+        values += [document["number"] for document in person.get("documents", [])]
+    return values
+
+
+def test_no_name_or_document_number_of_the_demo_reaches_kafka_logs_or_traces(system, demo, zipkin):
+    personal = _demo_personal_data()
+    places = {f"kafka {base}": json.dumps(_kcat_records(system["bootstrap"], system["prefix"] + base),
+                                          ensure_ascii=False)
+              for base in CATALOG}
+    places |= {f"log {name}": Path(system["run_dir"], "logs", f"{name}.log").read_text() for name in SERVICES}
+    for name in SERVICES:
+        traces = _get_json(f"{zipkin}/api/v2/traces?serviceName={name}&limit=1000&lookback=3600000")
+        places[f"traces {name}"] = json.dumps(traces, ensure_ascii=False)
+    assert all(places.values())
+    leaks = [(value, where) for where, text in places.items() for value in personal
+             if value in text or value in text.encode("unicode_escape").decode()]
+    assert leaks == []
 
 
 def test_service_logs_are_json_lines_with_trace_and_service(system, demo):
