@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 
-from sqlalchemy import Table, event, text
+from sqlalchemy import Table, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session as OrmSession
@@ -45,11 +45,33 @@ def make_session_factory(engine: AsyncEngine, service_name: str) -> async_sessio
     return async_sessionmaker(engine, class_=AsyncSession, sync_session_class=sync_cls, expire_on_commit=False)
 
 
+class OutdatedSchema(RuntimeError):
+    """The database was made by an older version of the service (there are no migrations yet)."""
+
+
 async def create_tables(engine: AsyncEngine, tables: Iterable[Table]) -> None:
-    """Create this service's tables only. Schema migrations (Alembic) come with the domain issues."""
+    """Create this service's missing tables, and refuse a database whose tables predate the code.
+
+    ``create_all`` never alters an existing table, so an old database would otherwise fail later
+    with obscure SQL errors. Until migrations exist, say so at start-up, plainly.
+    """
     tables = list(tables)
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync_conn: tables[0].metadata.create_all(sync_conn, tables=tables))
+        missing = await conn.run_sync(lambda sync_conn: _missing_columns(sync_conn, tables))
+    if missing:
+        raise OutdatedSchema(
+            f"the database {engine.url.database} predates this version (missing {', '.join(missing[:5])}); "
+            "in development delete it (e.g. .run/<service>.db), in production migrate it")
+
+
+def _missing_columns(sync_conn, tables: list[Table]) -> list[str]:
+    inspector = inspect(sync_conn)
+    missing = []
+    for table in tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in present]
+    return missing
 
 
 async def ping(engine: AsyncEngine) -> None:

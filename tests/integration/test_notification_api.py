@@ -291,7 +291,7 @@ async def test_metrics_count_deliveries_by_channel_and_status(api, pfpnna, setti
 async def test_a_database_from_an_older_version_is_refused_plainly(settings, tmp_path):
     import sqlite3
 
-    from notification.adapters.schema_check import OutdatedSchema
+    from enlace_platform.db import OutdatedSchema
 
     db = sqlite3.connect(tmp_path / "notification.db")  # the walking skeleton's table, without the new columns
     db.execute("CREATE TABLE notification_subscription (id VARCHAR PRIMARY KEY, agency_id VARCHAR, url VARCHAR, "

@@ -4,7 +4,6 @@ import logging
 
 from enlace_platform.runtime import ConsumerSpec, ServiceRuntime
 from notification.adapters.orm import TABLES
-from notification.adapters.schema_check import check_schema
 from notification.config import NotificationSettings
 from notification.domain.events import TOPICS
 from notification.service_layer.dispatcher import Dispatcher
@@ -29,5 +28,4 @@ def build_runtime(settings: NotificationSettings) -> ServiceRuntime:
                                 handlers={t: on_event for types in TOPICS.values() for t in types})],
         background=[dispatch_deliveries],
         scrape_hooks=[delivery_gauges],
-        on_startup=[check_schema],
     )
