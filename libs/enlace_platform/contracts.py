@@ -6,6 +6,7 @@ field path and the rule, never the offending value (it may be personal data).
 """
 
 import json
+import os
 import re
 from datetime import datetime
 from functools import lru_cache
@@ -17,6 +18,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from enlace_platform.consumer import PoisonMessage
 
+# The repository's contracts/events; an installed package (a container) sets ENLACE_CONTRACTS_DIR.
 DEFAULT_EVENTS_DIR = Path(__file__).resolve().parents[2] / "contracts" / "events"
 
 # jsonschema checks "date-time" and "uri" only with optional extras we do not install; these
@@ -48,11 +50,15 @@ class ContractViolation(PoisonMessage):
 
 
 class EventContracts:
-    def __init__(self, events_dir: Path = DEFAULT_EVENTS_DIR) -> None:
+    def __init__(self, events_dir: Path | None = None) -> None:
+        events_dir = events_dir or Path(os.environ.get("ENLACE_CONTRACTS_DIR", DEFAULT_EVENTS_DIR))
         self._validators: dict[str, Draft202012Validator] = {}
         for path in sorted(events_dir.glob("*.schema.json")):
             schema = json.loads(path.read_text(encoding="utf-8"))
             self._validators[schema["title"]] = Draft202012Validator(schema, format_checker=FORMATS)
+        if not self._validators:
+            # Consumers would silently stop checking contracts: refuse to start instead.
+            raise RuntimeError(f"no event schemas in {events_dir}; set ENLACE_CONTRACTS_DIR to contracts/events")
 
     @property
     def event_types(self) -> set[str]:
