@@ -351,12 +351,17 @@ async def withdraw_consent(session: AsyncSession, principal: Principal, case_id:
     return consent
 
 
-async def get_consent(session: AsyncSession, principal: Principal, case_id: str, consent_id: str) -> ConsentRow:
+async def _row_of_case(session: AsyncSession, principal: Principal, case_id: str, row_class, row_id: str):
+    """A row that belongs to one of the caller's cases; anything else is NotFound."""
     case = await get_case_for(session, principal, case_id)
-    consent = await session.get(ConsentRow, consent_id)
-    if consent is None or consent.case_id != case.id:
-        raise NotFound(consent_id)
-    return consent
+    row = await session.get(row_class, row_id)
+    if row is None or row.case_id != case.id:
+        raise NotFound(row_id)
+    return row
+
+
+async def get_consent(session: AsyncSession, principal: Principal, case_id: str, consent_id: str) -> ConsentRow:
+    return await _row_of_case(session, principal, case_id, ConsentRow, consent_id)
 
 
 async def list_consents(session: AsyncSession, principal: Principal, case_id: str, person_id: str) -> list[ConsentRow]:
@@ -393,11 +398,7 @@ async def request_removal(session: AsyncSession, principal: Principal, case_id: 
 
 
 async def get_removal_order(session: AsyncSession, principal: Principal, case_id: str, order_id: str) -> RemovalOrderRow:
-    case = await get_case_for(session, principal, case_id)
-    order = await session.get(RemovalOrderRow, order_id)
-    if order is None or order.case_id != case.id:
-        raise NotFound(order_id)
-    return order
+    return await _row_of_case(session, principal, case_id, RemovalOrderRow, order_id)
 
 
 def scope_of_rows(rows: Iterable[ConsentRow]) -> list[dict[str, str]]:
