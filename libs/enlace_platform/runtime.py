@@ -16,7 +16,6 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from sqlalchemy import Table
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -59,8 +58,6 @@ class ServiceRuntime:
         s = self.settings
         self.tables = [OutboxMessage.__table__, ProcessedMessage.__table__, IdempotencyRecord.__table__, *self.tables]
         self.engine = make_engine(s.database_url)
-        # The instrumentation declares sqlalchemy < 2.1 but works with its unchanged engine events API.
-        SQLAlchemyInstrumentor().instrument(engine=self.engine.sync_engine, skip_dep_check=True)
         self.sessions = make_session_factory(self.engine, s.service_name)
         self.metrics = ServiceMetrics(s.service_name)
         self.producer: AIOKafkaProducer | None = None

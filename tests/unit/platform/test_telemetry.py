@@ -46,3 +46,22 @@ def test_an_unknown_exporter_is_refused_by_name(monkeypatch):
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "jaeger")
     with pytest.raises(ValueError, match="jaeger"):
         exporter_from_environment()
+
+
+async def test_every_engine_of_the_process_gets_sql_spans(tmp_path, spans):
+    from opentelemetry import trace
+
+    from enlace_platform.db import make_engine, ping
+
+    engines = [make_engine(f"sqlite+aiosqlite:///{tmp_path / name}.db") for name in ("one", "two")]
+    try:
+        with trace.get_tracer("t").start_as_current_span("request") as parent:
+            for engine in engines:
+                await ping(engine)
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    trace_id = parent.get_span_context().trace_id
+    databases = {s.attributes.get("db.name") for s in spans.get_finished_spans()
+                 if s.context.trace_id == trace_id and s.attributes.get("db.statement") == "SELECT 1"}
+    assert databases == {str(tmp_path / "one.db"), str(tmp_path / "two.db")}
