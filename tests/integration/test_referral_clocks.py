@@ -145,3 +145,29 @@ async def test_inbox_lists_overdue_referrals_and_kpis_count_them(tmp_path, dev_i
         assert await run_clocks(ref.runtime.sessions) == 1
         [escalated] = await ref.referrals(token(dev_issuer_dir, "MX-COORD"), direction="escalated")
         assert escalated["id"] == late["id"]
+
+
+async def test_a_queued_referral_waiting_for_consent_escalates_when_overdue_and_still_routes_on_consent(
+        tmp_path, dev_issuer_dir):
+    from tests.support.referral_support import consent_changed, consent_scope
+
+    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir, clock_interval_s=3600)) as ref:
+        event = screened("INTERNATIONAL_PROTECTION", scope=consent_scope("health"))
+        await ref.deliver(event)
+        coord = token(dev_issuer_dir, "MX-COORD")
+        [queued] = await ref.referrals(coord, direction="queue")
+        assert queued["escalation_reason"] == "CONSENT_MISSING" and queued["clock"] == "ACCEPT_DEADLINE"
+        # Nobody acted: the queue's own clock escalates it again, once.
+        assert await run_clocks(ref.runtime.sessions, now_utc() + timedelta(hours=73)) == 1
+        assert await run_clocks(ref.runtime.sessions, now_utc() + timedelta(hours=74)) == 0
+        [(_, overdue)] = await ref.events("referral.overdue.v1")
+        assert overdue["referral_id"] == queued["id"] and overdue["to_agency_id"] is None
+        [still] = await ref.referrals(coord, direction="queue")
+        assert still["escalation_reason"] == "CONSENT_MISSING", "why it waits is not overwritten"
+        # Consent arrives (twice): the referral is routed exactly once.
+        for _ in range(2):
+            await ref.deliver(consent_changed(event.data["case_id"], event.data["person_id"], "asylum_office"))
+        assert await ref.referrals(coord, direction="queue") == []
+        [routed] = await ref.referrals(token(dev_issuer_dir, "MX-COMAR"))
+        assert routed["id"] == queued["id"] and routed["escalation_reason"] is None and routed["overdue"] is False
+        assert len(await ref.events("referral.reassigned.v1")) == 1

@@ -8,7 +8,7 @@ import asyncio
 import logging
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -31,7 +31,8 @@ async def fire_overdue(session: AsyncSession, referral_id: str, at: datetime) ->
         update(ReferralRow).where(ReferralRow.id == referral_id, ReferralRow.clock == ref.clock,
                                   col(ReferralRow.clock_fired_at).is_(None), col(ReferralRow.due_at) <= at,
                                   col(ReferralRow.status).in_([str(s) for s in OPEN]))
-        .values(clock_fired_at=at, escalation_reason=OVERDUE))
+        # A queued referral keeps why it is queued (CONSENT_MISSING still routes it when consent arrives).
+        .values(clock_fired_at=at, escalation_reason=func.coalesce(ReferralRow.escalation_reason, OVERDUE)))
     if claimed.rowcount != 1:
         return False  # another replica fired it, or the referral moved on
     await session.refresh(ref)
