@@ -432,3 +432,54 @@ async def test_when_the_lead_closes_the_most_protective_open_referral_leads(ref,
     await ref.act(asylum["id"], auth("MX-COMAR"), "receive")
     [(_, received)] = await ref.events("referral.received.v1")
     assert received["is_lead"] is True
+
+
+async def _leads(ref, headers, case_id) -> list[str]:
+    open_ = {"requested", "received", "accepted", "in-progress", "on-hold"}
+    return [r["need_code"] for r in await ref.referrals(headers, case_id=case_id) if r["is_lead"] and r["status"] in open_]
+
+
+async def test_a_more_protective_need_found_later_in_the_case_takes_the_lead(ref, auth):
+    parent = screened("INTERNATIONAL_PROTECTION")
+    case_id = parent.data["case_id"]
+    await ref.deliver(parent)
+    inm, comar, pfpnna = auth("MX-INM"), auth("MX-COMAR"), auth("MX-PFPNNA")
+    [asylum] = await ref.referrals(inm, case_id=case_id)
+    assert asylum["is_lead"]
+    # Another adult of the case with the same need does not take the lead (ties never move it).
+    await ref.deliver(screened("INTERNATIONAL_PROTECTION", case_id=case_id))
+    assert await _leads(ref, inm, case_id) == ["INTERNATIONAL_PROTECTION"]
+    assert [r["id"] for r in await ref.referrals(inm, case_id=case_id) if r["is_lead"]] == [asylum["id"]]
+    # A child of the case screened later: unaccompanied child protection coordinates now.
+    await ref.deliver(screened("UNACCOMPANIED_CHILD", "SGBV_SURVIVOR", case_id=case_id, age_band="12-17"))
+    assert await _leads(ref, inm, case_id) == ["UNACCOMPANIED_CHILD"]
+    child = next(r for r in await ref.referrals(inm, case_id=case_id) if r["need_code"] == "UNACCOMPANIED_CHILD")
+    requested = {p["referral_id"]: p for _, p in await ref.events("referral.requested.v1")}
+    assert requested[child["id"]]["is_lead"] is True
+    # The former lead's next event says it no longer leads.
+    assert (await ref.act(asylum["id"], comar, "receive")).status_code == 200
+    [(_, received)] = await ref.events("referral.received.v1")
+    assert received["referral_id"] == asylum["id"] and received["is_lead"] is False
+    # When the child's referral closes, the most protective open referral (the oldest asylum one) leads again.
+    await ref.act(child["id"], pfpnna, "accept")
+    await ref.act(child["id"], pfpnna, "complete", outcome_code="CHILD_PLACED_IN_CARE")
+    assert [r["id"] for r in await ref.referrals(inm, case_id=case_id)
+            if r["is_lead"] and r["status"] != "completed"] == [asylum["id"]]
+    await ref.act(asylum["id"], comar, "accept")
+    [(_, accepted)] = [e for e in await ref.events("referral.accepted.v1") if e[1]["referral_id"] == asylum["id"]]
+    assert accepted["is_lead"] is True
+
+
+async def test_a_rejected_lead_passes_the_lead_to_its_onward_referral_not_to_a_peer(ref, auth):
+    await _second_child_service(ref, auth)
+    first = screened("UNACCOMPANIED_CHILD", age_band="12-17")
+    case_id = first.data["case_id"]
+    await ref.deliver(first)
+    await ref.deliver(screened("UNACCOMPANIED_CHILD", case_id=case_id, age_band="0-11"))
+    inm, pfpnna = auth("MX-INM"), auth("MX-PFPNNA")
+    lead = next(r for r in await ref.referrals(inm, case_id=case_id) if r["is_lead"])
+    assert lead["person_id"] == first.data["person_id"]
+    r = await ref.act(lead["id"], pfpnna, "reject", reason_code="NO_CAPACITY", reason_text="x")
+    onward_id = r.json()["next_referral_id"]
+    open_leads = [x["id"] for x in await ref.referrals(inm, case_id=case_id) if x["is_lead"] and x["status"] != "rejected"]
+    assert open_leads == [onward_id]

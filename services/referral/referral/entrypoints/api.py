@@ -22,7 +22,7 @@ from referral.domain.routing import route
 from referral.adapters.directory import load_directory
 from referral.entrypoints.directory_api import LanguageCode
 from referral.service_layer.referrals import (
-    Actor, Command, Policy, act, add_note, aware, case_has_open_lead, decide_route, eligible_problem, facts_for,
+    Actor, Command, Policy, act, add_note, aware, decide_route, eligible_problem, facts_for,
     now_utc, open_referral, open_referral_for, release_hold_by_coordinator, roles_of, visible_referral,
 )
 
@@ -254,7 +254,7 @@ async def create_referral(body: ManualReferralIn, request: Request, principal: C
     ref = await open_referral(
         session, _policy(request), case_id=case_id, person_id=person_id, need_code=body.need_code,
         urgency=body.urgency, facts=facts, from_agency_id=principal.agency_id,
-        is_lead=not await case_has_open_lead(session, case_id), decision=decision, actor=Actor.of(principal),
+        decision=decision, actor=Actor.of(principal),
         at=now_utc(), referral_id=new_id)
     await session.commit()
     return await render(session, ref, principal)

@@ -20,9 +20,9 @@ from referral.domain.codes import (
     URGENCIES,
 )
 from referral.domain.routing import LEAD_PRIORITY  # noqa: F401 (re-exported: tests/contracts read it here)
+from referral.domain.routing import lead_rank
 from referral.service_layer.referrals import (
-    SYSTEM, Policy, assign_from_queue, case_has_open_lead, decide_route, facts_for, now_utc, open_referral,
-    open_referral_for, pick_lead,
+    SYSTEM, Policy, assign_from_queue, decide_route, facts_for, now_utc, open_referral, open_referral_for,
 )
 
 def _contract_error(event_type: str, exc: Exception) -> PoisonMessage:
@@ -72,12 +72,12 @@ async def on_case_screened(session: AsyncSession, envelope: Envelope, policy: Po
     for code, urgency in needs:
         if code not in new_needs and await open_referral_for(session, person_id, code) is None:
             new_needs[code] = urgency  # re-screening never duplicates an open referral
-    lead_code = None if await case_has_open_lead(session, case_id) else pick_lead(list(new_needs))
-    for code, urgency in new_needs.items():
+    # Most protective first: it takes the lead (if it is the case's most protective) before the others open.
+    for code, urgency in sorted(new_needs.items(), key=lambda item: lead_rank(item[0])):
         decision = await decide_route(session, code, facts)
         await open_referral(session, policy, case_id=case_id, person_id=person_id, need_code=code, urgency=urgency,
-                            facts=facts, from_agency_id=from_agency, is_lead=code == lead_code, decision=decision,
-                            actor=SYSTEM, at=at, screening_id=screening_id)
+                            facts=facts, from_agency_id=from_agency, decision=decision, actor=SYSTEM, at=at,
+                            screening_id=screening_id)
 
 
 async def on_consent_changed(session: AsyncSession, envelope: Envelope, policy: Policy | None = None) -> None:

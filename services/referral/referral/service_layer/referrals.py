@@ -137,22 +137,41 @@ async def open_referral_for(session: AsyncSession, person_id: str, need_code: st
     return (await session.exec(select(ReferralRow).where(ReferralRow.open_key == open_key(person_id, need_code)))).first()
 
 
-async def case_has_open_lead(session: AsyncSession, case_id: str) -> bool:
-    query = select(ReferralRow.id).where(ReferralRow.case_id == case_id, ReferralRow.is_lead == True,  # noqa: E712
-                                         col(ReferralRow.status).in_([str(s) for s in OPEN]))
-    return (await session.exec(query.limit(1))).first() is not None
+async def settle_lead(session: AsyncSession, case_id: str, opened: ReferralRow | None = None) -> None:
+    """Exactly one lead among the case's open referrals: the most protective one (LEAD_PRIORITY).
 
-
-def pick_lead(codes: list[str]) -> str | None:
-    return min(codes, key=lead_rank, default=None)
+    The current lead keeps the role unless an open referral of a strictly more protective need exists
+    (ties never move it, so a rejection's onward referral inherits the lead). With no open lead, the most
+    protective open referral, oldest first, leads. A referral that gains or loses the role is changed
+    here (version bumped, except for the referral being ``opened``), so its next event carries the new
+    ``is_lead``.
+    """
+    refs = (await session.exec(select(ReferralRow).where(
+        ReferralRow.case_id == case_id, col(ReferralRow.status).in_([str(s) for s in OPEN])))).all()
+    if not refs:
+        return
+    by_protection = lambda r: (lead_rank(r.need_code), aware(r.created_at), r.id)  # noqa: E731
+    best = min(refs, key=by_protection)
+    current = min((r for r in refs if r.is_lead), key=by_protection, default=None)
+    lead = current if current is not None and lead_rank(current.need_code) <= lead_rank(best.need_code) else best
+    for r in refs:
+        if r.is_lead != (r is lead):
+            bump = 0 if r is opened else 1
+            await session.exec(update(ReferralRow).where(ReferralRow.id == r.id)
+                               .values(is_lead=r is lead, version=ReferralRow.version + bump))
+            set_committed_value(r, "is_lead", r is lead)
+            set_committed_value(r, "version", r.version + bump)
 
 
 async def open_referral(session: AsyncSession, policy: Policy, *, case_id: str, person_id: str, need_code: str,
-                        urgency: str, facts: CaseFacts, from_agency_id: str, is_lead: bool,
+                        urgency: str, facts: CaseFacts, from_agency_id: str, is_lead: bool = False,
                         decision: RoutingDecision, actor: Actor, at: datetime, screening_id: str | None = None,
                         previous: ReferralRow | None = None, escalation_reason: str | None = None,
                         referral_id: str | None = None) -> ReferralRow:
-    """A new referral (status requested), routed or queued; publishes it, escalates a queued one, places a hold."""
+    """A new referral (status requested), routed or queued; publishes it, escalates a queued one, places a hold.
+
+    ``is_lead`` only matters for an onward referral inheriting its rejected predecessor's lead; the case's
+    lead is settled by settle_lead."""
     chosen = decision.service
     clock, due_at = policy.clock(Status.REQUESTED, need_code, at)
     ref = ReferralRow(
@@ -171,6 +190,7 @@ async def open_referral(session: AsyncSession, policy: Policy, *, case_id: str, 
         ref.escalation_reason = escalation_reason or decision.escalation_reason
     session.add(ref)
     await session.flush()
+    await settle_lead(session, case_id, opened=ref)  # before publishing: the new referral's event says if it leads
     await add_history(session, ref, "route", None, actor, at, to_agency_id=ref.to_agency_id,
                       reason_code=ref.escalation_reason)
     publish(session, ref, events.REFERRAL_REQUESTED, actor, at)
@@ -342,8 +362,8 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
                       to_agency_id=ref.to_agency_id if cmd.action == Action.REASSIGN else None)
     publish(session, ref, events.ACTION_EVENTS[cmd.action], actor, at, reason_code=cmd.reason_code)
 
-    if target in TERMINAL and cmd.action != Action.REJECT and ref.is_lead:
-        await promote_lead(session, ref.case_id)
+    if target in TERMINAL and cmd.action != Action.REJECT:  # a rejection's onward referral settles it
+        await settle_lead(session, ref.case_id)
     if cmd.action == Action.REJECT:
         await route_onward(session, policy, ref, at)
     elif cmd.action == Action.COMPLETE and cmd.outcome_code in FINAL_OUTCOMES and ref.need_code != TRAFFICKING:
@@ -355,16 +375,6 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
         if hold:
             await release_hold(session, hold, reason=CANCELLED_BY_COORDINATOR, ref=ref, outcome_code=None, at=at)
     return ref
-
-
-async def promote_lead(session: AsyncSession, case_id: str) -> None:
-    """The lead closed: the most protective open referral of the case leads now (its next event says so)."""
-    candidates = (await session.exec(select(ReferralRow).where(
-        ReferralRow.case_id == case_id, col(ReferralRow.status).in_([str(s) for s in OPEN])))).all()
-    if candidates and not any(c.is_lead for c in candidates):
-        best = min(candidates, key=lambda c: (lead_rank(c.need_code), c.created_at))
-        await session.exec(update(ReferralRow).where(ReferralRow.id == best.id).values(is_lead=True))
-        set_committed_value(best, "is_lead", True)
 
 
 async def release_hold_by_coordinator(session: AsyncSession, hold_id: str, principal: Principal,
