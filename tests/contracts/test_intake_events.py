@@ -121,7 +121,7 @@ async def test_screened_events_always_carry_the_consent_scope(outbox):
     assert disputed["consent_scope"] == [] and elder["consent_scope"] == []
     assert {n["code"] for s in screened for n in s["needs"]} == set(NEED_CODES), "every need code is exercised"
     assert [s["age_band"] for s in screened] == ["18-59", "12-17", "disputed-treated-as-child", "60+"]
-    assert teen["languages"] == ["es", "mam"] and all(s["rules_version"] == "v2" for s in screened)
+    assert teen["languages"] == ["es", "mam"] and all(s["rules_version"] == "v3" for s in screened)
 
 
 async def test_consent_changes_are_published_granted_and_withdrawn(outbox):

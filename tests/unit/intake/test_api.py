@@ -159,7 +159,7 @@ async def test_rescreening_makes_a_new_result_and_keeps_the_old_one(intake, offi
     adult = case["persons"][3]
     url = f"/cases/{case['id']}/screenings"
     first = (await client.post(url, headers=officer, json={"person_id": adult["id"]})).json()
-    assert first["needs"] == [] and first["rules_version"] == "v2" and first["age_band"] == "18-59"
+    assert first["needs"] == [] and first["rules_version"] == "v3" and first["age_band"] == "18-59"
     r = await client.post(url, headers=officer, json={"person_id": adult["id"], "fear_of_return": True,
                                                       "kidnapped": True})
     assert r.status_code == 201, r.text
@@ -174,6 +174,92 @@ async def test_rescreening_makes_a_new_result_and_keeps_the_old_one(intake, offi
     assert events[1]["needs"] == [{"code": "INTERNATIONAL_PROTECTION", "urgency": "high"},
                                   {"code": "CRIME_VICTIM", "urgency": "high"}]
     assert events[1]["consent_scope"] == []
+
+
+def _person(given: str, **age) -> dict:
+    return {"given_names": given, "family_names": "Test", "sex": "unknown", "nationality": "HND",
+            "languages": ["es"], **age}
+
+
+async def _screen_all(client, headers, persons, relationships, answers=None):
+    """Registers a group and screens every member: {given name: {need code: reasons}}."""
+    case = await _register(client, headers, {"place": "Ciudad Hidalgo", "encountered_at": "2026-11-20T04:30:00Z",
+                                             "persons": persons, "relationships": relationships})
+    found = {}
+    for person in case["persons"]:
+        body = {"person_id": person["id"], **(answers or {}).get(person["given_names"], {})}
+        r = await client.post(f"/cases/{case['id']}/screenings", headers=headers, json=body)
+        assert r.status_code == 201, r.text
+        found[person["given_names"]] = {n["code"]: n["reasons"] for n in r.json()["needs"]}
+    return found
+
+
+async def test_family_shapes_as_a_border_post_registers_them(intake, officer):
+    client, _ = intake
+    # A mother with two children.
+    found = await _screen_all(client, officer, [_person("Ana", estimated_age=34), _person("Beto", estimated_age=9),
+                                                _person("Caro", estimated_age=3)],
+                              [{"from_person": 0, "to_person": 1, "kind": "parent"},
+                               {"from_person": 0, "to_person": 2, "kind": "parent"}])
+    assert found == {"Ana": {}, "Beto": {}, "Caro": {}}
+    # Siblings of 16 and 12 alone: the elder is no caregiver, however registered or answered.
+    for kind in ("other_relative", "legal_guardian"):
+        found = await _screen_all(client, officer, [_person("Dani", estimated_age=16),
+                                                    _person("Eli", estimated_age=12)],
+                                  [{"from_person": 0, "to_person": 1, "kind": kind}],
+                                  {"Dani": {"travelling_with_other_relative": True},
+                                   "Eli": {"travelling_with_other_relative": True}})
+        assert set(found["Dani"]) == set(found["Eli"]) == {"UNACCOMPANIED_CHILD"}, (kind, found)
+        assert any("a child too" in r for r in found["Eli"]["UNACCOMPANIED_CHILD"]), found
+    # A child with her grandmother.
+    found = await _screen_all(client, officer, [_person("Flor", estimated_age=67), _person("Gabi", estimated_age=8)],
+                              [{"from_person": 0, "to_person": 1, "kind": "other_relative"}])
+    assert found == {"Flor": {}, "Gabi": {"SEPARATED_CHILD": [
+        "treated as a child: aged 8", "no parent or legal guardian in the registered group",
+        "travels with another relative"]}}
+    # A child with a parent whose relationship was not registered: care is not established.
+    found = await _screen_all(client, officer, [_person("Hugo", estimated_age=40), _person("Iris", estimated_age=10)],
+                              [], {"Iris": {"travelling_with_parent_or_guardian": True}})
+    assert set(found["Iris"]) == {"UNACCOMPANIED_CHILD"}
+    assert any("none is registered" in r for r in found["Iris"]["UNACCOMPANIED_CHILD"])
+    # A date of birth that says 18 or more, but the age is disputed.
+    found = await _screen_all(client, officer, [_person("Juan", date_of_birth="2007-01-01", age_disputed=True)], [])
+    assert set(found["Juan"]) == {"UNACCOMPANIED_CHILD"} and "age disputed" in found["Juan"]["UNACCOMPANIED_CHILD"][0]
+    # An adult with a baby, and an unrelated adult travelling with them.
+    found = await _screen_all(client, officer, [_person("Karla", estimated_age=22), _person("Leo", estimated_age=0),
+                                                _person("Mario", estimated_age=45)],
+                              [{"from_person": 0, "to_person": 1, "kind": "parent"},
+                               {"from_person": 2, "to_person": 0, "kind": "unrelated_adult"}])
+    assert found == {"Karla": {}, "Leo": {}, "Mario": {}}
+
+
+async def test_relationships_that_cannot_be_are_a_422_naming_the_relationship(intake, officer):
+    client, _ = intake
+    persons = [_person("Ana", estimated_age=34), _person("Beto", estimated_age=9), _person("Caro", estimated_age=30,
+                                                                                          age_disputed=True)]
+
+    async def paths(*relationships):
+        return _paths(await client.post("/cases", headers=officer, json={
+            "place": "Tapachula", "encountered_at": "2026-11-20T04:30:00Z", "persons": persons,
+            "relationships": list(relationships)}))
+
+    parent = {"from_person": 0, "to_person": 1, "kind": "parent"}
+    assert await paths(parent, parent) == ["body/relationships/1"], "the same relationship twice"
+    assert await paths(parent, {"from_person": 1, "to_person": 0, "kind": "parent"}) == ["body/relationships/1"]
+    assert await paths(parent, {"from_person": 0, "to_person": 1, "kind": "unrelated_adult"}) == \
+        ["body/relationships/1"], "a pair is related in one way only"
+    assert await paths({"from_person": 1, "to_person": 0, "kind": "parent"}) == ["body/relationships/0/from_person"]
+    assert await paths({"from_person": 1, "to_person": 0, "kind": "legal_guardian"}) == \
+        ["body/relationships/0/from_person"], "a 9-year-old is nobody's guardian"
+    assert await paths({"from_person": -1, "to_person": 0, "kind": "parent"}) == ["body/relationships/0/from_person"]
+    assert await paths({"from_person": 0, "to_person": 3, "kind": "parent"}) == ["body/relationships/0/to_person"]
+    # A disputed age is no ground to refuse; a grandmother who is also a mother is fine.
+    r = await client.post("/cases", headers=officer, json={
+        "place": "Tapachula", "encountered_at": "2026-11-20T04:30:00Z",
+        "persons": persons + [_person("Dora", estimated_age=60)],
+        "relationships": [{"from_person": 1, "to_person": 2, "kind": "parent"} | {"from_person": 2, "to_person": 1},
+                          {"from_person": 3, "to_person": 0, "kind": "parent"}, parent]})
+    assert r.status_code == 201, r.text
 
 
 async def test_screening_input_is_checked(intake, officer, dev_issuer_dir):
@@ -440,7 +526,7 @@ async def test_a_new_rule_set_never_rewrites_past_results(intake, officer, monke
     before = (await client.post(url, headers=officer, json=body)).json()
 
     document = copy.deepcopy(rule_set_document(RULES_VERSION))
-    document["version"] = "v3-test"
+    document["version"] = "v4-test"
     for rule in document["rules"]:
         if rule["id"] == "IP-1":
             rule["urgency"] = "immediate"
@@ -449,6 +535,6 @@ async def test_a_new_rule_set_never_rewrites_past_results(intake, officer, monke
 
     listed = (await client.get(url, headers=officer)).json()
     assert [(s["id"], s["rules_version"], s["needs"][0]["urgency"]) for s in listed] == [
-        (before["id"], "v2", "high"), (after["id"], "v3-test", "immediate")]
+        (before["id"], "v3", "high"), (after["id"], "v4-test", "immediate")]
     assert [json.loads(r.payload)["rules_version"] for r in await outbox_rows(runtime, "case.screened.v1")] == [
-        "v2", "v3-test"]
+        "v3", "v4-test"]

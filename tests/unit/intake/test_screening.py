@@ -38,6 +38,11 @@ CASES = [
      {"SEPARATED_CHILD": ("immediate", {"SEP-1"})}),
     ("separated-disputed-age", PersonFacts(20, age_disputed=True, other_relative_in_group=True), A(),
      {"SEPARATED_CHILD": ("immediate", {"SEP-1"})}),
+    ("uac-siblings-alone", PersonFacts(12, child_relative_in_group=True), A(travelling_with_other_relative=True),
+     {"UNACCOMPANIED_CHILD": ("immediate", {"UAC-1"})}),
+    ("separated-adult-relative-and-sibling", PersonFacts(12, other_relative_in_group=True,
+                                                         child_relative_in_group=True), A(),
+     {"SEPARATED_CHILD": ("immediate", {"SEP-1"})}),
     ("adult-18-alone", PersonFacts(18), A(), {}),
     ("adult-nothing", ADULT, A(travelling_with_parent_or_guardian=False), {}),
     ("fear", ADULT, A(fear_of_return=True), {"INTERNATIONAL_PROTECTION": ("high", {"IP-1"})}),
@@ -166,7 +171,7 @@ def _any_of_codes(node):
 
 def test_a_new_rule_set_does_not_change_what_the_current_one_says():
     document = copy.deepcopy(rule_set_document(RULES_VERSION))
-    document["version"] = "v3-test"
+    document["version"] = "v4-test"
     for rule in document["rules"]:
         if rule["id"] == "IP-1":
             rule["urgency"] = "immediate"
@@ -222,3 +227,38 @@ def test_age_bands():
            ["0-11", "0-11", "12-17", "12-17", "18-59", "18-59", "60+"]
     assert age_band(PersonFacts(None)) == "unknown-treated-as-child"
     assert age_band(PersonFacts(30, age_disputed=True)) == "disputed-treated-as-child"
+
+
+def test_a_child_is_not_the_caregiver_of_a_child():
+    """Siblings of 16 and 12 alone: both unaccompanied, even when the elder is registered as guardian."""
+    from datetime import date
+
+    today = date(2026, 11, 28)
+    rels = [Relationship("sister16", "brother12", "other_relative"), Relationship("aunt", "girl", "other_relative"),
+            Relationship("brother17", "boy8", "legal_guardian"), Relationship("mother16", "baby", "parent")]
+    children = {"sister16", "brother12", "girl", "brother17", "boy8", "mother16", "baby"}
+
+    def facts(pid, age):
+        return person_facts(person_id=pid, date_of_birth=None, estimated_age=age, age_disputed=False,
+                            nationality="HND", document_count=0, relationships=rels, today=today, children=children)
+
+    for pid, age in (("sister16", 16), ("brother12", 12), ("boy8", 8), ("brother17", 17)):
+        person = facts(pid, age)
+        assert not person.other_relative_in_group and not person.parent_or_guardian_in_group, pid
+        assert person.child_relative_in_group, pid
+        [need] = evaluate(person, A(travelling_with_other_relative=True))
+        assert need.code == "UNACCOMPANIED_CHILD", pid
+        assert any("who is a child too" in r for r in need.reasons), need.reasons
+    assert facts("girl", 10).other_relative_in_group, "an adult aunt is a relative who counts"
+    assert facts("baby", 0).parent_or_guardian_in_group, "a young mother is still her baby's parent"
+    assert not facts("mother16", 16).parent_or_guardian_in_group, "being a parent is not having one"
+
+
+def test_every_rule_file_still_loads_under_its_own_version():
+    from intake.domain.rules import RULES_DIR
+    from intake.domain.screening import rules
+
+    versions = sorted(p.stem for p in RULES_DIR.glob("*.json"))
+    assert RULES_VERSION in versions and "v2" in versions
+    for version in versions:
+        assert rules(version).version == version

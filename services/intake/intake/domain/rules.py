@@ -1,6 +1,6 @@
 """The screening rules engine: a versioned rule set (data) applied to a person's facts. Pure.
 
-A rule set is a JSON file in ``domain/rules/`` (``v2.json`` …). Each rule names a need, an urgency,
+A rule set is a JSON file in ``domain/rules/`` (``v2.json``, ``v3.json`` …). Each rule names a need, an urgency,
 optional flags, and a condition over facts:
 
 * ``{"fact": F, "is": V}`` holds when fact F equals V (``true``/``false``/``null``: unanswered is not false);
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 RULES_DIR = Path(__file__).parent / "rules"
-CURRENT_RULES_VERSION = "v2"
+CURRENT_RULES_VERSION = "v3"
 
 NEED_CODES = (
     "INTERNATIONAL_PROTECTION", "UNACCOMPANIED_CHILD", "SEPARATED_CHILD", "TRAFFICKING_PRESUMED",

@@ -35,6 +35,7 @@ class PersonFacts:
     parent_or_guardian_in_group: bool = False
     other_relative_in_group: bool = False
     unrelated_adult_in_group: bool = False
+    child_relative_in_group: bool = False  # a relative or "legal guardian" in the group who is a child too
     recorded_as_stateless: bool = False  # nationality XXA (ICAO Doc 9303)
     nationality_unspecified: bool = False  # nationality XXX: could not be determined
     holds_identity_document: bool = True
@@ -96,8 +97,10 @@ def facts_of(person: PersonFacts, answers: ScreeningAnswers) -> dict[str, Any]:
     facts["treated_as_child"] = person.treated_as_child
     facts["age_description"] = person.age_description
     # A relative who is not registered still counts for "separated" (CRC GC6 §8), but a parent or
-    # guardian counts only when registered in the group: a claim alone does not establish care.
-    facts["relative_present"] = person.other_relative_in_group or answers.travelling_with_other_relative is True
+    # guardian counts only when registered in the group: a claim alone does not establish care. When the
+    # relatives registered with the child are all children, "travels with another relative" means them.
+    declared = answers.travelling_with_other_relative is True and not person.child_relative_in_group
+    facts["relative_present"] = person.other_relative_in_group or declared
     return facts
 
 

@@ -22,7 +22,7 @@ from intake.adapters.orm import (
     RelationshipRow, ScreeningRow,
 )
 from intake.domain.consent import AGENCY_TYPES, BASES, MANDATORY_OVERRIDE, PURPOSES
-from intake.domain.encounter import DOCUMENT_TYPES, RELATIONSHIP_KINDS
+from intake.domain.encounter import DOCUMENT_TYPES, LEGAL_GUARDIAN, PARENT, RELATIONSHIP_KINDS, age_in_years
 from intake.domain.screening import TRAFFICKING_INDICATORS, ScreeningAnswers
 from intake.service_layer import services
 
@@ -237,6 +237,36 @@ def _not_found(what: str, ident: str) -> Problem:
     return Problem(404, detail=f"No {what} {ident} visible to your agency.")
 
 
+def _known_age(person: PersonIn) -> int | None:
+    """The age when it is not in doubt (not disputed), else None."""
+    if person.age_disputed:
+        return None
+    return age_in_years(person.date_of_birth, person.estimated_age, datetime.now(UTC).date())
+
+
+def _check_relationships(body: CaseIn) -> None:
+    """Indexes in range, one relationship per pair of persons, and a parent or guardian older than the child."""
+    related: dict[frozenset[int], int] = {}
+    for i, rel in enumerate(body.relationships):
+        for name in ("from_person", "to_person"):
+            if getattr(rel, name) >= len(body.persons):
+                raise _field_error(("relationships", i, name), "no person with this index in persons")
+        if rel.from_person == rel.to_person:
+            raise _field_error(("relationships", i, "to_person"), "a person cannot be related to themself")
+        pair = frozenset((rel.from_person, rel.to_person))
+        if pair in related:
+            raise _field_error(("relationships", i), f"persons {rel.from_person} and {rel.to_person} are already "
+                                                     f"related by relationships/{related[pair]}: give one "
+                                                     "relationship per pair of persons")
+        related[pair] = i
+        if rel.kind in (PARENT, LEGAL_GUARDIAN):
+            elder, child = _known_age(body.persons[rel.from_person]), _known_age(body.persons[rel.to_person])
+            if elder is not None and child is not None and elder <= child:
+                raise _field_error(("relationships", i, "from_person"),
+                                   f"from_person is the {rel.kind} of to_person, so must be older (aged {elder}, "
+                                   f"to_person aged {child}): check the direction")
+
+
 @router.post("/cases", status_code=status.HTTP_201_CREATED, response_model=CaseOut,
              summary="Register an encounter: one person or a family group, and how its members are related")
 async def register_case(body: CaseIn, principal: CurrentPrincipal, session: DbSession,
@@ -244,12 +274,7 @@ async def register_case(body: CaseIn, principal: CurrentPrincipal, session: DbSe
     previous = await idempotency.previous_resource(session)
     if previous is not None:
         return await _case_out(session, await services.get_case_for(session, principal, previous))
-    for i, rel in enumerate(body.relationships):
-        for name in ("from_person", "to_person"):
-            if getattr(rel, name) >= len(body.persons):
-                raise _field_error(("relationships", i, name), "no person with this index in persons")
-        if rel.from_person == rel.to_person:
-            raise _field_error(("relationships", i, "to_person"), "a person cannot be related to themself")
+    _check_relationships(body)
     case = CaseRow(id=str(uuid.uuid4()), agency_id="", jurisdiction="", place=body.place,
                    encountered_at=body.encountered_at)
     idempotency.record(session, resource_id=case.id)

@@ -17,7 +17,7 @@ from intake.adapters.orm import (
 )
 from intake.domain import consent as consent_rules
 from intake.domain import events
-from intake.domain.encounter import Relationship, person_facts
+from intake.domain.encounter import Relationship, person_facts, treated_as_child
 from intake.domain.safeguard import ACTIVE, referral_is_open
 from intake.domain.screening import PersonFacts, ScreeningAnswers, age_band, current_rules, evaluate, facts_of
 
@@ -221,9 +221,12 @@ async def facts_for(session: AsyncSession, case: CaseRow, person: PersonRow) -> 
     relationships = [Relationship(r.from_person_id, r.to_person_id, r.kind)
                      for r in await relationships_of(session, case.id)]
     documents = (await documents_of(session, case.id)).get(person.id, [])
+    today = _today()
+    children = {p.id for p in await persons_of(session, case.id)
+                if treated_as_child(p.date_of_birth, p.estimated_age, p.age_disputed, today)}
     return person_facts(person_id=person.id, date_of_birth=person.date_of_birth, estimated_age=person.estimated_age,
                         age_disputed=person.age_disputed, nationality=person.nationality,
-                        document_count=len(documents), relationships=relationships, today=_today())
+                        document_count=len(documents), relationships=relationships, today=today, children=children)
 
 
 async def record_screening(session: AsyncSession, principal: Principal, case_id: str, person_id: str,
