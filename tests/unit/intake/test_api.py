@@ -104,8 +104,8 @@ async def test_search_finds_only_the_agencys_own_cases(intake, officer, dev_issu
     gt = bearer(dev_issuer_dir, "GT-IGM", "migration_authority", jurisdiction="GT")
     gt_case = await _register(client, gt)
 
-    async def ids(headers, **params):
-        r = await client.get("/cases", headers=headers, params=params)
+    async def ids(headers, **terms):
+        r = await client.post("/cases/search", headers=headers, json=terms)
         assert r.status_code == 200, r.text
         return [c["id"] for c in r.json()]
 
@@ -121,7 +121,25 @@ async def test_search_finds_only_the_agencys_own_cases(intake, officer, dev_issu
     comar = bearer(dev_issuer_dir, "MX-COMAR", "asylum_office")
     assert await ids(comar, name="Pérez") == []
     assert (await client.get(f"/cases/{case['id']}", headers=gt)).status_code == 404
-    assert "query/name" in _paths(await client.get("/cases", headers=officer, params={"name": "a"}))
+    assert await ids(officer, name="%%") == [] and await ids(officer, name="__") == [], "no wildcards"
+    assert await ids(officer) == [case["id"]]
+    assert "body/name" in _paths(await client.post("/cases/search", headers=officer, json={"name": "a"}))
+    listed = await client.get("/cases", headers=officer)
+    assert [c["id"] for c in listed.json()] == [case["id"]]
+
+
+async def test_search_terms_never_travel_in_a_url_nor_reach_traces(intake, officer, spans):
+    client, _ = intake
+    await _register(client, officer)
+    spans.clear()
+    r = await client.post("/cases/search", headers=officer, json={"name": "Pérez López", "document_number": "HN1234567"})
+    assert r.status_code == 200 and len(r.json()) == 1
+    traced = json.dumps([dict(s.attributes or {}) for s in spans.get_finished_spans()], ensure_ascii=False)
+    assert "POST /cases/search" in {s.name for s in spans.get_finished_spans()}
+    assert "HN1234567" not in traced and "Pérez" not in traced and "P%C3%A9rez" not in traced
+    for term in ("name", "document_number"):
+        refused = await client.get("/cases", headers=officer, params={term: "HN1234567"})
+        assert _paths(refused) == [f"query/{term}"] and "POST /cases/search" in refused.json()["detail"]
 
 
 async def test_a_person_is_updated_and_every_version_kept(intake, officer, dev_issuer_dir):
@@ -141,7 +159,7 @@ async def test_a_person_is_updated_and_every_version_kept(intake, officer, dev_i
     assert history[0]["snapshot"]["family_names"] == "Ramírez" and history[0]["snapshot"]["documents"] == []
     assert history[1]["changed_fields"] == ["age_disputed", "documents", "family_names"]
     assert history[1]["changed_by_agency_id"] == "MX-INM"
-    found = (await client.get("/cases", headers=officer, params={"document_number": "BC-77"})).json()
+    found = (await client.post("/cases/search", headers=officer, json={"document_number": "BC-77"})).json()
     assert [c["id"] for c in found] == [case["id"]]
     assert "body/given_names" in _paths(await client.patch(url, headers=officer, json={"given_names": None}))
     assert "body/estimated_age" in _paths(await client.patch(url, headers=officer, json={"estimated_age": None,

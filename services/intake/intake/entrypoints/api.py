@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -286,16 +286,17 @@ async def register_case(body: CaseIn, principal: CurrentPrincipal, session: DbSe
     return await _case_out(session, case)
 
 
-@router.get("/cases", response_model=list[CaseSummaryOut],
-            summary="Search your agency's own cases by a person's name or document number")
-async def search_cases(principal: CurrentPrincipal, session: DbSession,
-                       name: Annotated[str | None, Query(min_length=2, max_length=200,
-                                                         description="Part of a person's names; "
-                                                                     "case and accents are ignored")] = None,
-                       document_number: Annotated[str | None, Query(min_length=1, max_length=64,
-                                                                    description="A whole document number; case is ignored")] = None,
-                       limit: Annotated[int, Query(ge=1, le=200)] = 50) -> list[CaseSummaryOut]:
-    cases = await services.search_cases(session, principal, name=name, document_number=document_number, limit=limit)
+class CaseSearchIn(_In):
+    """Search terms travel in the body: a name or a document number in a URL ends up in access logs and traces."""
+
+    name: str | None = Field(None, min_length=2, max_length=200,
+                             description="Part of a person's names; case and accents are ignored")
+    document_number: str | None = Field(None, min_length=1, max_length=64,
+                                        description="A whole document number; case is ignored")
+    limit: int = Field(50, ge=1, le=200)
+
+
+async def _summaries(session, cases: list[CaseRow]) -> list[CaseSummaryOut]:
     out = []
     for case in cases:
         persons = await services.persons_of(session, case.id)
@@ -304,6 +305,29 @@ async def search_cases(principal: CurrentPrincipal, session: DbSession,
                                   persons=[PersonNameOut(id=p.id, given_names=p.given_names,
                                                          family_names=p.family_names) for p in persons]))
     return out
+
+
+@router.post("/cases/search", response_model=list[CaseSummaryOut],
+             summary="Search your agency's own cases by a person's name or document number (terms in the body, "
+                     "never in the URL)")
+async def search_cases(body: CaseSearchIn, principal: CurrentPrincipal, session: DbSession) -> list[CaseSummaryOut]:
+    cases = await services.search_cases(session, principal, name=body.name, document_number=body.document_number,
+                                        limit=body.limit)
+    return await _summaries(session, cases)
+
+
+@router.get("/cases", response_model=list[CaseSummaryOut],
+            summary="Your agency's own cases, latest encounter first. To search by name or document number, "
+                    "use POST /cases/search")
+async def list_cases(request: Request, principal: CurrentPrincipal, session: DbSession,
+                     limit: Annotated[int, Query(ge=1, le=200)] = 50) -> list[CaseSummaryOut]:
+    for term in ("name", "document_number"):
+        if term in request.query_params:  # refused, not silently ignored: the caller expects a search
+            raise RequestValidationError([{
+                "loc": ("query", term), "type": "value_error",
+                "msg": "personal data never goes in a URL (access logs, traces): search with POST /cases/search"}])
+    cases = await services.search_cases(session, principal, name=None, document_number=None, limit=limit)
+    return await _summaries(session, cases)
 
 
 @router.get("/cases/{case_id}", response_model=CaseOut,

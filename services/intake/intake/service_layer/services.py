@@ -143,7 +143,7 @@ async def search_cases(session: AsyncSession, principal: Principal, *, name: str
     """Only the caller's own cases: another agency's people are not searchable at all."""
     query = select(CaseRow).where(CaseRow.agency_id == principal.agency_id)
     if name:
-        person_ids = select(PersonRow.case_id).where(col(PersonRow.search_name).contains(search_key(name)))
+        person_ids = select(PersonRow.case_id).where(col(PersonRow.search_name).contains(search_key(name), autoescape=True))
         query = query.where(col(CaseRow.id).in_(person_ids))
     if document_number:
         doc_cases = select(PersonDocumentRow.case_id).where(
