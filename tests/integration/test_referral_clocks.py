@@ -21,14 +21,19 @@ async def test_two_clock_passes_at_once_fire_each_breach_once(tmp_path, dev_issu
     async with referral_harness(settings) as one, referral_harness(settings) as two:
         for _ in range(5):
             await one.deliver(screened("SGBV_SURVIVOR", "TRAFFICKING_PRESUMED"))
+        # The sender withdraws the trafficking referrals: their holds end with the reflection period.
+        inm = token(dev_issuer_dir, "MX-INM")
+        for item in await one.referrals(inm, need_code="TRAFFICKING_PRESUMED"):
+            r = await one.act(item["id"], inm, "cancel", reason_code="REFERRED_IN_ERROR", reason_text="x")
+            assert r.status_code == 200
         later = now_utc() + timedelta(days=40)
         fired = await asyncio.gather(run_clocks(one.runtime.sessions, later), run_clocks(two.runtime.sessions, later),
                                      run_clocks(one.runtime.sessions, later))
-        # 10 referrals overdue (accept clock) + 5 trafficking reflection periods ended.
-        assert sum(fired) == 15
+        # 5 SGBV referrals overdue (accept clock) + 5 trafficking reflection periods ended.
+        assert sum(fired) == 10
         assert await run_clocks(two.runtime.sessions, later) == 0
         overdue = [p["referral_id"] for _, p in await one.events("referral.overdue.v1")]
-        assert len(overdue) == len(set(overdue)) == 10
+        assert len(overdue) == len(set(overdue)) == 5
         escalated = [p for _, p in await one.events("referral.escalated.v1")]
         assert sorted(p["referral_id"] for p in escalated) == sorted(overdue)
         assert {p["reason_code"] for p in escalated} == {"OVERDUE"}
@@ -95,6 +100,17 @@ async def test_two_replicas_on_the_real_broker_publish_each_breach_once(kafka_bo
         finally:
             await producer.stop()
 
+        # The sender withdraws the trafficking referrals, so their holds end with the (2 s) reflection period.
+        inm = token(dev_issuer_dir, "MX-INM")
+
+        async def trafficking_referrals():
+            items = await one.referrals(inm, need_code="TRAFFICKING_PRESUMED")
+            return len(items) == 4 and items
+
+        for item in await eventually(trafficking_referrals, timeout=30, what="4 trafficking referrals"):
+            r = await one.act(item["id"], inm, "cancel", reason_code="REFERRED_IN_ERROR", reason_text="x")
+            assert r.status_code == 200, r.text
+
         async def all_fired():
             events = await one.events("referral.overdue.v1", "protection_hold.released.v1")
             return len(events) >= 8 and events
@@ -105,7 +121,7 @@ async def test_two_replicas_on_the_real_broker_publish_each_breach_once(kafka_bo
         assert await run_clocks(two.runtime.sessions) == 0
 
         await eventually(lambda: _all_sent(one), what="the outbox relayed everything")
-        topic = envelopes(await read_topic(kafka_bootstrap, f"{prefix}referral.referral", expected=4 * 2 + 8 + 4))
+        topic = envelopes(await read_topic(kafka_bootstrap, f"{prefix}referral.referral", expected=4 * 2 + 8 + 4))  # requested, overdue + escalated, cancelled
         holds = envelopes(await read_topic(kafka_bootstrap, f"{prefix}referral.protection_hold", expected=8))
 
     overdue = [e for e in topic if e.type == "referral.overdue.v1"]
@@ -171,3 +187,26 @@ async def test_a_queued_referral_waiting_for_consent_escalates_when_overdue_and_
         [routed] = await ref.referrals(token(dev_issuer_dir, "MX-COMAR"))
         assert routed["id"] == queued["id"] and routed["escalation_reason"] is None and routed["overdue"] is False
         assert len(await ref.events("referral.reassigned.v1")) == 1
+
+
+async def test_a_trafficking_hold_is_not_released_while_its_referral_is_still_open(tmp_path, dev_issuer_dir):
+    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir, clock_interval_s=3600)) as ref:
+        await ref.deliver(screened("TRAFFICKING_PRESUMED"))
+        fev, coord = token(dev_issuer_dir, "MX-FEVIMTRA"), token(dev_issuer_dir, "MX-COORD")
+        [item] = await ref.referrals(fev)
+        # Nobody accepted it for 31 days: overdue and escalated, but the person stays protected.
+        assert await run_clocks(ref.runtime.sessions, now_utc() + timedelta(days=31)) == 1
+        assert [p["reason_code"] for _, p in await ref.events("referral.overdue.v1")] == ["ACCEPT_DEADLINE"]
+        assert await ref.events("protection_hold.released.v1") == []
+        [hold] = (await ref.client.get("/holds", headers=coord)).json()
+        assert hold["active"]
+        assert (await ref.client.post(f"/holds/{hold['id']}/release", headers=coord)).status_code == 409
+        # Identified as a victim (a non-final outcome) after the reflection period: the next pass releases it.
+        await ref.act(item["id"], fev, "accept")
+        r = await ref.act(item["id"], fev, "complete", outcome_code="TRAFFICKING_VICTIM_IDENTIFIED")
+        assert r.status_code == 200
+        assert await ref.events("protection_hold.released.v1") == []
+        assert await run_clocks(ref.runtime.sessions, now_utc() + timedelta(days=31)) == 1
+        [(_, released)] = await ref.events("protection_hold.released.v1")
+        assert released["release_reason"] == "REFLECTION_PERIOD_ENDED"
+        assert released["outcome_code"] == "TRAFFICKING_VICTIM_IDENTIFIED" and released["referral_id"] == item["id"]

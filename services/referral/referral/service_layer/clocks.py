@@ -17,7 +17,7 @@ from referral.adapters.orm import HoldRow, ReferralRow
 from referral.domain import events
 from referral.domain.codes import OVERDUE, REFLECTION_PERIOD_ENDED
 from referral.domain.lifecycle import OPEN
-from referral.service_layer.referrals import SYSTEM, add_history, now_utc, publish, release_hold
+from referral.service_layer.referrals import SYSTEM, add_history, now_utc, open_referral_for, publish, release_hold
 
 log = logging.getLogger(__name__)
 BATCH = 100
@@ -43,9 +43,19 @@ async def fire_overdue(session: AsyncSession, referral_id: str, at: datetime) ->
     return True
 
 
+def _no_open_referral_for_the_hold():
+    """The hold's (person, need) has no open referral: its active_key equals an open referral's open_key."""
+    return ~select(ReferralRow.id).where(ReferralRow.open_key == HoldRow.active_key).exists()
+
+
 async def end_reflection_period(session: AsyncSession, hold_id: str, at: datetime) -> bool:
+    """A trafficking hold ends once its reflection period is over and no referral for the need is open:
+    whatever the outcome, but never while the anti-trafficking referral is still open (it may not even be
+    accepted yet); the next pass after it closes releases the hold."""
     hold = await session.get(HoldRow, hold_id)
     if hold is None or hold.released_at is not None:
+        return False
+    if await open_referral_for(session, hold.person_id, hold.need_code) is not None:
         return False
     # The referral whose chain carried the hold: the person's latest referral for this need.
     ref = (await session.exec(select(ReferralRow).where(ReferralRow.person_id == hold.person_id,
@@ -65,7 +75,8 @@ async def run_clocks(sessions: async_sessionmaker[AsyncSession], at: datetime | 
             col(ReferralRow.due_at) <= at, col(ReferralRow.clock_fired_at).is_(None),
             col(ReferralRow.status).in_([str(s) for s in OPEN])).limit(BATCH))).all()
         ended = (await session.exec(select(HoldRow.id).where(
-            col(HoldRow.not_before) <= at, col(HoldRow.released_at).is_(None)).limit(BATCH))).all()
+            col(HoldRow.not_before) <= at, col(HoldRow.released_at).is_(None), _no_open_referral_for_the_hold())
+            .limit(BATCH))).all()
     fired = 0
     for referral_id in due:
         async with sessions() as session:
