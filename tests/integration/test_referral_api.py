@@ -483,3 +483,63 @@ async def test_a_rejected_lead_passes_the_lead_to_its_onward_referral_not_to_a_p
     onward_id = r.json()["next_referral_id"]
     open_leads = [x["id"] for x in await ref.referrals(inm, case_id=case_id) if x["is_lead"] and x["status"] != "rejected"]
     assert open_leads == [onward_id]
+
+
+async def test_reject_and_accept_at_once_exactly_one_wins(ref, auth):
+    await ref.deliver(screened("UNACCOMPANIED_CHILD", age_band="12-17"))
+    pfpnna = auth("MX-PFPNNA")
+    rid = (await _one(ref, pfpnna))["id"]
+    results = await asyncio.gather(ref.act(rid, pfpnna, "accept"),
+                                   ref.act(rid, pfpnna, "reject", reason_code="NO_CAPACITY", reason_text="x"))
+    assert sorted(r.status_code for r in results) == [200, 409], [r.text for r in results]
+    winner = next(r for r in results if r.status_code == 200).json()
+    loser = next(r for r in results if r.status_code == 409).json()
+    assert loser["current_status"] == winner["status"] and "allowed_actions" in loser
+    accepted, rejected = await ref.events("referral.accepted.v1"), await ref.events("referral.rejected.v1")
+    assert len(accepted) + len(rejected) == 1
+    # A rejection routes onward exactly once; an acceptance opens nothing new.
+    assert len(await ref.events("referral.requested.v1")) == (2 if rejected else 1)
+    assert len(await ref.events("protection_hold.placed.v1")) == 1
+    assert await ref.events("protection_hold.released.v1") == []
+    history = (await ref.client.get(f"/referrals/{rid}/history", headers=pfpnna)).json()
+    assert [h["action"] for h in history] == ["route", "accept" if winner["status"] == "accepted" else "reject"]
+
+
+async def test_complete_and_coordinator_cancel_at_once_release_the_hold_once(ref, auth):
+    await ref.deliver(screened("UNACCOMPANIED_CHILD", age_band="12-17"))
+    pfpnna, coord = auth("MX-PFPNNA"), auth("MX-COORD")
+    rid = (await _one(ref, pfpnna))["id"]
+    assert (await ref.act(rid, pfpnna, "accept")).status_code == 200
+    results = await asyncio.gather(
+        ref.act(rid, pfpnna, "complete", outcome_code="CHILD_PLACED_IN_CARE"),
+        ref.act(rid, coord, "cancel", reason_code="DUPLICATE", reason_text="x"))
+    assert sorted(r.status_code for r in results) == [200, 409], [r.text for r in results]
+    winner = next(r for r in results if r.status_code == 200).json()
+    loser = next(r for r in results if r.status_code == 409).json()
+    assert loser["current_status"] == winner["status"] and loser["allowed_actions"] == []
+    closing = await ref.events("referral.completed.v1", "referral.cancelled.v1")
+    assert len(closing) == 1
+    [(_, released)] = await ref.events("protection_hold.released.v1")
+    assert released["release_reason"] == {"completed": "COMPLETED_FINAL",
+                                          "cancelled": "CANCELLED_BY_COORDINATOR"}[winner["status"]]
+
+
+async def test_the_clock_firing_while_the_receiver_accepts_leaves_one_consistent_state(ref, auth):
+    from datetime import timedelta
+
+    from referral.service_layer.clocks import run_clocks
+    from referral.service_layer.referrals import now_utc
+
+    await ref.deliver(screened("SGBV_SURVIVOR"))
+    ssa, coord = auth("MX-SSA"), auth("MX-COORD")
+    rid = (await _one(ref, ssa))["id"]
+    fired, accepted = await asyncio.gather(run_clocks(ref.runtime.sessions, now_utc() + timedelta(hours=25)),
+                                           ref.act(rid, ssa, "accept"))
+    assert accepted.status_code == 200, accepted.text
+    after = (await ref.client.get(f"/referrals/{rid}", headers=ssa)).json()
+    assert after["status"] == "accepted" and after["clock"] == "COMPLETE_DEADLINE"
+    assert after["escalation_reason"] is None and await ref.referrals(coord, direction="escalated") == []
+    # Whichever came first: at most one breach, published before the acceptance, never after it.
+    types = [t for t, p in await ref.events() if p.get("referral_id") == rid]
+    assert fired in (0, 1) and types.count("referral.overdue.v1") == fired
+    assert types[-1] == "referral.accepted.v1" and types.count("referral.accepted.v1") == 1
