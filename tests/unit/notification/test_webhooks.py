@@ -210,6 +210,8 @@ def test_signing_secrets_overlap(previous, until, expected):
     ("http://localhost/hooks", True, False),
     ("http://127.0.0.1:8099/hooks", False, True),
     ("http://localhost/hooks", False, True),
+    ("http://localhost./hooks", False, True),  # the fully qualified form resolves the same
+    ("http://hooks.localhost./x", False, True),
     ("http://[::1]/hooks", False, True),
     ("http://10.0.0.5/hooks", False, True),
     ("http://169.254.169.254/latest/meta-data", False, True),  # cloud metadata endpoint

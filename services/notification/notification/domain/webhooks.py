@@ -111,7 +111,7 @@ def webhook_url_problem(url: str, *, allow_loopback: bool) -> str | None:
         return "must be an absolute http or https URL"
     if parts.username or parts.password:
         return "must not carry credentials"
-    host = parts.hostname.lower()
+    host = parts.hostname.lower().rstrip(".")  # "localhost." is localhost too
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
