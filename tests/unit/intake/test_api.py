@@ -77,6 +77,13 @@ async def test_bad_input_is_a_422_problem_naming_the_field(intake, officer):
     body = family_group()
     body["persons"][1]["eye_colour"] = "brown"
     assert "body/persons/1/eye_colour" in _paths(await client.post("/cases", headers=officer, json=body))
+    for field, value in (("given_names", "Ana\x00"), ("family_names", "Pérez\nLópez")):
+        body = family_group()
+        body["persons"][1][field] = value
+        assert _paths(await client.post("/cases", headers=officer, json=body)) == [f"body/persons/1/{field}"]
+    body = family_group()
+    body["persons"][0]["documents"][0]["number"] = "HN\x001"
+    assert _paths(await client.post("/cases", headers=officer, json=body)) == ["body/persons/0/documents/0/number"]
     body = family_group()
     del body["persons"][2]["estimated_age"]
     assert "body/persons/2" in _paths(await client.post("/cases", headers=officer, json=body))
@@ -358,6 +365,8 @@ async def test_the_mandatory_override_is_for_children_and_child_protection_only(
     r = await client.post(url(teen), headers=officer, json={**override, "recipient_agency_type": "health"})
     assert r.status_code == 409
     assert _paths(await client.post(url(teen), headers=officer, json={**override, "reason": None})) == ["body/reason"]
+    assert _paths(await client.post(url(teen), headers=officer, json={**override, "reason": "art.\x0089"})) == \
+        ["body/reason"]
     assert _paths(await client.post(url(teen), headers=officer, json={
         "recipient_agency_type": "health", "purpose": "referral", "reason": "why"})) == ["body/reason"]
     assert [json.loads(e.payload)["basis"] for e in await outbox_rows(runtime, "consent.changed.v1")] == [

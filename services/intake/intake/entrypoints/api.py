@@ -31,6 +31,10 @@ router = APIRouter(tags=["cases"])
 Alpha3 = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3, or ICAO XXA (stateless) or XXX (undetermined)")]
 Language = Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]
 Sex = Literal["female", "male", "other", "unknown"]
+# One line of text without control characters. PostgreSQL refuses NUL in text: the failed INSERT would be a
+# 500 whose logged error quotes the statement's parameters, names included.
+Line = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]*$")]
+NoNul = Annotated[str, Field(pattern=r"^[^\x00]*$")]
 
 
 class _In(BaseModel):
@@ -46,7 +50,7 @@ def _field_error(path: tuple[Any, ...], message: str) -> RequestValidationError:
 
 class DocumentIn(_In):
     type: Literal[DOCUMENT_TYPES]  # type: ignore[valid-type]
-    number: str = Field(min_length=1, max_length=64)
+    number: Line = Field(min_length=1, max_length=64)
     issuing_country: Alpha3 | None = None
 
 
@@ -63,8 +67,8 @@ def _not_in_future(value: date | None) -> date | None:
 
 
 class PersonIn(_In):
-    given_names: str = Field(min_length=1, max_length=200)
-    family_names: str = Field(min_length=1, max_length=200)
+    given_names: Line = Field(min_length=1, max_length=200)
+    family_names: Line = Field(min_length=1, max_length=200)
     sex: Sex
     date_of_birth: date | None = None
     estimated_age: int | None = Field(None, ge=0, le=120, description="In years, when the date of birth is unknown")
@@ -92,7 +96,7 @@ class RelationshipIn(_In):
 
 
 class CaseIn(_In):
-    place: str = Field(min_length=1, max_length=200, description="Where the encounter happened")
+    place: Line = Field(min_length=1, max_length=200, description="Where the encounter happened")
     encountered_at: AwareDatetime
     persons: list[PersonIn] = Field(min_length=1, max_length=50)
     relationships: list[RelationshipIn] = Field(default_factory=list, max_length=200,
@@ -170,8 +174,8 @@ class CaseSummaryOut(BaseModel):
 
 
 class PersonPatch(_In):
-    given_names: str | None = Field(None, min_length=1, max_length=200)
-    family_names: str | None = Field(None, min_length=1, max_length=200)
+    given_names: Line | None = Field(None, min_length=1, max_length=200)
+    family_names: Line | None = Field(None, min_length=1, max_length=200)
     sex: Sex | None = None
     date_of_birth: date | None = None
     estimated_age: int | None = Field(None, ge=0, le=120)
@@ -510,7 +514,7 @@ class ConsentIn(_In):
     basis: Literal[BASES] = Field("consent", description="consent: the person agreed. mandatory_override: "  # type: ignore[valid-type]
                                                          "child protection acts without consent, by law "
                                                          "(child_protection and a person treated as a child only)")
-    reason: str | None = Field(None, min_length=1, max_length=1000, validate_default=True,
+    reason: NoNul | None = Field(None, min_length=1, max_length=1000, validate_default=True,
                                description="Required for a mandatory override: its legal ground")
 
     @field_validator("reason")
