@@ -150,6 +150,7 @@ async def test_illegal_moves_are_409_naming_status_and_allowed_actions(ref, auth
     # A stale expected_version is refused.
     body = _problem(await ref.act(rid, pfpnna, "start", expected_version=1), 409)
     assert body["current_version"] == 2
+    assert body["current_status"] == "accepted" and body["allowed_actions"] == ["start", "hold", "complete", "fail"]
     assert (await ref.act(rid, pfpnna, "start", expected_version=2)).status_code == 200
 
 
@@ -200,9 +201,16 @@ async def test_the_version_check_refuses_a_write_based_on_a_stale_read(ref, auth
     async with ref.runtime.sessions() as first:
         first.add(stale)
         with pytest.raises(Problem) as refused:
-            await conditional_update(first, stale, {"status": "rejected"})
+            await conditional_update(first, stale, {"status": "rejected"}, ref_principal("MX-PFPNNA"))
         assert refused.value.status == 409 and refused.value.extensions["current_status"] == "accepted"
+        assert refused.value.extensions["allowed_actions"] == ["start", "hold", "complete", "fail"]
     assert (await ref.client.get(f"/referrals/{rid}", headers=auth("MX-PFPNNA"))).json()["status"] == "accepted"
+
+
+def ref_principal(agency_id: str):
+    from enlace_platform.auth import Principal
+
+    return Principal("u1", agency_id, "child_protection", "MX", ("caseworker",))
 
 
 async def _second_child_service(ref, auth) -> None:

@@ -24,7 +24,9 @@ from referral.domain.codes import (
     CANCELLED_BY_COORDINATOR, COMPLETED_FINAL, COORDINATOR, FINAL_OUTCOMES, HOLD_BEARING_NEEDS, OUTCOME_CODES,
     REASON_CODES, REJECTED_NO_ALTERNATIVE, TRAFFICKING, coordinator_of,
 )
-from referral.domain.lifecycle import OPEN, TERMINAL, Action, Allowed, Conflict, Role, Status, decide
+from referral.domain.lifecycle import (
+    OPEN, TERMINAL, Action, Allowed, Conflict, Role, Status, allowed_actions, decide,
+)
 from referral.domain.routing import CaseFacts, RoutingDecision, ineligibility, lead_rank, route
 
 
@@ -269,8 +271,17 @@ async def visible_referral(session: AsyncSession, referral_id: str, principal: P
     return ref
 
 
-async def conditional_update(session: AsyncSession, ref: ReferralRow, changes: dict) -> None:
-    """UPDATE ... WHERE version = :v; the loser of a race gets 409 and nothing changes."""
+def _allowed_now(ref: ReferralRow, principal: Principal | None) -> list[str]:
+    if principal is None:
+        return []
+    return [str(a) for a in allowed_actions(Status(ref.status), roles_of(principal, ref),
+                                            has_receiver=ref.to_agency_id is not None)]
+
+
+async def conditional_update(session: AsyncSession, ref: ReferralRow, changes: dict,
+                             principal: Principal | None = None) -> None:
+    """UPDATE ... WHERE version = :v; the loser of a race gets 409 (naming the status it lost to and what the
+    caller may do now) and nothing changes."""
     referral_id, version = ref.id, ref.version
     changes = {**changes, "version": version + 1}
     result = await session.exec(update(ReferralRow).where(ReferralRow.id == referral_id,
@@ -280,7 +291,8 @@ async def conditional_update(session: AsyncSession, ref: ReferralRow, changes: d
         current = await session.get(ReferralRow, referral_id, populate_existing=True)
         raise Problem(409, detail="The referral was changed by someone else at the same time; reload and retry.",
                       current_status=current.status if current else None,
-                      current_version=current.version if current else None)
+                      current_version=current.version if current else None,
+                      allowed_actions=_allowed_now(current, principal) if current else [])
     for key, value in changes.items():
         set_committed_value(ref, key, value)
 
@@ -337,7 +349,8 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
     _validate(cmd, verdict)
     if cmd.expected_version is not None and cmd.expected_version != ref.version:
         raise Problem(409, detail=f"The referral is at version {ref.version}, not {cmd.expected_version}.",
-                      current_status=ref.status, current_version=ref.version)
+                      current_status=ref.status, current_version=ref.version,
+                      allowed_actions=_allowed_now(ref, principal))
 
     actor = Actor.of(principal)
     from_status = ref.status
@@ -355,7 +368,7 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
     if target in TERMINAL:
         changes.update(open_key=None, clock=None, due_at=None, closed_at=at, escalation_reason=None,
                        reason_code=cmd.reason_code, outcome_code=cmd.outcome_code)
-    await conditional_update(session, ref, changes)
+    await conditional_update(session, ref, changes, principal)
 
     await add_history(session, ref, str(cmd.action), from_status, actor, at, reason_code=cmd.reason_code,
                       reason_text=cmd.reason_text, outcome_code=cmd.outcome_code,
