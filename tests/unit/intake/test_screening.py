@@ -126,6 +126,11 @@ def test_reasons_explain_the_unaccompanied_child():
                             "no other relative travels with the child", "travels with an adult who is not a relative")
 
 
+def test_an_unrelated_adult_the_child_names_is_noted_too():
+    [need] = evaluate(CHILD, A(travelling_with_unrelated_adult=True))
+    assert need.code == "UNACCOMPANIED_CHILD" and "travels with an adult who is not a relative" in need.reasons
+
+
 def test_disputed_age_reason_says_why_the_person_is_a_child():
     [need] = evaluate(PersonFacts(25, age_disputed=True), A())
     assert "age disputed" in need.reasons[0] and "age assessment" in need.reasons[0]
