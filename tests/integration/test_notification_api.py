@@ -210,6 +210,8 @@ async def test_email_deliveries_go_to_the_receiver_or_the_coordinator(api, setti
     overdue = referral_data(status="requested", reason_code="ACCEPT_DEADLINE")
     assert await emailed(event("referral.overdue.v1", overdue)) == {pfpnna["id"], coord["id"]}
     assert await emailed(event("referral.accepted.v1", referral_data(status="accepted"))) == set()
+    # A queued referral assigned once consent arrives (or handed on by the coordinator) is new for its receiver.
+    assert await emailed(event("referral.reassigned.v1", referral_data(actor_agency_id="MX-COORD"))) == {pfpnna["id"]}
     assert inm["id"]  # the sender gets webhooks, never these e-mails
 
 

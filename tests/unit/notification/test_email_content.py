@@ -10,7 +10,8 @@ DATA = {"referral_id": "3f1c2b9e-8a8d-4a3e-9b7e-0d6a2f4c5e11", "case_id": "c1", 
 LINK = "http://127.0.0.1:8002/referrals/3f1c2b9e-8a8d-4a3e-9b7e-0d6a2f4c5e11"
 
 
-@pytest.mark.parametrize("event_type", ["referral.requested.v1", "referral.overdue.v1", "referral.escalated.v1"])
+@pytest.mark.parametrize("event_type", ["referral.requested.v1", "referral.reassigned.v1", "referral.overdue.v1",
+                                        "referral.escalated.v1"])
 def test_no_need_code_and_no_person_in_subject_or_body(event_type):
     content = email_content(event_type, DATA, LINK)
     for leak in ("SGBV", "SURVIVOR", "p-77", "c1"):
@@ -23,6 +24,12 @@ def test_new_referral_names_urgency_and_deadline():
     content = email_content("referral.requested.v1", DATA, LINK)
     assert content.subject == "[Enlace] New referral for your agency (urgency: immediate)"
     assert "Urgency: immediate" in content.body and "Deadline: 2026-11-29T10:00:00+00:00" in content.body
+
+
+def test_a_referral_handed_over_is_new_for_its_receiver():
+    content = email_content("referral.reassigned.v1", DATA, LINK)
+    assert content.subject == "[Enlace] New referral for your agency (urgency: immediate)"
+    assert "coordinator's queue" not in content.body
 
 
 def test_standard_urgency_stays_out_of_the_subject_and_unknown_urgency_is_dropped():

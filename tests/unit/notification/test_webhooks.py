@@ -20,7 +20,8 @@ def test_the_catalog_types_are_all_subscribable():
     assert set(WEBHOOK_EVENT_TYPES) == set(REFERRAL_EVENT_TYPES) | set(HOLD_EVENT_TYPES)
     assert all(t.startswith("referral.") and t.endswith(".v1") for t in REFERRAL_EVENT_TYPES)
     assert all(t.startswith("protection_hold.") for t in HOLD_EVENT_TYPES)
-    assert set(EMAIL_EVENT_TYPES) == {"referral.requested.v1", "referral.overdue.v1", "referral.escalated.v1"}
+    assert set(EMAIL_EVENT_TYPES) == {"referral.requested.v1", "referral.reassigned.v1", "referral.overdue.v1",
+                                      "referral.escalated.v1"}
 
 
 @pytest.mark.parametrize(("patterns", "unknown"), [
@@ -77,6 +78,9 @@ def test_parties_are_the_agencies_the_event_names(data, expected):
     ("referral.overdue.v1", ROUTED, {"MX-PFPNNA", "MX-COORD"}),
     ("referral.escalated.v1", QUEUED, {"MX-COORD"}),
     ("referral.escalated.v1", ROUTED, {"MX-PFPNNA", "MX-COORD"}),
+    # Handed to a new receiver (by the coordinator, or a queued one once consent arrives): new for it.
+    ("referral.reassigned.v1", ROUTED, {"MX-PFPNNA"}),
+    ("referral.reassigned.v1", QUEUED, set()),
     ("referral.accepted.v1", ROUTED, set()),  # not an e-mail event
     ("protection_hold.placed.v1", ROUTED, set()),
 ])

@@ -10,10 +10,12 @@ referral under its own login.
 from dataclasses import dataclass
 from typing import Any
 
-from notification.domain.events import REFERRAL_ESCALATED, REFERRAL_OVERDUE, REFERRAL_REQUESTED
+from notification.domain.events import REFERRAL_ESCALATED, REFERRAL_OVERDUE, REFERRAL_REASSIGNED, \
+    REFERRAL_REQUESTED
 
 _SUBJECTS = {
     REFERRAL_REQUESTED: "New referral for your agency",
+    REFERRAL_REASSIGNED: "New referral for your agency",  # handed over to it by the coordinator
     REFERRAL_OVERDUE: "Referral deadline missed",
     REFERRAL_ESCALATED: "Referral escalated to the coordinator",
 }

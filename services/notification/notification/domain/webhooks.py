@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from notification.domain.events import EVENT_TYPE_WILDCARDS, HOLD_EVENT_TYPES, REFERRAL_ESCALATED, \
-    REFERRAL_OVERDUE, REFERRAL_REQUESTED, WEBHOOK_EVENT_TYPES
+    REFERRAL_OVERDUE, REFERRAL_REASSIGNED, REFERRAL_REQUESTED, WEBHOOK_EVENT_TYPES
 
 _NAMESPACE = uuid.UUID("5b0b6f0e-7f5c-4c59-9a57-6d3c8f1e2a10")
 SECRET_PREFIX = "whsec_"
@@ -42,11 +42,14 @@ def party_agency_ids(data: dict[str, Any]) -> set[str]:
 
 
 def email_recipient_agency_ids(event_type: str, data: dict[str, Any]) -> set[str]:
-    """Who is e-mailed: a new referral goes to its receiver (the coordinator while it is queued);
-    a missed deadline or an escalation goes to the receiver and the coordinator. Senders are not e-mailed."""
+    """Who is e-mailed: a new referral goes to its receiver (the coordinator while it is queued), and so
+    does one handed to a new receiver (reassigned); a missed deadline or an escalation goes to the receiver
+    and the coordinator. Senders are not e-mailed."""
     to_agency, coordinator = data.get("to_agency_id"), data.get("coordinator_agency_id")
     if event_type == REFERRAL_REQUESTED:
         chosen = {to_agency} if to_agency else {coordinator}
+    elif event_type == REFERRAL_REASSIGNED:
+        chosen = {to_agency}
     elif event_type in (REFERRAL_OVERDUE, REFERRAL_ESCALATED):
         chosen = {to_agency, coordinator}
     else:
