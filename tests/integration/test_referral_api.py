@@ -551,3 +551,20 @@ async def test_the_clock_firing_while_the_receiver_accepts_leaves_one_consistent
     types = [t for t, p in await ref.events() if p.get("referral_id") == rid]
     assert fired in (0, 1) and types.count("referral.overdue.v1") == fired
     assert types[-1] == "referral.accepted.v1" and types.count("referral.accepted.v1") == 1
+
+
+async def test_a_manual_referral_losing_the_race_for_its_person_and_need_gets_409_not_500(ref, auth, monkeypatch):
+    """Two writers both saw no open referral (possible on PostgreSQL): the unique open_key decides."""
+    import referral.entrypoints.api as api
+
+    body = {"case_id": str(uuid.uuid4()), "person_id": str(uuid.uuid4()), "need_code": "UNACCOMPANIED_CHILD",
+            "urgency": "immediate", "age_band": "12-17", "languages": ["es"]}
+    assert (await ref.client.post("/referrals", headers=auth("MX-INM"), json=body)).status_code == 201
+
+    async def saw_nothing(session, person_id, need_code):
+        return None
+
+    monkeypatch.setattr(api, "open_referral_for", saw_nothing)
+    _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json=body), 409)
+    assert len(await ref.events("referral.requested.v1")) == 1
+    assert len(await ref.events("protection_hold.placed.v1")) == 1

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import and_, func, or_
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from enlace_platform.auth import CurrentPrincipal, Principal
@@ -251,12 +252,16 @@ async def create_referral(body: ManualReferralIn, request: Request, principal: C
         decision = await decide_route(session, body.need_code, facts)
     new_id = str(uuid.uuid4())
     idempotency.record(session, resource_id=new_id)
-    ref = await open_referral(
-        session, _policy(request), case_id=case_id, person_id=person_id, need_code=body.need_code,
-        urgency=body.urgency, facts=facts, from_agency_id=principal.agency_id,
-        decision=decision, actor=Actor.of(principal),
-        at=now_utc(), referral_id=new_id)
-    await session.commit()
+    try:
+        ref = await open_referral(
+            session, _policy(request), case_id=case_id, person_id=person_id, need_code=body.need_code,
+            urgency=body.urgency, facts=facts, from_agency_id=principal.agency_id,
+            decision=decision, actor=Actor.of(principal),
+            at=now_utc(), referral_id=new_id)
+        await session.commit()
+    except IntegrityError:  # a concurrent screening or request opened the same (person, need) first
+        await session.rollback()
+        raise Problem(409, detail=f"Person already has an open referral for {body.need_code}.") from None
     return await render(session, ref, principal)
 
 
