@@ -267,3 +267,20 @@ def test_every_rule_file_still_loads_under_its_own_version():
     assert RULES_VERSION in versions and "v2" in versions
     for version in versions:
         assert rules(version).version == version
+
+
+# A released rule file never changes: results name their version, and a version must keep meaning what it
+# meant. To change a rule, add a new file and a new CURRENT_RULES_VERSION, and its digest here.
+RELEASED_RULE_FILES = {
+    "v2": "2d9443439ba8e0c2448716d188be46e6b2623a2f8e2f963cdd31e68a0878fb18",
+    "v3": "66ca1004a613d4135f7ca989f4e35f984923177580d8a7eff18ba009be0bb30b",
+}
+
+
+def test_a_released_rule_file_is_never_edited_in_place():
+    import hashlib
+
+    from intake.domain.rules import RULES_DIR
+
+    on_disk = {p.stem: hashlib.sha256(p.read_bytes()).hexdigest() for p in RULES_DIR.glob("*.json")}
+    assert on_disk == RELEASED_RULE_FILES
