@@ -511,6 +511,39 @@ async def test_a_release_that_arrives_before_its_placement_still_ends_released(i
     assert hold["placed_at"] is not None
 
 
+async def test_removal_is_refused_exactly_while_at_least_one_hold_is_active(intake, officer):
+    client, runtime = intake
+    case = await _register(client, officer)
+    teen = case["persons"][2]
+    url = f"/cases/{case['id']}/persons/{teen['id']}/removal-orders"
+
+    async def blocking():
+        r = await client.post(url, headers=officer, json={"destination_country": "HND"})
+        assert r.status_code in (201, 409), r.text
+        return sorted(h["hold_id"] for h in r.json()["holds"]) if r.status_code == 409 else []
+
+    child = hold_placed(case_id=case["id"], person_id=teen["id"], need_code="UNACCOMPANIED_CHILD")
+    asylum = hold_placed(case_id=case["id"], person_id=teen["id"], need_code="INTERNATIONAL_PROTECTION")
+    unknown = hold_placed(case_id=str(uuid.uuid4()), person_id=str(uuid.uuid4()), need_code="UNACCOMPANIED_CHILD")
+    for event in (child, asylum, unknown, child):
+        await deliver(runtime, HOLD_HANDLERS, event)
+    assert await blocking() == sorted([child.data["hold_id"], asylum.data["hold_id"]])
+    await deliver(runtime, HOLD_HANDLERS, hold_released(child))
+    await deliver(runtime, HOLD_HANDLERS, hold_released(child))
+    assert await blocking() == [asylum.data["hold_id"]], "one hold released, the other still stands"
+    await deliver(runtime, HOLD_HANDLERS, child)  # a late redelivery of a released hold's placement
+    assert await blocking() == [asylum.data["hold_id"]]
+    await deliver(runtime, HOLD_HANDLERS, hold_released(asylum, outcome_code="ASYLUM_CLAIM_WITHDRAWN"))
+    assert await blocking() == []
+    again = hold_placed(case_id=case["id"], person_id=teen["id"], need_code="INTERNATIONAL_PROTECTION")
+    await deliver(runtime, HOLD_HANDLERS, again)  # a new referral, a new hold
+    assert await blocking() == [again.data["hold_id"]]
+    view = (await client.get(f"/cases/{case['id']}", headers=officer)).json()
+    assert sorted((h["need_code"], h["status"]) for h in view["holds"]) == [
+        ("INTERNATIONAL_PROTECTION", "active"), ("INTERNATIONAL_PROTECTION", "released"),
+        ("UNACCOMPANIED_CHILD", "released")]
+
+
 async def test_removal_orders_belong_to_the_registering_agency(intake, officer, dev_issuer_dir):
     client, _ = intake
     case = await _register(client, officer)
