@@ -568,3 +568,17 @@ async def test_a_manual_referral_losing_the_race_for_its_person_and_need_gets_40
     _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json=body), 409)
     assert len(await ref.events("referral.requested.v1")) == 1
     assert len(await ref.events("protection_hold.placed.v1")) == 1
+
+
+async def test_a_final_outcome_of_another_need_does_not_release_the_hold(ref, auth):
+    await ref.deliver(screened("INTERNATIONAL_PROTECTION"))
+    await ref.deliver(screened("INTERNATIONAL_PROTECTION"))
+    comar = auth("MX-COMAR")
+    wrong, right = await ref.referrals(comar)
+    for item, outcome in ((wrong, "CHILD_PLACED_IN_CARE"), (right, "REFUGEE_STATUS_GRANTED")):
+        await ref.act(item["id"], comar, "accept")
+        assert (await ref.act(item["id"], comar, "complete", outcome_code=outcome)).status_code == 200
+    [(_, released)] = await ref.events("protection_hold.released.v1")
+    assert released["referral_id"] == right["id"] and released["outcome_code"] == "REFUGEE_STATUS_GRANTED"
+    holds = {h["referral_id"]: h["active"] for h in (await ref.client.get("/holds", headers=comar)).json()}
+    assert holds == {wrong["id"]: True, right["id"]: False}

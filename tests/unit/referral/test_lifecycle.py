@@ -86,3 +86,10 @@ def test_one_agency_with_two_roles_gets_the_union():
     both = frozenset({Role.RECEIVER, Role.SENDER})
     assert set(allowed_actions(Status.REQUESTED, both)) == {Action.RECEIVE, Action.ACCEPT, Action.REJECT,
                                                             Action.CANCEL}
+
+
+def test_every_final_outcome_resolves_hold_bearing_needs_only():
+    from referral.domain.codes import FINAL_OUTCOME_RESOLVES, FINAL_OUTCOMES, HOLD_BEARING_NEEDS
+
+    assert set(FINAL_OUTCOME_RESOLVES) == FINAL_OUTCOMES
+    assert all(needs and needs <= HOLD_BEARING_NEEDS for needs in FINAL_OUTCOME_RESOLVES.values())

@@ -21,7 +21,7 @@ from referral.adapters.orm import AgencyRow, HistoryRow, HoldRow, ReferralRow, S
 from referral.domain import events
 from referral.domain.clocks import NeedClocks, clock_for
 from referral.domain.codes import (
-    CANCELLED_BY_COORDINATOR, COMPLETED_FINAL, COORDINATOR, FINAL_OUTCOMES, HOLD_BEARING_NEEDS, OUTCOME_CODES,
+    CANCELLED_BY_COORDINATOR, COMPLETED_FINAL, COORDINATOR, FINAL_OUTCOME_RESOLVES, HOLD_BEARING_NEEDS, OUTCOME_CODES,
     REASON_CODES, REJECTED_NO_ALTERNATIVE, TRAFFICKING, coordinator_of,
 )
 from referral.domain.lifecycle import (
@@ -379,7 +379,8 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
         await settle_lead(session, ref.case_id)
     if cmd.action == Action.REJECT:
         await route_onward(session, policy, ref, at)
-    elif cmd.action == Action.COMPLETE and cmd.outcome_code in FINAL_OUTCOMES and ref.need_code != TRAFFICKING:
+    elif (cmd.action == Action.COMPLETE and ref.need_code != TRAFFICKING
+          and ref.need_code in FINAL_OUTCOME_RESOLVES.get(cmd.outcome_code, ())):
         hold = await active_hold(session, ref.person_id, ref.need_code)
         if hold:
             await release_hold(session, hold, reason=COMPLETED_FINAL, ref=ref, outcome_code=cmd.outcome_code, at=at)
