@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlmodel import update
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from notification.adapters.orm import SubscriptionRow
 from notification.entrypoints.app import create_app
@@ -282,3 +283,25 @@ async def test_two_replicas_on_one_database_never_send_the_same_attempt_twice(no
         await eventually(all_delivered, what="every delivery")
     assert overlaps == []
     assert len(receiver.ids()) == len(set(receiver.ids())) == len(events)
+
+
+async def test_a_rotation_during_a_retry_signs_the_next_attempts_with_both_secrets(notification):
+    receiver = SigningReceiver(status_code=503, gate=asyncio.Event())
+    async with receiver.running(), notification.running(secret_rotation_overlap_s=3600) as client:
+        sub = await subscribe(client, notification, PFPNNA, receiver, name="old")
+        await notification.publish(event("referral.requested.v1", referral_data()))
+        await eventually(lambda: _async(len(receiver.received) == 1), what="the first attempt, held by the receiver")
+        # Rotated while that attempt is in flight: it keeps the signature it was sent with.
+        r = await client.post(f"/subscriptions/{sub['id']}/secret/rotation", headers=notification.headers(*PFPNNA))
+        receiver.secrets["new"] = r.json()["secret"]
+        receiver.gate.set()  # ...and it fails (503)
+        await eventually(lambda: _async(len(receiver.received) >= 3), what="two retries")
+        receiver.status_code = 204
+        done = await the_delivery(client, notification, PFPNNA, lambda d: d["status"] == "delivered", "the delivery")
+
+    first, *retries = receiver.received
+    assert first.verified_by == {"old"}
+    with pytest.raises(WebhookVerificationError):  # signed before the rotation, with the old secret alone
+        Webhook(receiver.secrets["new"]).verify(first.body, first.headers)
+    assert retries and all(r.verified_by == {"old", "new"} for r in retries)
+    assert set(receiver.ids()) == {done["id"]}
