@@ -305,3 +305,37 @@ async def test_a_rotation_during_a_retry_signs_the_next_attempts_with_both_secre
         Webhook(receiver.secrets["new"]).verify(first.body, first.headers)
     assert retries and all(r.verified_by == {"old", "new"} for r in retries)
     assert set(receiver.ids()) == {done["id"]}
+
+
+async def test_one_of_two_replicas_restarts_mid_schedule_and_the_other_carries_on(notification):
+    receiver = SigningReceiver(status_code=503, gate=asyncio.Event())
+    events = [event("referral.requested.v1", referral_data()) for _ in range(6)]
+    fast = dict(dispatcher_fallback_poll_s=0.05, webhook_timeout_s=2.0)
+    async with receiver.running(), notification.running(**fast) as two:
+        sub = await subscribe(two, notification, PFPNNA, receiver)
+        async with notification.running(**fast) as one:
+            await notification.publish(*events)
+            await eventually(lambda: _async(len(receiver.received) >= 2), what="attempts held by the receiver")
+            # Replica one stops now, with attempts in flight that the receiver holds past the timeout.
+        receiver.gate.set()
+        await the_delivery(two, notification, PFPNNA, lambda d: d["attempts"] >= 3, "retries after the stop")
+        # Replica one comes back while the receiver still fails, then the receiver recovers.
+        async with notification.running(**fast):
+            receiver.status_code = 204
+
+            async def all_delivered():
+                found = await deliveries(two, notification, PFPNNA, subscription_id=sub["id"])
+                return len(found) == len(events) and all(d["status"] == "delivered" for d in found)
+
+            await eventually(all_delivered, timeout=60, what="every delivery")
+            logs = [await detail(two, notification, PFPNNA, d["id"]) for d in
+                    await deliveries(two, notification, PFPNNA)]
+
+    for log in logs:
+        attempts = log["attempts_log"]
+        assert [a["status_code"] for a in attempts][-1] == 204
+        assert [a["status_code"] for a in attempts].count(204) == 1
+        assert [a["number"] for a in attempts] == list(range(1, len(attempts) + 1))
+        # Every attempt that reached the receiver is in the log, and none came after the success.
+        assert receiver.ids().count(log["id"]) == len([a for a in attempts if "ConnectError" not in (a["error"] or "")])
+    assert all(r.verified for r in receiver.received)
