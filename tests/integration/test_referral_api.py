@@ -411,11 +411,17 @@ async def test_coordinator_releases_a_hold_left_behind_by_a_sender_cancellation(
     inm, coord = auth("MX-INM"), auth("MX-COORD")
     holds = {h["need_code"]: h for h in (await ref.client.get("/holds", headers=coord)).json()}
     asylum_hold = holds["INTERNATIONAL_PROTECTION"]
+    assert all(h["open_referral_id"] for h in holds.values())
+    assert (await ref.client.get("/holds", headers=coord, params={"open_referral": "false"})).json() == []
     _problem(await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=coord), 409)  # still open
     for item in await ref.referrals(inm):
         r = await ref.act(item["id"], inm, "cancel", reason_code="REFERRED_IN_ERROR", reason_text="x")
         assert r.status_code == 200
     assert await ref.events("protection_hold.released.v1") == []
+    # The coordinator finds the holds left without an open referral.
+    unattended = (await ref.client.get("/holds", headers=coord, params={"active": "true", "open_referral": "false"})).json()
+    assert {h["id"] for h in unattended} == {h["id"] for h in holds.values()}
+    assert all(h["open_referral_id"] is None for h in unattended)
     _problem(await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=auth("MX-COMAR")), 404)
     _problem(await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=auth("GT-COORD")), 404)
     r = await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=coord)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import and_, func, or_
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
 from enlace_platform.auth import CurrentPrincipal, Principal
@@ -148,6 +149,8 @@ class HoldOut(BaseModel):
     placed_at: datetime
     not_before: datetime | None
     active: bool
+    open_referral_id: str | None = Field(description="The open referral for this person and need; null when none "
+                                                     "is open (an active hold without one awaits the coordinator)")
     released_at: datetime | None
     release_reason: str | None
     released_by_referral_id: str | None
@@ -315,8 +318,14 @@ def _hold_visible(principal: Principal):
 @router.get("/holds", response_model=list[HoldOut], summary="Protection holds of your referrals "
                                                            "(coordinator: its jurisdiction)")
 async def list_holds(principal: CurrentPrincipal, session: DbSession, case_id: str | None = None,
-                     person_id: str | None = None, active: bool | None = None) -> list[HoldOut]:
-    query = select(HoldRow).where(_hold_visible(principal))
+                     person_id: str | None = None, active: bool | None = None,
+                     open_referral: bool | None = Query(None, description="false: holds whose need has no open "
+                                                        "referral (e.g. the sender cancelled it)")) -> list[HoldOut]:
+    open_ref = aliased(ReferralRow)
+    query = select(HoldRow, open_ref.id).outerjoin(open_ref, open_ref.open_key == HoldRow.active_key) \
+        .where(_hold_visible(principal))
+    if open_referral is not None:
+        query = query.where(open_ref.id.is_not(None) if open_referral else open_ref.id.is_(None))
     if case_id:
         query = query.where(HoldRow.case_id == case_id)
     if person_id:
@@ -324,7 +333,7 @@ async def list_holds(principal: CurrentPrincipal, session: DbSession, case_id: s
     if active is not None:
         query = query.where(col(HoldRow.released_at).is_(None) if active else col(HoldRow.released_at).is_not(None))
     rows = (await session.exec(query.order_by(HoldRow.placed_at))).all()
-    return [HoldOut(**r.model_dump(), active=r.released_at is None) for r in rows]
+    return [HoldOut(**r.model_dump(), active=r.released_at is None, open_referral_id=open_id) for r, open_id in rows]
 
 
 @router.post("/holds/{hold_id}/release", response_model=HoldOut,
@@ -334,7 +343,7 @@ async def list_holds(principal: CurrentPrincipal, session: DbSession, case_id: s
 async def release_hold(hold_id: str, principal: CurrentPrincipal, session: DbSession) -> HoldOut:
     hold = await release_hold_by_coordinator(session, hold_id, principal)
     await session.commit()
-    return HoldOut(**hold.model_dump(), active=hold.released_at is None)
+    return HoldOut(**hold.model_dump(), active=hold.released_at is None, open_referral_id=None)
 
 
 @router.get("/kpis", response_model=Kpis, summary="Your agency's referral KPIs (coordinator: its jurisdiction)")
