@@ -588,3 +588,14 @@ async def test_a_final_outcome_of_another_need_does_not_release_the_hold(ref, au
     assert released["referral_id"] == right["id"] and released["outcome_code"] == "REFUGEE_STATUS_GRANTED"
     holds = {h["referral_id"]: h["active"] for h in (await ref.client.get("/holds", headers=comar)).json()}
     assert holds == {wrong["id"]: True, right["id"]: False}
+
+
+async def test_a_manual_referral_cannot_move_a_known_person_to_another_case(ref, auth):
+    event = screened("INTERNATIONAL_PROTECTION")
+    await ref.deliver(event)
+    body = {"case_id": str(uuid.uuid4()), "person_id": event.data["person_id"], "need_code": "MEDICAL_URGENT",
+            "age_band": "18-59", "languages": ["es"]}
+    body422 = _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json=body), 422)
+    assert body422["errors"][0]["path"] == "body/case_id" and event.data["case_id"] not in body422["detail"]
+    r = await ref.client.post("/referrals", headers=auth("MX-INM"), json={**body, "case_id": event.data["case_id"]})
+    assert r.status_code == 201, r.text

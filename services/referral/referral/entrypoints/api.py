@@ -238,6 +238,11 @@ async def create_referral(body: ManualReferralIn, request: Request, principal: C
     if previous is not None:
         return await render(session, await visible_referral(session, previous, principal), principal)
     person_id, case_id = str(body.person_id), str(body.case_id)
+    known_case = (await session.exec(select(ReferralRow.case_id).where(ReferralRow.person_id == person_id)
+                                     .limit(1))).first()
+    if known_case is not None and known_case != case_id:
+        raise Problem(422, detail="This person belongs to another case.",
+                      errors=[{"path": "body/case_id", "message": "not the person's case"}])
     existing = await open_referral_for(session, person_id, body.need_code)
     if existing is not None:
         raise Problem(409, detail=f"Person already has an open referral for {body.need_code}.",
