@@ -599,3 +599,16 @@ async def test_a_manual_referral_cannot_move_a_known_person_to_another_case(ref,
     assert body422["errors"][0]["path"] == "body/case_id" and event.data["case_id"] not in body422["detail"]
     r = await ref.client.post("/referrals", headers=auth("MX-INM"), json={**body, "case_id": event.data["case_id"]})
     assert r.status_code == 201, r.text
+
+
+async def test_consent_arriving_before_the_screening_routes_it_directly(ref, auth):
+    case_id, person_id = str(uuid.uuid4()), str(uuid.uuid4())
+    await ref.deliver(consent_changed(case_id, person_id, "asylum_office"))
+    event = screened("INTERNATIONAL_PROTECTION", case_id=case_id, person_id=person_id)
+    event.data.pop("consent_scope")  # an intake that sends no snapshot: what referral learned applies
+    await ref.deliver(event)
+    assert (await _one(ref, auth("MX-COMAR")))["to_service_id"] == "MX-COMAR-1"
+    assert await ref.referrals(auth("MX-COORD"), direction="queue") == []
+    # The same consent again later changes nothing.
+    await ref.deliver(consent_changed(case_id, person_id, "asylum_office"))
+    assert await ref.events("referral.reassigned.v1") == [] and await ref.events("referral.escalated.v1") == []
