@@ -85,6 +85,11 @@ async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(inta
     assert all(s["consent_scope"] == [] for s in screened)
     assert "Pérez" not in json.dumps([e.data for e in records], ensure_ascii=False)
 
+    # Ordered at once, before any hold has come back: the screening itself already refuses it.
+    r = await client.post(f"/cases/{case['id']}/persons/{teen['id']}/removal-orders", headers=officer,
+                          json={"destination_country": "HND"})
+    assert r.status_code == 409 and [p["need_code"] for p in r.json()["pending_holds"]] == ["UNACCOMPANIED_CHILD"]
+
     # The referral service places a hold per hold-bearing need.
     placed = {p["id"]: hold_placed(case_id=case["id"], person_id=p["id"], need_code=code)
               for p, code in ((mother, "INTERNATIONAL_PROTECTION"), (teen, "UNACCOMPANIED_CHILD"),

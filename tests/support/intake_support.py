@@ -72,7 +72,7 @@ def hold_placed(*, case_id: str, person_id: str, need_code: str, hold_id: str | 
 
 
 def hold_released(placed: Envelope, *, release_reason: str = "COMPLETED_FINAL",
-                  outcome_code: str | None = "REFUGEE_STATUS_GRANTED") -> Envelope:
+                  outcome_code: str | None = "REFUGEE_STATUS_GRANTED", released_at: datetime | None = None) -> Envelope:
     d = placed.data
     return Envelope(type="protection_hold.released.v1", source="/enlace/referral", key=d["case_id"],
                     subject=d["hold_id"],
@@ -80,7 +80,7 @@ def hold_released(placed: Envelope, *, release_reason: str = "COMPLETED_FINAL",
                           "referral_id": d["referral_id"], "need_code": d["need_code"],
                           "from_agency_id": "MX-INM", "to_agency_id": d["to_agency_id"],
                           "release_reason": release_reason, "outcome_code": outcome_code,
-                          "released_at": (datetime.now(UTC) + timedelta(seconds=1)).isoformat()})
+                          "released_at": (released_at or datetime.now(UTC) + timedelta(seconds=1)).isoformat()})
 
 
 def referral_event(kind: str, *, referral_id: str, case_id: str, person_id: str, need_code: str, status: str,

@@ -5,6 +5,7 @@ Referral and hold events are handed to the real handlers as the consumer runner 
 
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -542,6 +543,45 @@ async def test_removal_is_refused_exactly_while_at_least_one_hold_is_active(inta
     assert sorted((h["need_code"], h["status"]) for h in view["holds"]) == [
         ("INTERNATIONAL_PROTECTION", "active"), ("INTERNATIONAL_PROTECTION", "released"),
         ("UNACCOMPANIED_CHILD", "released")]
+
+
+async def test_a_screening_that_found_a_hold_bearing_need_refuses_removal_until_its_hold_is_released(intake, officer):
+    """The hold travels intake -> referral -> intake: an order in between must not slip through."""
+    client, runtime = intake
+    case = await _register(client, officer)
+    mother, _, teen, adult, _ = case["persons"]
+    screen = f"/cases/{case['id']}/screenings"
+
+    async def order(person):
+        return await client.post(f"/cases/{case['id']}/persons/{person['id']}/removal-orders", headers=officer,
+                                 json={"destination_country": "HND"})
+
+    screening = (await client.post(screen, headers=officer, json={"person_id": teen["id"]})).json()
+    r = await order(teen)
+    assert r.status_code == 409 and r.headers["content-type"] == PROBLEM, r.text
+    assert r.json()["holds"] == [] and r.json()["pending_holds"] == [
+        {"need_code": "UNACCOMPANIED_CHILD", "screening_id": screening["id"]}]
+    assert screening["id"] in r.json()["detail"] and "UNACCOMPANIED_CHILD" in r.json()["detail"]
+    await client.post(screen, headers=officer, json={"person_id": adult["id"], "kidnapped": True})
+    assert (await order(adult)).status_code == 201, "no hold-bearing need, nothing pending"
+
+    placed = hold_placed(case_id=case["id"], person_id=teen["id"], need_code="UNACCOMPANIED_CHILD")
+    await deliver(runtime, HOLD_HANDLERS, placed)
+    r = await order(teen)
+    assert r.status_code == 409 and r.json()["pending_holds"] == []
+    assert [h["hold_id"] for h in r.json()["holds"]] == [placed.data["hold_id"]]
+    await deliver(runtime, HOLD_HANDLERS, hold_released(placed, outcome_code="CHILD_REUNIFIED_WITH_FAMILY"))
+    assert (await order(teen)).status_code == 201
+
+    # An asylum claim finally rejected, the hold released; at the removal the person voices a new fear.
+    old = hold_placed(case_id=case["id"], person_id=mother["id"], need_code="INTERNATIONAL_PROTECTION")
+    await deliver(runtime, HOLD_HANDLERS, old)
+    await deliver(runtime, HOLD_HANDLERS, hold_released(old, outcome_code="ASYLUM_CLAIM_REJECTED_FINAL",
+                                                        released_at=datetime.now(UTC) - timedelta(days=2)))
+    assert (await order(mother)).status_code == 201
+    await client.post(screen, headers=officer, json={"person_id": mother["id"], "fear_of_return": True})
+    r = await order(mother)
+    assert r.status_code == 409 and [p["need_code"] for p in r.json()["pending_holds"]] == ["INTERNATIONAL_PROTECTION"]
 
 
 async def test_removal_orders_belong_to_the_registering_agency(intake, officer, dev_issuer_dir):

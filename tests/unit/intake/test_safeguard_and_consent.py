@@ -6,7 +6,11 @@ from datetime import UTC, datetime
 import pytest
 
 from intake.domain import consent
-from intake.domain.safeguard import ACTIVE, RELEASED, HoldState, on_placed, on_released, referral_is_open
+from datetime import timedelta
+
+from intake.domain.safeguard import (
+    ACTIVE, RELEASED, HoldState, on_placed, on_released, pending_holds, referral_is_open,
+)
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 PLACED = HoldState(hold_id="h1", case_id="c1", person_id="p1", referral_id="r1", need_code="UNACCOMPANIED_CHILD",
@@ -71,3 +75,16 @@ def test_scope_is_distinct_and_stable():
     assert consent.scope([g("health", "referral", "consent"), g("asylum_office", "referral", "consent"),
                           g("health", "referral", "consent")]) == [g("asylum_office", "referral", "consent"),
                                                                    g("health", "referral", "consent")]
+
+
+def test_a_hold_bearing_need_is_pending_until_a_hold_answers_it():
+    needs = ["UNACCOMPANIED_CHILD", "MEDICAL_URGENT", "INTERNATIONAL_PROTECTION"]
+    assert pending_holds(T0, needs, []) == ["UNACCOMPANIED_CHILD", "INTERNATIONAL_PROTECTION"]
+    assert pending_holds(T0, needs, [PLACED]) == ["INTERNATIONAL_PROTECTION"], "an active hold answers"
+    released_after = _release(PLACED)
+    assert released_after.released_at == T0
+    assert pending_holds(T0, ["UNACCOMPANIED_CHILD"], [released_after]) == []
+    released_before = HoldState(**{**released_after.__dict__, "released_at": T0 - timedelta(days=30)})
+    assert pending_holds(T0, ["UNACCOMPANIED_CHILD"], [released_before]) == ["UNACCOMPANIED_CHILD"], \
+        "a hold released before this screening does not answer it"
+    assert pending_holds(T0, ["MEDICAL_URGENT", "DISABILITY"], []) == []

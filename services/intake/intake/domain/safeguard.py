@@ -4,12 +4,15 @@ Protection holds arrive as placed/released events that may come twice or out of 
 merge here makes the result the same whatever the order: once released, a hold stays released.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 ACTIVE = "active"
 RELEASED = "released"
 CLOSED_REFERRAL_STATUSES = frozenset({"completed", "cancelled", "failed", "rejected"})
+# The needs for which the referral service always holds the person (docs/event-catalog.md).
+HOLD_BEARING_NEEDS = ("INTERNATIONAL_PROTECTION", "UNACCOMPANIED_CHILD", "SEPARATED_CHILD", "TRAFFICKING_PRESUMED")
 
 
 @dataclass(frozen=True)
@@ -55,3 +58,25 @@ def referral_is_open(status: str) -> bool:
 def is_newer(incoming: datetime, stored: datetime | None) -> bool:
     """Referral events of a case come in order (one partition); this guards a replay of an older one."""
     return stored is None or incoming >= stored
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def pending_holds(screened_at: datetime, found_needs: Iterable[str], holds: Iterable[HoldState]) -> list[str]:
+    """Hold-bearing needs of the person's latest screening that no hold known here answers yet.
+
+    For every such need, the referral service holds the person: it places a hold, or one is already active.
+    Until that hold reaches intake (or while the referral service is down), the screening itself already
+    says the person must not be removed. A need is answered by an active hold for it, or by one released
+    after the screening (the referral service's answer came and was resolved since).
+    """
+    holds = list(holds)
+    pending = []
+    for need in dict.fromkeys(n for n in found_needs if n in HOLD_BEARING_NEEDS):
+        answered = any(h.need_code == need and (h.status == ACTIVE or (
+            h.released_at is not None and _aware(h.released_at) >= _aware(screened_at))) for h in holds)
+        if not answered:
+            pending.append(need)
+    return pending

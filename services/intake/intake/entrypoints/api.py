@@ -621,8 +621,16 @@ class BlockingHold(BaseModel):
     not_before: AwareDatetime | None
 
 
+class PendingHold(BaseModel):
+    need_code: str
+    screening_id: str = Field(description="The screening that found the need")
+
+
 class RemovalRefused(ProblemDetails):
     holds: list[BlockingHold] = Field(description="The active protection holds and the referrals behind them")
+    pending_holds: list[PendingHold] = Field(
+        description="Hold-bearing needs of the person's latest screening whose hold has not reached intake yet: "
+                    "the referral service holds the person for each of them")
     removal_order_id: str = Field(description="The refused attempt, kept on record")
 
 
@@ -646,7 +654,15 @@ async def request_removal(case_id: str, person_id: str, body: RemovalOrderIn, pr
     except services.RemovalBlocked as blocked:
         holds = [BlockingHold(hold_id=h.hold_id, referral_id=h.referral_id, need_code=h.need_code,
                               not_before=h.not_before).model_dump(mode="json") for h in blocked.holds]
-        named = "; ".join(f"hold {h['hold_id']} ({h['need_code']}, referral {h['referral_id']})" for h in holds)
-        raise Problem(409, detail=f"Removal refused: the person is under active protection hold(s): {named}.",
-                      holds=holds, removal_order_id=blocked.order.id) from None
+        pending = [PendingHold(need_code=code, screening_id=blocked.screening.id).model_dump()
+                   for code in blocked.pending]
+        reasons = []
+        if holds:
+            named = "; ".join(f"hold {h['hold_id']} ({h['need_code']}, referral {h['referral_id']})" for h in holds)
+            reasons.append(f"the person is under active protection hold(s): {named}")
+        if pending:
+            reasons.append(f"screening {blocked.screening.id} found {', '.join(blocked.pending)}, for which the "
+                           "referral service places a protection hold that has not reached intake yet")
+        raise Problem(409, detail=f"Removal refused: {'; and '.join(reasons)}.", holds=holds, pending_holds=pending,
+                      removal_order_id=blocked.order.id) from None
     return RemovalOrderOut(**order.model_dump(include=set(RemovalOrderOut.model_fields)))

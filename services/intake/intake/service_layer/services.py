@@ -18,7 +18,7 @@ from intake.adapters.orm import (
 from intake.domain import consent as consent_rules
 from intake.domain import events
 from intake.domain.encounter import Relationship, person_facts, treated_as_child
-from intake.domain.safeguard import ACTIVE, referral_is_open
+from intake.domain.safeguard import ACTIVE, HoldState, pending_holds, referral_is_open
 from intake.domain.screening import PersonFacts, ScreeningAnswers, age_band, current_rules, evaluate, facts_of
 
 
@@ -31,9 +31,10 @@ class Refused(Exception):
 
 
 class RemovalBlocked(Exception):
-    def __init__(self, order: RemovalOrderRow, holds: list[ProtectionHoldRow]) -> None:
-        super().__init__(f"{len(holds)} active protection hold(s)")
-        self.order, self.holds = order, holds
+    def __init__(self, order: RemovalOrderRow, holds: list[ProtectionHoldRow], *,
+                 pending: list[str] = (), screening: "ScreeningRow | None" = None) -> None:
+        super().__init__(f"{len(holds)} active protection hold(s), {len(pending)} pending")
+        self.order, self.holds, self.pending, self.screening = order, holds, list(pending), screening
 
 
 PERSON_FIELDS = ("given_names", "family_names", "sex", "date_of_birth", "estimated_age", "age_disputed",
@@ -382,22 +383,31 @@ async def request_removal(session: AsyncSession, principal: Principal, case_id: 
     """Accepted only while no protection hold on the person is active; a refused attempt stays on record."""
     case = await get_case_for(session, principal, case_id)
     person = await _person_in(session, case, person_id)
-    holds = list((await session.exec(select(ProtectionHoldRow).where(
-        ProtectionHoldRow.person_id == person.id, ProtectionHoldRow.status == ACTIVE,
-    ).order_by(ProtectionHoldRow.hold_id))).all())
+    every_hold = list((await session.exec(select(ProtectionHoldRow).where(
+        ProtectionHoldRow.person_id == person.id).order_by(ProtectionHoldRow.hold_id))).all())
+    holds = [h for h in every_hold if h.status == ACTIVE]
+    latest = (await session.exec(select(ScreeningRow).where(ScreeningRow.person_id == person.id)
+                                 .order_by(col(ScreeningRow.created_at).desc()).limit(1))).first()
+    pending = [] if latest is None else pending_holds(latest.created_at, [n["code"] for n in latest.needs],
+                                                      [_hold_state(h) for h in every_hold])
+    refused = bool(holds or pending)
     order = RemovalOrderRow(case_id=case.id, person_id=person.id, destination_country=destination_country,
-                            status="refused" if holds else "accepted", blocking_hold_ids=[h.hold_id for h in holds],
+                            status="refused" if refused else "accepted", blocking_hold_ids=[h.hold_id for h in holds],
                             requested_by=principal.subject, requested_by_agency_id=principal.agency_id)
-    if order_id is not None and not holds:
+    if order_id is not None and not refused:
         order.id = order_id
-    if remember is not None and not holds:
+    if remember is not None and not refused:
         remember(order.id)  # a retried accepted order finds it; a refused attempt may be retried
     session.add(order)
     await session.commit()
     await session.refresh(order)
-    if holds:
-        raise RemovalBlocked(order, holds)
+    if refused:
+        raise RemovalBlocked(order, holds, pending=pending, screening=latest if pending else None)
     return order
+
+
+def _hold_state(row: ProtectionHoldRow) -> HoldState:
+    return HoldState(**{k: getattr(row, k) for k in HoldState.__dataclass_fields__})
 
 
 async def get_removal_order(session: AsyncSession, principal: Principal, case_id: str, order_id: str) -> RemovalOrderRow:
