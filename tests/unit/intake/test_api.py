@@ -86,6 +86,9 @@ async def test_bad_input_is_a_422_problem_naming_the_field(intake, officer):
     body["persons"][0]["documents"][0]["number"] = "HN\x001"
     assert _paths(await client.post("/cases", headers=officer, json=body)) == ["body/persons/0/documents/0/number"]
     body = family_group()
+    body["encountered_at"] = "2999-11-20T04:30:00Z"
+    assert _paths(await client.post("/cases", headers=officer, json=body)) == ["body/encountered_at"]
+    body = family_group()
     del body["persons"][2]["estimated_age"]
     assert "body/persons/2" in _paths(await client.post("/cases", headers=officer, json=body))
 
@@ -299,6 +302,8 @@ async def test_screening_input_is_checked(intake, officer, dev_issuer_dir):
         "person_id": pid, "trafficking_indicators": ["debt bondage"]}))
     assert "body/pregnancy_high_risk" in _paths(await client.post(url, headers=officer, json={
         "person_id": pid, "pregnant": False, "pregnancy_high_risk": True}))
+    r = await client.post(url, headers=officer, json={"person_id": pid, "trafficking_indicators": None})
+    assert r.status_code == 201 and r.json()["answers"]["trafficking_indicators"] == [], "null is not asked"
     assert (await client.post(url, headers=officer, json={"person_id": "nobody"})).status_code == 404
     gt = bearer(dev_issuer_dir, "GT-IGM", "migration_authority", jurisdiction="GT")
     assert (await client.post(url, headers=gt, json={"person_id": pid})).status_code == 404

@@ -6,7 +6,7 @@ holds an open referral about that person and consent covers it.
 """
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
@@ -101,6 +101,13 @@ class CaseIn(_In):
     persons: list[PersonIn] = Field(min_length=1, max_length=50)
     relationships: list[RelationshipIn] = Field(default_factory=list, max_length=200,
                                                 description="How members of the group are related")
+
+    @field_validator("encountered_at")
+    @classmethod
+    def _not_in_the_future(cls, value: datetime) -> datetime:
+        if value > datetime.now(UTC) + timedelta(hours=1):  # an hour of clock skew between systems
+            raise ValueError("encountered_at is in the future")
+        return value
 
 
 class PersonOut(BaseModel):
@@ -430,6 +437,11 @@ class ScreeningIn(_In):
         if value is True and info.data.get(parent) is not True:
             raise ValueError(f"only when {parent} is true")
         return value
+
+    @field_validator("trafficking_indicators", mode="before")
+    @classmethod
+    def _null_is_not_asked(cls, value):
+        return [] if value is None else value  # like every other question: null means not asked
 
     @field_validator("trafficking_indicators")
     @classmethod
