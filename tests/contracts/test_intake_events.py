@@ -152,3 +152,13 @@ def test_code_lists_agree_with_the_schemas():
     produced = {age_band(PersonFacts(a)) for a in range(121)}
     produced |= {age_band(PersonFacts(None)), age_band(PersonFacts(30, age_disputed=True))}
     assert set(screened["properties"]["age_band"]["enum"]) == produced
+
+
+def test_the_needs_intake_waits_a_hold_for_are_the_catalogs_hold_bearing_needs():
+    import re
+
+    from intake.domain.safeguard import HOLD_BEARING_NEEDS
+
+    catalog = (Path(__file__).parents[2] / "docs" / "event-catalog.md").read_text(encoding="utf-8")
+    line = next(line for line in catalog.splitlines() if line.startswith("- **Hold-bearing needs**"))
+    assert set(re.findall(r"`([A-Z_]+)`", line)) == set(HOLD_BEARING_NEEDS)
