@@ -339,3 +339,23 @@ async def test_one_of_two_replicas_restarts_mid_schedule_and_the_other_carries_o
         # Every attempt that reached the receiver is in the log, and none came after the success.
         assert receiver.ids().count(log["id"]) == len([a for a in attempts if "ConnectError" not in (a["error"] or "")])
     assert all(r.verified for r in receiver.received)
+
+
+async def test_a_token_in_the_webhook_url_stays_out_of_logs_and_traces(notification, capsys, spans):
+    # The service's log handler writes its lines (INFO and up) to stdout.
+    receiver = SigningReceiver()
+    token = "T0001-B0001-capability-9f8e7d"
+    async with receiver.running(), notification.running() as client:
+        r = await client.post("/subscriptions", headers=notification.headers(*PFPNNA),
+                              json={"url": f"{receiver.url}?token={token}", "event_types": ["referral.*"]})
+        receiver.secrets["s"] = r.json()["secret"]
+        await notification.publish(event("referral.requested.v1", referral_data()))
+        await the_delivery(client, notification, PFPNNA, lambda d: d["status"] == "delivered", "the delivery")
+    assert len(receiver.received) == 1 and receiver.received[0].verified
+    assert token not in capsys.readouterr().out
+    posts = [s for s in spans.get_finished_spans() if s.attributes and
+             any(str(v).startswith(f"http://127.0.0.1:{receiver.port}") for v in s.attributes.values())]
+    assert posts, "the webhook POST is traced"
+    leaks = [(s.name, k, v) for s in spans.get_finished_spans() for k, v in (s.attributes or {}).items()
+             if token in str(v)]
+    assert leaks == []

@@ -35,6 +35,8 @@ from notification.service_layer.handlers import DELIVERIES_FLAG
 from notification.service_layer.subscriptions import disable_subscription
 
 log = logging.getLogger(__name__)
+# httpx logs every request with its full URL at INFO; a webhook URL may carry the receiver's token.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 tracer = trace.get_tracer("enlace.notification")
 
 SMTP_ENDPOINT = "smtp:"  # all e-mails share one endpoint: the SMTP server
@@ -47,6 +49,16 @@ def _now() -> datetime:
 def _as_utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; every stored time is UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def _endpoint_only(span, request) -> None:
+    """A webhook URL can be a capability (a token in its path or query, as Slack-style hooks are): traces
+    show only its scheme, host and port."""
+    attributes = getattr(span, "attributes", None) or {}
+    url = httpx.URL(str(request.url))
+    for key in ("http.url", "url.full"):
+        if key in attributes:
+            span.set_attribute(key, f"{url.scheme}://{url.netloc.decode()}/")
 
 
 class Dispatcher:
@@ -70,7 +82,7 @@ class Dispatcher:
         s = self._settings
         self._client = httpx.AsyncClient(timeout=s.webhook_timeout_s, follow_redirects=False,
                                          limits=httpx.Limits(max_connections=s.delivery_concurrency_total))
-        HTTPXClientInstrumentor.instrument_client(self._client)
+        HTTPXClientInstrumentor.instrument_client(self._client, request_hook=_endpoint_only)
         try:
             while not self._stopping.is_set():
                 wait_s = s.dispatcher_fallback_poll_s
