@@ -160,5 +160,5 @@ def test_the_needs_intake_waits_a_hold_for_are_the_catalogs_hold_bearing_needs()
     from intake.domain.safeguard import HOLD_BEARING_NEEDS
 
     catalog = (Path(__file__).parents[2] / "docs" / "event-catalog.md").read_text(encoding="utf-8")
-    line = next(line for line in catalog.splitlines() if line.startswith("- **Hold-bearing needs**"))
-    assert set(re.findall(r"`([A-Z_]+)`", line)) == set(HOLD_BEARING_NEEDS)
+    bullet = catalog.split("- **Hold-bearing needs**", 1)[1].split("\n\n", 1)[0]
+    assert set(re.findall(r"`([A-Z_]+)`", bullet)) == set(HOLD_BEARING_NEEDS)
