@@ -143,7 +143,8 @@ async def test_search_terms_never_travel_in_a_url_nor_reach_traces(intake, offic
     client, _ = intake
     await _register(client, officer)
     spans.clear()
-    r = await client.post("/cases/search", headers=officer, json={"name": "Pérez López", "document_number": "HN1234567"})
+    r = await client.post("/cases/search", headers=officer,
+                          json={"name": "Pérez López", "document_number": "HN1234567"})
     assert r.status_code == 200 and len(r.json()) == 1
     traced = json.dumps([dict(s.attributes or {}) for s in spans.get_finished_spans()], ensure_ascii=False)
     assert "POST /cases/search" in {s.name for s in spans.get_finished_spans()}

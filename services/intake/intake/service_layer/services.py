@@ -144,7 +144,8 @@ async def search_cases(session: AsyncSession, principal: Principal, *, name: str
     """Only the caller's own cases: another agency's people are not searchable at all."""
     query = select(CaseRow).where(CaseRow.agency_id == principal.agency_id)
     if name:
-        person_ids = select(PersonRow.case_id).where(col(PersonRow.search_name).contains(search_key(name), autoescape=True))
+        person_ids = select(PersonRow.case_id).where(
+            col(PersonRow.search_name).contains(search_key(name), autoescape=True))
         query = query.where(col(CaseRow.id).in_(person_ids))
     if document_number:
         doc_cases = select(PersonDocumentRow.case_id).where(
@@ -380,7 +381,8 @@ async def list_consents(session: AsyncSession, principal: Principal, case_id: st
 async def request_removal(session: AsyncSession, principal: Principal, case_id: str, person_id: str, *,
                           destination_country: str, order_id: str | None = None,
                           remember: Callable[[str], None] | None = None) -> RemovalOrderRow:
-    """Accepted only while no protection hold on the person is active; a refused attempt stays on record."""
+    """Accepted only while no protection hold on the person is active and none is pending for a hold-bearing need
+    of the latest screening; a refused attempt stays on record."""
     case = await get_case_for(session, principal, case_id)
     person = await _person_in(session, case, person_id)
     every_hold = list((await session.exec(select(ProtectionHoldRow).where(
