@@ -167,7 +167,7 @@ async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) 
                                        json={"person_id": person[index], **answer}))
         needs[index] = [n["code"] for n in screening["needs"]]
     expected_referrals = sum(len(codes) for codes in needs.values())
-    screened = Table(title="3. Screening (rules file v2): needs per person")
+    screened = Table(title=f"3. Screening (rules {screening['rules_version']}): needs per person")
     for column in ("person", "needs"):
         screened.add_column(column)
     for index, codes in needs.items():

@@ -29,10 +29,11 @@ def make_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
     # Looked up on the module at call time, where the instrumentation wraps it.
     if parsed.get_backend_name() != "sqlite":
-        return sa_asyncio.create_async_engine(url, pool_pre_ping=True)
+        return sa_asyncio.create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa_asyncio.create_async_engine(url, connect_args={"timeout": 30})
+    # hide_parameters: a database error never logs the values (names, document numbers) it was given.
+    engine = sa_asyncio.create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_conn, _record):

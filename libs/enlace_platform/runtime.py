@@ -238,5 +238,17 @@ def create_service_app(
     app.include_router(health_router(runtime))
     for router in routers:
         app.include_router(router, responses=PROBLEM_RESPONSES)
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics",
+                                       server_request_hook=_drop_query_from_span)
     return app
+
+
+def _drop_query_from_span(span, scope) -> None:
+    """Query strings can carry search terms (names, document numbers): spans keep the path only."""
+    if span is None or not span.is_recording() or not scope.get("query_string"):
+        return
+    path = scope.get("path", "")
+    host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+    span.set_attribute("http.target", path)
+    span.set_attribute("http.url", f"{scope.get('scheme', 'http')}://{host}{path}")
+    span.set_attribute("url.query", "")

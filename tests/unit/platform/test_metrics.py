@@ -46,3 +46,24 @@ async def test_metrics_show_the_unsent_outbox_rows_the_oldest_age_and_service_ga
     assert registry.get_sample_value("enlace_test_cases", {"state": "open"}) == 7
     assert 'enlace_test_cases{state="open"} 7.0' in response.text
     assert "enlace_outbox_backlog 2.0" in response.text
+
+
+async def test_request_spans_keep_the_path_but_never_the_query_string(tmp_path, spans):
+    from fastapi import APIRouter
+
+    router = APIRouter()
+
+    @router.get("/things")
+    async def things(name: str) -> dict:
+        return {"found": 0}
+
+    runtime = _runtime(tmp_path)
+    app = create_service_app(title="t", description="t", runtime=runtime, routers=[router])
+    async with running_app(app) as client:
+        response = await client.get("/things", params={"name": "María Pérez"})
+    assert response.status_code == 200
+    [server] = [s for s in spans.get_finished_spans()
+                if s.kind.name == "SERVER" and s.attributes.get("http.target") == "/things"]
+    attributes = " ".join(str(v) for v in server.attributes.values())
+    assert "Mar" not in attributes and "name=" not in attributes
+    assert server.attributes["http.url"].endswith("/things")
