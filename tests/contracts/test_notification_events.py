@@ -83,7 +83,9 @@ async def test_webhook_bodies_follow_the_contract(written):
 
 async def test_e_mails_are_written_only_for_new_referrals_and_escalations(written):
     emails = {(d.event_type, d.agency_id) for d in written["deliveries"] if d.channel == "email"}
-    assert emails == {("referral.requested.v1", "MX-PFPNNA"), ("referral.overdue.v1", "MX-PFPNNA"),
+    # reassigned: the referral is handed to its (new) receiver, for which it is a new inbound referral.
+    assert emails == {("referral.requested.v1", "MX-PFPNNA"), ("referral.reassigned.v1", "MX-PFPNNA"),
+                      ("referral.overdue.v1", "MX-PFPNNA"),
                       ("referral.overdue.v1", "MX-COORD"), ("referral.escalated.v1", "MX-PFPNNA"),
                       ("referral.escalated.v1", "MX-COORD")}
 
