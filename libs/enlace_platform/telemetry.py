@@ -100,7 +100,9 @@ def setup_logging(service_name: str, json_lines: bool = True, level: int = loggi
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # Chatty clients: httpx logs every request URL at INFO, and webhook URLs can hold a token.
+    for name in ("aiokafka", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         # uvicorn installs plain-text handlers of its own; its lines go through ours instead.
         server_log = logging.getLogger(name)

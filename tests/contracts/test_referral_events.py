@@ -90,7 +90,9 @@ async def test_events_carry_codes_and_ids_only(produced):
 async def test_the_shared_shape_holds_for_every_referral_event(produced):
     referral_events = [(t, p) for t, p in produced if t in events.REFERRAL_EVENT_TYPES]
     shape = set(referral_events[0][1])
-    assert all(set(p) == shape for _, p in referral_events)
+    # Only a reassignment adds one field: the agency that held the referral before.
+    assert all(set(p) - {"previous_to_agency_id"} == shape for _, p in referral_events)
+    assert all(("previous_to_agency_id" in p) == (t == events.REFERRAL_REASSIGNED) for t, p in referral_events)
     for event_type, payload in referral_events:
         assert (payload["to_agency_id"] is None) == (payload["to_agency_type"] is None) == (
             payload["to_service_id"] is None)

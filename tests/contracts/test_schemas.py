@@ -77,6 +77,7 @@ def test_there_is_one_schema_per_published_event_type_and_one_for_webhooks():
 # valid (docs/event-catalog.md, compatibility rule). Every other property is always sent.
 ADDED_LATER = {
     "case.screened.v1.schema.json": {"consent_scope"},
+    "referral.reassigned.v1.schema.json": {"previous_to_agency_id"},
     "referral.requested.v1.schema.json": {"to_agency_type", "coordinator_agency_id", "due_at", "previous_referral_id",
                                           "actor_agency_id", "reason_code", "outcome_code", "occurred_at"},
 }

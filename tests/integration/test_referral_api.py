@@ -257,6 +257,7 @@ async def test_rejection_routes_onward_keeps_the_hold_and_escalates_when_none_is
     assert await ref.events("protection_hold.released.v1") == []
     [(_, reassigned)] = await ref.events("referral.reassigned.v1")
     assert reassigned["actor_agency_id"] == "MX-COORD" and reassigned["to_agency_id"] == "MX-PFPNNA"
+    assert reassigned["previous_to_agency_id"] is None, "it came from the queue: nobody held it before"
     rejected = [p for _, p in await ref.events("referral.rejected.v1")]
     assert [p["reason_code"] for p in rejected] == ["NO_CAPACITY", "OUT_OF_MANDATE"]
     assert "Lleno" not in str(rejected)
@@ -612,3 +613,23 @@ async def test_consent_arriving_before_the_screening_routes_it_directly(ref, aut
     # The same consent again later changes nothing.
     await ref.deliver(consent_changed(case_id, person_id, "asylum_office"))
     assert await ref.events("referral.reassigned.v1") == [] and await ref.events("referral.escalated.v1") == []
+
+
+async def test_a_reassignment_names_the_agency_that_lost_the_referral(ref, auth):
+    coord = auth("MX-COORD")
+    r = await ref.client.post("/agencies", headers=coord, json={
+        "id": "MX-SNDIF", "name": "Sistema DIF (demo)", "type": "child_protection", "jurisdiction": "MX"})
+    assert r.status_code == 201, r.text
+    r = await ref.client.post("/services", headers=coord, json={
+        "id": "MX-SNDIF-1", "agency_id": "MX-SNDIF", "area": "MX", "name": "Centro de asistencia social",
+        "need_codes": ["UNACCOMPANIED_CHILD", "SEPARATED_CHILD"], "age_min": 0, "age_max": 17,
+        "languages": ["es"], "opening_hours": "24/7", "capacity": 10})
+    assert r.status_code == 201, r.text
+    await ref.deliver(screened("UNACCOMPANIED_CHILD", age_band="12-17"))
+    [(_, requested)] = await ref.events("referral.requested.v1")
+    assert requested["to_agency_id"] == "MX-PFPNNA"
+
+    r = await ref.act(requested["referral_id"], coord, "reassign", to_service_id="MX-SNDIF-1")
+    assert r.status_code == 200, r.text
+    [(_, reassigned)] = await ref.events("referral.reassigned.v1")
+    assert reassigned["to_agency_id"] == "MX-SNDIF" and reassigned["previous_to_agency_id"] == "MX-PFPNNA"

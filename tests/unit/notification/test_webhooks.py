@@ -67,6 +67,10 @@ QUEUED = {"from_agency_id": "MX-INM", "to_agency_id": None, "coordinator_agency_
     ({"from_agency_id": "MX-INM", "to_agency_id": "MX-COMAR"}, {"MX-INM", "MX-COMAR"}),
     ({"from_agency_id": "", "to_agency_id": 7}, set()),
     ({}, set()),
+    # referral.reassigned.v1: the agency that lost the referral is told too.
+    ({**ROUTED, "to_agency_id": "MX-SNDIF", "previous_to_agency_id": "MX-PFPNNA"},
+     {"MX-INM", "MX-SNDIF", "MX-COORD", "MX-PFPNNA"}),
+    ({**QUEUED, "previous_to_agency_id": None}, {"MX-INM", "MX-COORD"}),
 ])
 def test_parties_are_the_agencies_the_event_names(data, expected):
     assert party_agency_ids(data) == expected

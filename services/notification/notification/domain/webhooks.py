@@ -36,9 +36,10 @@ def matches(patterns: list[str] | tuple[str, ...], event_type: str) -> bool:
 
 
 def party_agency_ids(data: dict[str, Any]) -> set[str]:
-    """Agencies named by the event: sender, receiver (null while queued) and the jurisdiction's coordinator."""
-    return {a for a in (data.get("from_agency_id"), data.get("to_agency_id"), data.get("coordinator_agency_id"))
-            if isinstance(a, str) and a}
+    """Agencies named by the event: sender, receiver (null while queued), the jurisdiction's coordinator,
+    and on a reassignment the receiver that lost the referral."""
+    named = ("from_agency_id", "to_agency_id", "coordinator_agency_id", "previous_to_agency_id")
+    return {a for a in (data.get(key) for key in named) if isinstance(a, str) and a}
 
 
 def email_recipient_agency_ids(event_type: str, data: dict[str, Any]) -> set[str]:

@@ -92,9 +92,10 @@ def aware(value: datetime | None) -> datetime | None:
 # --- events and history ----------------------------------------------------------------------
 
 def referral_payload(ref: ReferralRow, event_type: str, actor: Actor, at: datetime, *,
-                     reason_code: str | None = None) -> dict:
-    """The catalog's shared referral payload: codes and ids only."""
-    return {
+                     reason_code: str | None = None, previous_to_agency_id: str | None = None) -> dict:
+    """The catalog's shared referral payload: codes and ids only. A reassignment also names the agency
+    that held the referral before (null when it came from the queue), so that agency is told."""
+    payload = {
         "referral_id": ref.id, "case_id": ref.case_id, "person_id": ref.person_id, "need_code": ref.need_code,
         "urgency": ref.urgency, "status": ref.status, "is_lead": ref.is_lead,
         "from_agency_id": ref.from_agency_id, "to_agency_id": ref.to_agency_id,
@@ -104,12 +105,16 @@ def referral_payload(ref: ReferralRow, event_type: str, actor: Actor, at: dateti
         "reason_code": reason_code, "outcome_code": ref.outcome_code if event_type == events.REFERRAL_COMPLETED else None,
         "occurred_at": _iso(at),
     }
+    if event_type == events.REFERRAL_REASSIGNED:
+        payload["previous_to_agency_id"] = previous_to_agency_id
+    return payload
 
 
 def publish(session: AsyncSession, ref: ReferralRow, event_type: str, actor: Actor, at: datetime,
-            *, reason_code: str | None = None) -> None:
+            *, reason_code: str | None = None, previous_to_agency_id: str | None = None) -> None:
     add_event(session, topic=events.TOPIC, case_id=ref.case_id, event_type=event_type, source=events.SOURCE,
-              subject=ref.id, data=referral_payload(ref, event_type, actor, at, reason_code=reason_code))
+              subject=ref.id, data=referral_payload(ref, event_type, actor, at, reason_code=reason_code,
+                                                    previous_to_agency_id=previous_to_agency_id))
 
 
 async def add_history(session: AsyncSession, ref: ReferralRow, action: str, from_status: str | None, actor: Actor,
@@ -353,7 +358,7 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
                       allowed_actions=_allowed_now(ref, principal))
 
     actor = Actor.of(principal)
-    from_status = ref.status
+    from_status, previous_to_agency_id = ref.status, ref.to_agency_id
     target = verdict.target
     changes: dict = {"status": str(target), "updated_at": at}
     if cmd.action in (Action.ACCEPT, Action.REASSIGN):
@@ -373,7 +378,8 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
     await add_history(session, ref, str(cmd.action), from_status, actor, at, reason_code=cmd.reason_code,
                       reason_text=cmd.reason_text, outcome_code=cmd.outcome_code,
                       to_agency_id=ref.to_agency_id if cmd.action == Action.REASSIGN else None)
-    publish(session, ref, events.ACTION_EVENTS[cmd.action], actor, at, reason_code=cmd.reason_code)
+    publish(session, ref, events.ACTION_EVENTS[cmd.action], actor, at, reason_code=cmd.reason_code,
+            previous_to_agency_id=previous_to_agency_id)
 
     if target in TERMINAL and cmd.action != Action.REJECT:  # a rejection's onward referral settles it
         await settle_lead(session, ref.case_id)
