@@ -15,6 +15,7 @@ from intake.entrypoints.app import create_app as intake_app
 from referral.config import ReferralSettings
 from referral.entrypoints.app import create_app as referral_app
 from tests.support.harness import REPO, bearer, eventually, fast_settings, provision_topics, running_app, unique_prefix
+from tests.support.referral_support import add_second_child_protection_service
 
 pytestmark = pytest.mark.kafka
 
@@ -32,14 +33,7 @@ async def test_rejected_referral_routed_onward_completes_and_its_outcome_reaches
 
     async with running_app(intake_app(fast_settings(IntakeSettings, **common))) as intake, \
             running_app(referral_app(fast_settings(ReferralSettings, directory_seed_path=seed, **common))) as referral:
-        r = await referral.post("/agencies", headers=coord, json={
-            "id": "MX-SNDIF", "name": "Sistema DIF (demo)", "type": "child_protection", "jurisdiction": "MX"})
-        assert r.status_code == 201, r.text
-        r = await referral.post("/services", headers=coord, json={
-            "id": "MX-SNDIF-1", "agency_id": "MX-SNDIF", "area": "MX", "name": "Centro de asistencia social",
-            "need_codes": ["UNACCOMPANIED_CHILD", "SEPARATED_CHILD"], "age_min": 0, "age_max": 17,
-            "languages": ["es"], "opening_hours": "24/7", "capacity": 10})
-        assert r.status_code == 201, r.text
+        await add_second_child_protection_service(referral, coord)
 
         r = await intake.post("/cases", headers=inm, json={
             "place": "Tapachula", "encountered_at": "2026-11-28T10:00:00Z",

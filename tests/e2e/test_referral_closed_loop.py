@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from enlace_platform.envelope import Envelope, to_kafka
 from tests.support.harness import bearer, envelopes, eventually, provision_topics, read_topic, unique_prefix
 from tests.support.referral_support import (
-    ALL_TYPES, consent_scope, referral_harness, referral_settings, token,
+    ALL_TYPES, add_second_child_protection_service, consent_scope, referral_harness, referral_settings, token,
 )
 
 pytestmark = pytest.mark.kafka
@@ -33,14 +33,7 @@ async def test_screening_to_completed_outcome_with_onward_routing(kafka_bootstra
 
     async with referral_harness(settings) as ref:
         # The coordinator adds a second child-protection agency and service to the directory.
-        r = await ref.client.post("/agencies", headers=coord, json={
-            "id": "MX-SNDIF", "name": "Sistema DIF (demo)", "type": "child_protection", "jurisdiction": "MX"})
-        assert r.status_code == 201, r.text
-        r = await ref.client.post("/services", headers=coord, json={
-            "id": "MX-SNDIF-1", "agency_id": "MX-SNDIF", "area": "MX", "name": "Centro de asistencia social",
-            "need_codes": ["UNACCOMPANIED_CHILD", "SEPARATED_CHILD"], "age_min": 0, "age_max": 17,
-            "languages": ["es"], "opening_hours": "24/7", "capacity": 10})
-        assert r.status_code == 201, r.text
+        await add_second_child_protection_service(ref.client, coord)
 
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
         await producer.start()

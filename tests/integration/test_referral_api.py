@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from tests.support.referral_support import (
-    consent_changed, consent_scope, referral_harness, referral_settings, screened, token,
+    add_second_child_protection_service, consent_changed, consent_scope, referral_harness, referral_settings, screened, token,
 )
 
 
@@ -617,14 +617,7 @@ async def test_consent_arriving_before_the_screening_routes_it_directly(ref, aut
 
 async def test_a_reassignment_names_the_agency_that_lost_the_referral(ref, auth):
     coord = auth("MX-COORD")
-    r = await ref.client.post("/agencies", headers=coord, json={
-        "id": "MX-SNDIF", "name": "Sistema DIF (demo)", "type": "child_protection", "jurisdiction": "MX"})
-    assert r.status_code == 201, r.text
-    r = await ref.client.post("/services", headers=coord, json={
-        "id": "MX-SNDIF-1", "agency_id": "MX-SNDIF", "area": "MX", "name": "Centro de asistencia social",
-        "need_codes": ["UNACCOMPANIED_CHILD", "SEPARATED_CHILD"], "age_min": 0, "age_max": 17,
-        "languages": ["es"], "opening_hours": "24/7", "capacity": 10})
-    assert r.status_code == 201, r.text
+    await add_second_child_protection_service(ref.client, coord)
     await ref.deliver(screened("UNACCOMPANIED_CHILD", age_band="12-17"))
     [(_, requested)] = await ref.events("referral.requested.v1")
     assert requested["to_agency_id"] == "MX-PFPNNA"

@@ -115,3 +115,17 @@ async def referral_harness(settings: ReferralSettings):
     app = create_app(settings)
     async with running_app(app) as client:
         yield ReferralHarness(app, client)
+
+
+async def add_second_child_protection_service(client, coordinator_headers: dict[str, str]) -> str:
+    """The MX coordinator adds a second child-protection agency and service (MX-SNDIF-1), so that a
+    child's referral has somewhere to go onward or be reassigned to. Returns the service id."""
+    r = await client.post("/agencies", headers=coordinator_headers, json={
+        "id": "MX-SNDIF", "name": "Sistema DIF (demo)", "type": "child_protection", "jurisdiction": "MX"})
+    assert r.status_code == 201, r.text
+    r = await client.post("/services", headers=coordinator_headers, json={
+        "id": "MX-SNDIF-1", "agency_id": "MX-SNDIF", "area": "MX", "name": "Centro de asistencia social",
+        "need_codes": ["UNACCOMPANIED_CHILD", "SEPARATED_CHILD"], "age_min": 0, "age_max": 17,
+        "languages": ["es"], "opening_hours": "24/7", "capacity": 10})
+    assert r.status_code == 201, r.text
+    return "MX-SNDIF-1"
