@@ -228,7 +228,7 @@ async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) 
         table.add_column(column)
     for ref in final:
         table.add_row(ref["id"], names.get(ref["person_id"], "?"), ref["need_code"],
-                      ref["to_agency_id"] or "(coordinator queue)", "yes" if ref["is_lead"] else "", ref["status"],
+                      ref["to_agency_id"] or "(coordinator queue)", _lead(ref), ref["status"],
                       ref["outcome_code"] or "")
     console.print(table)
 
@@ -239,6 +239,13 @@ async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) 
     return {"case_id": case_id, "referrals": len(final), "holds": len(view["holds"]),
             "event_types": sorted({"case.registered.v1", "case.screened.v1", "consent.changed.v1",
                                    *(h["payload"]["type"] for h in receiver.received)})}
+
+
+def _lead(referral: dict) -> str:
+    """One lead among the case's open referrals; a closed one keeps the flag it had."""
+    if not referral["is_lead"]:
+        return ""
+    return "yes" if referral["status"] not in ("completed", "cancelled", "failed", "rejected") else "(was lead)"
 
 
 async def _async(value):
