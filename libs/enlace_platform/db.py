@@ -61,14 +61,15 @@ def make_session_factory(engine: AsyncEngine, service_name: str) -> async_sessio
 
 
 class OutdatedSchema(RuntimeError):
-    """The database was made by an older version of the service (there are no migrations yet)."""
+    """The database does not match the service: too old to adopt, or a model changed without a migration."""
 
 
 async def create_tables(engine: AsyncEngine, tables: Iterable[Table]) -> None:
-    """Create this service's missing tables, and refuse a database whose tables predate the code.
+    """Create these tables where missing, and refuse a database whose tables predate the code.
 
+    For tests and tools with their own tables; services migrate instead (``migrations.migrate``).
     ``create_all`` never alters an existing table, so an old database would otherwise fail later
-    with obscure SQL errors. Until migrations exist, say so at start-up, plainly.
+    with obscure SQL errors: say so at once, plainly.
     """
     tables = list(tables)
     async with engine.begin() as conn:
@@ -81,12 +82,17 @@ async def create_tables(engine: AsyncEngine, tables: Iterable[Table]) -> None:
 
 
 def _missing_columns(sync_conn, tables: list[Table]) -> list[str]:
+    """The tables' columns the database lacks, then the tables it lacks altogether."""
     inspector = inspect(sync_conn)
-    missing = []
+    existing = set(inspector.get_table_names())
+    missing, missing_tables = [], []
     for table in tables:
+        if table.name not in existing:
+            missing_tables.append(f"table {table.name}")
+            continue
         present = {c["name"] for c in inspector.get_columns(table.name)}
         missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in present]
-    return missing
+    return missing + missing_tables
 
 
 async def ping(engine: AsyncEngine) -> None:
