@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated
 
 from aiokafka import AIOKafkaProducer
@@ -25,6 +26,7 @@ from enlace_platform.contracts import published_contracts
 from enlace_platform.db import create_tables, make_engine, make_session_factory, ping
 from enlace_platform.idempotency import IdempotencyRecord
 from enlace_platform.inbox import ProcessedMessage
+from enlace_platform.migrations import migrate
 from enlace_platform.metrics import ScrapeHook, ServiceMetrics
 from enlace_platform.outbox import OutboxMessage, OutboxRelay
 from enlace_platform.problems import (
@@ -53,6 +55,9 @@ class ServiceRuntime:
     background: list[BackgroundLoop] = field(default_factory=list)
     on_startup: list[BackgroundLoop] = field(default_factory=list)  # run once, after the tables exist
     scrape_hooks: list[ScrapeHook] = field(default_factory=list)  # the service's own /metrics gauges
+    # The service's Alembic script directory: start() migrates the database to head. Without one
+    # (ad-hoc runtimes in tests and benchmarks) the tables are created with create_all.
+    migrations: Path | None = None
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -97,7 +102,10 @@ class ServiceRuntime:
         ]
 
     async def start(self) -> None:
-        await create_tables(self.engine, self.tables)
+        if self.migrations is not None:
+            await migrate(self.engine, self.migrations, self.tables)
+        else:
+            await create_tables(self.engine, self.tables)
         self._build_kafka_parts()
         for hook in self.on_startup:
             await hook(self)

@@ -1,10 +1,14 @@
 """Wires intake's runtime: its tables and the referral events it consumes."""
 
+from pathlib import Path
+
 from enlace_platform.runtime import ConsumerSpec, ServiceRuntime
 from intake.adapters.orm import TABLES
 from intake.config import IntakeSettings
 from intake.domain import events
 from intake.service_layer.handlers import HOLD_HANDLERS, REFERRAL_HANDLERS
+
+MIGRATIONS = Path(__file__).parent / "adapters" / "migrations"  # Alembic: start-up migrates to head
 
 
 def build_runtime(settings: IntakeSettings) -> ServiceRuntime:
@@ -14,4 +18,4 @@ def build_runtime(settings: IntakeSettings) -> ServiceRuntime:
         # Referral status and outcome codes: receiving agencies' access grants and the case view.
         ConsumerSpec(name="intake.referrals", topics=[events.REFERRAL_TOPIC], handlers=REFERRAL_HANDLERS),
     ]
-    return ServiceRuntime(settings=settings, tables=TABLES, consumers=consumers)
+    return ServiceRuntime(settings=settings, tables=TABLES, consumers=consumers, migrations=MIGRATIONS)

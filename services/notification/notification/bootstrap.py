@@ -1,6 +1,7 @@
 """Wires the notification runtime: tables, the referral and hold events it consumes, and the dispatcher."""
 
 import logging
+from pathlib import Path
 
 from enlace_platform.runtime import ConsumerSpec, ServiceRuntime
 from notification.adapters.orm import TABLES
@@ -11,6 +12,8 @@ from notification.service_layer.handlers import make_referral_event_handler
 from notification.service_layer.metrics import delivery_gauges
 
 log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "adapters" / "migrations"  # Alembic: start-up migrates to head
 
 
 def build_runtime(settings: NotificationSettings) -> ServiceRuntime:
@@ -24,6 +27,7 @@ def build_runtime(settings: NotificationSettings) -> ServiceRuntime:
     return ServiceRuntime(
         settings=settings,
         tables=TABLES,
+        migrations=MIGRATIONS,
         consumers=[ConsumerSpec(name="notification.webhooks", topics=list(TOPICS),
                                 handlers={t: on_event for types in TOPICS.values() for t in types})],
         background=[dispatch_deliveries],

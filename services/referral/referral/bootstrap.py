@@ -12,6 +12,8 @@ from referral.service_layer.handlers import consumer_handlers
 from referral.service_layer.metrics import referral_gauges
 from referral.service_layer.referrals import Policy
 
+MIGRATIONS = Path(__file__).parent / "adapters" / "migrations"  # Alembic: start-up migrates to head
+
 
 def build_runtime(settings: ReferralSettings) -> ServiceRuntime:
     async def seed_directory(runtime: ServiceRuntime) -> None:
@@ -22,6 +24,7 @@ def build_runtime(settings: ReferralSettings) -> ServiceRuntime:
     runtime = ServiceRuntime(
         settings=settings,
         tables=TABLES,
+        migrations=MIGRATIONS,
         consumers=[ConsumerSpec(name="referral.routing", topics=[INTAKE_CASE],
                                 handlers=consumer_handlers(Policy.from_settings(settings)))],
         background=[clock_loop(settings.clock_interval_s)],
