@@ -3,6 +3,7 @@ or refused, start-up migrates once, and the developers' CLI. No broker needed.""
 
 import importlib
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -188,3 +189,62 @@ def test_the_cli_upgrades_and_prints_the_current_revision(tmp_path):
     assert cli("current") == f"None (head is {head})"
     assert cli("upgrade") == head
     assert cli("current") == f"{head} (head)"
+
+
+_LATER_REVISION = '''"""a later revision: a table with children is copied (batch mode), and gains a column"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("intake_person", recreate="always") as batch_op:
+        batch_op.add_column(sa.Column("preferred_name", sa.String(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("intake_person") as batch_op:
+        batch_op.drop_column("preferred_name")
+'''
+
+
+async def test_adoption_and_batch_copies_still_work_after_later_revisions(tmp_path):
+    """A pre-migration database matches revision 0001, not the models of a later head: it is adopted at
+    0001 and upgraded. The later revision copies a table other rows point to, and no row is lost."""
+    location, tables = _service("intake")
+    later = tmp_path / "migrations"
+    shutil.copytree(location, later, ignore=shutil.ignore_patterns("__pycache__"))
+    (later / "versions" / "0002_later.py").write_text(_LATER_REVISION)
+    models = target_metadata(tables)
+    models.tables["intake_person"].append_column(Column("preferred_name", String, nullable=True))
+
+    engine = make_engine(_url(tmp_path / "db.sqlite"))
+    try:
+        await create_tables(engine, service_tables(tables))  # made before migrations, at 0001's schema
+        async with engine.begin() as conn:
+            for sql in (
+                "INSERT INTO intake_case VALUES ('c1', 'MX-INM', 'MX', 'Tapachula', '2026-11-28', '2026-11-28')",
+                "INSERT INTO intake_person (id, case_id, position, given_names, family_names, search_name, sex, "
+                "age_disputed, languages, version, updated_at) VALUES ('p1', 'c1', 0, 'A', 'B', 'a b', 'female', "
+                "0, '[]', 1, '2026-11-28')",
+                "INSERT INTO intake_person_document VALUES ('d1', 'p1', 'c1', 0, 'passport', 'X1', NULL)",
+            ):
+                await conn.execute(text(sql))
+
+        await migrate(engine, later, models.tables.values())
+
+        assert await current_revision(engine) == "0002"
+        assert await _schema_diff(engine, models.tables.values()) == []
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text(
+                "SELECT p.id, p.preferred_name, d.id FROM intake_person p JOIN intake_person_document d "
+                "ON d.person_id = p.id"))).all()
+            foreign_keys = (await conn.execute(text("PRAGMA foreign_keys"))).scalar()
+        assert rows == [("p1", None, "d1")]
+        assert foreign_keys == 1, "foreign keys are enforced again after migrating"
+    finally:
+        await engine.dispose()
