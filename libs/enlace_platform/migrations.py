@@ -71,8 +71,9 @@ def run_env(context: Any, tables: Iterable[Table]) -> None:
     names = set(metadata.tables)
 
     def include_object(obj, name, type_, reflected, compare_to) -> bool:
-        # Autogenerate sees this service's tables only, never another service's or a stray one.
-        return name in names if type_ == "table" else obj.table.name in names if hasattr(obj, "table") else True
+        # Autogenerate sees this service's tables only (and so their columns, indexes and constraints),
+        # never another service's or a stray one.
+        return type_ != "table" or name in names
 
     context.configure(
         connection=connection,
