@@ -158,8 +158,8 @@ class ServiceRuntime:
             if self._relay_task is not None:
                 await _finish([self._relay_task], timeout_s)
             self.relay.detach()
-        if self.kafka_started.is_set():
-            await self.producer.stop()
+        if self.producer is not None:
+            await self.producer.stop()  # also when it never connected: it holds a client all the same
         await self.engine.dispose()
 
     async def readiness(self) -> dict[str, str]:
