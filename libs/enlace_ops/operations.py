@@ -7,7 +7,7 @@ inbox (``processed_messages``), so an event handled once is never handled twice.
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
@@ -16,6 +16,7 @@ from sqlmodel import select
 
 from enlace_platform.db import make_engine, make_session_factory
 from enlace_platform.outbox import OutboxMessage
+from enlace_platform.timeutil import age_seconds
 from enlace_platform.topics import dlq
 
 DLQ_PREFIX = "dlq_"
@@ -189,12 +190,7 @@ class OutboxStatus:
 
     @property
     def oldest_age_s(self) -> float:
-        if self.oldest_unsent_at is None:
-            return 0.0
-        oldest = self.oldest_unsent_at
-        if oldest.tzinfo is None:
-            oldest = oldest.replace(tzinfo=UTC)
-        return (datetime.now(UTC) - oldest).total_seconds()
+        return age_seconds(self.oldest_unsent_at)
 
 
 async def outbox_status(database_url: str, *, errors: int = 5) -> OutboxStatus:

@@ -6,7 +6,6 @@ Labels carry codes and names of parts only, never personal data.
 """
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -15,6 +14,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.outbox import OutboxMessage
+from enlace_platform.timeutil import age_seconds
 
 if TYPE_CHECKING:
     from enlace_platform.runtime import ServiceRuntime
@@ -52,18 +52,10 @@ class ServiceMetrics:
                 select(func.count(), func.min(OutboxMessage.created_at)).where(OutboxMessage.sent_at.is_(None))
             )).one()
             self.outbox_backlog.set(backlog)
-            self.outbox_oldest_age.set(_age_seconds(oldest))
+            self.outbox_oldest_age.set(age_seconds(oldest))
             for hook in hooks:
                 await hook(self, session)
         self.consumer_lag.clear()
         for runner in runtime.runners:
             for (topic, partition), lag in (await runner.lag()).items():
                 self.consumer_lag.labels(runner.name, topic, str(partition)).set(lag)
-
-
-def _age_seconds(created_at: datetime | None) -> float:
-    if created_at is None:
-        return 0.0
-    if created_at.tzinfo is None:  # SQLite hands back naive UTC
-        created_at = created_at.replace(tzinfo=UTC)
-    return max(0.0, (datetime.now(UTC) - created_at).total_seconds())

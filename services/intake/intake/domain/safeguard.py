@@ -6,7 +6,9 @@ merge here makes the result the same whatever the order: once released, a hold s
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
+
+from enlace_platform.timeutil import as_utc
 
 ACTIVE = "active"
 RELEASED = "released"
@@ -60,10 +62,6 @@ def is_newer(incoming: datetime, stored: datetime | None) -> bool:
     return stored is None or incoming >= stored
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def pending_holds(screened_at: datetime, found_needs: Iterable[str], holds: Iterable[HoldState]) -> list[str]:
     """Hold-bearing needs of the person's latest screening that no hold known here answers yet.
 
@@ -76,7 +74,7 @@ def pending_holds(screened_at: datetime, found_needs: Iterable[str], holds: Iter
     pending = []
     for need in dict.fromkeys(n for n in found_needs if n in HOLD_BEARING_NEEDS):
         answered = any(h.need_code == need and (h.status == ACTIVE or (
-            h.released_at is not None and _aware(h.released_at) >= _aware(screened_at))) for h in holds)
+            h.released_at is not None and as_utc(h.released_at) >= as_utc(screened_at))) for h in holds)
         if not answered:
             pending.append(need)
     return pending

@@ -13,6 +13,7 @@ from enlace_platform.db import CommitWaker
 from enlace_platform.idempotency import Idempotency
 from enlace_platform.problems import ProblemDetails, Problem
 from enlace_platform.runtime import DbSession
+from enlace_platform.timeutil import as_utc
 from notification.adapters.orm import DeliveryAttemptRow, DeliveryRow, SubscriptionRow
 from notification.config import NotificationSettings
 from notification.domain.delivery import PENDING
@@ -281,7 +282,7 @@ async def redeliver(delivery_id: str, principal: CurrentPrincipal, session: DbSe
         raise Problem(409, detail=f"Subscription {sub.id} is disabled ({sub.disabled_reason}); "
                                   "register the endpoint again to receive deliveries.")
     lease = row.lease_expires_at
-    if row.lease_token and lease and (lease if lease.tzinfo else lease.replace(tzinfo=UTC)) > datetime.now(UTC):
+    if row.lease_token and lease and as_utc(lease) > datetime.now(UTC):
         raise Problem(409, detail="An attempt of this delivery is in flight; ask again when it has finished.")
     schedule_redelivery(row)
     session.add(row)

@@ -24,6 +24,7 @@ from sqlmodel import select, update
 
 from enlace_platform.db import CommitWaker
 from enlace_platform.runtime import ServiceRuntime
+from enlace_platform.timeutil import as_utc
 from notification.adapters.email_sender import send_email
 from notification.adapters.orm import DeliveryAttemptRow, DeliveryRow, SubscriptionRow
 from notification.adapters.webhook_sender import SendResult, send_signed
@@ -44,11 +45,6 @@ SMTP_ENDPOINT = "smtp:"  # all e-mails share one endpoint: the SMTP server
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _as_utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 async def _endpoint_only(span, request) -> None:
@@ -153,7 +149,7 @@ class Dispatcher:
                 .where(DeliveryRow.status == PENDING, DeliveryRow.next_attempt_at > now))).one()
         if next_due is None:
             return s.dispatcher_fallback_poll_s
-        return min(s.dispatcher_fallback_poll_s, max(0.0, (_as_utc(next_due) - _now()).total_seconds()))
+        return min(s.dispatcher_fallback_poll_s, max(0.0, (as_utc(next_due) - _now()).total_seconds()))
 
     async def _cancel(self, delivery_ids: list[str], now: datetime) -> None:
         async with self._sessions() as session:
@@ -204,7 +200,7 @@ class Dispatcher:
             permanent = result.status_code is not None and 500 <= result.status_code < 600
             return result, Outcome.PERMANENT if permanent else Outcome.TRANSIENT
         secrets = signing_secrets(sub.secret, sub.previous_secret,
-                                  _as_utc(sub.previous_secret_expires_at) if sub.previous_secret_expires_at else None,
+                                  as_utc(sub.previous_secret_expires_at) if sub.previous_secret_expires_at else None,
                                   _now())
         result = await send_signed(self._client, url=sub.url, secret=secrets, message_id=delivery.id,
                                    payload=delivery.payload, total_timeout_s=self._settings.webhook_timeout_s)
@@ -227,7 +223,7 @@ class Dispatcher:
             delivery.cycle_attempts += 1
             delivery.last_status_code, delivery.last_error = result.status_code, result.error
             delivery.lease_token, delivery.lease_expires_at = None, None
-            decision = decide(outcome, attempts=delivery.cycle_attempts, started_at=_as_utc(delivery.cycle_started_at),
+            decision = decide(outcome, attempts=delivery.cycle_attempts, started_at=as_utc(delivery.cycle_started_at),
                               now=now, policy=self._policy, retry_after_s=result.retry_after_s)
             delivery.status = decision.status
             sub = await session.get(SubscriptionRow, delivery.subscription_id)

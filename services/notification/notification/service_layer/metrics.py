@@ -1,13 +1,12 @@
 """Notification's own gauges on /metrics, read at scrape time: deliveries per channel and status, and how
 long the oldest pending one has waited (a stuck receiver or SMTP server shows here first)."""
 
-from datetime import UTC, datetime
-
 from sqlalchemy import func
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.metrics import ServiceMetrics
+from enlace_platform.timeutil import age_seconds
 from notification.adapters.orm import DeliveryRow
 from notification.domain.delivery import PENDING, STATUSES
 from notification.domain.webhooks import EMAIL, WEBHOOK
@@ -23,10 +22,5 @@ async def delivery_gauges(metrics: ServiceMetrics, session: AsyncSession) -> Non
         for status in STATUSES:
             by_state.labels(channel, status).set(counts.get((channel, status), 0))
     oldest = (await session.exec(select(func.min(DeliveryRow.created_at)).where(DeliveryRow.status == PENDING))).one()
-    age = metrics.gauge("enlace_notification_oldest_pending_age_seconds",
-                        "Age of the oldest delivery still pending (0 when none)")
-    if oldest is None:
-        age.set(0)
-    else:
-        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
-        age.set(max(0.0, (datetime.now(UTC) - oldest).total_seconds()))
+    metrics.gauge("enlace_notification_oldest_pending_age_seconds",
+                  "Age of the oldest delivery still pending (0 when none)").set(age_seconds(oldest))

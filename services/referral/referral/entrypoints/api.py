@@ -17,6 +17,7 @@ from enlace_platform.auth import CurrentPrincipal, Principal
 from enlace_platform.idempotency import Idempotency
 from enlace_platform.problems import Problem, ProblemDetails
 from enlace_platform.runtime import DbSession
+from enlace_platform.timeutil import as_utc
 from referral.adapters.orm import HistoryRow, HoldRow, ReferralRow
 from referral.domain.codes import AGE_BANDS, COORDINATOR, NEED_CODES, OUTCOME_CODES, REASON_CODES, URGENCIES
 from referral.domain.lifecycle import OPEN, TERMINAL, Action, Status, allowed_actions
@@ -24,7 +25,7 @@ from referral.domain.routing import route
 from referral.adapters.directory import load_directory
 from referral.entrypoints.directory_api import LanguageCode
 from referral.service_layer.referrals import (
-    Actor, Command, Policy, act, add_note, aware, decide_route, eligible_problem, facts_for,
+    Actor, Command, Policy, act, add_note, decide_route, eligible_problem, facts_for,
     now_utc, open_referral, open_referral_for, release_hold_by_coordinator, roles_of, visible_referral,
 )
 
@@ -168,7 +169,7 @@ class Kpis(BaseModel):
 
 
 def _is_overdue(ref: ReferralRow, now: datetime) -> bool:
-    return ref.status in OPEN_VALUES and ref.due_at is not None and aware(ref.due_at) <= now
+    return ref.status in OPEN_VALUES and ref.due_at is not None and as_utc(ref.due_at) <= now
 
 
 async def render(session, ref: ReferralRow, principal: Principal) -> ReferralOut:
@@ -365,7 +366,7 @@ async def kpis(principal: CurrentPrincipal, session: DbSession) -> Kpis:
     by_status = {s.value: 0 for s in Status}
     for r in rows:
         by_status[r.status] += 1
-    waits = [(aware(r.accepted_at) - aware(r.created_at)).total_seconds() for r in rows if r.accepted_at]
+    waits = [(as_utc(r.accepted_at) - as_utc(r.created_at)).total_seconds() for r in rows if r.accepted_at]
     ended = [r for r in rows if r.status in {s.value for s in TERMINAL} and r.id not in succeeded]
     closed = [r for r in ended if r.status == Status.COMPLETED and r.outcome_code]
     return Kpis(scope=scope, total=len(rows), by_status=by_status,

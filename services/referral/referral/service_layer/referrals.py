@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from enlace_platform.auth import Principal
 from enlace_platform.outbox import add_event
 from enlace_platform.problems import Problem
+from enlace_platform.timeutil import as_utc
 from referral.adapters.directory import consented_agency_types, load_directory, open_counts, to_directory_service
 from referral.adapters.orm import AgencyRow, HistoryRow, HoldRow, ReferralRow, ServiceRow
 from referral.domain import events
@@ -78,15 +79,7 @@ def open_key(person_id: str, need_code: str) -> str:
 
 
 def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; we only ever store UTC
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
-
-
-def aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+    return None if value is None else as_utc(value).isoformat()
 
 
 # --- events and history ----------------------------------------------------------------------
@@ -157,7 +150,7 @@ async def settle_lead(session: AsyncSession, case_id: str, opened: ReferralRow |
         ReferralRow.case_id == case_id, col(ReferralRow.status).in_([str(s) for s in OPEN])))).all()
     if not refs:
         return
-    by_protection = lambda r: (lead_rank(r.need_code), aware(r.created_at), r.id)  # noqa: E731
+    by_protection = lambda r: (lead_rank(r.need_code), as_utc(r.created_at), r.id)  # noqa: E731
     best = min(refs, key=by_protection)
     current = min((r for r in refs if r.is_lead), key=by_protection, default=None)
     lead = current if current is not None and lead_rank(current.need_code) <= lead_rank(best.need_code) else best
@@ -410,7 +403,7 @@ async def release_hold_by_coordinator(session: AsyncSession, hold_id: str, princ
     if open_ref is not None:
         raise Problem(409, detail="A referral for this need is still open; cancel it instead.",
                       open_referral_id=open_ref.id)
-    if hold.not_before is not None and aware(hold.not_before) > at:
+    if hold.not_before is not None and as_utc(hold.not_before) > at:
         raise Problem(409, detail="The reflection period has not ended; the hold cannot be released before "
                                   f"{_iso(hold.not_before)}.", not_before=_iso(hold.not_before))
     latest = (await session.exec(select(ReferralRow).where(
