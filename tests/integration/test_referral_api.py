@@ -3,6 +3,7 @@ handlers (the broker paths are in test_referral_clocks.py and tests/e2e/test_ref
 
 import asyncio
 import uuid
+from datetime import datetime
 
 import pytest
 
@@ -626,3 +627,24 @@ async def test_a_reassignment_names_the_agency_that_lost_the_referral(ref, auth)
     assert r.status_code == 200, r.text
     [(_, reassigned)] = await ref.events("referral.reassigned.v1")
     assert reassigned["to_agency_id"] == "MX-SNDIF" and reassigned["previous_to_agency_id"] == "MX-PFPNNA"
+
+
+async def test_a_referral_routed_onward_keeps_the_first_deadline_to_accept(ref, auth):
+    await add_second_child_protection_service(ref.client, auth("MX-COORD"))
+    await ref.deliver(screened("UNACCOMPANIED_CHILD", age_band="12-17"))
+    [(_, requested)] = await ref.events("referral.requested.v1")
+    first_due = requested["due_at"]
+    assert first_due, "an unaccompanied child's referral runs an accept clock"
+
+    r = await ref.act(requested["referral_id"], auth("MX-PFPNNA"), "reject", reason_code="NO_CAPACITY",
+                      reason_text="Sin plazas")
+    onward_id = r.json()["next_referral_id"]
+    onward = (await ref.client.get(f"/referrals/{onward_id}", headers=auth("MX-COORD"))).json()
+    assert onward["to_agency_id"] == "MX-SNDIF"
+    assert datetime.fromisoformat(onward["due_at"]) == datetime.fromisoformat(first_due), \
+        "passing the child to another agency does not restart the 24 hours"
+
+    r = await ref.act(onward_id, auth("MX-SNDIF"), "reject", reason_code="NO_CAPACITY", reason_text="Tampoco")
+    queued = (await ref.client.get(f"/referrals/{r.json()['next_referral_id']}", headers=auth("MX-COORD"))).json()
+    assert queued["to_agency_id"] is None and queued["escalation_reason"] == "REJECTED_NO_ALTERNATIVE"
+    assert datetime.fromisoformat(queued["due_at"]) == datetime.fromisoformat(first_due)

@@ -22,8 +22,8 @@ from referral.adapters.orm import AgencyRow, HistoryRow, HoldRow, ReferralRow, S
 from referral.domain import events
 from referral.domain.clocks import NeedClocks, clock_for
 from referral.domain.codes import (
-    CANCELLED_BY_COORDINATOR, COMPLETED_FINAL, COORDINATOR, FINAL_OUTCOME_RESOLVES, HOLD_BEARING_NEEDS, OUTCOME_CODES,
-    REASON_CODES, REJECTED_NO_ALTERNATIVE, TRAFFICKING, coordinator_of,
+    ACCEPT_DEADLINE, CANCELLED_BY_COORDINATOR, COMPLETED_FINAL, COORDINATOR, FINAL_OUTCOME_RESOLVES,
+    HOLD_BEARING_NEEDS, OUTCOME_CODES, REASON_CODES, REJECTED_NO_ALTERNATIVE, TRAFFICKING, coordinator_of,
 )
 from referral.domain.lifecycle import (
     OPEN, TERMINAL, Action, Allowed, Conflict, Role, Status, allowed_actions, decide,
@@ -167,13 +167,15 @@ async def open_referral(session: AsyncSession, policy: Policy, *, case_id: str, 
                         urgency: str, facts: CaseFacts, from_agency_id: str, is_lead: bool = False,
                         decision: RoutingDecision, actor: Actor, at: datetime, screening_id: str | None = None,
                         previous: ReferralRow | None = None, escalation_reason: str | None = None,
-                        referral_id: str | None = None) -> ReferralRow:
+                        referral_id: str | None = None, accept_by: datetime | None = None) -> ReferralRow:
     """A new referral (status requested), routed or queued; publishes it, escalates a queued one, places a hold.
 
     ``is_lead`` only matters for an onward referral inheriting its rejected predecessor's lead; the case's
     lead is settled by settle_lead."""
     chosen = decision.service
     clock, due_at = policy.clock(Status.REQUESTED, need_code, at)
+    if clock == ACCEPT_DEADLINE and due_at is not None and accept_by is not None:
+        due_at = min(due_at, as_utc(accept_by))
     ref = ReferralRow(
         case_id=case_id, screening_id=screening_id, person_id=person_id, need_code=need_code, urgency=urgency,
         is_lead=is_lead, jurisdiction=facts.jurisdiction, age_band=facts.age_band, languages=list(facts.languages),
@@ -352,6 +354,7 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
 
     actor = Actor.of(principal)
     from_status, previous_to_agency_id = ref.status, ref.to_agency_id
+    accept_by = ref.due_at if ref.clock == ACCEPT_DEADLINE else None  # an onward referral keeps it
     target = verdict.target
     changes: dict = {"status": str(target), "updated_at": at}
     if cmd.action in (Action.ACCEPT, Action.REASSIGN):
@@ -377,7 +380,7 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
     if target in TERMINAL and cmd.action != Action.REJECT:  # a rejection's onward referral settles it
         await settle_lead(session, ref.case_id)
     if cmd.action == Action.REJECT:
-        await route_onward(session, policy, ref, at)
+        await route_onward(session, policy, ref, at, accept_by=accept_by)
     elif (cmd.action == Action.COMPLETE and ref.need_code != TRAFFICKING
           and ref.need_code in FINAL_OUTCOME_RESOLVES.get(cmd.outcome_code, ())):
         hold = await active_hold(session, ref.person_id, ref.need_code)
@@ -425,15 +428,17 @@ async def rejected_agencies(session: AsyncSession, ref: ReferralRow) -> frozense
     return frozenset(agencies)
 
 
-async def route_onward(session: AsyncSession, policy: Policy, rejected: ReferralRow, at: datetime) -> ReferralRow:
-    """A new referral to the next eligible service, linked to the rejected one; the hold stays."""
+async def route_onward(session: AsyncSession, policy: Policy, rejected: ReferralRow, at: datetime,
+                       accept_by: datetime | None = None) -> ReferralRow:
+    """A new referral to the next eligible service, linked to the rejected one; the hold stays, and so does
+    the deadline to accept: a child passed between agencies is still owed care within the first clock."""
     facts = await facts_for(session, rejected.jurisdiction, rejected.age_band, rejected.languages, rejected.person_id)
     decision = await decide_route(session, rejected.need_code, facts, await rejected_agencies(session, rejected))
     return await open_referral(
         session, policy, case_id=rejected.case_id, person_id=rejected.person_id, need_code=rejected.need_code,
         urgency=rejected.urgency, facts=facts, from_agency_id=rejected.from_agency_id, is_lead=rejected.is_lead,
         decision=decision, actor=SYSTEM, at=at, screening_id=rejected.screening_id, previous=rejected,
-        escalation_reason=REJECTED_NO_ALTERNATIVE)
+        escalation_reason=REJECTED_NO_ALTERNATIVE, accept_by=accept_by)
 
 
 async def assign_from_queue(session: AsyncSession, policy: Policy, ref: ReferralRow, decision: RoutingDecision,
