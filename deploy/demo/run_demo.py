@@ -234,7 +234,9 @@ async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) 
 
     wanted = {"referral.requested.v1", "referral.accepted.v1", "referral.completed.v1",
               "protection_hold.placed.v1", "protection_hold.released.v1"}
-    await until("the webhooks", lambda: _async(wanted <= {h["payload"]["type"] for h in receiver.received}))
+    async def webhooks_arrived():
+        return wanted <= {h["payload"]["type"] for h in receiver.received}
+    await until("the webhooks", webhooks_arrived)
     await asyncio.sleep(1)  # let the last deliveries of this flow arrive too
     return {"case_id": case_id, "referrals": len(final), "holds": len(view["holds"]),
             "event_types": sorted({"case.registered.v1", "case.screened.v1", "consent.changed.v1",
@@ -246,10 +248,6 @@ def _lead(referral: dict) -> str:
     if not referral["is_lead"]:
         return ""
     return "yes" if referral["status"] not in ("completed", "cancelled", "failed", "rejected") else "(was lead)"
-
-
-async def _async(value):
-    return value
 
 
 async def main() -> int:

@@ -7,20 +7,9 @@ from datetime import datetime
 
 import pytest
 
-from tests.support.referral_support import (
-    add_second_child_protection_service, consent_changed, consent_scope, referral_harness, referral_settings, screened, token,
+from tests.support.referral_support import (  # noqa: F401 - ref and auth are fixtures
+    add_second_child_protection_service, auth, consent_changed, consent_scope, ref, screened,
 )
-
-
-@pytest.fixture
-async def ref(tmp_path, dev_issuer_dir):
-    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir)) as harness:
-        yield harness
-
-
-@pytest.fixture
-def auth(dev_issuer_dir):
-    return lambda agency_id: token(dev_issuer_dir, agency_id)
 
 
 def _problem(r, status: int) -> dict:

@@ -1,23 +1,10 @@
 """The service directory through the API: anyone reads; only the jurisdiction's coordinator writes."""
 
-import pytest
-
-from tests.support.referral_support import referral_harness, referral_settings, screened, token
+from tests.support.referral_support import auth, ref, screened  # noqa: F401 - ref and auth are fixtures
 
 NEW_SERVICE = {"id": "MX-PSI-2", "agency_id": "MX-PSI", "area": "MX", "name": "Atención psicosocial móvil",
                "need_codes": ["SGBV_SURVIVOR", "CRIME_VICTIM"], "age_min": 12, "age_max": 120,
                "languages": ["es", "mam"], "opening_hours": "Mo-Sa 09:00-18:00", "capacity": 3}
-
-
-@pytest.fixture
-async def ref(tmp_path, dev_issuer_dir):
-    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir)) as harness:
-        yield harness
-
-
-@pytest.fixture
-def auth(dev_issuer_dir):
-    return lambda agency_id: token(dev_issuer_dir, agency_id)
 
 
 async def test_any_agency_reads_the_seeded_directory(ref, auth):

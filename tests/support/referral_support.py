@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
+import pytest
 from sqlmodel import select
 
 from enlace_platform.envelope import Envelope
@@ -129,3 +130,15 @@ async def add_second_child_protection_service(client, coordinator_headers: dict[
         "languages": ["es"], "opening_hours": "24/7", "capacity": 10})
     assert r.status_code == 201, r.text
     return "MX-SNDIF-1"
+
+
+# Fixtures of the referral API tests; a test module imports them by name.
+@pytest.fixture
+async def ref(tmp_path, dev_issuer_dir):
+    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir)) as harness:
+        yield harness
+
+
+@pytest.fixture
+def auth(dev_issuer_dir):
+    return lambda agency_id: token(dev_issuer_dir, agency_id)
