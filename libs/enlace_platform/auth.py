@@ -103,13 +103,15 @@ async def current_principal(
         raise _unauthorized("A Bearer token is required.", token_given=False)
     verifier: TokenVerifier = request.app.state.token_verifier
     try:
-        return await run_in_threadpool(verifier.verify, credentials.credentials)
+        principal = await run_in_threadpool(verifier.verify, credentials.credentials)
     except InvalidToken as exc:
         raise _unauthorized(f"The token was rejected: {exc}", token_given=True) from exc
     except IssuerUnavailable as exc:
         log.error("identity provider unreachable: %s", exc)
         raise Problem(503, detail="The identity provider's keys cannot be fetched right now.",
                       headers={"Retry-After": "5"}) from exc
+    request.state.principal = principal  # the audit log names the actor of every request
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

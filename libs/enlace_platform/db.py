@@ -42,6 +42,7 @@ def make_engine(url: str) -> AsyncEngine:
         cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA secure_delete=ON")  # deleted rows (erased persons' keys) are overwritten, not freed
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -32,6 +32,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, Table, TypeDecorator, create_engine, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from enlace_platform.audit import AuditRecord
 from enlace_platform.db import OutdatedSchema, _missing_columns, make_engine
 from enlace_platform.idempotency import IdempotencyRecord
 from enlace_platform.inbox import ProcessedMessage
@@ -39,12 +40,13 @@ from enlace_platform.outbox import OutboxMessage
 from enlace_platform.settings import ServiceSettings
 
 VERSION_TABLE = "alembic_version"
-PLATFORM_TABLES = [OutboxMessage.__table__, ProcessedMessage.__table__, IdempotencyRecord.__table__]
+PLATFORM_TABLES = [OutboxMessage.__table__, ProcessedMessage.__table__, IdempotencyRecord.__table__,
+                   AuditRecord.__table__]
 SERVICES = ("intake", "referral", "notification")
 
 
 def service_tables(tables: Iterable[Table]) -> list[Table]:
-    """A service's tables as ServiceRuntime has them: the platform's (outbox, inbox, idempotency keys) first."""
+    """A service's tables as ServiceRuntime has them: the platform's (outbox, inbox, idempotency keys, audit log) first."""
     platform = {t.name for t in PLATFORM_TABLES}
     own = [t for t in tables if t.name not in platform]
     return [*PLATFORM_TABLES, *own]

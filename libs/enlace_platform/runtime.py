@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
@@ -20,15 +21,15 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from sqlalchemy import Table
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from enlace_platform.audit import AuditMiddleware, audit_router
 from enlace_platform.auth import TokenVerifier
 from enlace_platform.consumer import ConsumerRunner, Handler
 from enlace_platform.contracts import published_contracts
+from enlace_platform.crypto import Keyring
 from enlace_platform.db import create_tables, make_engine, make_session_factory, ping
-from enlace_platform.idempotency import IdempotencyRecord
-from enlace_platform.inbox import ProcessedMessage
-from enlace_platform.migrations import migrate
+from enlace_platform.migrations import migrate, service_tables
 from enlace_platform.metrics import ScrapeHook, ServiceMetrics
-from enlace_platform.outbox import OutboxMessage, OutboxRelay
+from enlace_platform.outbox import OutboxRelay
 from enlace_platform.problems import (
     PROBLEM_RESPONSES, install_problem_handlers, problem_response, use_problem_json_in_openapi,
 )
@@ -61,7 +62,7 @@ class ServiceRuntime:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.tables = [OutboxMessage.__table__, ProcessedMessage.__table__, IdempotencyRecord.__table__, *self.tables]
+        self.tables = service_tables(self.tables)
         self.engine = make_engine(s.database_url)
         self.sessions = make_session_factory(self.engine, s.service_name)
         self.metrics = ServiceMetrics(s.service_name)
@@ -74,6 +75,11 @@ class ServiceRuntime:
         self._background_tasks: list[asyncio.Task] = []
         self._relay_task: asyncio.Task | None = None
         self._kafka_task: asyncio.Task | None = None
+
+    @cached_property
+    def keyring(self) -> Keyring:
+        """Per-person data keys, for the services that keep personal data (their TABLES list SubjectKey)."""
+        return Keyring(self.settings.key_encryption_key(), namespace=self.settings.service_name)
 
     def _build_kafka_parts(self) -> None:
         # aiokafka objects must be created inside the running event loop.
@@ -196,8 +202,9 @@ async def _db_session(request: Request):
         yield session
 
 
-# A session per request, from the service's own database.
-DbSession = Annotated[AsyncSession, Depends(_db_session)]
+# A session per request, from the service's own database, closed as soon as the route returns: its
+# transaction (and SQLite's write lock) ends before the audit log writes and the response starts.
+DbSession = Annotated[AsyncSession, Depends(_db_session, scope="function")]
 
 
 def health_router(runtime: ServiceRuntime) -> APIRouter:
@@ -244,8 +251,9 @@ def create_service_app(
     app.state.token_verifier = TokenVerifier(runtime.settings)
     install_problem_handlers(app)
     app.include_router(health_router(runtime))
-    for router in routers:
+    for router in [*routers, audit_router(lambda request: request.app.state.runtime.sessions)]:
         app.include_router(router, responses=PROBLEM_RESPONSES)
+    app.add_middleware(AuditMiddleware, sessions=runtime.sessions)
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics",
                                        server_request_hook=_drop_query_from_span)
     return app

@@ -4,7 +4,7 @@ Each service subclasses :class:`ServiceSettings` and adds its own fields with it
 prefix (for example ``INTAKE_DATABASE_URL``).
 """
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,10 +34,20 @@ class ServiceSettings(BaseSettings):
     auth_audience: str = "enlace"
     auth_dev_public_key_path: str = "./.run/dev-issuer/public.pem"
 
+    # Key-encryption key for the per-person data keys (enlace_platform.crypto): base64 of 32 bytes from the
+    # secret store in production; local runs create a key file beside the database on first use.
+    data_key: SecretStr | None = None
+    data_key_file: str | None = Field(None, description="Default: ./.run/<service>-data.key")
+
     log_json: bool = True
 
     def topic(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}{name}"
+
+    def key_encryption_key(self) -> bytes:
+        from enlace_platform.crypto import load_key_encryption_key
+        inline = self.data_key.get_secret_value() if self.data_key else None
+        return load_key_encryption_key(inline, self.data_key_file or f"./.run/{self.service_name}-data.key")
 
     def group(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}{name}"

@@ -24,7 +24,7 @@ CATALOG: list[str] = [INTAKE_CASE, REFERRAL_REFERRAL, REFERRAL_PROTECTION_HOLD]
 
 # Which topic carries an event type (by the aggregate that starts its name), and who publishes there.
 EVENT_TOPICS: dict[str, str] = {
-    "case": INTAKE_CASE, "consent": INTAKE_CASE,
+    "case": INTAKE_CASE, "consent": INTAKE_CASE, "person": INTAKE_CASE,
     "referral": REFERRAL_REFERRAL, "protection_hold": REFERRAL_PROTECTION_HOLD,
 }
 TOPIC_OWNERS: dict[str, str] = {INTAKE_CASE: "intake", REFERRAL_REFERRAL: "referral",

@@ -18,7 +18,7 @@ from sqlalchemy import Column, String, create_engine, event, text
 
 from enlace_platform.db import OutdatedSchema, create_tables, make_engine
 from enlace_platform.migrations import (
-    current_revision, head_revision, initial_revision, migrate, migration_config, service_tables, target_metadata,
+    _schema_at, current_revision, head_revision, initial_revision, migrate, migration_config, service_tables, target_metadata,
     upgrade_to_head,
 )
 from tests.support.harness import free_port
@@ -105,7 +105,8 @@ async def test_a_database_made_before_migrations_is_adopted(name, tmp_path):
     location, tables = _service(name)
     engine = make_engine(_url(tmp_path / "db.sqlite"))
     try:
-        await create_tables(engine, service_tables(tables))  # what start-up did before migrations
+        # What start-up did before migrations: create_all of the tables as they were at the first revision.
+        await create_tables(engine, _schema_at(location, initial_revision(location)))
         async with engine.begin() as conn:
             await conn.execute(text("INSERT INTO processed_messages (consumer, message_id, processed_at) "
                                     "VALUES ('c', 'm1', '2026-11-28 10:00:00')"))
@@ -195,8 +196,8 @@ _LATER_REVISION = '''"""a later revision: a table with children is copied (batch
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "later"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -218,13 +219,13 @@ async def test_adoption_and_batch_copies_still_work_after_later_revisions(tmp_pa
     location, tables = _service("intake")
     later = tmp_path / "migrations"
     shutil.copytree(location, later, ignore=shutil.ignore_patterns("__pycache__"))
-    (later / "versions" / "0002_later.py").write_text(_LATER_REVISION)
+    (later / "versions" / "9999_later.py").write_text(_LATER_REVISION.replace("{head}", head_revision(location)))
     models = target_metadata(tables)
     models.tables["intake_person"].append_column(Column("preferred_name", String, nullable=True))
 
     engine = make_engine(_url(tmp_path / "db.sqlite"))
     try:
-        await create_tables(engine, service_tables(tables))  # made before migrations, at 0001's schema
+        await create_tables(engine, _schema_at(location, initial_revision(location)))  # made before migrations
         async with engine.begin() as conn:
             for sql in (
                 "INSERT INTO intake_case VALUES ('c1', 'MX-INM', 'MX', 'Tapachula', '2026-11-28', '2026-11-28')",
@@ -237,7 +238,7 @@ async def test_adoption_and_batch_copies_still_work_after_later_revisions(tmp_pa
 
         await migrate(engine, later, models.tables.values())
 
-        assert await current_revision(engine) == "0002"
+        assert await current_revision(engine) == "later"
         assert await _schema_diff(engine, models.tables.values()) == []
         async with engine.connect() as conn:
             rows = (await conn.execute(text(

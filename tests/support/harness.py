@@ -54,6 +54,7 @@ def fast_settings(cls, *, tmp_path: Path, bootstrap: str, prefix: str, dev_issue
         kafka_bootstrap_servers=bootstrap,
         kafka_topic_prefix=prefix,
         auth_dev_public_key_path=str(dev_issuer_dir / "public.pem"),
+        data_key_file=str(tmp_path / f"{name}-data.key"),
         outbox_fallback_poll_s=0.5,
         consumer_retry_base_s=0.05,
         log_json=False,

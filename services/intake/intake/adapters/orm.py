@@ -5,6 +5,7 @@ from datetime import UTC, date, datetime
 
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
+from enlace_platform.crypto import SubjectKey
 
 
 def _id() -> str:
@@ -173,6 +174,6 @@ class RemovalOrderRow(SQLModel, table=True):
     requested_at: datetime = Field(default_factory=_now)
 
 
-TABLES = [CaseRow.__table__, PersonRow.__table__, PersonDocumentRow.__table__, PersonVersionRow.__table__,
+TABLES = [SubjectKey.__table__, CaseRow.__table__, PersonRow.__table__, PersonDocumentRow.__table__, PersonVersionRow.__table__,
           RelationshipRow.__table__, ScreeningRow.__table__, ConsentRow.__table__, ProtectionHoldRow.__table__,
           ReferralViewRow.__table__, RemovalOrderRow.__table__]

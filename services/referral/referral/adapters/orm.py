@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
+from enlace_platform.crypto import SubjectKey
 
 
 def _now() -> datetime:
@@ -142,5 +143,5 @@ class ScreeningRow(SQLModel, table=True):
     routed_at: datetime = Field(default_factory=_now)
 
 
-TABLES = [AgencyRow.__table__, ServiceRow.__table__, ReferralRow.__table__, HistoryRow.__table__,
+TABLES = [SubjectKey.__table__, AgencyRow.__table__, ServiceRow.__table__, ReferralRow.__table__, HistoryRow.__table__,
           HoldRow.__table__, ConsentRow.__table__, ScreeningRow.__table__]

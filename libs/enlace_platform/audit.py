@@ -1,0 +1,229 @@
+"""The audit log: who touched which object, for what purpose, when, under which trace.
+
+Every request that carried a valid token is recorded, whatever its outcome (a 404 on someone
+else's case is an attempt worth seeing), before its response starts: if the record cannot be
+written, the caller gets a 500 and no data. One row per object: the object in the path, plus the
+objects a handler names with :func:`note_objects` (search results, a case's persons, a new id).
+The rows hold ids and codes only, never personal data, so erasure never needs to touch them.
+
+The table is append-only: database triggers refuse UPDATE and DELETE (SQLite and PostgreSQL).
+Auditors read it through ``GET /audit``; an agency's auditor sees what its own staff did, the
+coordinator's auditor what anyone in its jurisdiction did.
+"""
+
+import logging
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from opentelemetry import trace
+from pydantic import BaseModel
+from sqlalchemy import DDL, event
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import Field, SQLModel, col, select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from enlace_platform.access import AuditReader
+from enlace_platform.auth import Principal
+from enlace_platform.timeutil import as_utc
+
+log = logging.getLogger(__name__)
+
+COORDINATOR = "coordinator"
+DEFAULT_PURPOSE = "unspecified"
+
+
+class AuditRecord(SQLModel, table=True):
+    __tablename__ = "audit_log"
+
+    seq: int | None = Field(default=None, primary_key=True, description="Order of writing; the cursor")
+    request_id: str = Field(index=True, description="Rows written for one request share it")
+    at: datetime = Field(index=True)
+    agency_id: str = Field(index=True, description="The actor's agency")
+    jurisdiction: str = Field(index=True)
+    user_id: str = Field(index=True, description="The token's subject")
+    roles: str = Field(description="The actor's roles, comma-separated")
+    action: str = Field(description="read or write")
+    method: str
+    route: str = Field(description="The route template, e.g. /cases/{case_id}: never the concrete URL")
+    object_type: str | None = Field(default=None, index=True)
+    object_id: str | None = Field(default=None, index=True)
+    purpose: str
+    status: int = Field(description="The HTTP status the caller got")
+    trace_id: str | None = Field(default=None, index=True)
+
+
+_TRIGGERS = {
+    "sqlite": [
+        "CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log "
+        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+        "CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log "
+        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$",
+        "CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_log "
+        "FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()",
+    ],
+}
+
+
+def append_only_statements(dialect: str) -> list[str]:
+    """The trigger DDL for one dialect; migrations run it right after creating the table."""
+    return _TRIGGERS.get(dialect, [])
+
+
+for _dialect, _statements in _TRIGGERS.items():
+    for _statement in _statements:
+        event.listen(AuditRecord.__table__, "after_create", DDL(_statement).execute_if(dialect=_dialect))
+
+
+# --- what a request declares -------------------------------------------------------------------
+
+def Purpose(name: str):  # noqa: N802 - used as a router dependency: APIRouter(dependencies=[Purpose(...)])
+    """The purpose the routes of a router serve, recorded with every access."""
+    async def purpose(request: Request) -> None:
+        request.state.audit_purpose = name
+
+    return Depends(purpose)
+
+
+def note_objects(request: Request, object_type: str, ids) -> None:
+    """Record these objects as touched by this request too (lists, search results, created ids)."""
+    objects = getattr(request.state, "audit_objects", None)
+    if objects is None:
+        objects = []
+        request.state.audit_objects = objects
+    objects.extend((object_type, str(i)) for i in ids)
+
+
+# --- the middleware ----------------------------------------------------------------------------
+
+def _path_object(route_path: str, path_params: dict) -> tuple[str | None, str | None]:
+    """The most specific object a route names: ``/cases/{case_id}/persons/{person_id}`` gives the person."""
+    names = re.findall(r"\{(\w+?)(?::\w+)?\}", route_path)
+    if not names:
+        return None, None
+    last = names[-1]
+    return last.removesuffix("_id"), str(path_params.get(last)) if last in path_params else None
+
+
+class AuditMiddleware:
+    """Pure ASGI, so it can hold the response back until its rows are committed."""
+
+    def __init__(self, app: ASGIApp, sessions: async_sessionmaker) -> None:
+        self.app = app
+        self.sessions = sessions
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_after_recording(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await self._record(scope, message["status"])
+            await send(message)
+
+        await self.app(scope, receive, send_after_recording)
+
+    async def _record(self, scope: Scope, status: int) -> None:
+        state = scope.get("state") or {}
+        principal: Principal | None = state.get("principal")
+        route = scope.get("route")
+        if principal is None or route is None:
+            return  # no valid token: nothing was read (the 401 is in the access log and the span)
+        object_type, object_id = _path_object(route.path, scope.get("path_params") or {})
+        objects = [(object_type, object_id)] if object_id is not None or not state.get("audit_objects") else []
+        objects += [o for o in state.get("audit_objects") or [] if o != (object_type, object_id)]
+        span = trace.get_current_span().get_span_context()
+        common = dict(
+            request_id=str(uuid.uuid4()), at=datetime.now(UTC), agency_id=principal.agency_id,
+            jurisdiction=principal.jurisdiction, user_id=principal.subject, roles=",".join(principal.roles),
+            action="read" if scope["method"] in ("GET", "HEAD") else "write", method=scope["method"],
+            route=route.path, purpose=state.get("audit_purpose", DEFAULT_PURPOSE), status=status,
+            trace_id=format(span.trace_id, "032x") if span.is_valid else None,
+        )
+        async with self.sessions() as session:
+            session.add_all(AuditRecord(object_type=t or _collection(route.path), object_id=i, **common)
+                            for t, i in objects)
+            await session.commit()
+
+
+def _collection(route_path: str) -> str:
+    segments = [s for s in route_path.split("/") if s and not s.startswith("{")]
+    return segments[-1] if segments else "root"
+
+
+# --- the auditors' API -------------------------------------------------------------------------
+
+class AuditEntry(BaseModel):
+    seq: int
+    request_id: str
+    at: datetime
+    agency_id: str
+    jurisdiction: str
+    user_id: str
+    roles: list[str]
+    action: str
+    method: str
+    route: str
+    object_type: str | None
+    object_id: str | None
+    purpose: str
+    status: int
+    trace_id: str | None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next_after: int | None = None
+
+
+def audit_router(sessions_of) -> APIRouter:
+    router = APIRouter(tags=["audit"], dependencies=[Purpose("oversight")])
+
+    @router.get("/audit", response_model=AuditPage,
+                summary="The audit log (auditors only): your agency's staff, or, for the coordinator's "
+                        "auditor, everyone in its jurisdiction; oldest first, paged by `after`")
+    async def read_audit_log(
+        request: Request, principal: AuditReader,
+        object_id: Annotated[str | None, Query(max_length=100)] = None,
+        object_type: Annotated[str | None, Query(max_length=50)] = None,
+        agency_id: Annotated[str | None, Query(max_length=100)] = None,
+        user_id: Annotated[str | None, Query(max_length=200)] = None,
+        trace_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$")] = None,
+        since: datetime | None = None, until: datetime | None = None,
+        after: Annotated[int, Query(ge=0, description="The last seq you have")] = 0,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> AuditPage:
+        query = select(AuditRecord).where(AuditRecord.seq > after)
+        if principal.agency_type == COORDINATOR:
+            query = query.where(AuditRecord.jurisdiction == principal.jurisdiction)
+        else:
+            query = query.where(AuditRecord.agency_id == principal.agency_id)
+        for column, value in ((AuditRecord.object_id, object_id), (AuditRecord.object_type, object_type),
+                              (AuditRecord.agency_id, agency_id), (AuditRecord.user_id, user_id),
+                              (AuditRecord.trace_id, trace_id)):
+            if value is not None:
+                query = query.where(column == value)
+        if since is not None:
+            query = query.where(AuditRecord.at >= as_utc(since))
+        if until is not None:
+            query = query.where(AuditRecord.at < as_utc(until))
+        async with sessions_of(request)() as session:
+            rows = (await session.exec(query.order_by(col(AuditRecord.seq)).limit(limit + 1))).all()
+        items = [_entry(r) for r in rows[:limit]]
+        return AuditPage(items=items, next_after=items[-1].seq if len(rows) > limit else None)
+
+    return router
+
+
+def _entry(row: AuditRecord) -> AuditEntry:
+    data = row.model_dump()
+    data["roles"] = [r for r in row.roles.split(",") if r]
+    data["at"] = as_utc(row.at)
+    return AuditEntry(**data)

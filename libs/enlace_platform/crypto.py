@@ -1,0 +1,148 @@
+"""Crypto-shredding: personal fields sealed with a key per person, so erasing a person is deleting one key.
+
+Each person (the *subject*) gets a random 256-bit AES-GCM data key the first time something of
+theirs is sealed. The data key is stored wrapped (AES-GCM) under the service's key-encryption key,
+which lives outside the database (``data_key`` setting, or a key file), so a database dump alone
+decrypts nothing. :meth:`Keyring.shred` deletes the wrapped key: from then on every sealed value
+of that person is noise, in the live database, in its backups and in any copy of a row.
+
+SQLite engines run with ``secure_delete``, so the deleted key's bytes are overwritten rather than
+left in a free page, and :func:`purge_freed_pages` checkpoints the write-ahead log afterwards.
+
+Each sealed value is bound to its subject and field (AES-GCM associated data): a value copied into
+another person's row or another column does not open.
+"""
+
+import base64
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import Field, SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+PREFIX = "enc1:"
+_NONCE_BYTES = 12
+
+
+class SubjectKey(SQLModel, table=True):
+    __tablename__ = "subject_keys"
+
+    subject_id: str = Field(primary_key=True, description="The person whose data this key seals")
+    wrapped_key: bytes = Field(description="Nonce + AES-GCM(key-encryption key, data key)")
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class Erased(Exception):
+    """The subject's key was destroyed: their data no longer exists in readable form."""
+
+    def __init__(self, subject_id: str) -> None:
+        super().__init__(f"subject {subject_id} was erased")
+        self.subject_id = subject_id
+
+
+class CorruptValue(Exception):
+    """A sealed value that does not open with its subject's key (tampered, or moved from elsewhere)."""
+
+
+def load_key_encryption_key(inline: str | None, path: str) -> bytes:
+    """The key-encryption key: base64 of 32 bytes, from the setting or else the key file (created on
+    first use, mode 0600, for local runs; production passes it from its secret store)."""
+    if inline:
+        key = base64.urlsafe_b64decode(inline)
+    else:
+        file = Path(path)
+        if not file.exists():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(base64.urlsafe_b64encode(AESGCM.generate_key(bit_length=256)).decode())
+        key = base64.urlsafe_b64decode(file.read_text().strip())
+    if len(key) != 32:
+        raise ValueError("the data key-encryption key must be 32 bytes, base64-encoded")
+    return key
+
+
+def _seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(_NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def _open(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    return AESGCM(key).decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], aad)
+
+
+class Keyring:
+    """Per-subject data keys in the service's own database, wrapped under its key-encryption key."""
+
+    def __init__(self, key_encryption_key: bytes, *, namespace: str) -> None:
+        self._kek = key_encryption_key
+        self._namespace = namespace.encode()  # the service: keys do not move between services
+
+    async def _data_key(self, session: AsyncSession, subject_id: str, *, create: bool) -> bytes | None:
+        row = await session.get(SubjectKey, subject_id)
+        if row is None:
+            if not create:
+                return None
+            data_key = AESGCM.generate_key(bit_length=256)
+            session.add(SubjectKey(subject_id=subject_id,
+                                   wrapped_key=_seal(self._kek, data_key, self._namespace + b"|" + subject_id.encode())))
+            return data_key
+        return _open(self._kek, row.wrapped_key, self._namespace + b"|" + subject_id.encode())
+
+    async def sealer(self, session: AsyncSession, subject_id: str) -> "Sealer":
+        """Seal and open this subject's fields; creates their key on first use (in the caller's transaction)."""
+        return Sealer(subject_id, await self._data_key(session, subject_id, create=True))
+
+    async def opener(self, session: AsyncSession, subject_id: str) -> "Sealer":
+        """Open this subject's fields; raises :class:`Erased` once their key is gone."""
+        key = await self._data_key(session, subject_id, create=False)
+        if key is None:
+            raise Erased(subject_id)
+        return Sealer(subject_id, key)
+
+    async def has_key(self, session: AsyncSession, subject_id: str) -> bool:
+        return await session.get(SubjectKey, subject_id) is not None
+
+    async def shred(self, session: AsyncSession, subject_id: str) -> bool:
+        """Destroy the subject's key (in the caller's transaction); True if there was one."""
+        result = await session.exec(delete(SubjectKey).where(SubjectKey.subject_id == subject_id))
+        return result.rowcount > 0
+
+
+class Sealer:
+    def __init__(self, subject_id: str, key: bytes) -> None:
+        self.subject_id = subject_id
+        self._key = key
+
+    def _aad(self, field: str) -> bytes:
+        return f"{self.subject_id}|{field}".encode()
+
+    def seal(self, field: str, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return PREFIX + base64.b64encode(_seal(self._key, value.encode(), self._aad(field))).decode()
+
+    def open(self, field: str, sealed: str | None) -> str | None:
+        if sealed is None:
+            return None
+        if not sealed.startswith(PREFIX):
+            raise CorruptValue(f"{field} of {self.subject_id} is not sealed")
+        try:
+            return _open(self._key, base64.b64decode(sealed[len(PREFIX):]), self._aad(field)).decode()
+        except InvalidTag as exc:
+            raise CorruptValue(f"{field} of {self.subject_id} does not open with its key") from exc
+
+
+async def purge_freed_pages(engine: AsyncEngine) -> None:
+    """After a shred on SQLite: copy the write-ahead log into the (secure-deleting) database file and
+    truncate it, so the destroyed key survives in neither. Other databases: nothing to do here."""
+    if engine.dialect.name != "sqlite":
+        return
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()  # outside any transaction: a checkpoint cannot run inside one
+        await raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
