@@ -122,6 +122,9 @@ class AuditMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # A fresh state per request: some servers hand every request the same lifespan state dict,
+        # and one request's principal must never be recorded as another's actor.
+        scope["state"] = dict(scope.get("state") or {})
 
         async def send_after_recording(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -19,9 +19,7 @@ from starlette.routing import Route
 from enlace_platform.db import create_tables, make_engine, make_session_factory
 from enlace_platform.dev_issuer import mint
 from enlace_platform.envelope import Envelope, from_kafka
-from enlace_platform.idempotency import IdempotencyRecord
-from enlace_platform.inbox import ProcessedMessage
-from enlace_platform.outbox import OutboxMessage
+from enlace_platform.migrations import service_tables
 from enlace_platform.topics import all_topics, provision
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,9 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @asynccontextmanager
 async def service_database(path: Path, tables: list):
-    """A service's own SQLite database with the outbox, the inbox, idempotency keys and the given tables."""
+    """A service's own SQLite database with the platform's tables (outbox, inbox, ...) and the given ones."""
     engine = make_engine(f"sqlite+aiosqlite:///{path}")
-    await create_tables(engine, [OutboxMessage.__table__, ProcessedMessage.__table__, IdempotencyRecord.__table__, *tables])
+    await create_tables(engine, service_tables(tables))
     try:
         yield make_session_factory(engine, f"{path.stem}{id(engine)}")
     finally:

@@ -1,0 +1,100 @@
+"""Crypto-shredding: a key per person, wrapped under a key-encryption key; shredding makes every copy noise."""
+
+import base64
+import os
+import stat
+
+import pytest
+from cryptography.exceptions import InvalidTag
+from sqlmodel import Field, SQLModel
+
+from enlace_platform.crypto import CorruptValue, Erased, Keyring, SubjectKey, load_key_encryption_key, purge_freed_pages
+from enlace_platform.db import create_tables, make_engine, make_session_factory
+
+NAME = "Itzel Ramírez-Cifrado"
+
+
+class SealedThing(SQLModel, table=True):
+    __tablename__ = "test_crypto_thing"
+    id: str = Field(primary_key=True)
+    name: str
+
+
+@pytest.fixture
+async def db(tmp_path):
+    path = tmp_path / "c.db"
+    engine = make_engine(f"sqlite+aiosqlite:///{path}")
+    await create_tables(engine, [SubjectKey.__table__, SealedThing.__table__])
+    try:
+        yield engine, make_session_factory(engine, f"crypto{id(engine)}"), path
+    finally:
+        await engine.dispose()
+
+
+KEK = os.urandom(32)
+
+
+async def test_sealed_fields_open_only_with_their_subject_and_field(db):
+    _, sessions, _ = db
+    ring = Keyring(KEK, namespace="svc")
+    async with sessions() as session:
+        alice, bob = await ring.sealer(session, "p-alice"), await ring.sealer(session, "p-bob")
+        sealed = alice.seal("given_names", NAME)
+        await session.commit()
+    assert NAME not in sealed and sealed.startswith("enc1:")
+    assert alice.seal("given_names", NAME) != sealed  # a fresh nonce every time
+    assert alice.open("given_names", sealed) == NAME
+    assert alice.seal("x", None) is None and alice.open("x", None) is None
+    with pytest.raises(CorruptValue):
+        alice.open("family_names", sealed)  # moved to another column
+    with pytest.raises(CorruptValue):
+        bob.open("given_names", sealed)  # moved to another person
+    with pytest.raises(CorruptValue):
+        alice.open("given_names", NAME)  # never sealed
+
+
+async def test_the_same_key_is_found_again_and_another_kek_cannot_unwrap_it(db):
+    _, sessions, _ = db
+    async with sessions() as session:
+        sealed = (await Keyring(KEK, namespace="svc").sealer(session, "p1")).seal("f", NAME)
+        await session.commit()
+    async with sessions() as session:
+        assert (await Keyring(KEK, namespace="svc").opener(session, "p1")).open("f", sealed) == NAME
+        with pytest.raises(InvalidTag):
+            await Keyring(os.urandom(32), namespace="svc").opener(session, "p1")
+        with pytest.raises(InvalidTag):  # keys do not move between services
+            await Keyring(KEK, namespace="other").opener(session, "p1")
+
+
+async def test_shredding_makes_the_data_unreadable_and_leaves_no_key_bytes_in_the_files(db):
+    engine, sessions, path = db
+    ring = Keyring(KEK, namespace="svc")
+    async with sessions() as session:
+        sealed = (await ring.sealer(session, "p1")).seal("name", NAME)
+        session.add(SealedThing(id="t1", name=sealed))
+        await session.commit()
+    async with sessions() as session:
+        wrapped = (await session.get(SubjectKey, "p1")).wrapped_key
+        assert await ring.shred(session, "p1") is True
+        await session.commit()
+    await purge_freed_pages(engine)
+
+    async with sessions() as session:
+        with pytest.raises(Erased):
+            await ring.opener(session, "p1")
+        assert await ring.has_key(session, "p1") is False
+        assert await ring.shred(session, "p1") is False  # erasing twice is harmless
+        assert (await session.get(SealedThing, "t1")).name == sealed  # the row stays, as noise
+    files = b"".join(p.read_bytes() for p in path.parent.glob(f"{path.name}*"))
+    assert wrapped not in files, "secure_delete and the checkpoint leave no copy of the destroyed key"
+    assert NAME.encode() not in files
+
+
+def test_the_key_encryption_key_file_is_created_private_and_must_be_32_bytes(tmp_path):
+    path = tmp_path / "keys" / "svc-data.key"
+    key = load_key_encryption_key(None, str(path))
+    assert len(key) == 32 and load_key_encryption_key(None, str(path)) == key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_key_encryption_key(base64.urlsafe_b64encode(key).decode(), "/nonexistent") == key
+    with pytest.raises(ValueError, match="32 bytes"):
+        load_key_encryption_key(base64.urlsafe_b64encode(b"short").decode(), "/nonexistent")
