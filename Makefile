@@ -66,7 +66,7 @@ migration: venv
 
 # Prints only the token on stdout.
 token: venv
-	@$(PY) -m enlace_platform.dev_issuer --agency $(AGENCY)
+	@$(PY) -m enlace_platform.dev_issuer --agency $(AGENCY) --roles $(or $(ROLES),caseworker)
 
 # Benchmarks of the eventing plumbing against the local broker (see docs/benchmarks.md).
 bench: venv kafka-up topics

@@ -12,8 +12,13 @@ screens everyone. Then:
 * the agencies act on their inboxes: COMAR receives and accepts; PFPNNA receives, accepts, starts
   and completes the boy's referral with CHILD_PLACED_IN_CARE, which releases his hold; the outcome
   code comes back to intake's case view;
+* MX-COMAR reads the mother's record (allowed by its open referral and her consent); MX-INM's
+  supervisor erases the unrelated adult (crypto-shredding; reading him then answers 410); the
+  coordinator's auditor lists who read the mother's record in intake's audit log;
 * every agency's webhook receiver (run here) gets signed webhooks and verifies them with the
   Standard Webhooks reference library.
+
+Each user has one role (caseworker, supervisor, coordinator or auditor), as docs/security.md sets out.
 
 Names are invented. Environment: DEMO_INTAKE_URL, DEMO_REFERRAL_URL, DEMO_NOTIFICATION_URL,
 DEMO_RECEIVER_PORT, DEMO_KEY_DIR (the dev issuer's keys), DEMO_SUMMARY_PATH (write a JSON summary).
@@ -56,11 +61,12 @@ class DemoFailed(Exception):
     pass
 
 
-def token(agency_id: str) -> dict[str, str]:
+def token(agency_id: str, role: str = "caseworker") -> dict[str, str]:
+    """A user of the agency with one role (docs/security.md): least privilege, as real staff would have."""
     entry = roster_entry(agency_id)
     key = ensure_keypair(KEY_DIR).read_bytes()
     signed = mint(key, agency_id=agency_id, agency_type=entry["type"], jurisdiction=entry["jurisdiction"],
-                  roles=["caseworker"])
+                  roles=[role], subject=f"{agency_id.lower()}-{role}")
     return {"authorization": f"Bearer {signed}"}
 
 
@@ -129,14 +135,17 @@ MOTHER, SON, BOY, ADULT, DISPUTED = range(5)
 
 
 async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) -> dict:
-    headers = {agency: token(agency) for agency in AGENCIES}
+    headers = {agency: token(agency, "coordinator" if agency.endswith("-COORD") else "caseworker")
+               for agency in AGENCIES}
     inm, pfpnna, comar = headers["MX-INM"], headers["MX-PFPNNA"], headers["MX-COMAR"]
+    inm_supervisor = token("MX-INM", "supervisor")
     for agency in AGENCIES:
-        sub = ok(await http.post(f"{NOTIFICATION}/subscriptions", headers=headers[agency], json={
+        supervisor = token(agency, "supervisor")  # subscriptions are the supervisor's to manage
+        sub = ok(await http.post(f"{NOTIFICATION}/subscriptions", headers=supervisor, json={
             "url": f"http://127.0.0.1:{RECEIVER_PORT}/hooks/{receiver.run_id}/{agency}",
             "event_types": ["referral.*", "protection_hold.*"]}))
         receiver.secrets[agency] = sub["secret"]
-        subscriptions.append((sub["id"], headers[agency]))
+        subscriptions.append((sub["id"], supervisor))
 
     case = ok(await http.post(f"{INTAKE}/cases", headers={**inm, "Idempotency-Key": str(uuid.uuid4())},
                               json={**FAMILY, "encountered_at": (datetime.now(UTC) - timedelta(hours=2)).isoformat()}))
@@ -147,7 +156,7 @@ async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) 
     ok(await http.post(f"{base}/{person[MOTHER]}/consents", headers=inm,
                        json={"recipient_agency_type": "asylum_office", "purpose": "referral"}))
     for child in (BOY, DISPUTED):
-        ok(await http.post(f"{base}/{person[child]}/consents", headers=inm, json={
+        ok(await http.post(f"{base}/{person[child]}/consents", headers=inm_supervisor, json={
             "recipient_agency_type": "child_protection", "purpose": "referral", "basis": "mandatory_override",
             "reason": "Unaccompanied child: mandatory child-protection referral (Ley de Migración art. 112)"}))
     console.print("[bold]2.[/bold] Consent: the mother agrees to the asylum office; "
@@ -186,7 +195,7 @@ async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) 
         active = {h["person_id"] for h in view["holds"] if h["status"] == "active"}
         return view if {person[MOTHER], person[BOY]} <= active else None
     await until("protection holds at intake", holds_in_intake)
-    refused = await http.post(f"{base}/{person[BOY]}/removal-orders", headers=inm,
+    refused = await http.post(f"{base}/{person[BOY]}/removal-orders", headers=inm_supervisor,
                               json={"destination_country": "GTM"})
     if refused.status_code != 409:
         raise DemoFailed(f"removal of a held child was not refused: {refused.status_code} {refused.text}")
@@ -232,6 +241,32 @@ async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) 
                       ref["outcome_code"] or "")
     console.print(table)
 
+    mother_details = ok(await http.get(f"{base}/{person[MOTHER]}", headers=comar))
+    console.print(f"[bold]8.[/bold] MX-COMAR reads the mother's record (its open referral and her consent allow it): "
+                  f"{len(mother_details.get('documents', []))} document(s)")
+
+    erasure = await http.post(f"{base}/{person[ADULT]}/erasure", headers=inm_supervisor,
+                              json={"reason_code": "ERASURE_REQUEST"})
+    ok(erasure)
+    gone = await http.get(f"{base}/{person[ADULT]}", headers=inm)
+    if gone.status_code != 410:
+        raise DemoFailed(f"an erased person is still readable: {gone.status_code} {gone.text}")
+    console.print("[bold]9.[/bold] MX-INM's supervisor erased the unrelated adult (no hold, no referral): his key "
+                  "is destroyed, reading him now answers 410")
+
+    coordinator_auditor = token("MX-COORD", "auditor")
+    entries = ok(await http.get(f"{INTAKE}/audit", headers=coordinator_auditor,
+                                params={"object_id": person[MOTHER], "limit": 500}))["items"]
+    audit = Table(title="10. Intake's audit log for the mother (read by MX-COORD's auditor)")
+    for column in ("at", "agency", "user", "action", "route", "purpose", "status", "trace"):
+        audit.add_column(column)
+    for entry in entries:
+        audit.add_row(entry["at"][11:19], entry["agency_id"], entry["user_id"], entry["action"], entry["route"],
+                      entry["purpose"], str(entry["status"]), (entry["trace_id"] or "")[:12])
+    console.print(audit)
+    if not {"MX-INM", "MX-COMAR"} <= {e["agency_id"] for e in entries}:
+        raise DemoFailed("the audit log does not show both agencies that read the mother's record")
+
     wanted = {"referral.requested.v1", "referral.accepted.v1", "referral.completed.v1",
               "protection_hold.placed.v1", "protection_hold.released.v1"}
     async def webhooks_arrived():
@@ -239,7 +274,8 @@ async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) 
     await until("the webhooks", webhooks_arrived)
     await asyncio.sleep(1)  # let the last deliveries of this flow arrive too
     return {"case_id": case_id, "referrals": len(final), "holds": len(view["holds"]),
-            "event_types": sorted({"case.registered.v1", "case.screened.v1", "consent.changed.v1",
+            "erased_person_id": person[ADULT], "audit_entries_for_mother": len(entries),
+            "event_types": sorted({"case.registered.v1", "case.screened.v1", "consent.changed.v1", "person.erased.v1",
                                    *(h["payload"]["type"] for h in receiver.received)})}
 
 
@@ -268,7 +304,7 @@ async def main() -> int:
         server.should_exit = True
         await serve
 
-    hooks = Table(title="8. Webhooks received (signatures verified with the Standard Webhooks library)")
+    hooks = Table(title="11. Webhooks received (signatures verified with the Standard Webhooks library)")
     for column in ("agency", "webhook-id", "type", "referral", "signature"):
         hooks.add_column(column)
     for hook in receiver.received:

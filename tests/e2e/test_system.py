@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,8 +24,8 @@ import yaml
 from jsonschema import Draft7Validator, Draft202012Validator
 
 from enlace_platform.contracts import FORMATS
-from enlace_platform.topics import CATALOG
-from tests.support.harness import REPO, free_port, provision_topics, unique_prefix
+from enlace_platform.topics import CATALOG, all_topics
+from tests.support.harness import REPO, bearer, free_port, provision_topics, unique_prefix
 
 pytestmark = pytest.mark.kafka
 
@@ -32,7 +33,7 @@ CONTRACTS = REPO / "contracts"
 SERVICES = ("intake", "referral", "notification")
 # ce_subject names the thing an event is about (docs/event-catalog.md).
 SUBJECT_FIELDS = {"case.registered.v1": "case_id", "case.screened.v1": "screening_id",
-                  "consent.changed.v1": "consent_id", "referral": "referral_id", "protection_hold": "hold_id"}
+                  "consent.changed.v1": "consent_id", "person.erased.v1": "person_id", "referral": "referral_id", "protection_hold": "hold_id"}
 
 
 def _get_json(url: str):
@@ -198,19 +199,52 @@ def _demo_personal_data() -> list[str]:
     return values
 
 
-def test_no_name_or_document_number_of_the_demo_reaches_kafka_logs_or_traces(system, demo, zipkin):
+def _scrape_text(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def _leaks(personal: list[str], places: dict[str, str]) -> list[tuple[str, str]]:
+    return [(value, where) for where, text in places.items() for value in personal
+            if value in text or value in text.encode("unicode_escape").decode()]
+
+
+def test_no_name_or_document_number_of_the_demo_leaves_intake(system, demo, zipkin, dev_issuer_dir):
+    """Issue 6: after the whole flow, the persons' names and document numbers are in none of the Kafka
+    records (dead-letter topics included), log lines, spans, or metric series of any service."""
     personal = _demo_personal_data()
-    places = {f"kafka {base}": json.dumps(_kcat_records(system["bootstrap"], system["prefix"] + base),
-                                          ensure_ascii=False)
-              for base in CATALOG}
+    places = {f"kafka {topic}": json.dumps(_kcat_records(system["bootstrap"], topic), ensure_ascii=False)
+              for topic in all_topics(system["prefix"])}
     places |= {f"log {name}": Path(system["run_dir"], "logs", f"{name}.log").read_text() for name in SERVICES}
+    places |= {f"metrics {name}": _scrape_text(url) for name, url in system["urls"].items()}
     for name in SERVICES:
         traces = _get_json(f"{zipkin}/api/v2/traces?serviceName={name}&limit=1000&lookback=3600000")
         places[f"traces {name}"] = json.dumps(traces, ensure_ascii=False)
-    assert all(places.values())
-    leaks = [(value, where) for where, text in places.items() for value in personal
-             if value in text or value in text.encode("unicode_escape").decode()]
-    assert leaks == []
+    assert all(places[f"kafka {system['prefix']}{base}"] for base in CATALOG)
+    assert all(places[f"{kind} {name}"] for kind in ("log", "metrics", "traces") for name in SERVICES)
+    assert _leaks(personal, places) == []
+
+    # The scan looks for what is really there: intake serves the names to the agency that registered them.
+    inm = bearer(dev_issuer_dir, "MX-INM", "migration_authority", "MX")
+    request = urllib.request.Request(f"{system['urls']['intake']}/cases/{demo['case_id']}", headers=inm)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        case_view = response.read().decode()
+    assert "Demo Ramos" in case_view
+
+
+def test_intake_keeps_personal_data_sealed_and_the_erased_person_is_gone(system, demo):
+    """Read as a database dump would be: the intake and referral database files (and their write-ahead
+    logs) hold no name or document number in clear; the erased person's key is gone."""
+    personal = _demo_personal_data()
+    files = {str(f): f.read_bytes().decode("latin-1") for name in ("intake", "referral")
+             for f in system["run_dir"].glob(f"{name}.db*")}
+    assert any(f.endswith("intake.db") for f in files)
+    utf8 = [v.encode().decode("latin-1") for v in personal]  # the files hold UTF-8 bytes
+    assert [(v, where) for where, text in files.items() for v in utf8 if v in text] == []
+    with sqlite3.connect(system["run_dir"] / "intake.db") as db:
+        keys = {row[0] for row in db.execute("SELECT subject_id FROM subject_keys")}
+    assert demo["erased_person_id"] not in keys
+    assert len(keys) >= 4, "the other persons of the family still have their keys"
 
 
 def test_service_logs_are_json_lines_with_trace_and_service(system, demo):
