@@ -25,7 +25,9 @@ start() {
   for entry in "${services[@]}"; do
     name="${entry%%:*}"; port="${entry##*:}"
     if running "$name"; then echo "services: $name already running (pid $(cat "$run/$name.pid"))" >&2; continue; fi
-    setsid nohup "$python" -m uvicorn --factory "$name.entrypoints.app:create_app" \
+    # Each service's key-encryption key (docs/security.md) beside its state, unless the environment gives one.
+    ENLACE_DATA_KEY_FILE="${ENLACE_DATA_KEY_FILE:-$run/$name-data.key}" \
+      setsid nohup "$python" -m uvicorn --factory "$name.entrypoints.app:create_app" \
       --host 127.0.0.1 --port "$port" --no-access-log >"$run/logs/$name.log" 2>&1 < /dev/null &
     echo $! > "$run/$name.pid"
     echo "services: started $name on 127.0.0.1:$port (log $run/logs/$name.log)" >&2
