@@ -38,7 +38,7 @@ async def system(kafka_bootstrap, dev_issuer_dir, tmp_path):
 async def test_screening_becomes_a_referral_and_a_signed_webhook_in_one_trace(system, dev_issuer_dir, spans):
     intake, referral, notification = system
     inm = bearer(dev_issuer_dir, "MX-INM", "migration_authority")
-    pfpnna = bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection")
+    pfpnna = bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection", roles=["supervisor"])  # subscribes
     receiver = WebhookReceiver()
 
     async with receiver.running():
@@ -137,8 +137,9 @@ async def test_another_agency_cannot_read_a_case_or_referral(system, dev_issuer_
 
 async def test_subscriptions_belong_to_their_agency(system, dev_issuer_dir):
     _, _, notification = system
-    pfpnna = bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection")
-    comar = bearer(dev_issuer_dir, "MX-COMAR", "asylum_office")
+    # Supervisors manage subscriptions (docs/security.md): what is tested here is the agency boundary.
+    pfpnna = bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection", roles=["supervisor"])
+    comar = bearer(dev_issuer_dir, "MX-COMAR", "asylum_office", roles=["supervisor"])
     r = await notification.post("/subscriptions", headers=pfpnna,
                                 json={"url": "http://127.0.0.1:9/hooks", "event_types": ["referral.requested.v1"]})
     sub_id = r.json()["id"]
