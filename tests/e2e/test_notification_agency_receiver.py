@@ -23,11 +23,11 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from notification.entrypoints.app import create_app
-from tests.support.harness import bearer, eventually, provision_topics, running_app
+from tests.support.harness import eventually, provision_topics, running_app
 from tests.support.harness import unique_prefix
 from tests.support.notification_support import (
     Received, SigningReceiver, consumers_assigned, kafka_producer, notification_settings, publish, referral_data,
-    sample_event,
+    sample_event, supervisor,
 )
 from starlette.requests import Request
 from starlette.responses import Response
@@ -96,8 +96,8 @@ async def test_an_agency_receiver_taken_down_slow_and_replaying_loses_nothing_an
                                      dev_issuer_dir=dev_issuer_dir, delivery_max_attempts=10_000,
                                      webhook_timeout_s=TIMEOUT_S)
     pfpnna, inm = AgencyReceiver(), AgencyReceiver()
-    headers = {"MX-PFPNNA": bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection"),
-               "MX-INM": bearer(dev_issuer_dir, "MX-INM", "migration_authority")}
+    headers = {"MX-PFPNNA": supervisor(dev_issuer_dir, "MX-PFPNNA", "child_protection"),
+               "MX-INM": supervisor(dev_issuer_dir, "MX-INM", "migration_authority")}
     referrals = [referral_data() for _ in range(4)]
     # Each case's life in order, the cases interleaved: 32 events, both topics.
     events = [sample_event(event_type, referral) for event_type in LIFE for referral in referrals]

@@ -18,9 +18,10 @@ from standardwebhooks.webhooks import Webhook
 
 from enlace_platform.contracts import FORMATS
 from notification.entrypoints.app import create_app
-from tests.support.harness import bearer, eventually, provision_topics, running_app, unique_prefix
+from tests.support.harness import eventually, provision_topics, running_app, unique_prefix
 from tests.support.notification_support import (
     SigningReceiver, consumers_assigned, kafka_producer, notification_settings, publish, referral_data, sample_event,
+    supervisor,
 )
 
 pytestmark = pytest.mark.kafka
@@ -58,7 +59,7 @@ async def test_a_referrals_life_reaches_every_party_as_verified_webhooks(kafka_b
     settings = notification_settings(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix,
                                      dev_issuer_dir=dev_issuer_dir, delivery_max_attempts=1000, webhook_timeout_s=120)
     receivers = {agency: SigningReceiver() for agency in AGENCIES}
-    headers = {agency: bearer(dev_issuer_dir, agency, kind) for agency, (kind, _) in AGENCIES.items()}
+    headers = {agency: supervisor(dev_issuer_dir, agency, kind) for agency, (kind, _) in AGENCIES.items()}
     pfpnna = receivers["MX-PFPNNA"]
     referral = referral_data()
     sent: list = []

@@ -12,7 +12,7 @@ from notification.adapters.orm import DeliveryAttemptRow, DeliveryRow, Subscript
 from notification.entrypoints.app import create_app
 from notification.service_layer.handlers import make_referral_event_handler
 from tests.support.harness import bearer, free_port, running_app
-from tests.support.notification_support import event, hold_data, notification_settings, referral_data
+from tests.support.notification_support import event, hold_data, notification_settings, referral_data, supervisor
 
 
 @pytest.fixture
@@ -33,12 +33,12 @@ async def api(settings):
 
 @pytest.fixture
 def pfpnna(dev_issuer_dir):
-    return bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection")
+    return supervisor(dev_issuer_dir, "MX-PFPNNA", "child_protection")
 
 
 @pytest.fixture
 def comar(dev_issuer_dir):
-    return bearer(dev_issuer_dir, "MX-COMAR", "asylum_office")
+    return supervisor(dev_issuer_dir, "MX-COMAR", "asylum_office")
 
 
 HOOK = "https://hooks.pfpnna.example/enlace"
@@ -170,8 +170,8 @@ async def test_delete_disables_and_cancels_what_was_waiting(api, pfpnna, setting
 async def test_each_named_party_with_a_matching_subscription_gets_one_delivery(api, settings, dev_issuer_dir):
     agencies = {"MX-INM": "migration_authority", "MX-PFPNNA": "child_protection", "MX-COORD": "coordinator",
                 "MX-COMAR": "asylum_office"}
-    subs = {a: await _subscribe(api, bearer(dev_issuer_dir, a, t)) for a, t in agencies.items()}
-    narrow = await _subscribe(api, bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection"),
+    subs = {a: await _subscribe(api, supervisor(dev_issuer_dir, a, t)) for a, t in agencies.items()}
+    narrow = await _subscribe(api, supervisor(dev_issuer_dir, "MX-PFPNNA", "child_protection"),
                               event_types=["referral.accepted.v1"])
     data = referral_data()
     await _handle(api, settings, event("referral.requested.v1", data))
@@ -196,9 +196,9 @@ async def test_an_event_seen_twice_makes_no_second_delivery(api, pfpnna, setting
 
 
 async def test_email_deliveries_go_to_the_receiver_or_the_coordinator(api, settings, dev_issuer_dir):
-    inm = await _subscribe(api, bearer(dev_issuer_dir, "MX-INM", "migration_authority"), email="inm@example.org")
-    pfpnna = await _subscribe(api, bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection"), email="dif@example.org")
-    coord = await _subscribe(api, bearer(dev_issuer_dir, "MX-COORD", "coordinator"), email="coord@example.org")
+    inm = await _subscribe(api, supervisor(dev_issuer_dir, "MX-INM", "migration_authority"), email="inm@example.org")
+    pfpnna = await _subscribe(api, supervisor(dev_issuer_dir, "MX-PFPNNA", "child_protection"), email="dif@example.org")
+    coord = await _subscribe(api, supervisor(dev_issuer_dir, "MX-COORD", "coordinator"), email="coord@example.org")
 
     async def emailed(envelope):
         before = {d.id for d in await _deliveries(api)}

@@ -11,9 +11,9 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from notification.adapters.orm import SubscriptionRow
 from notification.entrypoints.app import create_app
-from tests.support.harness import bearer, eventually, provision_topics, running_app, unique_prefix
+from tests.support.harness import eventually, provision_topics, running_app, unique_prefix
 from tests.support.notification_support import (
-    SigningReceiver, consumers_assigned, event, notification_settings, publish, referral_data,
+    SigningReceiver, consumers_assigned, event, notification_settings, publish, referral_data, supervisor,
 )
 
 pytestmark = pytest.mark.kafka
@@ -37,7 +37,7 @@ class Notification:
             yield client
 
     def headers(self, agency_id: str, agency_type: str) -> dict[str, str]:
-        return bearer(self.dev_issuer_dir, agency_id, agency_type)
+        return supervisor(self.dev_issuer_dir, agency_id, agency_type)
 
     async def publish(self, *envelopes) -> None:
         await publish(self.producer, self.prefix, *envelopes)

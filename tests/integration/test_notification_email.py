@@ -3,9 +3,9 @@
 import pytest
 
 from notification.entrypoints.app import create_app
-from tests.support.harness import bearer, eventually, provision_topics, running_app, unique_prefix
+from tests.support.harness import eventually, provision_topics, running_app, unique_prefix
 from tests.support.notification_support import (
-    SigningReceiver, SmtpSink, consumers_assigned, event, notification_settings, publish, referral_data,
+    SigningReceiver, SmtpSink, consumers_assigned, event, notification_settings, publish, referral_data, supervisor,
 )
 
 pytestmark = pytest.mark.kafka
@@ -27,7 +27,7 @@ async def system(kafka_bootstrap, dev_issuer_dir, tmp_path, producer):
         await consumers_assigned(app.state.runtime)
         client.runtime = app.state.runtime
         for agency, agency_type in AGENCIES.items():
-            r = await client.post("/subscriptions", headers=bearer(dev_issuer_dir, agency, agency_type), json={
+            r = await client.post("/subscriptions", headers=supervisor(dev_issuer_dir, agency, agency_type), json={
                 "url": receiver.url, "event_types": ["referral.*"], "email": ADDRESS[agency]})
             assert r.status_code == 201, r.text
             receiver.secrets[agency] = r.json()["secret"]
@@ -36,7 +36,7 @@ async def system(kafka_bootstrap, dev_issuer_dir, tmp_path, producer):
             await publish(producer, prefix, *envelopes)
 
         try:
-            yield client, smtp, send, receiver, (lambda agency: bearer(dev_issuer_dir, agency, AGENCIES[agency]))
+            yield client, smtp, send, receiver, (lambda agency: supervisor(dev_issuer_dir, agency, AGENCIES[agency]))
         finally:
             smtp.stop()
 

@@ -27,9 +27,14 @@ from enlace_platform.contracts import published_contracts
 from enlace_platform.envelope import Envelope, to_kafka
 from enlace_platform.topics import REFERRAL_PROTECTION_HOLD, REFERRAL_REFERRAL
 from notification.config import NotificationSettings
-from tests.support.harness import eventually, fast_settings, free_port
+from tests.support.harness import bearer, eventually, fast_settings, free_port
 
 REFERRAL_SOURCE = "/enlace/referral"
+
+
+def supervisor(dev_issuer_dir: Path, agency_id: str, agency_type: str, jurisdiction: str = "MX") -> dict[str, str]:
+    """A supervisor's token: subscriptions (endpoints, secrets, redelivery) are theirs to manage."""
+    return bearer(dev_issuer_dir, agency_id, agency_type, jurisdiction, roles=["supervisor"])
 
 
 def notification_settings(*, tmp_path: Path, bootstrap: str, prefix: str, dev_issuer_dir: Path,

@@ -8,7 +8,9 @@ from pydantic import AnyHttpUrl, BaseModel, EmailStr, Field
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from enlace_platform.auth import CurrentPrincipal, Principal
+from enlace_platform.access import Allowed, Permission
+from enlace_platform.audit import Purpose, note_objects
+from enlace_platform.auth import Principal
 from enlace_platform.db import CommitWaker
 from enlace_platform.idempotency import Idempotency
 from enlace_platform.problems import ProblemDetails, Problem
@@ -22,7 +24,7 @@ from notification.domain.webhooks import new_secret, unknown_event_types, webhoo
 from notification.service_layer.handlers import DELIVERIES_FLAG
 from notification.service_layer.subscriptions import disable_subscription, rotate_secret, schedule_redelivery
 
-router = APIRouter()
+router = APIRouter(dependencies=[Purpose("notification")])
 
 
 def _settings(request: Request) -> NotificationSettings:
@@ -30,6 +32,9 @@ def _settings(request: Request) -> NotificationSettings:
 
 
 Settings = Annotated[NotificationSettings, Depends(_settings)]
+# Endpoints and their signing secrets are the supervisor's; the delivery log is for caseworkers too.
+SubscriptionManager = Annotated[Principal, Allowed(Permission.MANAGE_SUBSCRIPTIONS)]
+DeliveryReader = Annotated[Principal, Allowed(Permission.READ_DELIVERIES)]
 
 # --- models ----------------------------------------------------------------------------------------
 
@@ -146,10 +151,11 @@ def _check(url: AnyHttpUrl | None, event_types: list[str] | None, settings: Noti
 
 @router.post("/subscriptions", status_code=status.HTTP_201_CREATED, response_model=SubscriptionCreated,
              tags=["subscriptions"], summary="Register a webhook endpoint for your agency (the secret is shown once)")
-async def create_subscription(body: SubscriptionIn, principal: CurrentPrincipal, session: DbSession,
-                              idempotency: Idempotency, settings: Settings) -> SubscriptionCreated:
+async def create_subscription(body: SubscriptionIn, principal: SubscriptionManager, session: DbSession,
+                              idempotency: Idempotency, settings: Settings, request: Request) -> SubscriptionCreated:
     previous = await idempotency.previous_resource(session)
     if previous is not None:  # a retried POST gets the subscription it created, secret included
+        note_objects(request, "subscription", [previous])
         sub = await session.get(SubscriptionRow, previous)
         return SubscriptionCreated(**_subscription_out(sub), secret=sub.secret)
     _check(body.url, body.event_types, settings)
@@ -158,12 +164,13 @@ async def create_subscription(body: SubscriptionIn, principal: CurrentPrincipal,
     idempotency.record(session, resource_id=sub.id)
     session.add(sub)
     await session.commit()
+    note_objects(request, "subscription", [sub.id])  # the audit log names what was created
     return SubscriptionCreated(**_subscription_out(sub), secret=sub.secret)
 
 
 @router.get("/subscriptions", response_model=list[SubscriptionOut], tags=["subscriptions"],
             summary="Your agency's subscriptions, oldest first (secrets are never shown again)")
-async def list_subscriptions(principal: CurrentPrincipal, session: DbSession) -> list[SubscriptionOut]:
+async def list_subscriptions(principal: SubscriptionManager, session: DbSession) -> list[SubscriptionOut]:
     rows = (await session.exec(select(SubscriptionRow).where(SubscriptionRow.agency_id == principal.agency_id)
                                .order_by(SubscriptionRow.created_at))).all()
     return [SubscriptionOut(**_subscription_out(r)) for r in rows]
@@ -171,13 +178,14 @@ async def list_subscriptions(principal: CurrentPrincipal, session: DbSession) ->
 
 @router.get("/subscriptions/{subscription_id}", response_model=SubscriptionOut, tags=["subscriptions"],
             summary="One of your agency's subscriptions")
-async def get_subscription(subscription_id: str, principal: CurrentPrincipal, session: DbSession) -> SubscriptionOut:
+async def get_subscription(subscription_id: str, principal: SubscriptionManager,
+                           session: DbSession) -> SubscriptionOut:
     return SubscriptionOut(**_subscription_out(await _own_subscription(session, principal, subscription_id)))
 
 
 @router.patch("/subscriptions/{subscription_id}", response_model=SubscriptionOut, tags=["subscriptions"],
               summary="Change the endpoint, event types or e-mail of a subscription, or re-enable it")
-async def update_subscription(subscription_id: str, body: SubscriptionPatch, principal: CurrentPrincipal,
+async def update_subscription(subscription_id: str, body: SubscriptionPatch, principal: SubscriptionManager,
                               session: DbSession, settings: Settings) -> SubscriptionOut:
     sub = await _own_subscription(session, principal, subscription_id)
     for name in ("url", "event_types", "active"):
@@ -202,7 +210,7 @@ async def update_subscription(subscription_id: str, body: SubscriptionPatch, pri
 
 @router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["subscriptions"],
                summary="Stop a subscription; its waiting deliveries are cancelled, its log is kept")
-async def delete_subscription(subscription_id: str, principal: CurrentPrincipal, session: DbSession) -> None:
+async def delete_subscription(subscription_id: str, principal: SubscriptionManager, session: DbSession) -> None:
     sub = await _own_subscription(session, principal, subscription_id)
     if sub.active:
         await disable_subscription(session, sub, "deleted")
@@ -212,7 +220,7 @@ async def delete_subscription(subscription_id: str, principal: CurrentPrincipal,
 @router.post("/subscriptions/{subscription_id}/secret/rotation", response_model=SecretRotated,
              tags=["subscriptions"],
              summary="Replace the signing secret; the old one keeps signing during the overlap window")
-async def rotate_subscription_secret(subscription_id: str, principal: CurrentPrincipal, session: DbSession,
+async def rotate_subscription_secret(subscription_id: str, principal: SubscriptionManager, session: DbSession,
                                      idempotency: Idempotency, settings: Settings) -> SecretRotated:
     sub = await _own_subscription(session, principal, subscription_id)
     # A retried rotation must not rotate twice: the secret the caller never saw would push out the old one.
@@ -227,7 +235,7 @@ async def rotate_subscription_secret(subscription_id: str, principal: CurrentPri
 
 @router.get("/subscriptions/{subscription_id}/deliveries", response_model=list[DeliveryOut], tags=["deliveries"],
             summary="Deliveries to one of your subscriptions, newest first (at most 200)")
-async def list_subscription_deliveries(subscription_id: str, principal: CurrentPrincipal,
+async def list_subscription_deliveries(subscription_id: str, principal: DeliveryReader,
                                        session: DbSession) -> list[DeliveryOut]:
     await _own_subscription(session, principal, subscription_id)
     rows = (await session.exec(select(DeliveryRow).where(DeliveryRow.subscription_id == subscription_id)
@@ -240,7 +248,7 @@ async def list_subscription_deliveries(subscription_id: str, principal: CurrentP
 @router.get("/deliveries", response_model=DeliveryPage, tags=["deliveries"],
             summary="Your agency's deliveries, newest first; filter e.g. status=dead")
 async def list_deliveries(
-    principal: CurrentPrincipal, session: DbSession,
+    principal: DeliveryReader, session: DbSession,
     status_: Annotated[Literal["pending", "delivered", "dead", "cancelled"] | None, Query(alias="status")] = None,
     channel: Literal["webhook", "email"] | None = None,
     subscription_id: str | None = None,
@@ -262,7 +270,7 @@ async def list_deliveries(
 
 @router.get("/deliveries/{delivery_id}", response_model=DeliveryDetail, tags=["deliveries"],
             summary="One delivery with every attempt: status code, latency and error")
-async def get_delivery(delivery_id: str, principal: CurrentPrincipal, session: DbSession) -> DeliveryDetail:
+async def get_delivery(delivery_id: str, principal: DeliveryReader, session: DbSession) -> DeliveryDetail:
     row = await _own_delivery(session, principal, delivery_id)
     attempts = (await session.exec(select(DeliveryAttemptRow).where(DeliveryAttemptRow.delivery_id == delivery_id)
                                    .order_by(DeliveryAttemptRow.number))).all()
@@ -275,7 +283,7 @@ async def get_delivery(delivery_id: str, principal: CurrentPrincipal, session: D
              responses={409: {"model": ProblemDetails,
                               "description": "The subscription is disabled, or an attempt is in flight"}},
              summary="Send a delivery again by hand, under the same webhook-id, with a fresh retry schedule")
-async def redeliver(delivery_id: str, principal: CurrentPrincipal, session: DbSession) -> DeliveryOut:
+async def redeliver(delivery_id: str, principal: SubscriptionManager, session: DbSession) -> DeliveryOut:
     row = await _own_delivery(session, principal, delivery_id)
     sub = await session.get(SubscriptionRow, row.subscription_id)
     if not sub.active:
