@@ -1,0 +1,208 @@
+"""Object-level authorization over every route of the three services, generated from the routes themselves.
+
+Each protected route is tried by the owning agency, the referral's addressee, unrelated agencies of the
+same type, another jurisdiction's agency and coordinator, and the coordinator (scenarios.py says what each
+must get); by every role that lacks the route's permission (403); and without a valid token (401). What a
+refusal says is checked too: no personal data, no other object's id, and a 404 for someone else's object
+equal to the 404 for an id that does not exist.
+"""
+
+import inspect
+import json
+import uuid
+
+import httpx
+import pytest
+
+from enlace_platform.access import GRANTS, Role
+from tests.security.scenarios import BLIND, SCENARIOS, SEES, Scenario, owner_of, succeeds
+from tests.security.world import CALLERS, PUBLIC_PATHS, SERVICES, RouteInfo, World, all_routes
+
+ROUTES = all_routes()
+PROTECTED = [r for r in ROUTES if r.path not in PUBLIC_PATHS]
+PROBLEM_JSON = "application/problem+json"
+
+
+# --- the guard: the matrix covers every route, and every route declares its permission ---------------
+
+def test_every_route_has_a_scenario_and_every_scenario_a_route():
+    keys = {r.key for r in PROTECTED}
+    assert [str(r) for r in PROTECTED if r.key not in SCENARIOS] == [], "routes without a scenario in scenarios.py"
+    assert sorted(k for k in SCENARIOS if k not in keys) == [], "scenarios of routes that do not exist"
+
+
+def test_every_route_declares_one_permission_except_the_public_ones():
+    assert [str(r) for r in PROTECTED if r.permission is None] == [], "routes without Allowed(Permission.X)"
+    assert [str(r) for r in ROUTES if r.path in PUBLIC_PATHS and r.permission is not None] == []
+    assert {(r.service, r.path) for r in ROUTES if r.path in PUBLIC_PATHS} == \
+        {(s, p) for s in SERVICES for p in PUBLIC_PATHS}
+
+
+# --- probing ------------------------------------------------------------------------------------------
+
+async def _resolve(world: World, spec):
+    """A scenario's value: as given, or made from the world (fresh objects are made right now)."""
+    if not callable(spec):
+        return spec
+    value = spec(world)
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _params(world: World, scenario: Scenario) -> dict[str, str]:
+    if callable(scenario.params):
+        return await _resolve(world, scenario.params)
+    return {name: world.ids[key] for name, key in scenario.params.items()}
+
+
+async def _call(world: World, route: RouteInfo, headers: dict, params: dict, body, query) -> httpx.Response:
+    return await world.client(route.service).request(route.method, route.path.format(**params), headers=headers,
+                                                     json=body, params=query)
+
+
+def _normalised(response: httpx.Response, values: list[str]) -> tuple:
+    """A refusal with the ids it was asked about replaced and its instance dropped."""
+    text = response.text
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, "<id>")
+    try:
+        body = json.loads(text)
+        if isinstance(body, dict):
+            body.pop("instance", None)
+    except ValueError:
+        body = text
+    return response.status_code, response.headers.get("content-type"), body
+
+
+def _leaks(world: World, response: httpx.Response, allowed_ids: set[str]) -> list[str]:
+    text = response.text
+    found = [f"secret {s!r}" for s in world.secrets if s in text]
+    return found + [f"{name} id" for name, value in world.ids.items() if value in text and value not in allowed_ids]
+
+
+def _refusal_problems(world: World, response: httpx.Response, asked: set[str]) -> list[str]:
+    problems = []
+    if not response.headers.get("content-type", "").startswith(PROBLEM_JSON):
+        problems.append(f"not problem+json: {response.headers.get('content-type')}")
+    problems += [f"leaks {what}" for what in _leaks(world, response, asked)]
+    return problems
+
+
+async def _random_id_twin(world: World, route: RouteInfo, headers: dict, params: dict, body, query):
+    """The same request about objects that do not exist."""
+    fake = {name: str(uuid.uuid4()) for name in params}
+    return fake, await _call(world, route, headers, fake, body, query)
+
+
+def _scenario(route: RouteInfo) -> Scenario:
+    scenario = SCENARIOS.get(route.key)
+    if scenario is None:
+        pytest.fail(f"{route} has no scenario in tests/security/scenarios.py")
+    return scenario
+
+
+def _ordered(scenario: Scenario) -> list[tuple[str, int | str]]:
+    # Refusals first: a probe that succeeds may change the object (receive, delete) for those after it.
+    return sorted(scenario.expect.items(), key=lambda item: succeeds(item[1]))
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("route", PROTECTED, ids=str)
+async def test_each_agency_gets_what_its_relation_to_the_object_allows(world: World, route: RouteInfo):
+    scenario = _scenario(route)
+    failures = []
+    for caller, expected in _ordered(scenario):
+        headers = world.tokens.for_permission(caller, route.permission)
+        params = await _params(world, scenario)
+        body = await _resolve(world, scenario.body)
+        query = await _resolve(world, scenario.query)
+        response = await _call(world, route, headers, params, body, query)
+        asked = set(params.values()) | {v for v in (query or {}).values()} | set(_strings(body))
+        got, where = response.status_code, f"{caller} ({CALLERS[caller][0]})"
+        if expected in (SEES, BLIND):
+            if got != 200:
+                failures.append(f"{where}: {got}, expected 200: {response.text[:300]}")
+            elif expected == SEES and not any(v in response.text for v in world.ids.values()):
+                failures.append(f"{where}: 200 but shows none of the seeded objects")
+            elif expected == BLIND and (leaks := _leaks(world, response, set())):
+                failures.append(f"{where}: 200 but shows another agency's data: {leaks}")
+            continue
+        if got != expected:
+            failures.append(f"{where}: {got}, expected {expected}: {response.text[:300]}")
+            continue
+        if got >= 400:
+            failures += [f"{where}: {p}" for p in _refusal_problems(world, response, asked)]
+        if got == 404 and params:
+            fake, twin = await _random_id_twin(world, route, headers, params, body, query)
+            if _normalised(response, list(params.values())) != _normalised(twin, list(fake.values())):
+                failures.append(f"{where}: its 404 differs from the 404 for a random id:\n  {response.text}\n"
+                                f"  {twin.text}")
+    assert failures == [], f"{route}:\n" + "\n".join(failures)
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("route", PROTECTED, ids=str)
+async def test_every_role_without_the_routes_permission_gets_403_before_anything_is_read(world: World,
+                                                                                          route: RouteInfo):
+    if route.permission is None:
+        pytest.fail(f"{route} declares no permission")
+    scenario = _scenario(route)
+    owner = owner_of(scenario)
+    failures = []
+    for role in sorted(set(Role) - GRANTS[route.permission]):
+        headers = world.tokens.of(owner, role)
+        params = await _params(world, scenario)
+        body = await _resolve(world, scenario.body)
+        query = await _resolve(world, scenario.query)
+        response = await _call(world, route, headers, params, body, query)
+        where = f"{owner} ({CALLERS[owner][0]}) as {role}"
+        if response.status_code != 403:
+            failures.append(f"{where}: {response.status_code}, expected 403: {response.text[:300]}")
+            continue
+        failures += [f"{where}: {p}" for p in _refusal_problems(world, response, set(params.values()))]
+        if response.json().get("permission") != route.permission.value:
+            failures.append(f"{where}: the 403 does not name the permission {route.permission.value}")
+        if params:
+            fake, twin = await _random_id_twin(world, route, headers, params, body, query)
+            if _normalised(response, list(params.values())) != _normalised(twin, list(fake.values())):
+                failures.append(f"{where}: its 403 differs from the one for a random id: the object was looked up")
+    assert failures == [], f"{route}:\n" + "\n".join(failures)
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("route", PROTECTED, ids=str)
+async def test_no_token_an_expired_token_or_a_foreign_signature_gets_401(world: World, route: RouteInfo):
+    scenario = _scenario(route)
+    failures = []
+    for kind, headers in world.tokens.invalid().items():
+        params = await _params(world, scenario)
+        body = await _resolve(world, scenario.body)
+        response = await _call(world, route, headers, params, body, await _resolve(world, scenario.query))
+        if response.status_code != 401:
+            failures.append(f"{kind}: {response.status_code}, expected 401: {response.text[:300]}")
+            continue
+        failures += [f"{kind}: {p}" for p in _refusal_problems(world, response, set(params.values()))]
+        challenge = response.headers.get("www-authenticate", "")
+        if not challenge.startswith("Bearer"):
+            failures.append(f"{kind}: WWW-Authenticate is {challenge!r}")
+    assert failures == [], f"{route}:\n" + "\n".join(failures)
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("service", list(SERVICES))
+async def test_health_readiness_and_metrics_are_public_and_metrics_name_nobody(world: World, service: str):
+    client = world.client(service)
+    for path in sorted(PUBLIC_PATHS):
+        response = await client.get(path)
+        assert response.status_code == 200, f"{service} {path}: {response.status_code} {response.text[:200]}"
+    metrics = (await client.get("/metrics")).text
+    assert _leaks(world, httpx.Response(200, text=metrics), set()) == []
