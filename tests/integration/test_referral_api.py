@@ -163,7 +163,8 @@ async def test_concurrent_accepts_exactly_one_wins(ref, auth, dev_issuer_dir):
 
     await ref.deliver(screened("UNACCOMPANIED_CHILD", age_band="12-17"))
     rid = (await _one(ref, auth("MX-PFPNNA")))["id"]
-    users = [bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection", "MX", roles=[f"caseworker-{i}"]) for i in (1, 2)]
+    users = [bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection", "MX", roles=[role])
+             for role in ("caseworker", "supervisor")]
     results = await asyncio.gather(*(ref.act(rid, h, "accept") for h in users))
     assert sorted(r.status_code for r in results) == [200, 409], [r.text for r in results]
     loser = next(r for r in results if r.status_code == 409).json()
@@ -359,7 +360,8 @@ async def test_kpis_scoped_to_agency_and_jurisdiction(ref, auth):
     await ref.act(first["id"], comar, "accept")
     await ref.act(first["id"], comar, "complete", outcome_code="REFUGEE_STATUS_GRANTED")
     await ref.act(second["id"], comar, "reject", reason_code="DUPLICATE", reason_text="x")
-    k = (await ref.client.get("/kpis", headers=comar)).json()
+    _problem(await ref.client.get("/kpis", headers=comar), 403)  # KPIs are for supervisors and coordinators
+    k = (await ref.client.get("/kpis", headers=auth("MX-COMAR", "supervisor"))).json()
     assert k["scope"] == "agency:MX-COMAR" and k["total"] == 2
     assert k["by_status"]["completed"] == 1 and k["by_status"]["rejected"] == 1
     assert k["median_time_to_accept_s"] >= 0 and k["overdue"] == 0
@@ -413,7 +415,10 @@ async def test_coordinator_releases_a_hold_left_behind_by_a_sender_cancellation(
     unattended = (await ref.client.get("/holds", headers=coord, params={"active": "true", "open_referral": "false"})).json()
     assert {h["id"] for h in unattended} == {h["id"] for h in holds.values()}
     assert all(h["open_referral_id"] is None for h in unattended)
-    _problem(await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=auth("MX-COMAR")), 404)
+    _problem(await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=auth("MX-COMAR")), 403)
+    # Even with the role coordinator, a user of another agency is told nothing about the hold.
+    _problem(await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=auth("MX-COMAR", "coordinator")),
+             404)
     _problem(await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=auth("GT-COORD")), 404)
     r = await ref.client.post(f"/holds/{asylum_hold['id']}/release", headers=coord)
     assert r.status_code == 200 and r.json()["release_reason"] == "CANCELLED_BY_COORDINATOR"

@@ -34,12 +34,14 @@ def migration_authority(jurisdiction: str) -> str:
     return found[0] if found else f"{jurisdiction}-MIG"
 
 
-def token(dev_issuer_dir: Path, agency_id: str, subject_role: str = "caseworker") -> dict[str, str]:
-    """A bearer header for a demo agency (its type and jurisdiction from the demo directory)."""
+def token(dev_issuer_dir: Path, agency_id: str, subject_role: str | None = None) -> dict[str, str]:
+    """A bearer header for a demo agency (its type and jurisdiction from the demo directory). The user's
+    role defaults to the agency's everyday one: coordinator at a coordinator agency, else caseworker."""
     agency = _agencies().get(agency_id)
     agency_type = agency["type"] if agency else "migration_authority"
     jurisdiction = agency["jurisdiction"] if agency else agency_id.split("-")[0]
-    return bearer(dev_issuer_dir, agency_id, agency_type, jurisdiction, roles=[subject_role])
+    role = subject_role or ("coordinator" if agency_type == "coordinator" else "caseworker")
+    return bearer(dev_issuer_dir, agency_id, agency_type, jurisdiction, roles=[role])
 
 
 def consent_scope(*agency_types: str, purpose: str = "referral") -> list[dict]:
@@ -141,4 +143,4 @@ async def ref(tmp_path, dev_issuer_dir):
 
 @pytest.fixture
 def auth(dev_issuer_dir):
-    return lambda agency_id: token(dev_issuer_dir, agency_id)
+    return lambda agency_id, role=None: token(dev_issuer_dir, agency_id, role)

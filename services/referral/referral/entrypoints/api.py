@@ -13,7 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
-from enlace_platform.auth import CurrentPrincipal, Principal
+from enlace_platform.access import Allowed, Permission
+from enlace_platform.audit import Purpose, note_objects
+from enlace_platform.auth import Principal
 from enlace_platform.idempotency import Idempotency
 from enlace_platform.problems import Problem, ProblemDetails
 from enlace_platform.runtime import DbSession
@@ -25,11 +27,17 @@ from referral.domain.routing import route
 from referral.adapters.directory import load_directory
 from referral.entrypoints.directory_api import LanguageCode
 from referral.service_layer.referrals import (
-    Actor, Command, Policy, act, add_note, decide_route, eligible_problem, facts_for,
+    Actor, Command, Policy, act, agency_roles, add_note, decide_route, eligible_problem, facts_for,
     now_utc, open_referral, open_referral_for, release_hold_by_coordinator, roles_of, visible_referral,
 )
 
-router = APIRouter(tags=["referrals"])
+router = APIRouter(tags=["referrals"], dependencies=[Purpose("protection_referral")])
+
+# Each route declares the one permission its caller's roles must grant (enlace_platform.access).
+ReferralReader = Annotated[Principal, Allowed(Permission.READ_REFERRALS)]
+ReferralActor = Annotated[Principal, Allowed(Permission.ACT_ON_REFERRALS)]
+Coordinator = Annotated[Principal, Allowed(Permission.COORDINATE)]
+KpiReader = Annotated[Principal, Allowed(Permission.READ_KPIS)]
 
 NeedCode = Literal[tuple(sorted(NEED_CODES))]
 StatusCode = Literal[tuple(s.value for s in Status)]
@@ -201,7 +209,8 @@ def _visible(principal: Principal, direction: str | None):
 
 @router.get("/referrals", response_model=ReferralPage, summary="Referrals sent to or from your agency")
 async def list_referrals(
-    principal: CurrentPrincipal,
+    request: Request,
+    principal: ReferralReader,
     session: DbSession,
     status: StatusCode | None = None,
     need_code: NeedCode | None = None,
@@ -226,6 +235,7 @@ async def list_referrals(
     total = (await session.exec(select(func.count()).select_from(ReferralRow).where(*conditions))).one()
     rows = (await session.exec(select(ReferralRow).where(*conditions)
                                .order_by(ReferralRow.created_at, ReferralRow.id).offset(offset).limit(limit))).all()
+    note_objects(request, "referral", [r.id for r in rows])
     return ReferralPage(items=[await render(session, r, principal) for r in rows], total=total, limit=limit,
                         offset=offset)
 
@@ -233,7 +243,7 @@ async def list_referrals(
 @router.post("/referrals", status_code=201, response_model=ReferralOut,
              responses={409: {"model": ProblemDetails, "description": "An open referral for this person and need exists"}},
              summary="A manual referral by a caseworker of your agency (sent from your agency)")
-async def create_referral(body: ManualReferralIn, request: Request, principal: CurrentPrincipal, session: DbSession,
+async def create_referral(body: ManualReferralIn, request: Request, principal: ReferralActor, session: DbSession,
                           idempotency: Idempotency) -> ReferralOut:
     previous = await idempotency.previous_resource(session)
     if previous is not None:
@@ -247,7 +257,7 @@ async def create_referral(body: ManualReferralIn, request: Request, principal: C
     existing = await open_referral_for(session, person_id, body.need_code)
     if existing is not None:
         raise Problem(409, detail=f"Person already has an open referral for {body.need_code}.",
-                      existing_referral_id=existing.id if roles_of(principal, existing) else None)
+                      existing_referral_id=existing.id if agency_roles(principal, existing) else None)
     facts = await facts_for(session, principal.jurisdiction, body.age_band, body.languages, person_id)
     if body.to_service_id:
         directory = {s.service_id: s for s in await load_directory(session, principal.jurisdiction)}
@@ -261,6 +271,7 @@ async def create_referral(body: ManualReferralIn, request: Request, principal: C
         decision = await decide_route(session, body.need_code, facts)
     new_id = str(uuid.uuid4())
     idempotency.record(session, resource_id=new_id)
+    note_objects(request, "referral", [new_id])
     try:
         ref = await open_referral(
             session, _policy(request), case_id=case_id, person_id=person_id, need_code=body.need_code,
@@ -275,14 +286,14 @@ async def create_referral(body: ManualReferralIn, request: Request, principal: C
 
 
 @router.get("/referrals/{referral_id}", response_model=ReferralOut, summary="One referral, with its routing reasons")
-async def read_referral(referral_id: str, principal: CurrentPrincipal, session: DbSession) -> ReferralOut:
+async def read_referral(referral_id: str, principal: ReferralReader, session: DbSession) -> ReferralOut:
     return await render(session, await visible_referral(session, referral_id, principal), principal)
 
 
 @router.post("/referrals/{referral_id}/actions", response_model=ReferralOut, responses=ACTION_ERRORS,
              summary="Act on a referral: receive, accept, reject, start, hold, resume, complete, fail "
                      "(receiving agency); cancel (sending agency or coordinator); reassign (coordinator)")
-async def act_on_referral(referral_id: str, body: ActionIn, request: Request, principal: CurrentPrincipal,
+async def act_on_referral(referral_id: str, body: ActionIn, request: Request, principal: ReferralActor,
                           session: DbSession) -> ReferralOut:
     command = Command(action=Action(body.action), reason_code=body.reason_code, reason_text=body.reason_text,
                       outcome_code=body.outcome_code, to_service_id=body.to_service_id,
@@ -294,7 +305,7 @@ async def act_on_referral(referral_id: str, body: ActionIn, request: Request, pr
 
 @router.get("/referrals/{referral_id}/history", response_model=list[HistoryOut],
             summary="The referral's full, ordered history: who did what, when, and why")
-async def referral_history(referral_id: str, principal: CurrentPrincipal, session: DbSession) -> list[HistoryOut]:
+async def referral_history(referral_id: str, principal: ReferralReader, session: DbSession) -> list[HistoryOut]:
     await visible_referral(session, referral_id, principal)
     rows = (await session.exec(select(HistoryRow).where(HistoryRow.referral_id == referral_id)
                                .order_by(HistoryRow.seq))).all()
@@ -303,7 +314,7 @@ async def referral_history(referral_id: str, principal: CurrentPrincipal, sessio
 
 @router.post("/referrals/{referral_id}/notes", status_code=201, response_model=HistoryOut,
              summary="An interim progress note (the text stays here; the event carries ids only)")
-async def add_referral_note(referral_id: str, body: NoteIn, principal: CurrentPrincipal,
+async def add_referral_note(referral_id: str, body: NoteIn, principal: ReferralActor,
                             session: DbSession) -> HistoryOut:
     row = await add_note(session, referral_id, principal, body.text)
     await session.commit()
@@ -323,7 +334,7 @@ def _hold_visible(principal: Principal):
 
 @router.get("/holds", response_model=list[HoldOut], summary="Protection holds of your referrals "
                                                            "(coordinator: its jurisdiction)")
-async def list_holds(principal: CurrentPrincipal, session: DbSession, case_id: str | None = None,
+async def list_holds(request: Request, principal: ReferralReader, session: DbSession, case_id: str | None = None,
                      person_id: str | None = None, active: bool | None = None,
                      open_referral: bool | None = Query(None, description="false: holds whose need has no open "
                                                         "referral (e.g. the sender cancelled it)")) -> list[HoldOut]:
@@ -339,6 +350,7 @@ async def list_holds(principal: CurrentPrincipal, session: DbSession, case_id: s
     if active is not None:
         query = query.where(col(HoldRow.released_at).is_(None) if active else col(HoldRow.released_at).is_not(None))
     rows = (await session.exec(query.order_by(HoldRow.placed_at))).all()
+    note_objects(request, "hold", [hold.id for hold, _ in rows])
     return [HoldOut(**r.model_dump(), active=r.released_at is None, open_referral_id=open_id) for r, open_id in rows]
 
 
@@ -346,14 +358,14 @@ async def list_holds(principal: CurrentPrincipal, session: DbSession, case_id: s
              responses={409: {"model": ProblemDetails, "description": "Already released, a referral for the need "
                                                                        "is still open, or the reflection period runs"}},
              summary="Release a hold whose need has no open referral left (coordinator of its jurisdiction)")
-async def release_hold(hold_id: str, principal: CurrentPrincipal, session: DbSession) -> HoldOut:
+async def release_hold(hold_id: str, principal: Coordinator, session: DbSession) -> HoldOut:
     hold = await release_hold_by_coordinator(session, hold_id, principal)
     await session.commit()
     return HoldOut(**hold.model_dump(), active=hold.released_at is None, open_referral_id=None)
 
 
 @router.get("/kpis", response_model=Kpis, summary="Your agency's referral KPIs (coordinator: its jurisdiction)")
-async def kpis(principal: CurrentPrincipal, session: DbSession) -> Kpis:
+async def kpis(principal: KpiReader, session: DbSession) -> Kpis:
     if principal.agency_type == COORDINATOR:
         scope, condition = f"jurisdiction:{principal.jurisdiction}", ReferralRow.jurisdiction == principal.jurisdiction
     else:

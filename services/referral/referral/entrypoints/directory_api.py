@@ -8,7 +8,9 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, model_validator
 from sqlmodel import col, select
 
-from enlace_platform.auth import CurrentPrincipal, Principal
+from enlace_platform.access import Allowed, Permission
+from enlace_platform.audit import Purpose
+from enlace_platform.auth import Principal
 from enlace_platform.idempotency import Idempotency
 from enlace_platform.problems import Problem, ProblemDetails
 from enlace_platform.runtime import DbSession
@@ -17,7 +19,11 @@ from referral.adapters.orm import AgencyRow, ReferralRow, ServiceRow
 from referral.domain.codes import AGENCY_TYPES, COORDINATOR, NEED_CODES
 from referral.domain.lifecycle import OPEN
 
-router = APIRouter(tags=["directory"])
+router = APIRouter(tags=["directory"], dependencies=[Purpose("directory")])
+
+DirectoryReader = Annotated[Principal, Allowed(Permission.READ_DIRECTORY)]
+# Also object-level: only the coordinator agency of the jurisdiction concerned (_require_coordinator).
+DirectoryManager = Annotated[Principal, Allowed(Permission.MANAGE_DIRECTORY)]
 
 NeedCode = Literal[tuple(sorted(NEED_CODES))]
 AgencyType = Literal[tuple(sorted(AGENCY_TYPES))]
@@ -95,7 +101,7 @@ async def _service_out(session, row: ServiceRow) -> ServiceOut:
 
 
 @router.get("/agencies", response_model=list[AgencyOut], summary="Agencies of the directory (any agency)")
-async def list_agencies(principal: CurrentPrincipal, session: DbSession, jurisdiction: str | None = None,
+async def list_agencies(principal: DirectoryReader, session: DbSession, jurisdiction: str | None = None,
                         type: AgencyType | None = None) -> list[AgencyOut]:
     query = select(AgencyRow)
     if jurisdiction:
@@ -106,13 +112,13 @@ async def list_agencies(principal: CurrentPrincipal, session: DbSession, jurisdi
 
 
 @router.get("/agencies/{agency_id}", response_model=AgencyOut, summary="One agency (any agency)")
-async def read_agency(agency_id: str, principal: CurrentPrincipal, session: DbSession) -> AgencyOut:
+async def read_agency(agency_id: str, principal: DirectoryReader, session: DbSession) -> AgencyOut:
     return AgencyOut(**(await _agency(session, agency_id)).model_dump())
 
 
 @router.post("/agencies", status_code=201, response_model=AgencyOut, responses=WRITE_ERRORS,
              summary="Add an agency to your jurisdiction (coordinator)")
-async def create_agency(body: AgencyIn, principal: CurrentPrincipal, session: DbSession,
+async def create_agency(body: AgencyIn, principal: DirectoryManager, session: DbSession,
                         idempotency: Idempotency) -> AgencyOut:
     _require_coordinator(principal, body.jurisdiction)
     previous = await idempotency.previous_resource(session)
@@ -129,7 +135,7 @@ async def create_agency(body: AgencyIn, principal: CurrentPrincipal, session: Db
 
 @router.patch("/agencies/{agency_id}", response_model=AgencyOut, responses=WRITE_ERRORS,
               summary="Rename an agency of your jurisdiction (coordinator)")
-async def update_agency(agency_id: str, body: AgencyUpdate, principal: CurrentPrincipal,
+async def update_agency(agency_id: str, body: AgencyUpdate, principal: DirectoryManager,
                         session: DbSession) -> AgencyOut:
     row = await _agency(session, agency_id)
     _require_coordinator(principal, row.jurisdiction)
@@ -140,7 +146,7 @@ async def update_agency(agency_id: str, body: AgencyUpdate, principal: CurrentPr
 
 @router.delete("/agencies/{agency_id}", status_code=204, responses=WRITE_ERRORS,
                summary="Remove an agency without services (coordinator)")
-async def delete_agency(agency_id: str, principal: CurrentPrincipal, session: DbSession) -> Response:
+async def delete_agency(agency_id: str, principal: DirectoryManager, session: DbSession) -> Response:
     row = await _agency(session, agency_id)
     _require_coordinator(principal, row.jurisdiction)
     if (await session.exec(select(ServiceRow.id).where(ServiceRow.agency_id == agency_id).limit(1))).first():
@@ -151,7 +157,7 @@ async def delete_agency(agency_id: str, principal: CurrentPrincipal, session: Db
 
 
 @router.get("/services", response_model=list[ServiceOut], summary="Services of the directory (any agency)")
-async def list_services(principal: CurrentPrincipal, session: DbSession, jurisdiction: str | None = None,
+async def list_services(principal: DirectoryReader, session: DbSession, jurisdiction: str | None = None,
                         need_code: NeedCode | None = None, agency_id: str | None = None,
                         active: bool | None = None) -> list[ServiceOut]:
     query = select(ServiceRow)
@@ -174,13 +180,13 @@ async def _service(session, service_id: str) -> ServiceRow:
 
 
 @router.get("/services/{service_id}", response_model=ServiceOut, summary="One service (any agency)")
-async def read_service(service_id: str, principal: CurrentPrincipal, session: DbSession) -> ServiceOut:
+async def read_service(service_id: str, principal: DirectoryReader, session: DbSession) -> ServiceOut:
     return await _service_out(session, await _service(session, service_id))
 
 
 @router.post("/services", status_code=201, response_model=ServiceOut, responses=WRITE_ERRORS,
              summary="Add a service to an agency of your jurisdiction (coordinator)")
-async def create_service(body: ServiceIn, principal: CurrentPrincipal, session: DbSession,
+async def create_service(body: ServiceIn, principal: DirectoryManager, session: DbSession,
                          idempotency: Idempotency) -> ServiceOut:
     agency = await session.get(AgencyRow, body.agency_id)
     if agency is None:
@@ -205,7 +211,7 @@ async def create_service(body: ServiceIn, principal: CurrentPrincipal, session: 
 
 @router.put("/services/{service_id}", response_model=ServiceOut, responses=WRITE_ERRORS,
             summary="Update a service of your jurisdiction (coordinator)")
-async def update_service(service_id: str, body: ServiceFields, principal: CurrentPrincipal,
+async def update_service(service_id: str, body: ServiceFields, principal: DirectoryManager,
                          session: DbSession) -> ServiceOut:
     row = await _service(session, service_id)
     _require_coordinator(principal, row.area)
@@ -217,7 +223,7 @@ async def update_service(service_id: str, body: ServiceFields, principal: Curren
 
 @router.delete("/services/{service_id}", status_code=204, responses=WRITE_ERRORS,
                summary="Remove a service without open referrals (coordinator); otherwise deactivate it")
-async def delete_service(service_id: str, principal: CurrentPrincipal, session: DbSession) -> Response:
+async def delete_service(service_id: str, principal: DirectoryManager, session: DbSession) -> Response:
     row = await _service(session, service_id)
     _require_coordinator(principal, row.area)
     busy = (await session.exec(select(ReferralRow.id).where(

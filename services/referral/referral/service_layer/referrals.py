@@ -13,6 +13,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from enlace_platform.access import Permission, may
 from enlace_platform.auth import Principal
 from enlace_platform.outbox import add_event
 from enlace_platform.problems import Problem
@@ -253,7 +254,8 @@ def is_coordinator_for(principal: Principal, ref: ReferralRow) -> bool:
     return principal.agency_type == COORDINATOR and principal.jurisdiction == ref.jurisdiction
 
 
-def roles_of(principal: Principal, ref: ReferralRow) -> frozenset[Role]:
+def agency_roles(principal: Principal, ref: ReferralRow) -> frozenset[Role]:
+    """The caller's agency's part in this referral: who may see it at all (anyone else gets 404)."""
     roles = set()
     if ref.to_agency_id is not None and principal.agency_id == ref.to_agency_id:
         roles.add(Role.RECEIVER)
@@ -264,9 +266,18 @@ def roles_of(principal: Principal, ref: ReferralRow) -> frozenset[Role]:
     return frozenset(roles)
 
 
+def roles_of(principal: Principal, ref: ReferralRow) -> frozenset[Role]:
+    """The parts the caller may act in: the coordinator's part needs the user's role coordinator too (a
+    caseworker of the coordinator agency sees its queue but may not reassign or cancel as coordinator)."""
+    roles = agency_roles(principal, ref)
+    if Role.COORDINATOR in roles and not may(principal, Permission.COORDINATE):
+        roles -= {Role.COORDINATOR}
+    return roles
+
+
 async def visible_referral(session: AsyncSession, referral_id: str, principal: Principal) -> ReferralRow:
     ref = await session.get(ReferralRow, referral_id)
-    if ref is None or not roles_of(principal, ref):
+    if ref is None or not agency_roles(principal, ref):
         raise Problem(404, detail=f"No referral {referral_id} visible to your agency.")
     return ref
 
@@ -345,7 +356,9 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
                                   f"you may: {', '.join(verdict.allowed_actions) or 'nothing'}.",
                       current_status=ref.status, allowed_actions=[str(a) for a in verdict.allowed_actions])
     if not isinstance(verdict, Allowed):
-        raise Problem(403, detail=f"Your agency ({', '.join(sorted(roles))} of this referral) may not {cmd.action} it.")
+        parts = ", ".join(sorted(roles)) or "no part you may act in"
+        raise Problem(403, detail=f"Your agency ({parts} of this referral) may not {cmd.action} it; acting as its "
+                                  "coordinator needs the role coordinator.")
     _validate(cmd, verdict)
     if cmd.expected_version is not None and cmd.expected_version != ref.version:
         raise Problem(409, detail=f"The referral is at version {ref.version}, not {cmd.expected_version}.",
@@ -398,6 +411,7 @@ async def release_hold_by_coordinator(session: AsyncSession, hold_id: str, princ
     """A coordinator ends a hold whose need has no open referral left (e.g. the sender cancelled it)."""
     at = at or now_utc()
     hold = await session.get(HoldRow, hold_id)
+    # The route already demanded the role coordinator (Permission.COORDINATE); this is the agency's part.
     if hold is None or not (principal.agency_type == COORDINATOR and principal.jurisdiction == hold.jurisdiction):
         raise Problem(404, detail=f"No protection hold {hold_id} in your jurisdiction.")
     if hold.released_at is not None:
