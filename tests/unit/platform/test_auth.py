@@ -4,8 +4,10 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
@@ -31,13 +33,20 @@ def _settings(**overrides) -> ServiceSettings:
     fields = dict(auth_issuer=ISSUER, auth_audience=AUDIENCE, auth_jwks_url=None,
                   auth_dev_public_key_path="/nonexistent/public.pem")
     fields.update(overrides)
-    return ServiceSettings(**fields)
+    return _JwksSettings(**fields)
 
 
-def _app(settings: ServiceSettings) -> FastAPI:
+class _JwksSettings(ServiceSettings):
+    """The JWKS cache settings (read by TokenVerifier with these defaults while ServiceSettings lacks them)."""
+
+    auth_jwks_cache_s: float = 300.0
+    auth_jwks_refetch_interval_s: float = 10.0
+
+
+def _app(settings: ServiceSettings, clock=time.monotonic) -> FastAPI:
     app = FastAPI()
     install_problem_handlers(app)
-    app.state.token_verifier = TokenVerifier(settings)
+    app.state.token_verifier = TokenVerifier(settings, clock=clock)
 
     @app.get("/me")
     async def me(principal: CurrentPrincipal):
@@ -206,17 +215,22 @@ def test_missing_dev_key_file_rejects_instead_of_crashing(dev_keys, tmp_path):
 
 
 class _JwksServer:
+    """An IdP's JWKS endpoint on 127.0.0.1: the key set can change while it runs (rotation), it can answer
+    500 (``failing``), and it counts the fetches."""
+
     def __init__(self, jwks: dict) -> None:
-        payload = json.dumps(jwks).encode()
+        self.jwks = jwks
+        self.failing = False
         self.requests = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
                 outer.requests += 1
-                if self.path != "/.well-known/jwks.json":
-                    self.send_error(404)
+                if self.path != "/.well-known/jwks.json" or outer.failing:
+                    self.send_error(404 if not outer.failing else 500)
                     return
+                payload = json.dumps(outer.jwks).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -240,6 +254,15 @@ class _JwksServer:
         self.thread.join(timeout=5)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_proxy_for_the_local_idp():
+    mp = pytest.MonkeyPatch()
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        mp.delenv(name, raising=False)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def idp_keys():
     ec_key = ec.generate_private_key(ec.SECP256R1())
@@ -253,14 +276,10 @@ def jwks_client(idp_keys):
     ec_jwk = ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True) | {"kid": "ec-1", "use": "sig", "alg": "ES256"}
     rsa_jwk = RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True) | {"kid": "rsa-1", "use": "sig",
                                                                          "alg": "RS256"}
-    mp = pytest.MonkeyPatch()
-    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        mp.delenv(name, raising=False)
     with _JwksServer({"keys": [ec_jwk, rsa_jwk]}) as server:
         with TestClient(_app(_settings(auth_jwks_url=server.url))) as client:
             client.jwks_server = server
             yield client
-    mp.undo()
 
 
 def _pem(key) -> bytes:
@@ -343,3 +362,190 @@ def test_unreachable_jwks_url_is_503_not_a_blame_on_the_token(idp_keys):
     assert response.status_code == 503, response.text
     assert response.headers["content-type"].split(";")[0] == PROBLEM_JSON
     assert url not in response.text, "internal URLs stay out of the answer"
+
+
+def test_jwks_issuer_is_checked(jwks_client, idp_keys):
+    _, rsa_key = idp_keys
+    body = _assert_unauthorized(_get(jwks_client, _rs256(rsa_key, "rsa-1", iss="https://evil.example")))
+    assert "issuer" in body["detail"].lower()
+
+
+def test_jwks_rs256_token_claiming_the_ec_key_is_401(jwks_client, idp_keys):
+    _, rsa_key = idp_keys
+    _assert_unauthorized(_get(jwks_client, _rs256(rsa_key, "ec-1")))
+
+
+def test_jwks_es256_header_on_the_rsa_kid_is_refused_for_the_algorithm(jwks_client, idp_keys):
+    # The kid names an RSA key: only RS256 may verify with it, whatever the header says.
+    ec_key, _ = idp_keys
+    body = _assert_unauthorized(_get(jwks_client, mint(_pem(ec_key), kid="rsa-1", **AGENCY)))
+    assert "algorithm" in body["detail"].lower()
+
+
+def _claims() -> dict:
+    now = int(time.time())
+    return {"iss": ISSUER, "aud": AUDIENCE, "sub": "u", "iat": now, "exp": now + 60,
+            "agency": {"id": "A", "type": "t", "jurisdiction": "J"}, "roles": ["supervisor"]}
+
+
+def _hand_signed(header: dict, secret: bytes | None) -> str:
+    signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(_claims()).encode())}"
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest() if secret is not None else b""
+    return f"{signing_input}.{_b64url(signature)}"
+
+
+def test_jwks_hs256_signed_with_the_published_public_key_is_401(jwks_client, idp_keys):
+    # Algorithm confusion: the public key (as PEM, and as the JWK JSON the IdP publishes) used as an HMAC secret.
+    _, rsa_key = idp_keys
+    pem = rsa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    jwk_json = RSAAlgorithm.to_jwk(rsa_key.public_key()).encode()
+    for secret in (pem, jwk_json):
+        _assert_unauthorized(_get(jwks_client, _hand_signed({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}, secret)))
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", ""])
+def test_jwks_unsigned_token_is_401(jwks_client, alg):
+    _assert_unauthorized(_get(jwks_client, _hand_signed({"alg": alg, "typ": "JWT", "kid": "rsa-1"}, None)))
+
+
+def test_jwks_symmetric_or_encryption_keys_in_the_set_verify_nothing():
+    # A set that (wrongly) publishes an HMAC secret, or a key for encryption: neither may verify a token.
+    secret = os.urandom(32)
+    enc_key = ec.generate_private_key(ec.SECP256R1())
+    keys = [{"kty": "oct", "k": _b64url(secret), "kid": "sym", "alg": "HS256"},
+            ECAlgorithm.to_jwk(enc_key.public_key(), as_dict=True) | {"kid": "enc-1", "use": "enc"}]
+    with _JwksServer({"keys": keys}) as server, TestClient(_app(_settings(auth_jwks_url=server.url))) as client:
+        _assert_unauthorized(_get(client, _hand_signed({"alg": "HS256", "typ": "JWT", "kid": "sym"}, secret)))
+        _assert_unauthorized(_get(client, mint(_pem(enc_key), kid="enc-1", **AGENCY)))
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the attacker's side signing
+def test_jwks_rsa_key_shorter_than_2048_bits_is_refused():
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    jwk = _jwk(weak, "weak", "RS256")
+    with _JwksServer({"keys": [jwk]}) as server, TestClient(_app(_settings(auth_jwks_url=server.url))) as client:
+        _assert_unauthorized(_get(client, _rs256(weak, "weak")))
+
+
+# --- rotation, caching and refetch limits (a fake clock drives the cache; the IdP is real HTTP) ------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _jwk(private_key, kid: str, alg: str) -> dict:
+    algorithm = RSAAlgorithm if alg == "RS256" else ECAlgorithm
+    return algorithm.to_jwk(private_key.public_key(), as_dict=True) | {"kid": kid, "use": "sig", "alg": alg}
+
+
+CACHE_S, REFETCH_S = 300.0, 10.0
+
+
+@pytest.fixture
+def idp():
+    """A rotating IdP: its JWKS server, a fake clock, and a client of an app that verifies against it."""
+    clock = _Clock()
+    with _JwksServer({"keys": []}) as server:
+        settings = _settings(auth_jwks_url=server.url, auth_jwks_cache_s=CACHE_S,
+                             auth_jwks_refetch_interval_s=REFETCH_S)
+        with TestClient(_app(settings, clock)) as client:
+            yield server, clock, client
+
+
+def test_jwks_rotation_new_key_verifies_without_restart_and_the_removed_one_stops(idp, idp_keys):
+    server, clock, client = idp
+    ec_key, _ = idp_keys
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    server.jwks = {"keys": [_jwk(ec_key, "old", "ES256")]}
+    old_token = mint(_pem(ec_key), kid="old", **AGENCY)
+    assert _get(client, old_token).status_code == 200
+    assert server.requests == 1
+
+    # The IdP publishes a new key and starts signing with it: its first token makes one refetch.
+    clock.advance(REFETCH_S)
+    server.jwks = {"keys": [_jwk(ec_key, "old", "ES256"), _jwk(new_key, "new", "RS256")]}
+    response = _get(client, _rs256(new_key, "new"))
+    assert response.status_code == 200, response.text
+    assert server.requests == 2
+    assert _get(client, old_token).status_code == 200, "both keys are valid during the overlap"
+    assert _get(client, _rs256(new_key, "new")).status_code == 200
+    assert server.requests == 2, "known kids come from the cache"
+
+    # The IdP removes the old key: the set fetched for the new kid still holds it until it expires, CACHE_S
+    # after that fetch (the documented bound)...
+    server.jwks = {"keys": [_jwk(new_key, "new", "RS256")]}
+    clock.advance(CACHE_S - 1)
+    assert _get(client, old_token).status_code == 200
+    # ...then the next request fetches the set again, and the removed key verifies nothing any more.
+    clock.advance(1)
+    body = _assert_unauthorized(_get(client, old_token))
+    assert "'old'" in body["detail"]
+    assert server.requests == 3
+    assert _get(client, _rs256(new_key, "new")).status_code == 200
+    # Fresh tokens signed by the removed key, too: there is no per-kid cache that outlives the set.
+    clock.advance(REFETCH_S)
+    _assert_unauthorized(_get(client, mint(_pem(ec_key), kid="old", **AGENCY)))
+
+
+def test_jwks_random_kids_refetch_at_most_once_per_interval(idp, idp_keys):
+    server, clock, client = idp
+    _, rsa_key = idp_keys
+    server.jwks = {"keys": [_jwk(rsa_key, "rsa-1", "RS256")]}
+    assert _get(client, _rs256(rsa_key, "rsa-1")).status_code == 200
+    assert server.requests == 1
+    for round_ in range(1, 4):
+        clock.advance(REFETCH_S)
+        for _ in range(25):
+            _assert_unauthorized(_get(client, _rs256(rsa_key, uuid.uuid4().hex)))
+            clock.advance(REFETCH_S / 100)
+        assert server.requests == 1 + round_, "one refetch per interval, however many unknown kids"
+        assert _get(client, _rs256(rsa_key, "rsa-1")).status_code == 200
+
+
+def test_jwks_a_key_first_seen_within_the_interval_waits_for_it(idp, idp_keys):
+    # The price of the refetch limit: a key used within REFETCH_S of the last fetch is refused until then.
+    # (OIDC providers publish a key before signing with it, so the cache expiry normally finds it first.)
+    server, clock, client = idp
+    ec_key, rsa_key = idp_keys
+    server.jwks = {"keys": [_jwk(ec_key, "ec-1", "ES256")]}
+    assert _get(client, mint(_pem(ec_key), kid="ec-1", **AGENCY)).status_code == 200
+    server.jwks = {"keys": [_jwk(ec_key, "ec-1", "ES256"), _jwk(rsa_key, "rsa-1", "RS256")]}
+    clock.advance(REFETCH_S / 2)
+    _assert_unauthorized(_get(client, _rs256(rsa_key, "rsa-1")))
+    assert server.requests == 1
+    clock.advance(REFETCH_S / 2)
+    assert _get(client, _rs256(rsa_key, "rsa-1")).status_code == 200
+    assert server.requests == 2
+
+
+def test_jwks_outage_is_503_fails_closed_after_expiry_and_is_not_hammered(idp, idp_keys):
+    server, clock, client = idp
+    _, rsa_key = idp_keys
+    server.jwks = {"keys": [_jwk(rsa_key, "rsa-1", "RS256")]}
+    token = _rs256(rsa_key, "rsa-1")
+    assert _get(client, token).status_code == 200
+    server.failing = True
+    # While the set is fresh, known kids keep working; an unknown kid's refetch fails (503) but keeps the set.
+    clock.advance(REFETCH_S)
+    assert _get(client, _rs256(rsa_key, "unknown")).status_code == 503
+    assert server.requests == 2
+    assert _get(client, token).status_code == 200
+    # Expired during the outage: nothing stale is trusted (503), and retries are one per interval.
+    clock.advance(CACHE_S)
+    for _ in range(10):
+        response = _get(client, token)
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"]
+    assert server.requests == 3
+    server.failing = False
+    clock.advance(REFETCH_S)
+    assert _get(client, token).status_code == 200
+    assert server.requests == 4
