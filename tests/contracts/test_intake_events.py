@@ -5,6 +5,7 @@ override are recorded and withdrawn, and everyone is screened with answers that 
 """
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from sqlmodel import select
 
 from enlace_platform.auth import Principal
 from enlace_platform.contracts import FORMATS
+from enlace_platform.crypto import Keyring
 from enlace_platform.envelope import from_kafka, to_kafka
 from enlace_platform.outbox import OutboxMessage, envelope_of
 from intake.adapters import orm
+from intake.adapters.vault import Document, PersonRecord, Vault
 from intake.domain import consent, events
 from intake.domain.rules import NEED_CODES, Urgency
 from intake.domain.screening import PersonFacts, ScreeningAnswers, age_band
@@ -39,36 +42,42 @@ def _errors(event_type: str, payload: dict) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(payload)]
 
 
+def _person(case: orm.CaseRow, given_names: str, family_names: str, sex: str, *, documents=(), **fields):
+    record = PersonRecord(given_names=given_names, family_names=family_names, sex=sex,
+                          date_of_birth=fields.get("date_of_birth"), estimated_age=fields.get("estimated_age"),
+                          age_disputed=fields.get("age_disputed", False), nationality=fields.get("nationality"),
+                          languages=fields.get("languages", []), documents=list(documents))
+    return orm.PersonRow(case_id=case.id, given_names="", family_names="", sex=""), record
+
+
 @pytest.fixture
 async def outbox(tmp_path):
+    kek = os.urandom(32)
+    vault = Vault(Keyring(kek, namespace="intake"), kek)
     async with service_database(tmp_path / "intake.db", orm.TABLES) as sessions:
         case = orm.CaseRow(agency_id="", jurisdiction="", place="Ciudad Hidalgo, Chiapas",
                            encountered_at=datetime(2026, 11, 20, 4, 30, tzinfo=UTC))
         people = [
-            orm.PersonRow(case_id=case.id, given_names="María", family_names="Pérez", sex="female",
-                          date_of_birth=datetime(1990, 2, 14).date(), nationality="HND", languages=["es"]),
-            orm.PersonRow(case_id=case.id, given_names="Kevin", family_names="Ramírez", sex="male", estimated_age=15,
-                          languages=["es", "mam"]),
-            orm.PersonRow(case_id=case.id, given_names="Brayan", family_names="Cruz", sex="male", estimated_age=19,
-                          age_disputed=True, languages=[]),
-            orm.PersonRow(case_id=case.id, given_names="Rosa", family_names="Cruz", sex="female", estimated_age=70,
-                          languages=["es"]),
+            _person(case, "María", "Pérez", "female", date_of_birth=datetime(1990, 2, 14).date(), nationality="HND",
+                    languages=["es"], documents=[Document("passport", "HN1234567", "HND")]),
+            _person(case, "Kevin", "Ramírez", "male", estimated_age=15, languages=["es", "mam"]),
+            _person(case, "Brayan", "Cruz", "male", estimated_age=19, age_disputed=True),
+            _person(case, "Rosa", "Cruz", "female", estimated_age=70, languages=["es"]),
         ]
-        mother, teen, disputed, elder = people
+        mother, teen, disputed, elder = (row for row, _ in people)
         rels = [orm.RelationshipRow(case_id=case.id, from_person_id=elder.id, to_person_id=disputed.id,
                                     kind="other_relative")]
         async with sessions() as session:
-            await services.register_case(session, INM, case, people, relationships=rels, documents={
-                mother.id: [{"type": "passport", "number": "HN1234567", "issuing_country": "HND"}]})
+            await services.register_case(session, vault, INM, case, people, relationships=rels)
         async with sessions() as session:
-            granted, _ = await services.grant_consent(session, INM, case.id, mother.id,
+            granted, _ = await services.grant_consent(session, vault, INM, case.id, mother.id,
                                                       recipient_agency_type="asylum_office", purpose="referral",
                                                       basis=consent.CONSENT, reason=None)
         async with sessions() as session:
-            await services.grant_consent(session, INM, case.id, mother.id, recipient_agency_type="health",
+            await services.grant_consent(session, vault, INM, case.id, mother.id, recipient_agency_type="health",
                                          purpose="follow_up", basis=consent.CONSENT, reason=None)
         async with sessions() as session:
-            await services.grant_consent(session, INM, case.id, teen.id, recipient_agency_type="child_protection",
+            await services.grant_consent(session, vault, INM, case.id, teen.id, recipient_agency_type="child_protection",
                                          purpose="referral", basis=consent.MANDATORY_OVERRIDE,
                                          reason="LGDNNA art. 89: unaccompanied child")
         everything = ScreeningAnswers(
@@ -78,9 +87,11 @@ async def outbox(tmp_path):
                  (elder, ScreeningAnswers(stranded_wishes_to_return=True, urgent_medical_need=True))]
         for person, answers in plans:
             async with sessions() as session:
-                await services.record_screening(session, INM, case.id, person.id, answers)
+                await services.record_screening(session, vault, INM, case.id, person.id, answers)
         async with sessions() as session:
-            await services.withdraw_consent(session, INM, case.id, mother.id, granted.id)
+            await services.withdraw_consent(session, vault, INM, case.id, mother.id, granted.row.id)
+        async with sessions() as session:  # no hold and no referral: erasable
+            await services.erase_person(session, vault, INM, case.id, elder.id)
         async with sessions() as session:
             query = select(OutboxMessage).order_by(OutboxMessage.created_at, OutboxMessage.sequence)
             yield list((await session.exec(query)).all())
@@ -96,14 +107,14 @@ def test_every_published_type_has_a_strict_schema():
 async def test_the_outbox_payloads_validate_against_their_schemas(outbox):
     types = [row.type for row in outbox]
     assert types.count("case.registered.v1") == 1 and types.count("case.screened.v1") == 4
-    assert types.count("consent.changed.v1") == 4
+    assert types.count("consent.changed.v1") == 4 and types.count("person.erased.v1") == 1
     for row in outbox:
         assert row.aggregatetype == events.TOPIC and row.source == events.SOURCE
         payload = json.loads(row.payload)
         assert _errors(row.type, payload) == [], (row.type, payload)
         assert row.aggregateid == payload["case_id"], "the record key is the case id"
         subject = {"case.registered.v1": "case_id", "case.screened.v1": "screening_id",
-                   "consent.changed.v1": "consent_id"}[row.type]
+                   "consent.changed.v1": "consent_id", "person.erased.v1": "person_id"}[row.type]
         assert row.subject == payload[subject]
         key, value, headers = to_kafka(envelope_of(row))
         assert from_kafka(key, value, headers).data == payload
@@ -162,3 +173,10 @@ def test_the_needs_intake_waits_a_hold_for_are_the_catalogs_hold_bearing_needs()
     catalog = (Path(__file__).parents[2] / "docs" / "event-catalog.md").read_text(encoding="utf-8")
     bullet = catalog.split("- **Hold-bearing needs**", 1)[1].split("\n\n", 1)[0]
     assert set(re.findall(r"`([A-Z_]+)`", bullet)) == set(HOLD_BEARING_NEEDS)
+
+
+async def test_an_erasure_is_published_with_its_reason(outbox):
+    [erased] = [json.loads(r.payload) for r in outbox if r.type == "person.erased.v1"]
+    registered = json.loads(next(r.payload for r in outbox if r.type == "case.registered.v1"))
+    assert erased["person_id"] == registered["person_ids"][3] and erased["reason_code"] == "ERASURE_REQUEST"
+    assert _errors("person.erased.v1", {**erased, "reason_code": "BECAUSE"}), "reason codes are a closed list"

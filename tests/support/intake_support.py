@@ -29,8 +29,13 @@ async def intake_without_broker(tmp_path: Path, dev_issuer_dir: Path):
         yield client, app.state.runtime
 
 
-def inm(dev_issuer_dir: Path) -> dict[str, str]:
-    return bearer(dev_issuer_dir, "MX-INM", "migration_authority")
+def inm(dev_issuer_dir: Path, roles: tuple[str, ...] = ("caseworker",)) -> dict[str, str]:
+    return bearer(dev_issuer_dir, "MX-INM", "migration_authority", roles=list(roles))
+
+
+def inm_supervisor(dev_issuer_dir: Path) -> dict[str, str]:
+    """Orders removals, applies the child-protection override and erases: supervisors only."""
+    return inm(dev_issuer_dir, ("supervisor",))
 
 
 def family_group() -> dict:

@@ -7,6 +7,7 @@ from intake.adapters.orm import TABLES
 from intake.config import IntakeSettings
 from intake.domain import events
 from intake.service_layer.handlers import HOLD_HANDLERS, REFERRAL_HANDLERS
+from intake.service_layer.retention import retention_loop, seal_legacy_rows
 
 MIGRATIONS = Path(__file__).parent / "adapters" / "migrations"  # Alembic: start-up migrates to head
 
@@ -18,4 +19,8 @@ def build_runtime(settings: IntakeSettings) -> ServiceRuntime:
         # Referral status and outcome codes: receiving agencies' access grants and the case view.
         ConsumerSpec(name="intake.referrals", topics=[events.REFERRAL_TOPIC], handlers=REFERRAL_HANDLERS),
     ]
-    return ServiceRuntime(settings=settings, tables=TABLES, consumers=consumers, migrations=MIGRATIONS)
+    return ServiceRuntime(settings=settings, tables=TABLES, consumers=consumers, migrations=MIGRATIONS,
+                          # Rows written in clear before migration 0003 are sealed here: the key-encryption
+                          # key is the runtime's, out of the migration's reach.
+                          on_startup=[seal_legacy_rows],
+                          background=[retention_loop(settings.retention_purge_interval_s)])

@@ -13,7 +13,8 @@ from enlace_platform.consumer import PoisonMessage
 from intake.service_layer.handlers import HOLD_HANDLERS, REFERRAL_HANDLERS
 from tests.support.harness import bearer
 from tests.support.intake_support import (
-    deliver, family_group, hold_placed, hold_released, inm, intake_without_broker, outbox_rows, referral_event,
+    deliver, family_group, hold_placed, hold_released, inm, inm_supervisor, intake_without_broker, outbox_rows,
+    referral_event,
 )
 
 PROBLEM = "application/problem+json"
@@ -28,6 +29,11 @@ async def intake(tmp_path, dev_issuer_dir):
 @pytest.fixture
 def officer(dev_issuer_dir):
     return inm(dev_issuer_dir)
+
+
+@pytest.fixture
+def supervisor(dev_issuer_dir):
+    return inm_supervisor(dev_issuer_dir)
 
 
 async def _register(client, headers, body=None, **extra_headers):
@@ -351,9 +357,9 @@ async def test_consent_is_granted_withdrawn_and_published(intake, officer):
     assert screened["consent_scope"] == screening["consent_scope"]
 
 
-async def test_the_mandatory_override_is_for_children_and_child_protection_only(intake, officer):
+async def test_the_mandatory_override_is_for_children_and_child_protection_only(intake, supervisor):
     client, runtime = intake
-    case = await _register(client, officer)
+    case = await _register(client, supervisor)
     mother, _, teen, _, disputed = case["persons"]
 
     def url(person):
@@ -361,20 +367,20 @@ async def test_the_mandatory_override_is_for_children_and_child_protection_only(
 
     override = {"recipient_agency_type": "child_protection", "purpose": "referral", "basis": "mandatory_override",
                 "reason": "Unaccompanied child: LGDNNA art. 89"}
-    r = await client.post(url(teen), headers=officer, json=override)
+    r = await client.post(url(teen), headers=supervisor, json=override)
     assert r.status_code == 201, r.text
     assert r.json()["basis"] == "mandatory_override" and r.json()["reason"] == override["reason"]
     assert r.json()["recorded_by_agency_id"] == "MX-INM"
-    assert (await client.post(url(disputed), headers=officer, json=override)).status_code == 201
-    refused = await client.post(url(mother), headers=officer, json=override)
+    assert (await client.post(url(disputed), headers=supervisor, json=override)).status_code == 201
+    refused = await client.post(url(mother), headers=supervisor, json=override)
     assert refused.status_code == 409 and refused.headers["content-type"] == PROBLEM
     assert "child" in refused.json()["detail"]
-    r = await client.post(url(teen), headers=officer, json={**override, "recipient_agency_type": "health"})
+    r = await client.post(url(teen), headers=supervisor, json={**override, "recipient_agency_type": "health"})
     assert r.status_code == 409
-    assert _paths(await client.post(url(teen), headers=officer, json={**override, "reason": None})) == ["body/reason"]
-    assert _paths(await client.post(url(teen), headers=officer, json={**override, "reason": "art.\x0089"})) == \
+    assert _paths(await client.post(url(teen), headers=supervisor, json={**override, "reason": None})) == ["body/reason"]
+    assert _paths(await client.post(url(teen), headers=supervisor, json={**override, "reason": "art.\x0089"})) == \
         ["body/reason"]
-    assert _paths(await client.post(url(teen), headers=officer, json={
+    assert _paths(await client.post(url(teen), headers=supervisor, json={
         "recipient_agency_type": "health", "purpose": "referral", "reason": "why"})) == ["body/reason"]
     assert [json.loads(e.payload)["basis"] for e in await outbox_rows(runtime, "consent.changed.v1")] == [
         "mandatory_override", "mandatory_override"]
@@ -442,7 +448,7 @@ async def test_child_protection_reads_a_child_under_the_mandatory_override(intak
         need_code="UNACCOMPANIED_CHILD", status="accepted", to_agency_id="MX-PFPNNA",
         to_agency_type="child_protection"))
     assert (await client.get(url, headers=pfpnna)).status_code == 404
-    await client.post(f"{url}/consents", headers=officer, json={
+    await client.post(f"{url}/consents", headers=inm_supervisor(dev_issuer_dir), json={
         "recipient_agency_type": "child_protection", "purpose": "referral", "basis": "mandatory_override",
         "reason": "Unaccompanied child"})
     assert (await client.get(url, headers=pfpnna)).status_code == 200
@@ -467,9 +473,9 @@ async def test_an_older_referral_event_does_not_undo_a_newer_one(intake, officer
 
 # --- removal safeguard -----------------------------------------------------------------------
 
-async def test_removal_is_refused_under_an_active_hold_and_accepted_once_released(intake, officer):
+async def test_removal_is_refused_under_an_active_hold_and_accepted_once_released(intake, supervisor):
     client, runtime = intake
-    case = await _register(client, officer)
+    case = await _register(client, supervisor)
     teen = case["persons"][2]
     url = f"/cases/{case['id']}/persons/{teen['id']}/removal-orders"
     placed = hold_placed(case_id=case["id"], person_id=teen["id"], need_code="UNACCOMPANIED_CHILD")
@@ -478,54 +484,54 @@ async def test_removal_is_refused_under_an_active_hold_and_accepted_once_release
                                                       need_code="UNACCOMPANIED_CHILD",
                                                       hold_id=placed.data["hold_id"],
                                                       referral_id=placed.data["referral_id"]))
-    r = await client.post(url, headers=officer, json={"destination_country": "HND"})
+    r = await client.post(url, headers=supervisor, json={"destination_country": "HND"})
     assert r.status_code == 409 and r.headers["content-type"] == PROBLEM
     problem = r.json()
     assert problem["holds"] == [{"hold_id": placed.data["hold_id"], "referral_id": placed.data["referral_id"],
                                  "need_code": "UNACCOMPANIED_CHILD", "not_before": None}]
     assert placed.data["hold_id"] in problem["detail"] and placed.data["referral_id"] in problem["detail"]
-    view = (await client.get(f"/cases/{case['id']}", headers=officer)).json()
+    view = (await client.get(f"/cases/{case['id']}", headers=supervisor)).json()
     assert [(h["hold_id"], h["status"]) for h in view["holds"]] == [(placed.data["hold_id"], "active")]
 
     other = case["persons"][3]
-    r = await client.post(f"/cases/{case['id']}/persons/{other['id']}/removal-orders", headers=officer,
+    r = await client.post(f"/cases/{case['id']}/persons/{other['id']}/removal-orders", headers=supervisor,
                           json={"destination_country": "GTM"})
     assert r.status_code == 201, "a hold on one person does not stop another's order"
 
     await deliver(runtime, HOLD_HANDLERS, hold_released(placed, outcome_code="CHILD_PLACED_IN_CARE"))
     key = {"idempotency-key": str(uuid.uuid4())}
-    r = await client.post(url, headers={**officer, **key}, json={"destination_country": "HND"})
+    r = await client.post(url, headers={**supervisor, **key}, json={"destination_country": "HND"})
     assert r.status_code == 201 and r.json()["status"] == "accepted", r.text
-    again = await client.post(url, headers={**officer, **key}, json={"destination_country": "HND"})
+    again = await client.post(url, headers={**supervisor, **key}, json={"destination_country": "HND"})
     assert again.status_code == 201 and again.json() == r.json()
-    [hold] = (await client.get(f"/cases/{case['id']}", headers=officer)).json()["holds"]
+    [hold] = (await client.get(f"/cases/{case['id']}", headers=supervisor)).json()["holds"]
     assert hold["status"] == "released" and hold["outcome_code"] == "CHILD_PLACED_IN_CARE"
     assert hold["release_reason"] == "COMPLETED_FINAL"
 
 
-async def test_a_release_that_arrives_before_its_placement_still_ends_released(intake, officer):
+async def test_a_release_that_arrives_before_its_placement_still_ends_released(intake, supervisor):
     client, runtime = intake
-    case = await _register(client, officer)
+    case = await _register(client, supervisor)
     adult = case["persons"][0]
     placed = hold_placed(case_id=case["id"], person_id=adult["id"], need_code="INTERNATIONAL_PROTECTION")
     await deliver(runtime, HOLD_HANDLERS, hold_released(placed))
     await deliver(runtime, HOLD_HANDLERS, placed)
-    r = await client.post(f"/cases/{case['id']}/persons/{adult['id']}/removal-orders", headers=officer,
+    r = await client.post(f"/cases/{case['id']}/persons/{adult['id']}/removal-orders", headers=supervisor,
                           json={"destination_country": "HND"})
     assert r.status_code == 201, r.text
-    [hold] = (await client.get(f"/cases/{case['id']}", headers=officer)).json()["holds"]
+    [hold] = (await client.get(f"/cases/{case['id']}", headers=supervisor)).json()["holds"]
     assert hold["status"] == "released" and hold["referral_id"] == placed.data["referral_id"]
     assert hold["placed_at"] is not None
 
 
-async def test_removal_is_refused_exactly_while_at_least_one_hold_is_active(intake, officer):
+async def test_removal_is_refused_exactly_while_at_least_one_hold_is_active(intake, supervisor):
     client, runtime = intake
-    case = await _register(client, officer)
+    case = await _register(client, supervisor)
     teen = case["persons"][2]
     url = f"/cases/{case['id']}/persons/{teen['id']}/removal-orders"
 
     async def blocking():
-        r = await client.post(url, headers=officer, json={"destination_country": "HND"})
+        r = await client.post(url, headers=supervisor, json={"destination_country": "HND"})
         assert r.status_code in (201, 409), r.text
         return sorted(h["hold_id"] for h in r.json()["holds"]) if r.status_code == 409 else []
 
@@ -545,30 +551,30 @@ async def test_removal_is_refused_exactly_while_at_least_one_hold_is_active(inta
     again = hold_placed(case_id=case["id"], person_id=teen["id"], need_code="INTERNATIONAL_PROTECTION")
     await deliver(runtime, HOLD_HANDLERS, again)  # a new referral, a new hold
     assert await blocking() == [again.data["hold_id"]]
-    view = (await client.get(f"/cases/{case['id']}", headers=officer)).json()
+    view = (await client.get(f"/cases/{case['id']}", headers=supervisor)).json()
     assert sorted((h["need_code"], h["status"]) for h in view["holds"]) == [
         ("INTERNATIONAL_PROTECTION", "active"), ("INTERNATIONAL_PROTECTION", "released"),
         ("UNACCOMPANIED_CHILD", "released")]
 
 
-async def test_a_screening_that_found_a_hold_bearing_need_refuses_removal_until_its_hold_is_released(intake, officer):
+async def test_a_screening_that_found_a_hold_bearing_need_refuses_removal_until_its_hold_is_released(intake, supervisor):
     """The hold travels intake -> referral -> intake: an order in between must not slip through."""
     client, runtime = intake
-    case = await _register(client, officer)
+    case = await _register(client, supervisor)
     mother, _, teen, adult, _ = case["persons"]
     screen = f"/cases/{case['id']}/screenings"
 
     async def order(person):
-        return await client.post(f"/cases/{case['id']}/persons/{person['id']}/removal-orders", headers=officer,
+        return await client.post(f"/cases/{case['id']}/persons/{person['id']}/removal-orders", headers=supervisor,
                                  json={"destination_country": "HND"})
 
-    screening = (await client.post(screen, headers=officer, json={"person_id": teen["id"]})).json()
+    screening = (await client.post(screen, headers=supervisor, json={"person_id": teen["id"]})).json()
     r = await order(teen)
     assert r.status_code == 409 and r.headers["content-type"] == PROBLEM, r.text
     assert r.json()["holds"] == [] and r.json()["pending_holds"] == [
         {"need_code": "UNACCOMPANIED_CHILD", "screening_id": screening["id"]}]
     assert screening["id"] in r.json()["detail"] and "UNACCOMPANIED_CHILD" in r.json()["detail"]
-    await client.post(screen, headers=officer, json={"person_id": adult["id"], "kidnapped": True})
+    await client.post(screen, headers=supervisor, json={"person_id": adult["id"], "kidnapped": True})
     assert (await order(adult)).status_code == 201, "no hold-bearing need, nothing pending"
 
     placed = hold_placed(case_id=case["id"], person_id=teen["id"], need_code="UNACCOMPANIED_CHILD")
@@ -585,18 +591,18 @@ async def test_a_screening_that_found_a_hold_bearing_need_refuses_removal_until_
     await deliver(runtime, HOLD_HANDLERS, hold_released(old, outcome_code="ASYLUM_CLAIM_REJECTED_FINAL",
                                                         released_at=datetime.now(UTC) - timedelta(days=2)))
     assert (await order(mother)).status_code == 201
-    await client.post(screen, headers=officer, json={"person_id": mother["id"], "fear_of_return": True})
+    await client.post(screen, headers=supervisor, json={"person_id": mother["id"], "fear_of_return": True})
     r = await order(mother)
     assert r.status_code == 409 and [p["need_code"] for p in r.json()["pending_holds"]] == ["INTERNATIONAL_PROTECTION"]
 
 
-async def test_removal_orders_belong_to_the_registering_agency(intake, officer, dev_issuer_dir):
+async def test_removal_orders_belong_to_the_registering_agency(intake, supervisor, dev_issuer_dir):
     client, _ = intake
-    case = await _register(client, officer)
+    case = await _register(client, supervisor)
     url = f"/cases/{case['id']}/persons/{case['persons'][0]['id']}/removal-orders"
-    comar = bearer(dev_issuer_dir, "MX-COMAR", "asylum_office")
+    comar = bearer(dev_issuer_dir, "MX-COMAR", "asylum_office", roles=["supervisor"])
     assert (await client.post(url, headers=comar, json={"destination_country": "HND"})).status_code == 404
-    assert "body/destination_country" in _paths(await client.post(url, headers=officer,
+    assert "body/destination_country" in _paths(await client.post(url, headers=supervisor,
                                                                   json={"destination_country": "Honduras"}))
 
 

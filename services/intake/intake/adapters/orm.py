@@ -1,7 +1,12 @@
-"""Intake's own tables. Personal data stays here; other services learn codes and ids only."""
+"""Intake's own tables. Personal data stays here, sealed with the person's key (adapters/vault.py); other
+services learn codes and ids only.
+
+Columns documented "sealed" hold ``enc1:`` values (AES-GCM under the person's data key, see
+enlace_platform.crypto): once the person is erased (key shredded) they are noise."""
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -25,6 +30,8 @@ class CaseRow(SQLModel, table=True):
     place: str
     encountered_at: datetime
     created_at: datetime = Field(default_factory=_now)
+    last_activity_at: datetime = Field(default_factory=_now, index=True,
+                                       description="The latest write about the case: the retention clock")
 
 
 class PersonRow(SQLModel, table=True):
@@ -33,17 +40,18 @@ class PersonRow(SQLModel, table=True):
     id: str = Field(default_factory=_id, primary_key=True)
     case_id: str = Field(foreign_key="intake_case.id", index=True)
     position: int = Field(default=0, description="Order of registration within the case")
-    given_names: str
-    family_names: str
-    search_name: str = Field(default="", index=True, description="Names, lower case, accents removed")
-    sex: str
-    date_of_birth: date | None = None
-    estimated_age: int | None = None
+    given_names: str = Field(description="Sealed")
+    family_names: str = Field(description="Sealed")
+    sex: str = Field(description="Sealed")
+    date_of_birth: str | None = Field(default=None, description="Sealed ISO date")
+    estimated_age: str | None = Field(default=None, description="Sealed number of years")
     age_disputed: bool = False
-    nationality: str | None = None
-    languages: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    nationality: str | None = Field(default=None, description="Sealed")
+    languages: Any = Field(default=None, sa_column=Column(JSON, nullable=False), description="Sealed JSON list")
     version: int = 1
     updated_at: datetime = Field(default_factory=_now)
+    erased_at: datetime | None = Field(default=None, index=True,
+                                       description="Set when the person's key was shredded: nothing of them opens")
 
 
 class PersonDocumentRow(SQLModel, table=True):
@@ -53,9 +61,9 @@ class PersonDocumentRow(SQLModel, table=True):
     person_id: str = Field(foreign_key="intake_person.id", index=True)
     case_id: str = Field(foreign_key="intake_case.id", index=True)
     position: int = 0
-    type: str
-    number: str = Field(index=True)
-    issuing_country: str | None = None
+    type: str = Field(description="Sealed")
+    number: str = Field(description="Sealed; searched through intake_search_token")
+    issuing_country: str | None = Field(default=None, description="Sealed")
 
 
 class PersonVersionRow(SQLModel, table=True):
@@ -67,7 +75,7 @@ class PersonVersionRow(SQLModel, table=True):
     id: str = Field(default_factory=_id, primary_key=True)
     person_id: str = Field(foreign_key="intake_person.id", index=True)
     version: int
-    snapshot: dict = Field(sa_column=Column(JSON, nullable=False))
+    snapshot: Any = Field(sa_column=Column(JSON, nullable=False), description="Sealed JSON of the record")
     changed_fields: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     changed_by: str
     changed_by_agency_id: str
@@ -95,9 +103,12 @@ class ScreeningRow(SQLModel, table=True):
     case_id: str = Field(foreign_key="intake_case.id", index=True)
     person_id: str = Field(foreign_key="intake_person.id", index=True)
     rules_version: str
-    answers: dict = Field(sa_column=Column(JSON, nullable=False))
-    facts: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    needs: list = Field(sa_column=Column(JSON, nullable=False))
+    answers: Any = Field(sa_column=Column(JSON, nullable=False), description="Sealed JSON: they describe violence")
+    facts: Any = Field(default=None, sa_column=Column(JSON, nullable=False), description="Sealed JSON")
+    needs: Any = Field(sa_column=Column(JSON, nullable=False),
+                       description="Sealed JSON: the needs with their reasons, rules and flags")
+    need_codes: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False),
+                             description="[{code, urgency}], as case.screened.v1 publishes them")
     age_band: str = ""
     consent_scope: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     screened_by: str
@@ -114,12 +125,24 @@ class ConsentRow(SQLModel, table=True):
     purpose: str
     basis: str = Field(description="consent or mandatory_override")
     status: str = Field(default="granted", description="granted or withdrawn")
-    reason: str | None = Field(default=None, description="Why a mandatory override was applied")
+    reason: str | None = Field(default=None, description="Sealed: why a mandatory override was applied")
     recorded_by: str = Field(description="The user who recorded the consent or applied the override")
     recorded_by_agency_id: str
     granted_at: datetime = Field(default_factory=_now)
     withdrawn_at: datetime | None = None
     withdrawn_by: str | None = None
+
+
+class SearchTokenRow(SQLModel, table=True):
+    """Blind index: HMAC-SHA256 of a person's normalised name words and whole document numbers, under a key
+    derived from the key-encryption key. Rows are deleted on erasure."""
+
+    __tablename__ = "intake_search_token"
+
+    id: str = Field(default_factory=_id, primary_key=True)
+    person_id: str = Field(foreign_key="intake_person.id", index=True)
+    case_id: str = Field(foreign_key="intake_case.id", index=True)
+    token: str = Field(index=True, description="hex HMAC of 'name:<word>' or 'document:<number>'")
 
 
 class ProtectionHoldRow(SQLModel, table=True):
@@ -176,4 +199,4 @@ class RemovalOrderRow(SQLModel, table=True):
 
 TABLES = [SubjectKey.__table__, CaseRow.__table__, PersonRow.__table__, PersonDocumentRow.__table__, PersonVersionRow.__table__,
           RelationshipRow.__table__, ScreeningRow.__table__, ConsentRow.__table__, ProtectionHoldRow.__table__,
-          ReferralViewRow.__table__, RemovalOrderRow.__table__]
+          ReferralViewRow.__table__, RemovalOrderRow.__table__, SearchTokenRow.__table__]

@@ -1,32 +1,49 @@
 """Intake REST API (thin: validation and rendering here, use cases in service_layer).
 
-Every route needs a Bearer token. A case and everything in it belong to the agency that registered
-it; any other agency gets 404, except that a receiving agency may read one person's details while it
-holds an open referral about that person and consent covers it.
+Every route needs a Bearer token whose roles grant the route's permission (enlace_platform.access). A case
+and everything in it belong to the agency that registered it; any other agency gets 404, except that a
+receiving agency may read one person's details while it holds an open referral about that person and
+consent covers it. An erased person's data is gone: 410.
 """
 
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from enlace_platform.auth import CurrentPrincipal
+from enlace_platform.access import Allowed, Permission, check
+from enlace_platform.audit import Purpose, note_objects
+from enlace_platform.auth import Principal
+from enlace_platform.crypto import purge_freed_pages
 from enlace_platform.idempotency import Idempotency
 from enlace_platform.problems import Problem, ProblemDetails
 from enlace_platform.runtime import DbSession
-from intake.adapters.orm import (
-    CaseRow, ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ProtectionHoldRow, ReferralViewRow,
-    RelationshipRow, ScreeningRow,
-)
+from intake.adapters.orm import CaseRow, PersonRow, ProtectionHoldRow, ReferralViewRow, RelationshipRow
+from intake.adapters.vault import Document, PersonRecord, Vault
 from intake.domain.consent import AGENCY_TYPES, BASES, MANDATORY_OVERRIDE, PURPOSES
 from intake.domain.encounter import DOCUMENT_TYPES, LEGAL_GUARDIAN, PARENT, RELATIONSHIP_KINDS, age_in_years
 from intake.domain.screening import TRAFFICKING_INDICATORS, ScreeningAnswers
 from intake.service_layer import services
 
-router = APIRouter(tags=["cases"])
+router = APIRouter(tags=["cases"], dependencies=[Purpose("case_management")])
+
+Reader = Annotated[Principal, Allowed(Permission.READ_CASES)]
+Writer = Annotated[Principal, Allowed(Permission.WRITE_CASES)]
+RemovalOfficer = Annotated[Principal, Allowed(Permission.ORDER_REMOVAL)]
+Eraser = Annotated[Principal, Allowed(Permission.ERASE_PERSON)]
+
+
+def _vault(request: Request) -> Vault:
+    return Vault.of(request.app.state.runtime)
+
+
+PersonVault = Annotated[Vault, Depends(_vault)]
+
+ERASED_TYPE = "https://enlace.example/problems/erased"
+GONE = {410: {"model": ProblemDetails, "description": "The person was erased (problem type .../erased)"}}
 
 Alpha3 = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3, or ICAO XXA (stateless) or XXX (undetermined)")]
 Language = Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]
@@ -154,13 +171,21 @@ class ReferralOut(BaseModel):
     updated_at: AwareDatetime
 
 
+class ErasedPersonOut(BaseModel):
+    """A person whose data was erased: only that they were, and when."""
+
+    id: str
+    erased: Literal[True] = True
+    erased_at: AwareDatetime
+
+
 class CaseOut(BaseModel):
     id: str
     agency_id: str
     jurisdiction: str
     place: str
     encountered_at: AwareDatetime
-    persons: list[PersonOut]
+    persons: list[PersonOut | ErasedPersonOut]
     relationships: list[RelationshipOut]
     holds: list[HoldOut] = Field(description="Protection holds on persons of this case, active and released")
     referrals: list[ReferralOut] = Field(description="Referrals of this case as the referral service reported them")
@@ -177,7 +202,7 @@ class CaseSummaryOut(BaseModel):
     jurisdiction: str
     place: str
     encountered_at: AwareDatetime
-    persons: list[PersonNameOut]
+    persons: list[PersonNameOut | ErasedPersonOut]
 
 
 class PersonPatch(_In):
@@ -210,12 +235,25 @@ class PersonVersionOut(BaseModel):
     changed_at: AwareDatetime
 
 
-def _person_out(person: PersonRow, documents: list[PersonDocumentRow]) -> PersonOut:
-    return PersonOut(id=person.id, given_names=person.given_names, family_names=person.family_names, sex=person.sex,
-                     date_of_birth=person.date_of_birth, estimated_age=person.estimated_age,
-                     age_disputed=person.age_disputed, nationality=person.nationality, languages=person.languages,
+def _person_out(view: services.PersonView) -> PersonOut | ErasedPersonOut:
+    person, r = view.row, view.record
+    if r is None:
+        return _erased_out(person)
+    return PersonOut(id=person.id, given_names=r.given_names, family_names=r.family_names, sex=r.sex,
+                     date_of_birth=r.date_of_birth, estimated_age=r.estimated_age,
+                     age_disputed=r.age_disputed, nationality=r.nationality, languages=r.languages,
                      documents=[DocumentOut(type=d.type, number=d.number, issuing_country=d.issuing_country)
-                                for d in documents], version=person.version)
+                                for d in r.documents], version=person.version)
+
+
+def _erased_out(person: PersonRow) -> ErasedPersonOut:
+    return ErasedPersonOut(id=person.id, erased_at=person.erased_at or datetime.now(UTC))
+
+
+def _gone(exc: services.Gone) -> Problem:
+    return Problem(410, title="Erased", type_=ERASED_TYPE, detail=f"Person {exc.person_id} was erased: their data no longer exists "
+                                               "in readable form.", person_id=exc.person_id,
+                   erased_at=exc.erased_at.isoformat() if exc.erased_at else None)
 
 
 def _hold_out(h: ProtectionHoldRow) -> HoldOut:
@@ -230,13 +268,13 @@ def _referral_out(r: ReferralViewRow) -> ReferralOut:
                        updated_at=r.occurred_at)
 
 
-async def _case_out(session, case: CaseRow) -> CaseOut:
-    persons = await services.persons_of(session, case.id)
-    documents = await services.documents_of(session, case.id)
+async def _case_out(request: Request, session, vault: Vault, case: CaseRow) -> CaseOut:
+    persons = await services.persons_of(session, vault, case.id)
+    note_objects(request, "person", [p.row.id for p in persons])
     return CaseOut(
         id=case.id, agency_id=case.agency_id, jurisdiction=case.jurisdiction, place=case.place,
         encountered_at=case.encountered_at,
-        persons=[_person_out(p, documents.get(p.id, [])) for p in persons],
+        persons=[_person_out(p) for p in persons],
         relationships=[RelationshipOut(from_person_id=r.from_person_id, to_person_id=r.to_person_id, kind=r.kind)
                        for r in await services.relationships_of(session, case.id)],
         holds=[_hold_out(h) for h in await services.holds_of(session, case.id)],
@@ -280,21 +318,27 @@ def _check_relationships(body: CaseIn) -> None:
 
 @router.post("/cases", status_code=status.HTTP_201_CREATED, response_model=CaseOut,
              summary="Register an encounter: one person or a family group, and how its members are related")
-async def register_case(body: CaseIn, principal: CurrentPrincipal, session: DbSession,
+async def register_case(request: Request, body: CaseIn, principal: Writer, session: DbSession, vault: PersonVault,
                         idempotency: Idempotency) -> CaseOut:
     previous = await idempotency.previous_resource(session)
     if previous is not None:
-        return await _case_out(session, await services.get_case_for(session, principal, previous))
+        case = await services.get_case_for(session, principal, previous)
+        note_objects(request, "case", [case.id])
+        return await _case_out(request, session, vault, case)
     _check_relationships(body)
     case = CaseRow(id=str(uuid.uuid4()), agency_id="", jurisdiction="", place=body.place,
                    encountered_at=body.encountered_at)
     idempotency.record(session, resource_id=case.id)
-    persons = [PersonRow(case_id=case.id, **p.model_dump(exclude={"documents"})) for p in body.persons]
-    documents = {person.id: [d.model_dump() for d in p.documents] for person, p in zip(persons, body.persons)}
-    relationships = [RelationshipRow(case_id=case.id, from_person_id=persons[r.from_person].id,
-                                     to_person_id=persons[r.to_person].id, kind=r.kind) for r in body.relationships]
-    await services.register_case(session, principal, case, persons, documents=documents, relationships=relationships)
-    return await _case_out(session, case)
+    persons = [(PersonRow(case_id=case.id, given_names="", family_names="", sex=""), _record(p)) for p in body.persons]
+    relationships = [RelationshipRow(case_id=case.id, from_person_id=persons[r.from_person][0].id,
+                                     to_person_id=persons[r.to_person][0].id, kind=r.kind) for r in body.relationships]
+    await services.register_case(session, vault, principal, case, persons, relationships=relationships)
+    note_objects(request, "case", [case.id])
+    return await _case_out(request, session, vault, case)
+
+
+def _record(p: PersonIn) -> PersonRecord:
+    return PersonRecord(**p.model_dump(exclude={"documents"}), documents=[Document(**d.model_dump()) for d in p.documents])
 
 
 class CaseSearchIn(_In):
@@ -307,94 +351,106 @@ class CaseSearchIn(_In):
     limit: int = Field(50, ge=1, le=200)
 
 
-async def _summaries(session, cases: list[CaseRow]) -> list[CaseSummaryOut]:
+async def _summaries(request: Request, session, vault: Vault, cases: list[CaseRow]) -> list[CaseSummaryOut]:
     out = []
+    note_objects(request, "case", [c.id for c in cases])
     for case in cases:
-        persons = await services.persons_of(session, case.id)
+        persons = await services.persons_of(session, vault, case.id)
+        note_objects(request, "person", [p.row.id for p in persons])
         out.append(CaseSummaryOut(id=case.id, jurisdiction=case.jurisdiction, place=case.place,
                                   encountered_at=case.encountered_at,
-                                  persons=[PersonNameOut(id=p.id, given_names=p.given_names,
-                                                         family_names=p.family_names) for p in persons]))
+                                  persons=[_erased_out(p.row) if p.record is None else
+                                           PersonNameOut(id=p.row.id, given_names=p.record.given_names,
+                                                         family_names=p.record.family_names) for p in persons]))
     return out
 
 
 @router.post("/cases/search", response_model=list[CaseSummaryOut],
              summary="Search your agency's own cases by a person's name or document number (terms in the body, "
                      "never in the URL)")
-async def search_cases(body: CaseSearchIn, principal: CurrentPrincipal, session: DbSession) -> list[CaseSummaryOut]:
-    cases = await services.search_cases(session, principal, name=body.name, document_number=body.document_number,
-                                        limit=body.limit)
-    return await _summaries(session, cases)
+async def search_cases(request: Request, body: CaseSearchIn, principal: Reader, session: DbSession,
+                       vault: PersonVault) -> list[CaseSummaryOut]:
+    cases = await services.search_cases(session, vault, principal, name=body.name,
+                                        document_number=body.document_number, limit=body.limit)
+    return await _summaries(request, session, vault, cases)
 
 
 @router.get("/cases", response_model=list[CaseSummaryOut],
             summary="Your agency's own cases, latest encounter first. To search by name or document number, "
                     "use POST /cases/search")
-async def list_cases(request: Request, principal: CurrentPrincipal, session: DbSession,
+async def list_cases(request: Request, principal: Reader, session: DbSession, vault: PersonVault,
                      limit: Annotated[int, Query(ge=1, le=200)] = 50) -> list[CaseSummaryOut]:
     for term in ("name", "document_number"):
         if term in request.query_params:  # refused, not silently ignored: the caller expects a search
             raise RequestValidationError([{
                 "loc": ("query", term), "type": "value_error",
                 "msg": "personal data never goes in a URL (access logs, traces): search with POST /cases/search"}])
-    cases = await services.search_cases(session, principal, name=None, document_number=None, limit=limit)
-    return await _summaries(session, cases)
+    cases = await services.search_cases(session, vault, principal, name=None, document_number=None, limit=limit)
+    return await _summaries(request, session, vault, cases)
 
 
 @router.get("/cases/{case_id}", response_model=CaseOut,
             summary="Read a case registered by your agency, with its holds and referral outcomes")
-async def read_case(case_id: str, principal: CurrentPrincipal, session: DbSession) -> CaseOut:
+async def read_case(request: Request, case_id: str, principal: Reader, session: DbSession,
+                    vault: PersonVault) -> CaseOut:
     try:
         case = await services.get_case_for(session, principal, case_id)
     except services.NotFound:
         raise _not_found("case", case_id) from None
-    return await _case_out(session, case)
+    return await _case_out(request, session, vault, case)
 
 
-@router.get("/cases/{case_id}/persons/{person_id}", response_model=PersonOut,
+@router.get("/cases/{case_id}/persons/{person_id}", response_model=PersonOut, responses=GONE,
             summary="Read one person: the registering agency, or a receiving agency with an open referral "
                     "about this person that the person's consent (or the child-protection override) covers")
-async def read_person(case_id: str, person_id: str, principal: CurrentPrincipal, session: DbSession) -> PersonOut:
+async def read_person(case_id: str, person_id: str, principal: Reader, session: DbSession,
+                      vault: PersonVault) -> PersonOut:
     try:
-        person, documents = await services.person_for_reader(session, principal, case_id, person_id)
+        return _person_out(await services.person_for_reader(session, vault, principal, case_id, person_id))
     except services.NotFound:
         raise _not_found("person", person_id) from None
-    return _person_out(person, documents)
+    except services.Gone as exc:
+        raise _gone(exc) from None
 
 
-@router.patch("/cases/{case_id}/persons/{person_id}", response_model=PersonOut,
+@router.patch("/cases/{case_id}/persons/{person_id}", response_model=PersonOut, responses=GONE,
               summary="Correct or complete a person's record; every earlier version is kept")
-async def update_person(case_id: str, person_id: str, body: PersonPatch, principal: CurrentPrincipal,
-                        session: DbSession) -> PersonOut:
+async def update_person(case_id: str, person_id: str, body: PersonPatch, principal: Writer,
+                        session: DbSession, vault: PersonVault) -> PersonOut:
     changes = body.model_dump(exclude_unset=True)
     if "documents" in changes:
         changes["documents"] = [d.model_dump() for d in body.documents or []]
     try:
         case = await services.get_case_for(session, principal, case_id)
-        current, _ = await services.person_for_reader(session, principal, case.id, person_id)
+        current = (await services.person_for_reader(session, vault, principal, case.id, person_id)).record
         merged = {f: changes.get(f, getattr(current, f)) for f in ("date_of_birth", "estimated_age", "age_disputed")}
         if merged["date_of_birth"] is None and merged["estimated_age"] is None and not merged["age_disputed"]:
             raise _field_error(("estimated_age",), "the person would have no date_of_birth, estimated_age "
                                                    "or age_disputed")
-        person, documents = await services.update_person(session, principal, case.id, person_id, changes)
+        view = await services.update_person(session, vault, principal, case.id, person_id, changes)
     except services.NotFound:
         raise _not_found("person", person_id) from None
-    return _person_out(person, documents)
+    except services.Gone as exc:
+        raise _gone(exc) from None
+    return _person_out(view)
 
 
-@router.get("/cases/{case_id}/persons/{person_id}/history", response_model=list[PersonVersionOut],
+@router.get("/cases/{case_id}/persons/{person_id}/history", response_model=list[PersonVersionOut], responses=GONE,
             summary="Every version of a person's record, oldest first")
-async def person_history(case_id: str, person_id: str, principal: CurrentPrincipal,
-                         session: DbSession) -> list[PersonVersionOut]:
+async def person_history(case_id: str, person_id: str, principal: Reader,
+                         session: DbSession, vault: PersonVault) -> list[PersonVersionOut]:
     try:
-        versions = await services.person_history(session, principal, case_id, person_id)
+        versions = await services.person_history(session, vault, principal, case_id, person_id)
     except services.NotFound:
         raise _not_found("person", person_id) from None
+    except services.Gone as exc:
+        raise _gone(exc) from None
     return [_version_out(v) for v in versions]
 
 
-def _version_out(v: PersonVersionRow) -> PersonVersionOut:
-    return PersonVersionOut(version=v.version, snapshot=v.snapshot, changed_fields=v.changed_fields,
+def _version_out(view: services.VersionView) -> PersonVersionOut:
+    v = view.row
+    return PersonVersionOut(version=v.version, snapshot=view.snapshot, changed_fields=v.changed_fields,
                             changed_by=v.changed_by, changed_by_agency_id=v.changed_by_agency_id,
                             changed_at=v.changed_at)
 
@@ -477,45 +533,53 @@ class ScreeningOut(BaseModel):
     rules_version: str
     age_band: str
     needs: list[NeedOut]
-    answers: dict[str, Any]
+    answers: dict[str, Any] | None = Field(description="The questionnaire; null once the person was erased (the "
+                                                       "needs then keep their codes and urgency only)")
     consent_scope: list[ConsentScopeOut] = Field(description="What the person's consents allowed when screened")
     screened_by: str
     created_at: AwareDatetime
 
 
-def _screening_out(s: ScreeningRow) -> ScreeningOut:
+def _screening_out(view: services.ScreeningView) -> ScreeningOut:
+    s = view.row
     return ScreeningOut(id=s.id, case_id=s.case_id, person_id=s.person_id, rules_version=s.rules_version,
-                        age_band=s.age_band, needs=[NeedOut(**{"rule_ids": [], "flags": [], **n}) for n in s.needs],
-                        answers=s.answers, consent_scope=s.consent_scope, screened_by=s.screened_by,
+                        age_band=s.age_band,
+                        needs=[NeedOut(**{"reasons": [], "rule_ids": [], "flags": [], **n}) for n in view.needs],
+                        answers=view.answers, consent_scope=s.consent_scope, screened_by=s.screened_by,
                         created_at=s.created_at)
 
 
-@router.post("/cases/{case_id}/screenings", status_code=status.HTTP_201_CREATED, response_model=ScreeningOut,
+@router.post("/cases/{case_id}/screenings", status_code=status.HTTP_201_CREATED, response_model=ScreeningOut, responses=GONE,
              summary="Screen one person: the rules turn the answers and the group's relationships into needs. "
                      "Each screening is a new result; earlier results are never recomputed")
-async def record_screening(case_id: str, body: ScreeningIn, principal: CurrentPrincipal, session: DbSession,
-                           idempotency: Idempotency) -> ScreeningOut:
+async def record_screening(request: Request, case_id: str, body: ScreeningIn, principal: Writer, session: DbSession,
+                           vault: PersonVault, idempotency: Idempotency) -> ScreeningOut:
+    note_objects(request, "person", [body.person_id])
     try:
         previous = await idempotency.previous_resource(session)
         if previous is not None:
-            return _screening_out(await services.get_screening(session, principal, case_id, previous))
+            return _screening_out(await services.get_screening(session, vault, principal, case_id, previous))
         screening_id = str(uuid.uuid4())
         idempotency.record(session, resource_id=screening_id)
-        screening = await services.record_screening(session, principal, case_id, body.person_id, body.answers(),
-                                                    screening_id=screening_id)
+        screening = await services.record_screening(session, vault, principal, case_id, body.person_id,
+                                                    body.answers(), screening_id=screening_id)
     except services.NotFound as exc:
         raise _not_found("case or person", str(exc)) from None
+    except services.Gone as exc:
+        raise _gone(exc) from None
     return _screening_out(screening)
 
 
 @router.get("/cases/{case_id}/screenings", response_model=list[ScreeningOut],
             summary="The case's screening results, oldest first, each as it was computed")
-async def list_screenings(case_id: str, principal: CurrentPrincipal, session: DbSession,
+async def list_screenings(request: Request, case_id: str, principal: Reader, session: DbSession, vault: PersonVault,
                           person_id: str | None = None) -> list[ScreeningOut]:
     try:
-        return [_screening_out(s) for s in await services.list_screenings(session, principal, case_id, person_id)]
+        views = await services.list_screenings(session, vault, principal, case_id, person_id)
     except services.NotFound:
         raise _not_found("case", case_id) from None
+    note_objects(request, "person", sorted({v.row.person_id for v in views}))
+    return [_screening_out(v) for v in views]
 
 
 # --- consent ---------------------------------------------------------------------------------
@@ -559,54 +623,66 @@ class ConsentsOut(BaseModel):
     scope: list[ConsentScopeOut] = Field(description="What the active ones allow now")
 
 
-def _consent_out(c: ConsentRow) -> ConsentOut:
-    return ConsentOut(**c.model_dump(include=set(ConsentOut.model_fields)))
+def _consent_out(view: services.ConsentView) -> ConsentOut:
+    return ConsentOut(**{**view.row.model_dump(include=set(ConsentOut.model_fields)), "reason": view.reason})
 
 
 @router.post("/cases/{case_id}/persons/{person_id}/consents", status_code=status.HTTP_201_CREATED,
              response_model=ConsentOut,
              responses={200: {"model": ConsentOut, "description": "The same consent was already active"},
-                        409: {"model": ProblemDetails, "description": "An override for an adult or another agency type"}},
+                        409: {"model": ProblemDetails, "description": "An override for an adult or another agency type"},
+                        **GONE},
              summary="Record a person's consent for a purpose and recipient agency type, or apply the "
                      "mandatory child-protection override")
-async def grant_consent(case_id: str, person_id: str, body: ConsentIn, principal: CurrentPrincipal,
-                        session: DbSession, idempotency: Idempotency, response: Response) -> ConsentOut:
+async def grant_consent(case_id: str, person_id: str, body: ConsentIn, principal: Writer,
+                        session: DbSession, vault: PersonVault, idempotency: Idempotency,
+                        response: Response) -> ConsentOut:
+    if body.basis == MANDATORY_OVERRIDE:
+        check(principal, Permission.OVERRIDE_CONSENT)  # supervisors only
     try:
         previous = await idempotency.previous_resource(session)
         if previous is not None:
-            return _consent_out(await services.get_consent(session, principal, case_id, previous))
+            return _consent_out(await services.get_consent(session, vault, principal, case_id, previous))
         consent_id = str(uuid.uuid4())
         consent, created = await services.grant_consent(
-            session, principal, case_id, person_id, recipient_agency_type=body.recipient_agency_type,
+            session, vault, principal, case_id, person_id, recipient_agency_type=body.recipient_agency_type,
             purpose=body.purpose, basis=body.basis, reason=body.reason, consent_id=consent_id,
             remember=lambda resource_id: idempotency.record(session, resource_id=resource_id))
     except services.NotFound:
         raise _not_found("person", person_id) from None
     except services.Refused as exc:
         raise Problem(409, detail=str(exc)) from None
+    except services.Gone as exc:
+        raise _gone(exc) from None
     if not created:
         response.status_code = status.HTTP_200_OK
     return _consent_out(consent)
 
 
-@router.get("/cases/{case_id}/persons/{person_id}/consents", response_model=ConsentsOut,
+@router.get("/cases/{case_id}/persons/{person_id}/consents", response_model=ConsentsOut, responses=GONE,
             summary="A person's consents and overrides, and what they allow now")
-async def list_consents(case_id: str, person_id: str, principal: CurrentPrincipal, session: DbSession) -> ConsentsOut:
+async def list_consents(case_id: str, person_id: str, principal: Reader, session: DbSession,
+                        vault: PersonVault) -> ConsentsOut:
     try:
-        rows = await services.list_consents(session, principal, case_id, person_id)
+        views = await services.list_consents(session, vault, principal, case_id, person_id)
     except services.NotFound:
         raise _not_found("person", person_id) from None
-    return ConsentsOut(items=[_consent_out(c) for c in rows], scope=services.scope_of_rows(rows))
+    except services.Gone as exc:
+        raise _gone(exc) from None
+    return ConsentsOut(items=[_consent_out(c) for c in views], scope=services.scope_of_rows(v.row for v in views))
 
 
-@router.post("/cases/{case_id}/persons/{person_id}/consents/{consent_id}/withdrawal", response_model=ConsentOut,
+@router.post("/cases/{case_id}/persons/{person_id}/consents/{consent_id}/withdrawal", response_model=ConsentOut, responses=GONE,
              summary="Withdraw a consent (or an override applied in error); withdrawing twice changes nothing")
-async def withdraw_consent(case_id: str, person_id: str, consent_id: str, principal: CurrentPrincipal,
-                           session: DbSession) -> ConsentOut:
+async def withdraw_consent(request: Request, case_id: str, person_id: str, consent_id: str, principal: Writer,
+                           session: DbSession, vault: PersonVault) -> ConsentOut:
+    note_objects(request, "person", [person_id])
     try:
-        return _consent_out(await services.withdraw_consent(session, principal, case_id, person_id, consent_id))
+        return _consent_out(await services.withdraw_consent(session, vault, principal, case_id, person_id, consent_id))
     except services.NotFound:
         raise _not_found("consent", consent_id) from None
+    except services.Gone as exc:
+        raise _gone(exc) from None
 
 
 # --- removal safeguard -----------------------------------------------------------------------
@@ -649,9 +725,10 @@ class RemovalRefused(ProblemDetails):
 @router.post("/cases/{case_id}/persons/{person_id}/removal-orders", status_code=status.HTTP_201_CREATED,
              response_model=RemovalOrderOut,
              responses={409: {"model": RemovalRefused,
-                              "description": "The person is under an active protection hold (non-refoulement)"}},
+                              "description": "The person is under an active protection hold (non-refoulement)"},
+                        **GONE},
              summary="Order a person's removal; refused while any protection hold on the person is active")
-async def request_removal(case_id: str, person_id: str, body: RemovalOrderIn, principal: CurrentPrincipal,
+async def request_removal(case_id: str, person_id: str, body: RemovalOrderIn, principal: RemovalOfficer,
                           session: DbSession, idempotency: Idempotency) -> RemovalOrderOut:
     try:
         previous = await idempotency.previous_resource(session)
@@ -663,6 +740,8 @@ async def request_removal(case_id: str, person_id: str, body: RemovalOrderIn, pr
                 order_id=str(uuid.uuid4()), remember=lambda resource_id: idempotency.record(session, resource_id=resource_id))
     except services.NotFound:
         raise _not_found("person", person_id) from None
+    except services.Gone as exc:
+        raise _gone(exc) from None
     except services.RemovalBlocked as blocked:
         holds = [BlockingHold(hold_id=h.hold_id, referral_id=h.referral_id, need_code=h.need_code,
                               not_before=h.not_before).model_dump(mode="json") for h in blocked.holds]
@@ -678,3 +757,48 @@ async def request_removal(case_id: str, person_id: str, body: RemovalOrderIn, pr
         raise Problem(409, detail=f"Removal refused: {'; and '.join(reasons)}.", holds=holds, pending_holds=pending,
                       removal_order_id=blocked.order.id) from None
     return RemovalOrderOut(**order.model_dump(include=set(RemovalOrderOut.model_fields)))
+
+
+# --- erasure ---------------------------------------------------------------------------------
+
+class ErasureIn(_In):
+    reason_code: Literal["ERASURE_REQUEST"] = Field(description="A supervisor acts on a request or order to erase")
+
+
+class OpenReferral(BaseModel):
+    referral_id: str
+    need_code: str
+    status: str
+    to_agency_id: str | None
+
+
+class ErasureRefused(ProblemDetails):
+    holds: list[BlockingHold] = Field(description="Active protection holds on the person")
+    pending_holds: list[str] = Field(description="Hold-bearing needs whose hold has not reached intake yet")
+    open_referrals: list[OpenReferral] = Field(description="Referrals about the person a receiving agency still works")
+
+
+@router.post("/cases/{case_id}/persons/{person_id}/erasure", response_model=ErasedPersonOut,
+             responses={409: {"model": ErasureRefused, "description": "A protection hold (active or pending) or an "
+                                                                      "open referral: erasing would break them"}},
+             summary="Erase a person (crypto-shredding: their key is destroyed, so every sealed copy of their data "
+                     "is unreadable) and publish person.erased.v1. Erasing twice gives the same result")
+async def erase_person(request: Request, case_id: str, person_id: str, body: ErasureIn, principal: Eraser,
+                       session: DbSession, vault: PersonVault) -> ErasedPersonOut:
+    try:
+        person = await services.erase_person(session, vault, principal, case_id, person_id)
+    except services.NotFound:
+        raise _not_found("person", person_id) from None
+    except services.ErasureBlocked as blocked:
+        holds = [BlockingHold(hold_id=h.hold_id, referral_id=h.referral_id, need_code=h.need_code,
+                              not_before=h.not_before).model_dump(mode="json") for h in blocked.holds]
+        referrals = [OpenReferral(referral_id=r.referral_id, need_code=r.need_code, status=r.status,
+                                  to_agency_id=r.to_agency_id).model_dump() for r in blocked.referrals]
+        named = [f"hold {h['hold_id']} ({h['need_code']})" for h in holds]
+        named += [f"a pending hold for {code}" for code in blocked.pending]
+        named += [f"open referral {r['referral_id']} ({r['need_code']}, {r['status']})" for r in referrals]
+        raise Problem(409, detail=f"Erasure refused while the person has {'; '.join(named)}: erasing would break "
+                                  "the removal safeguard or the receiving agency's work.",
+                      holds=holds, pending_holds=blocked.pending, open_referrals=referrals) from None
+    await purge_freed_pages(request.app.state.runtime.engine)
+    return _erased_out(person)

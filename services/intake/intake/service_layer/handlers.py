@@ -5,7 +5,7 @@ A payload that breaks its contract is a PoisonMessage and goes to the dead-lette
 """
 
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
@@ -13,7 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.consumer import PoisonMessage
 from enlace_platform.envelope import Envelope
-from intake.adapters.orm import ProtectionHoldRow, ReferralViewRow
+from intake.adapters.orm import CaseRow, ProtectionHoldRow, ReferralViewRow
 from intake.domain import events
 from intake.domain.rules import NEED_CODES
 from intake.domain.safeguard import HoldState, is_newer, on_placed, on_released
@@ -81,6 +81,15 @@ async def _save(session: AsyncSession, row: ProtectionHoldRow | None, state: Hol
     for name, value in asdict(state).items():
         setattr(row, name, value)
     session.add(row)
+    await _touch_case(session, state.case_id)
+
+
+async def _touch_case(session: AsyncSession, case_id: str) -> None:
+    """Work on the case elsewhere keeps it active: the retention clock restarts."""
+    case = await session.get(CaseRow, case_id)
+    if case is not None:
+        case.last_activity_at = datetime.now(UTC)
+        session.add(case)
 
 
 async def on_hold_placed(session: AsyncSession, envelope: Envelope) -> None:
@@ -115,6 +124,7 @@ async def on_referral_event(session: AsyncSession, envelope: Envelope) -> None:
     if p.outcome_code is not None:
         row.outcome_code = p.outcome_code
     session.add(row)
+    await _touch_case(session, p.case_id)
 
 
 HOLD_HANDLERS = {events.HOLD_PLACED: on_hold_placed, events.HOLD_RELEASED: on_hold_released}

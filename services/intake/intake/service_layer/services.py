@@ -1,20 +1,23 @@
 """Intake use cases. Each runs in one transaction: the business rows and their events commit together."""
 
-import unicodedata
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.auth import Principal
+from enlace_platform.crypto import Erased
 from enlace_platform.outbox import add_event
+from enlace_platform.timeutil import as_utc
 from intake.adapters.orm import (
     CaseRow, ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ProtectionHoldRow, ReferralViewRow,
-    RelationshipRow, RemovalOrderRow, ScreeningRow,
+    RelationshipRow, RemovalOrderRow, ScreeningRow, SearchTokenRow,
 )
+from intake.adapters.vault import Document, PersonRecord, Vault
 from intake.domain import consent as consent_rules
 from intake.domain import events
 from intake.domain.encounter import Relationship, person_facts, treated_as_child
@@ -28,6 +31,20 @@ class NotFound(Exception):
 
 class Refused(Exception):
     """The request is valid but the domain says no (e.g. an override for an adult)."""
+
+
+class Gone(Exception):
+    """The person was erased: their data no longer exists in readable form."""
+
+    def __init__(self, person: PersonRow) -> None:
+        super().__init__(f"person {person.id} was erased")
+        self.person_id, self.erased_at = person.id, person.erased_at
+
+
+class ErasureBlocked(Exception):
+    def __init__(self, holds: list[ProtectionHoldRow], pending: list[str], referrals: list[ReferralViewRow]) -> None:
+        super().__init__(f"{len(holds)} active hold(s), {len(pending)} pending, {len(referrals)} open referral(s)")
+        self.holds, self.pending, self.referrals = holds, pending, referrals
 
 
 class RemovalBlocked(Exception):
@@ -45,53 +62,56 @@ def _today() -> date:
     return datetime.now(UTC).date()
 
 
-def search_key(text: str) -> str:
-    """Lower case without accents, so that 'Perez' finds 'Pérez'."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
-
-
-def _snapshot(person: PersonRow, documents: Iterable[PersonDocumentRow]) -> dict[str, Any]:
-    data = {f: getattr(person, f) for f in PERSON_FIELDS}
-    data["date_of_birth"] = person.date_of_birth.isoformat() if person.date_of_birth else None
-    data["documents"] = [{"type": d.type, "number": d.number, "issuing_country": d.issuing_country}
-                         for d in documents]
+def _snapshot(record: PersonRecord) -> dict[str, Any]:
+    data = {f: getattr(record, f) for f in PERSON_FIELDS}
+    data["date_of_birth"] = record.date_of_birth.isoformat() if record.date_of_birth else None
+    data["documents"] = [asdict(d) for d in record.documents]
     return data
-
-
-def _document_rows(person: PersonRow, documents: list[dict]) -> list[PersonDocumentRow]:
-    return [PersonDocumentRow(person_id=person.id, case_id=person.case_id, position=i, **d)
-            for i, d in enumerate(documents)]
 
 
 # --- encounters ------------------------------------------------------------------------------
 
-async def register_case(session: AsyncSession, principal: Principal, case: CaseRow, persons: list[PersonRow], *,
-                        documents: dict[str, list[dict]] | None = None,
+@dataclass
+class PersonView:
+    """A person's row and their opened record; record is None once they are erased."""
+
+    row: PersonRow
+    record: PersonRecord | None
+
+
+def _touch(case: CaseRow, at: datetime | None = None) -> None:
+    case.last_activity_at = at or datetime.now(UTC)
+
+
+async def register_case(session: AsyncSession, vault: Vault, principal: Principal, case: CaseRow,
+                        persons: list[tuple[PersonRow, PersonRecord]], *,
                         relationships: Iterable[RelationshipRow] = ()) -> CaseRow:
-    """Register an encounter. ``documents`` maps a person id to its documents."""
+    """Register an encounter: each person's record is sealed with their own new key."""
     case.agency_id = principal.agency_id
     case.jurisdiction = principal.jurisdiction
+    _touch(case)
     session.add(case)
-    for position, person in enumerate(persons):
+    documents = {}
+    for position, (person, record) in enumerate(persons):
         person.case_id = case.id
         person.position = position
-        person.search_name = search_key(f"{person.given_names} {person.family_names}")
+        documents[person.id] = await vault.seal_person(session, person, record)
         session.add(person)
     await session.flush()  # persons exist before their documents and relationships refer to them
-    for person in persons:
-        docs = _document_rows(person, (documents or {}).get(person.id, []))
-        session.add_all(docs)
-        session.add(PersonVersionRow(person_id=person.id, version=1, snapshot=_snapshot(person, docs),
-                                     changed_fields=[], changed_by=principal.subject,
-                                     changed_by_agency_id=principal.agency_id))
+    for person, record in persons:
+        session.add_all(documents[person.id])
+        await vault.index(session, person, record)
+        version = PersonVersionRow(person_id=person.id, version=1, snapshot=None, changed_fields=[],
+                                   changed_by=principal.subject, changed_by_agency_id=principal.agency_id)
+        await vault.seal_snapshot(session, version, _snapshot(record))
+        session.add(version)
     for rel in relationships:
         rel.case_id = case.id
         session.add(rel)
     add_event(session, topic=events.TOPIC, case_id=case.id, event_type=events.CASE_REGISTERED,
               source=events.SOURCE, subject=case.id,
               data={"case_id": case.id, "agency_id": case.agency_id, "jurisdiction": case.jurisdiction,
-                    "person_ids": [p.id for p in persons],
+                    "person_ids": [p.id for p, _ in persons],
                     "encountered_at": case.encountered_at.isoformat()})
     await session.commit()
     return case
@@ -105,24 +125,38 @@ async def get_case_for(session: AsyncSession, principal: Principal, case_id: str
     return case
 
 
-async def _person_in(session: AsyncSession, case: CaseRow, person_id: str) -> PersonRow:
+async def _person_in(session: AsyncSession, case: CaseRow, person_id: str, *, erased_ok: bool = False) -> PersonRow:
     person = await session.get(PersonRow, person_id)
     if person is None or person.case_id != case.id:
         raise NotFound(person_id)
+    if person.erased_at is not None and not erased_ok:
+        raise Gone(person)
     return person
 
 
-async def persons_of(session: AsyncSession, case_id: str) -> list[PersonRow]:
+async def person_rows_of(session: AsyncSession, case_id: str) -> list[PersonRow]:
     query = select(PersonRow).where(PersonRow.case_id == case_id).order_by(PersonRow.position)
     return list((await session.exec(query)).all())
 
 
-async def documents_of(session: AsyncSession, case_id: str) -> dict[str, list[PersonDocumentRow]]:
-    query = select(PersonDocumentRow).where(PersonDocumentRow.case_id == case_id).order_by(PersonDocumentRow.position)
-    found: dict[str, list[PersonDocumentRow]] = {}
-    for doc in (await session.exec(query)).all():
-        found.setdefault(doc.person_id, []).append(doc)
-    return found
+async def _documents_of(session: AsyncSession, person_id: str) -> list[PersonDocumentRow]:
+    query = select(PersonDocumentRow).where(PersonDocumentRow.person_id == person_id) \
+        .order_by(PersonDocumentRow.position)
+    return list((await session.exec(query)).all())
+
+
+async def open_person(session: AsyncSession, vault: Vault, person: PersonRow) -> PersonRecord | None:
+    """The person's record, or None once they are erased."""
+    if person.erased_at is not None:
+        return None
+    try:
+        return await vault.open_person(session, person, await _documents_of(session, person.id))
+    except Erased:
+        return None  # shredded but erased_at not seen yet: as good as erased
+
+
+async def persons_of(session: AsyncSession, vault: Vault, case_id: str) -> list[PersonView]:
+    return [PersonView(p, await open_person(session, vault, p)) for p in await person_rows_of(session, case_id)]
 
 
 async def relationships_of(session: AsyncSession, case_id: str) -> list[RelationshipRow]:
@@ -139,24 +173,31 @@ async def referrals_of(session: AsyncSession, case_id: str) -> list[ReferralView
     return list((await session.exec(query)).all())
 
 
-async def search_cases(session: AsyncSession, principal: Principal, *, name: str | None,
+async def search_cases(session: AsyncSession, vault: Vault, principal: Principal, *, name: str | None,
                        document_number: str | None, limit: int) -> list[CaseRow]:
-    """Only the caller's own cases: another agency's people are not searchable at all."""
+    """Only the caller's own cases: another agency's people are not searchable at all. Names match by whole
+    words (every word given must be one of the person's), document numbers whole: the blind index."""
     query = select(CaseRow).where(CaseRow.agency_id == principal.agency_id)
+    wanted: list[set[str]] = []
     if name:
-        person_ids = select(PersonRow.case_id).where(
-            col(PersonRow.search_name).contains(search_key(name), autoescape=True))
-        query = query.where(col(CaseRow.id).in_(person_ids))
+        words = vault.name_tokens(name)
+        if not words:
+            return []
+        wanted.append(set(words))
     if document_number:
-        doc_cases = select(PersonDocumentRow.case_id).where(
-            func.upper(PersonDocumentRow.number) == document_number.strip().upper())
-        query = query.where(col(CaseRow.id).in_(doc_cases))
+        wanted.append({vault.document_token(document_number)})
+    for tokens in wanted:
+        # One person must hold every token of the term.
+        matching = select(SearchTokenRow.person_id).where(col(SearchTokenRow.token).in_(tokens)) \
+            .group_by(SearchTokenRow.person_id).having(func.count(func.distinct(SearchTokenRow.token)) == len(tokens))
+        query = query.where(col(CaseRow.id).in_(
+            select(PersonRow.case_id).where(col(PersonRow.id).in_(matching))))
     query = query.order_by(col(CaseRow.encountered_at).desc()).limit(limit)
     return list((await session.exec(query)).all())
 
 
-async def person_for_reader(session: AsyncSession, principal: Principal, case_id: str,
-                            person_id: str) -> tuple[PersonRow, list[PersonDocumentRow]]:
+async def person_for_reader(session: AsyncSession, vault: Vault, principal: Principal, case_id: str,
+                            person_id: str) -> PersonView:
     """The registering agency always; a receiving agency only with an open referral about this person
     addressed to it, and consent (or the child-protection override) for its agency type."""
     case = await session.get(CaseRow, case_id)
@@ -165,8 +206,10 @@ async def person_for_reader(session: AsyncSession, principal: Principal, case_id
         raise NotFound(person_id)
     if case.agency_id != principal.agency_id and not await _receiver_may_read(session, principal, person):
         raise NotFound(person_id)
-    docs = (await documents_of(session, case.id)).get(person.id, [])
-    return person, docs
+    record = await open_person(session, vault, person)
+    if record is None:
+        raise Gone(person)
+    return PersonView(person, record)
 
 
 async def _receiver_may_read(session: AsyncSession, principal: Principal, person: PersonRow) -> bool:
@@ -179,80 +222,112 @@ async def _receiver_may_read(session: AsyncSession, principal: Principal, person
                                 agency_type=principal.agency_type, purpose="referral")
 
 
-async def update_person(session: AsyncSession, principal: Principal, case_id: str, person_id: str,
-                        changes: dict[str, Any]) -> tuple[PersonRow, list[PersonDocumentRow]]:
+async def update_person(session: AsyncSession, vault: Vault, principal: Principal, case_id: str, person_id: str,
+                        changes: dict[str, Any]) -> PersonView:
     """Apply the changes and keep the previous versions. ``documents`` in changes replaces the list."""
     case = await get_case_for(session, principal, case_id)
     person = await _person_in(session, case, person_id)
-    docs = (await documents_of(session, case.id)).get(person.id, [])
-    before = _snapshot(person, docs)
+    old_docs = await _documents_of(session, person.id)
+    record = await vault.open_person(session, person, old_docs)
+    before = _snapshot(record)
     for name, value in changes.items():
-        if name != "documents":
-            setattr(person, name, value)
-    if "documents" in changes:
-        for doc in docs:
-            await session.delete(doc)
-        docs = _document_rows(person, changes["documents"])
-        session.add_all(docs)
-    after = _snapshot(person, docs)
+        if name == "documents":
+            value = [Document(**d) for d in value]
+        setattr(record, name, value)
+    after = _snapshot(record)
     changed = sorted(k for k in after if after[k] != before[k])
     if changed:
-        person.search_name = search_key(f"{person.given_names} {person.family_names}")
+        for doc in old_docs:
+            await session.delete(doc)
+        await session.flush()
+        session.add_all(await vault.seal_person(session, person, record))
+        await vault.index(session, person, record)
         person.version += 1
         person.updated_at = datetime.now(UTC)
-        session.add(person)
-        session.add(PersonVersionRow(person_id=person.id, version=person.version, snapshot=after,
-                                     changed_fields=changed, changed_by=principal.subject,
-                                     changed_by_agency_id=principal.agency_id))
+        _touch(case, person.updated_at)
+        session.add_all([person, case])
+        version = PersonVersionRow(person_id=person.id, version=person.version, snapshot=None,
+                                   changed_fields=changed, changed_by=principal.subject,
+                                   changed_by_agency_id=principal.agency_id)
+        await vault.seal_snapshot(session, version, after)
+        session.add(version)
     await session.commit()
     await session.refresh(person)
-    return person, docs
+    return PersonView(person, record)
 
 
-async def person_history(session: AsyncSession, principal: Principal, case_id: str,
-                         person_id: str) -> list[PersonVersionRow]:
+@dataclass
+class VersionView:
+    row: PersonVersionRow
+    snapshot: dict[str, Any]
+
+
+async def person_history(session: AsyncSession, vault: Vault, principal: Principal, case_id: str,
+                         person_id: str) -> list[VersionView]:
     case = await get_case_for(session, principal, case_id)
     person = await _person_in(session, case, person_id)
     query = select(PersonVersionRow).where(PersonVersionRow.person_id == person.id).order_by(PersonVersionRow.version)
-    return list((await session.exec(query)).all())
+    try:
+        return [VersionView(v, await vault.open_snapshot(session, v)) for v in (await session.exec(query)).all()]
+    except Erased:
+        raise Gone(person) from None
 
 
 # --- screening -------------------------------------------------------------------------------
 
-async def facts_for(session: AsyncSession, case: CaseRow, person: PersonRow) -> PersonFacts:
+async def facts_for(session: AsyncSession, vault: Vault, case: CaseRow, person: PersonRow,
+                    record: PersonRecord) -> PersonFacts:
     relationships = [Relationship(r.from_person_id, r.to_person_id, r.kind)
                      for r in await relationships_of(session, case.id)]
-    documents = (await documents_of(session, case.id)).get(person.id, [])
     today = _today()
-    children = {p.id for p in await persons_of(session, case.id)
-                if treated_as_child(p.date_of_birth, p.estimated_age, p.age_disputed, today)}
-    return person_facts(person_id=person.id, date_of_birth=person.date_of_birth, estimated_age=person.estimated_age,
-                        age_disputed=person.age_disputed, nationality=person.nationality,
-                        document_count=len(documents), relationships=relationships, today=today, children=children)
+    children = {v.row.id for v in await persons_of(session, vault, case.id) if v.record is not None
+                and treated_as_child(v.record.date_of_birth, v.record.estimated_age, v.record.age_disputed, today)}
+    return person_facts(person_id=person.id, date_of_birth=record.date_of_birth, estimated_age=record.estimated_age,
+                        age_disputed=record.age_disputed, nationality=record.nationality,
+                        document_count=len(record.documents), relationships=relationships, today=today,
+                        children=children)
 
 
-async def record_screening(session: AsyncSession, principal: Principal, case_id: str, person_id: str,
-                           answers: ScreeningAnswers, *, screening_id: str | None = None) -> ScreeningRow:
+@dataclass
+class ScreeningView:
+    """A screening with its sealed parts opened; answers, facts and needs' reasons are None once erased."""
+
+    row: ScreeningRow
+    answers: dict[str, Any] | None
+    needs: list[dict[str, Any]]
+
+
+async def _record_of(session: AsyncSession, vault: Vault, person: PersonRow) -> PersonRecord:
+    record = await open_person(session, vault, person)
+    if record is None:
+        raise Gone(person)
+    return record
+
+
+async def record_screening(session: AsyncSession, vault: Vault, principal: Principal, case_id: str, person_id: str,
+                           answers: ScreeningAnswers, *, screening_id: str | None = None) -> ScreeningView:
     """A new result every time; the result keeps its rules version, facts and reasons for good."""
     case = await get_case_for(session, principal, case_id)
     person = await _person_in(session, case, person_id)
-    facts = await facts_for(session, case, person)
+    record = await _record_of(session, vault, person)
+    facts = await facts_for(session, vault, case, person, record)
     rule_set = current_rules()
     needs = evaluate(facts, answers, rule_set)
     consent_scope = [{"recipient_agency_type": g.recipient_agency_type, "purpose": g.purpose, "basis": g.basis}
                      for g in consent_rules.scope(await _active_grants(session, person.id))]
     band = age_band(facts)
-    screening = ScreeningRow(
-        case_id=case.id, person_id=person.id, rules_version=rule_set.version, screened_by=principal.subject,
-        answers=answers.as_dict(), facts={k: v for k, v in facts_of(facts, answers).items()
-                                          if k not in answers.as_dict()},
-        needs=[{"code": n.code, "urgency": n.urgency.value, "reasons": list(n.reasons), "rule_ids": list(n.rule_ids),
-                "flags": list(n.flags)} for n in needs],
-        age_band=band, consent_scope=consent_scope,
-    )
+    screening = ScreeningRow(case_id=case.id, person_id=person.id, rules_version=rule_set.version,
+                             screened_by=principal.subject, answers=None, needs=None, age_band=band,
+                             consent_scope=consent_scope)
     if screening_id is not None:
         screening.id = screening_id
+    needs_out = [{"code": n.code, "urgency": n.urgency.value, "reasons": list(n.reasons), "rule_ids": list(n.rule_ids),
+                  "flags": list(n.flags)} for n in needs]
+    await vault.seal_screening(session, screening, answers=answers.as_dict(), needs=needs_out,
+                               facts={k: v for k, v in facts_of(facts, answers).items() if k not in answers.as_dict()})
     session.add(screening)
+    _touch(case, screening.created_at)
+    session.add(case)
     add_event(session, topic=events.TOPIC, case_id=case.id, event_type=events.CASE_SCREENED,
               source=events.SOURCE, subject=screening.id,
               data={
@@ -263,32 +338,52 @@ async def record_screening(session: AsyncSession, principal: Principal, case_id:
                   "jurisdiction": case.jurisdiction,
                   "rules_version": rule_set.version,
                   "age_band": band,
-                  "languages": person.languages,
+                  "languages": record.languages,
                   "needs": [{"code": n.code, "urgency": n.urgency.value} for n in needs],
                   "consent_scope": consent_scope,
               })
     await session.commit()
-    return screening
+    return ScreeningView(screening, answers.as_dict(), needs_out)
 
 
-async def get_screening(session: AsyncSession, principal: Principal, case_id: str, screening_id: str) -> ScreeningRow:
+async def _screening_view(session: AsyncSession, vault: Vault, row: ScreeningRow) -> ScreeningView:
+    try:
+        return ScreeningView(row, await vault.open_json(session, row.person_id, "screening.answers", row.answers),
+                             await vault.open_json(session, row.person_id, "screening.needs", row.needs))
+    except Erased:
+        return ScreeningView(row, None, [dict(n) for n in row.need_codes])
+
+
+async def get_screening(session: AsyncSession, vault: Vault, principal: Principal, case_id: str,
+                        screening_id: str) -> ScreeningView:
     case = await get_case_for(session, principal, case_id)
     screening = await session.get(ScreeningRow, screening_id)
     if screening is None or screening.case_id != case.id:
         raise NotFound(screening_id)
-    return screening
+    return await _screening_view(session, vault, screening)
 
 
-async def list_screenings(session: AsyncSession, principal: Principal, case_id: str,
-                          person_id: str | None) -> list[ScreeningRow]:
+async def list_screenings(session: AsyncSession, vault: Vault, principal: Principal, case_id: str,
+                          person_id: str | None) -> list[ScreeningView]:
     case = await get_case_for(session, principal, case_id)
     query = select(ScreeningRow).where(ScreeningRow.case_id == case.id)
     if person_id:
         query = query.where(ScreeningRow.person_id == person_id)
-    return list((await session.exec(query.order_by(ScreeningRow.created_at))).all())
+    return [await _screening_view(session, vault, s)
+            for s in (await session.exec(query.order_by(ScreeningRow.created_at))).all()]
 
 
 # --- consent ---------------------------------------------------------------------------------
+
+@dataclass
+class ConsentView:
+    row: ConsentRow
+    reason: str | None
+
+
+async def _consent_view(session: AsyncSession, vault: Vault, row: ConsentRow) -> ConsentView:
+    return ConsentView(row, await vault.open_consent_reason(session, row))
+
 
 async def _active_grants(session: AsyncSession, person_id: str) -> list[consent_rules.ConsentGrant]:
     query = select(ConsentRow).where(ConsentRow.person_id == person_id, ConsentRow.status == consent_rules.GRANTED)
@@ -304,15 +399,15 @@ def _consent_changed(session: AsyncSession, consent: ConsentRow, changed_at: dat
                     "basis": consent.basis, "status": consent.status, "changed_at": changed_at.isoformat()})
 
 
-async def grant_consent(session: AsyncSession, principal: Principal, case_id: str, person_id: str, *,
+async def grant_consent(session: AsyncSession, vault: Vault, principal: Principal, case_id: str, person_id: str, *,
                         recipient_agency_type: str, purpose: str, basis: str, reason: str | None,
                         consent_id: str | None = None,
-                        remember: Callable[[str], None] | None = None) -> tuple[ConsentRow, bool]:
-    """Record a consent or a mandatory override; returns (row, created). An identical active one is kept."""
+                        remember: Callable[[str], None] | None = None) -> tuple[ConsentView, bool]:
+    """Record a consent or a mandatory override; returns (view, created). An identical active one is kept."""
     case = await get_case_for(session, principal, case_id)
     person = await _person_in(session, case, person_id)
     if basis == consent_rules.MANDATORY_OVERRIDE:
-        facts = await facts_for(session, case, person)
+        facts = await facts_for(session, vault, case, person, await _record_of(session, vault, person))
         try:
             consent_rules.check_override(recipient_agency_type=recipient_agency_type,
                                          treated_as_child=facts.treated_as_child)
@@ -323,37 +418,43 @@ async def grant_consent(session: AsyncSession, principal: Principal, case_id: st
         ConsentRow.purpose == purpose, ConsentRow.basis == basis, ConsentRow.status == consent_rules.GRANTED,
     ))).first()
     if existing is not None:
-        return existing, False
+        return await _consent_view(session, vault, existing), False
     consent = ConsentRow(case_id=case.id, person_id=person.id, recipient_agency_type=recipient_agency_type,
-                         purpose=purpose, basis=basis, reason=reason, recorded_by=principal.subject,
+                         purpose=purpose, basis=basis, recorded_by=principal.subject,
                          recorded_by_agency_id=principal.agency_id)
+    await vault.seal_consent_reason(session, consent, reason)
     if consent_id is not None:
         consent.id = consent_id
     if remember is not None:
         remember(consent.id)
     session.add(consent)
+    _touch(case, consent.granted_at)
+    session.add(case)
     _consent_changed(session, consent, consent.granted_at)
     await session.commit()
     await session.refresh(consent)
-    return consent, True
+    return ConsentView(consent, reason), True
 
 
-async def withdraw_consent(session: AsyncSession, principal: Principal, case_id: str, person_id: str,
-                           consent_id: str) -> ConsentRow:
+async def withdraw_consent(session: AsyncSession, vault: Vault, principal: Principal, case_id: str, person_id: str,
+                           consent_id: str) -> ConsentView:
     case = await get_case_for(session, principal, case_id)
     consent = await session.get(ConsentRow, consent_id)
     if consent is None or consent.case_id != case.id or consent.person_id != person_id:
         raise NotFound(consent_id)
+    await _person_in(session, case, person_id)
     if consent.status == consent_rules.WITHDRAWN:
-        return consent  # withdrawing twice changes nothing
+        return await _consent_view(session, vault, consent)  # withdrawing twice changes nothing
     consent.status = consent_rules.WITHDRAWN
     consent.withdrawn_at = datetime.now(UTC)
     consent.withdrawn_by = principal.subject
     session.add(consent)
+    _touch(case, consent.withdrawn_at)
+    session.add(case)
     _consent_changed(session, consent, consent.withdrawn_at)
     await session.commit()
     await session.refresh(consent)
-    return consent
+    return await _consent_view(session, vault, consent)
 
 
 async def _row_of_case(session: AsyncSession, principal: Principal, case_id: str, row_class, row_id: str):
@@ -365,18 +466,40 @@ async def _row_of_case(session: AsyncSession, principal: Principal, case_id: str
     return row
 
 
-async def get_consent(session: AsyncSession, principal: Principal, case_id: str, consent_id: str) -> ConsentRow:
-    return await _row_of_case(session, principal, case_id, ConsentRow, consent_id)
+async def get_consent(session: AsyncSession, vault: Vault, principal: Principal, case_id: str,
+                      consent_id: str) -> ConsentView:
+    row = await _row_of_case(session, principal, case_id, ConsentRow, consent_id)
+    try:
+        return await _consent_view(session, vault, row)
+    except Erased:
+        raise Gone(await session.get(PersonRow, row.person_id)) from None
 
 
-async def list_consents(session: AsyncSession, principal: Principal, case_id: str, person_id: str) -> list[ConsentRow]:
+async def list_consents(session: AsyncSession, vault: Vault, principal: Principal, case_id: str,
+                        person_id: str) -> list[ConsentView]:
     case = await get_case_for(session, principal, case_id)
     person = await _person_in(session, case, person_id)
     query = select(ConsentRow).where(ConsentRow.person_id == person.id).order_by(ConsentRow.granted_at)
-    return list((await session.exec(query)).all())
+    try:
+        return [await _consent_view(session, vault, c) for c in (await session.exec(query)).all()]
+    except Erased:
+        raise Gone(person) from None
 
 
 # --- removal safeguard -----------------------------------------------------------------------
+
+async def _holds_on(session: AsyncSession, person: PersonRow) -> tuple[list[ProtectionHoldRow], list[str],
+                                                                          ScreeningRow | None]:
+    """(active holds, hold-bearing needs of the latest screening whose hold has not arrived, that screening)."""
+    every_hold = list((await session.exec(select(ProtectionHoldRow).where(
+        ProtectionHoldRow.person_id == person.id).order_by(ProtectionHoldRow.hold_id))).all())
+    holds = [h for h in every_hold if h.status == ACTIVE]
+    latest = (await session.exec(select(ScreeningRow).where(ScreeningRow.person_id == person.id)
+                                 .order_by(col(ScreeningRow.created_at).desc()).limit(1))).first()
+    pending = [] if latest is None else pending_holds(latest.created_at, [n["code"] for n in latest.need_codes],
+                                                      [_hold_state(h) for h in every_hold])
+    return holds, pending, latest
+
 
 async def request_removal(session: AsyncSession, principal: Principal, case_id: str, person_id: str, *,
                           destination_country: str, order_id: str | None = None,
@@ -385,13 +508,7 @@ async def request_removal(session: AsyncSession, principal: Principal, case_id: 
     of the latest screening; a refused attempt stays on record."""
     case = await get_case_for(session, principal, case_id)
     person = await _person_in(session, case, person_id)
-    every_hold = list((await session.exec(select(ProtectionHoldRow).where(
-        ProtectionHoldRow.person_id == person.id).order_by(ProtectionHoldRow.hold_id))).all())
-    holds = [h for h in every_hold if h.status == ACTIVE]
-    latest = (await session.exec(select(ScreeningRow).where(ScreeningRow.person_id == person.id)
-                                 .order_by(col(ScreeningRow.created_at).desc()).limit(1))).first()
-    pending = [] if latest is None else pending_holds(latest.created_at, [n["code"] for n in latest.needs],
-                                                      [_hold_state(h) for h in every_hold])
+    holds, pending, latest = await _holds_on(session, person)
     refused = bool(holds or pending)
     order = RemovalOrderRow(case_id=case.id, person_id=person.id, destination_country=destination_country,
                             status="refused" if refused else "accepted", blocking_hold_ids=[h.hold_id for h in holds],
@@ -401,6 +518,8 @@ async def request_removal(session: AsyncSession, principal: Principal, case_id: 
     if remember is not None and not refused:
         remember(order.id)  # a retried accepted order finds it; a refused attempt may be retried
     session.add(order)
+    _touch(case, order.requested_at)
+    session.add(case)
     await session.commit()
     await session.refresh(order)
     if refused:
@@ -422,3 +541,67 @@ def scope_of_rows(rows: Iterable[ConsentRow]) -> list[dict[str, str]]:
     return [{"recipient_agency_type": g.recipient_agency_type, "purpose": g.purpose, "basis": g.basis}
             for g in consent_rules.scope(grants)]
 
+
+# --- erasure ---------------------------------------------------------------------------------
+
+async def erasure_blockers(session: AsyncSession, person: PersonRow) -> ErasureBlocked | None:
+    """What forbids erasing the person now: holds (active or pending) and open referrals."""
+    holds, pending, _ = await _holds_on(session, person)
+    referrals = [r for r in (await session.exec(select(ReferralViewRow).where(
+        ReferralViewRow.person_id == person.id).order_by(ReferralViewRow.referral_id))).all()
+        if referral_is_open(r.status)]
+    if holds or pending or referrals:
+        return ErasureBlocked(holds, pending, referrals)
+    return None
+
+
+async def _erase(session: AsyncSession, vault: Vault, case: CaseRow, person: PersonRow, reason_code: str) -> bool:
+    """Shred the person's key and drop their search rows, and publish person.erased.v1, in one transaction.
+    The conditional update claims the person: of two replicas erasing at once, one wins. Commits."""
+    erased_at = datetime.now(UTC)
+    claimed = await session.exec(update(PersonRow).where(PersonRow.id == person.id, col(PersonRow.erased_at).is_(None))
+                                 .values(erased_at=erased_at))
+    if claimed.rowcount != 1:
+        await session.rollback()
+        return False
+    await vault.keyring.shred(session, person.id)
+    await vault.unindex(session, person.id)
+    add_event(session, topic=events.TOPIC, case_id=case.id, event_type=events.PERSON_ERASED, source=events.SOURCE,
+              subject=person.id, data={"case_id": case.id, "person_id": person.id, "reason_code": reason_code,
+                                       "erased_at": erased_at.isoformat()})
+    await session.commit()
+    return True
+
+
+async def erase_person(session: AsyncSession, vault: Vault, principal: Principal, case_id: str,
+                       person_id: str) -> PersonRow:
+    """Erase on request (the registering agency only). Erasing twice gives the same result."""
+    case = await get_case_for(session, principal, case_id)
+    person = await _person_in(session, case, person_id, erased_ok=True)
+    if person.erased_at is None:
+        blocked = await erasure_blockers(session, person)
+        if blocked is not None:
+            raise blocked
+        await _erase(session, vault, case, person, events.ERASURE_REQUEST)
+    await session.refresh(person)
+    return person
+
+
+async def expired_persons(session: AsyncSession, older_than: datetime, limit: int = 100) -> list[tuple[str, str]]:
+    """(case_id, person_id) of persons not yet erased whose case was last active before ``older_than``."""
+    query = select(PersonRow.case_id, PersonRow.id).join(CaseRow, col(CaseRow.id) == PersonRow.case_id).where(
+        col(PersonRow.erased_at).is_(None), CaseRow.last_activity_at < older_than).order_by(
+        CaseRow.last_activity_at).limit(limit)
+    return [tuple(r) for r in (await session.exec(query)).all()]
+
+
+async def erase_expired(session: AsyncSession, vault: Vault, case_id: str, person_id: str,
+                        older_than: datetime) -> bool:
+    """Retention: erase one person if their case is still inactive and nothing blocks it. Commits."""
+    case = await session.get(CaseRow, case_id)
+    person = await session.get(PersonRow, person_id)
+    if case is None or person is None or person.erased_at is not None or as_utc(case.last_activity_at) >= older_than:
+        return False
+    if await erasure_blockers(session, person) is not None:
+        return False
+    return await _erase(session, vault, case, person, events.RETENTION_EXPIRED)

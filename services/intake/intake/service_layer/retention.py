@@ -1,0 +1,120 @@
+"""The retention purge, and sealing rows written in clear before sealing existed.
+
+The purge erases (reason RETENTION_EXPIRED) persons whose case has been inactive longer than the retention
+period and whom no protection hold (active or pending) and no open referral still needs. Each person is
+erased in a transaction of their own, claimed by a conditional update: two replicas purging at once erase
+each person once.
+"""
+
+import asyncio
+import logging
+from datetime import UTC, date, datetime
+
+from sqlmodel import col, select
+
+from enlace_platform.crypto import purge_freed_pages
+from intake.adapters.orm import ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ScreeningRow
+from intake.adapters.vault import Document, PersonRecord, Vault, is_sealed
+from intake.service_layer import services
+
+log = logging.getLogger(__name__)
+
+
+async def purge_expired(runtime, *, now: datetime | None = None) -> int:
+    """One pass; returns how many persons were erased."""
+    vault = Vault.of(runtime)
+    older_than = (now or datetime.now(UTC)) - runtime.settings.retention_period
+    erased, seen = 0, set()
+    while True:
+        async with runtime.sessions() as session:
+            batch = [c for c in await services.expired_persons(session, older_than) if c not in seen]
+        if not batch:
+            break
+        for case_id, person_id in batch:
+            seen.add((case_id, person_id))
+            async with runtime.sessions() as session:
+                if await services.erase_expired(session, vault, case_id, person_id, older_than):
+                    erased += 1
+    if erased:
+        await purge_freed_pages(runtime.engine)
+        log.info("retention purge erased %d person(s)", erased)
+    return erased
+
+
+def retention_loop(interval_s: float):
+    async def intake_retention_purge(runtime) -> None:
+        while not runtime.stopping.is_set():
+            try:
+                await purge_expired(runtime)
+            except Exception:
+                log.exception("retention purge failed; retrying next interval")
+            try:
+                await asyncio.wait_for(runtime.stopping.wait(), timeout=interval_s)
+            except TimeoutError:
+                pass
+    return intake_retention_purge
+
+
+# --- rows from before sealing ------------------------------------------------------------------
+
+async def seal_legacy_rows(runtime) -> int:
+    """Seal every personal value still in clear (rows written before migration 0003, which cannot reach the
+    key-encryption key) and index the persons for search. Runs at start-up; finds nothing once done.
+    Returns how many persons were sealed."""
+    vault = Vault.of(runtime)
+    async with runtime.sessions() as session:
+        ids = [p.id for p in (await session.exec(select(PersonRow).where(col(PersonRow.erased_at).is_(None)))).all()
+               if not is_sealed(p.given_names)]
+    for person_id in ids:
+        async with runtime.sessions() as session:
+            await _seal_person_rows(session, vault, await session.get(PersonRow, person_id))
+            await session.commit()
+    async with runtime.sessions() as session:
+        sealed_rows = await _seal_other_rows(session, vault)
+        await session.commit()
+    if ids or sealed_rows:
+        await purge_freed_pages(runtime.engine)  # the clear values leave the write-ahead log too
+        log.info("sealed %d person(s) and %d other row(s) written before sealing", len(ids), sealed_rows)
+    return len(ids)
+
+
+async def _seal_person_rows(session, vault: Vault, person: PersonRow) -> None:
+    documents = list((await session.exec(select(PersonDocumentRow).where(PersonDocumentRow.person_id == person.id)
+                                         .order_by(PersonDocumentRow.position))).all())
+    record = PersonRecord(
+        given_names=person.given_names, family_names=person.family_names, sex=person.sex,
+        date_of_birth=date.fromisoformat(str(person.date_of_birth)[:10]) if person.date_of_birth else None,
+        estimated_age=None if person.estimated_age in (None, "") else int(person.estimated_age),
+        age_disputed=person.age_disputed, nationality=person.nationality,
+        languages=list(person.languages or []),
+        documents=[Document(type=d.type, number=d.number, issuing_country=d.issuing_country) for d in documents])
+    sealed_documents = await vault.seal_person(session, person, record)
+    for row, sealed in zip(documents, sealed_documents):  # in place: the ids stay
+        row.type, row.number, row.issuing_country = sealed.type, sealed.number, sealed.issuing_country
+        session.add(row)
+    session.add(person)
+    await vault.index(session, person, record)
+
+
+async def _seal_other_rows(session, vault: Vault) -> int:
+    count = 0
+    for version in (await session.exec(select(PersonVersionRow))).all():
+        if isinstance(version.snapshot, dict):
+            await vault.seal_snapshot(session, version, version.snapshot)
+            session.add(version)
+            count += 1
+    for screening in (await session.exec(select(ScreeningRow))).all():
+        if isinstance(screening.answers, dict):
+            await vault.seal_screening(session, screening, answers=screening.answers, facts=screening.facts or {},
+                                       needs=screening.needs or [])
+            session.add(screening)
+            count += 1
+    for consent in (await session.exec(select(ConsentRow).where(col(ConsentRow.reason).is_not(None)))).all():
+        if not is_sealed(consent.reason):
+            await vault.seal_consent_reason(session, consent, consent.reason)
+            session.add(consent)
+            count += 1
+    return count
+
+
+__all__ = ["purge_expired", "retention_loop", "seal_legacy_rows"]
