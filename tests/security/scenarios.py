@@ -1,9 +1,10 @@
 """Per route: the path parameters to use, a body, and what each caller must get.
 
-Expectations: an HTTP status, or SEES (2xx, and the response shows some of the seeded objects) or BLIND
-(2xx, and it shows none of them and none of their personal data). ``params`` maps each path parameter to
-a seeded object (a key of World.ids), or is a World method that makes a fresh object, for probes that
-change or destroy it. Every caller holds every role that grants the route's permission; roles without
+Expectations: an HTTP status (for a list: whether it shows the seeded objects is not checked), SEES
+(200, and the response shows some of the seeded objects) or BLIND (200, and it shows none of them and
+none of their personal data). ``params`` maps each path parameter to a seeded object (a key of
+World.ids, or directory:<key> of World.directory), or is a World method that makes a fresh object, for
+probes that change or destroy it. Every caller holds every role that grants the route's permission; roles without
 it are probed separately.
 """
 
@@ -35,6 +36,8 @@ SON = {"case_id": "case", "person_id": "son"}
 REFERRAL = {"referral_id": "referral"}
 SUBSCRIPTION = {"subscription_id": "subscription"}
 DELIVERY = {"delivery_id": "delivery"}
+AGENCY = {"agency_id": "directory:agency"}
+SERVICE = {"service_id": "directory:service"}
 OF_THE_CASE = lambda w: {"case_id": w.ids["case"]}  # noqa: E731
 
 PROBE_CASE = {"place": "Punto de prueba", "encountered_at": "2026-11-28T08:00:00Z",
@@ -66,7 +69,7 @@ SCENARIOS: dict[tuple[str, str, str], Scenario] = {
     ("intake", "GET", "/audit"): Scenario(expect(200)),
 
     # --- referral: MX-INM sent the referral to MX-COMAR; MX-COORD coordinates MX -----------------------
-    ("referral", "GET", "/referrals"): Scenario(expect(BLIND, inm=SEES, comar=SEES, coord=SEES), query=OF_THE_CASE),
+    ("referral", "GET", "/referrals"): Scenario(expect(BLIND, inm=SEES, comar=SEES, coord=200), query=OF_THE_CASE),
     ("referral", "POST", "/referrals"): Scenario(
         expect(404, inm=201),
         body=lambda w: {"case_id": w.ids["case"], "person_id": w.ids["mother"], "need_code": "MEDICAL_URGENT",
@@ -85,19 +88,19 @@ SCENARIOS: dict[tuple[str, str, str], Scenario] = {
     ("referral", "GET", "/kpis"): Scenario(expect(200)),
     # The directory: any agency reads it; only the coordinator of MX changes MX's part.
     ("referral", "GET", "/agencies"): Scenario(expect(200)),
-    ("referral", "GET", "/agencies/{agency_id}"): Scenario(expect(200), {"agency_id": "directory_agency"}),
+    ("referral", "GET", "/agencies/{agency_id}"): Scenario(expect(200), AGENCY),
     ("referral", "POST", "/agencies"): Scenario(
         expect(403, coord=201),
         body=lambda w: {"id": f"MX-P{w.serial()}", "name": "Otra", "type": "health", "jurisdiction": "MX"}),
-    ("referral", "PATCH", "/agencies/{agency_id}"): Scenario(expect(403, coord=200), {"agency_id": "directory_agency"},
+    ("referral", "PATCH", "/agencies/{agency_id}"): Scenario(expect(403, coord=200), AGENCY,
                                                              body={"name": "Agencia renombrada"}),
     ("referral", "DELETE", "/agencies/{agency_id}"): Scenario(expect(403, coord=204), World.fresh_agency),
     ("referral", "GET", "/services"): Scenario(expect(200)),
-    ("referral", "GET", "/services/{service_id}"): Scenario(expect(200), {"service_id": "directory_service"}),
+    ("referral", "GET", "/services/{service_id}"): Scenario(expect(200), SERVICE),
     ("referral", "POST", "/services"): Scenario(expect(403, coord=201),
-                                                body=lambda w: World.service_body(w.ids["directory_agency"])),
+                                                body=lambda w: World.service_body(w.directory["agency"])),
     ("referral", "PUT", "/services/{service_id}"): Scenario(
-        expect(403, coord=200), {"service_id": "directory_service"},
+        expect(403, coord=200), SERVICE,
         body=lambda w: {k: v for k, v in World.service_body("").items() if k not in ("agency_id", "area")}),
     ("referral", "DELETE", "/services/{service_id}"): Scenario(expect(403, coord=204), World.fresh_service),
     ("referral", "GET", "/audit"): Scenario(expect(200)),

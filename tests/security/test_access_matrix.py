@@ -51,7 +51,8 @@ async def _resolve(world: World, spec):
 async def _params(world: World, scenario: Scenario) -> dict[str, str]:
     if callable(scenario.params):
         return await _resolve(world, scenario.params)
-    return {name: world.ids[key] for name, key in scenario.params.items()}
+    return {name: world.directory[key.removeprefix("directory:")] if key.startswith("directory:") else world.ids[key]
+            for name, key in scenario.params.items()}
 
 
 async def _call(world: World, route: RouteInfo, headers: dict, params: dict, body, query) -> httpx.Response:
@@ -129,8 +130,10 @@ async def test_each_agency_gets_what_its_relation_to_the_object_allows(world: Wo
         if got != expected:
             failures.append(f"{where}: {got}, expected {expected}: {response.text[:300]}")
             continue
-        if got >= 400:
+        if got in (403, 404):
             failures += [f"{where}: {p}" for p in _refusal_problems(world, response, asked)]
+        elif got >= 400:
+            failures += [f"{where}: leaks secret {s!r}" for s in world.secrets if s in response.text]
         if got == 404 and params:
             fake, twin = await _random_id_twin(world, route, headers, params, body, query)
             if _normalised(response, list(params.values())) != _normalised(twin, list(fake.values())):

@@ -133,7 +133,8 @@ class World:
     tokens: Tokens
     receiver_url: str
     data_dir: Path
-    ids: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)  # the seeded objects that belong to an agency
+    directory: dict[str, str] = field(default_factory=dict)  # the public directory's: anyone may see them
     _serial: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def serial(self) -> str:
@@ -177,7 +178,7 @@ class World:
 
     async def fresh_service(self) -> dict[str, str]:
         r = await self.client("referral").post("/services", headers=self.tokens.of("coord", Role.COORDINATOR),
-                                               json=self.service_body(self.ids["directory_agency"]))
+                                               json=self.service_body(self.directory["agency"]))
         assert r.status_code == 201, r.text
         return {"service_id": r.json()["id"]}
 
@@ -211,11 +212,11 @@ async def seed(world: World) -> None:
     r = await referral.post("/agencies", headers=t.of("coord", Role.COORDINATOR), json={
         "id": "MX-SECTEST", "name": "Agencia de pruebas de seguridad", "type": "psychosocial", "jurisdiction": "MX"})
     assert r.status_code == 201, r.text
-    ids["directory_agency"] = "MX-SECTEST"
+    world.directory["agency"] = "MX-SECTEST"
     r = await referral.post("/services", headers=t.of("coord", Role.COORDINATOR),
                             json=World.service_body("MX-SECTEST"))
     assert r.status_code == 201, r.text
-    ids["directory_service"] = r.json()["id"]
+    world.directory["service"] = r.json()["id"]
 
     inm = t.of("inm", Role.CASEWORKER)
     r = await intake.post("/cases", headers=inm, json={
