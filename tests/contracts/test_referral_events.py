@@ -16,7 +16,7 @@ from referral.service_layer.clocks import run_clocks
 from referral.service_layer.referrals import now_utc
 from tests.contracts.test_schemas import FORMATS
 from tests.support.referral_support import (
-    consent_scope, referral_harness, referral_settings, screened, token,
+    consent_changed, consent_scope, referral_harness, referral_settings, screened, token,
 )
 from tests.support.harness import REPO
 
@@ -60,6 +60,11 @@ async def produced(tmp_path, dev_issuer_dir):
         # Consent missing, and a deadline missed; then the reflection period ends.
         await ref.deliver(screened("MEDICAL_URGENT", scope=consent_scope()))
         await ref.deliver(screened("SGBV_SURVIVOR", age_band="18-59"))
+        # A consent withdrawn: the system cancels what was sent under it.
+        medical = screened("MEDICAL_URGENT", scope=consent_scope("health"))
+        await ref.deliver(medical)
+        await ref.deliver(consent_changed(medical.data["case_id"], medical.data["person_id"], "health",
+                                          status="withdrawn"))
         assert await run_clocks(ref.runtime.sessions, now_utc() + timedelta(days=31)) > 0
         yield await ref.events()
 
@@ -101,6 +106,8 @@ async def test_the_shared_shape_holds_for_every_referral_event(produced):
         if event_type in (events.REFERRAL_REJECTED, events.REFERRAL_CANCELLED, events.REFERRAL_FAILED,
                           events.REFERRAL_ESCALATED, events.REFERRAL_OVERDUE):
             assert payload["reason_code"]
+    by_system = [p for t, p in referral_events if t == events.REFERRAL_CANCELLED and p["actor_agency_id"] is None]
+    assert [p["reason_code"] for p in by_system] == ["CONSENT_WITHDRAWN"]
     reasons = {p["reason_code"] for t, p in referral_events if t == events.REFERRAL_ESCALATED}
     assert reasons == {"REJECTED_NO_ALTERNATIVE", "CONSENT_MISSING", "OVERDUE"}
     released = [p for t, p in produced if t == events.HOLD_RELEASED]

@@ -23,6 +23,7 @@ CONSENT_PURPOSE_REFERRAL = "referral"
 CONSENT_PURPOSES = frozenset({"referral", "follow_up"})
 CONSENT_BASES = frozenset({"consent", "mandatory_override"})
 
+CONSENT_WITHDRAWN = "CONSENT_WITHDRAWN"  # the system's reason when a withdrawal cancels a referral
 # Reject / cancel / fail need one of these, plus free text that stays in this service.
 REASON_CODES = frozenset({
     "OUT_OF_MANDATE", "NO_CAPACITY", "PERSON_NOT_REACHABLE", "PERSON_DECLINED", "DUPLICATE", "CONSENT_WITHDRAWN",

@@ -1,7 +1,8 @@
 """Referral event handlers. Each runs inside the consumer's transaction (with its inbox row).
 
 Idempotent beyond the inbox: a screening already routed is skipped, an open referral for the same
-person and need is never duplicated, and consent changes are upserts.
+person and need is never duplicated, consent changes are upserts, and a withdrawal cancels only what is
+still open.
 """
 
 from datetime import datetime
@@ -22,7 +23,8 @@ from referral.domain.codes import (
 from referral.domain.routing import LEAD_PRIORITY  # noqa: F401 (re-exported: tests/contracts read it here)
 from referral.domain.routing import lead_rank
 from referral.service_layer.referrals import (
-    SYSTEM, Policy, assign_from_queue, decide_route, facts_for, now_utc, open_referral, open_referral_for,
+    SYSTEM, Policy, assign_from_queue, cancel_after_consent_withdrawal, decide_route, facts_for, now_utc,
+    open_referral, open_referral_for,
 )
 
 def _contract_error(event_type: str, exc: Exception) -> PoisonMessage:
@@ -101,8 +103,12 @@ async def on_consent_changed(session: AsyncSession, envelope: Envelope, policy: 
     else:
         row.basis, row.granted, row.updated_at = basis, status == "granted", changed_at
     await session.flush()
-    if status == "granted" and purpose == CONSENT_PURPOSE_REFERRAL:
+    if purpose != CONSENT_PURPOSE_REFERRAL:
+        return
+    if status == "granted":
         await _route_referrals_waiting_for_consent(session, policy, person_id)
+    else:  # routing no longer offers this type (the row above), and what was sent there is cancelled
+        await cancel_after_consent_withdrawal(session, person_id, agency_type)
 
 
 async def _route_referrals_waiting_for_consent(session: AsyncSession, policy: Policy, person_id: str) -> None:

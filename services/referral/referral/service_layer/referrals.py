@@ -22,9 +22,10 @@ from referral.adapters.directory import consented_agency_types, load_directory, 
 from referral.adapters.orm import AgencyRow, HistoryRow, HoldRow, ReferralRow, ServiceRow
 from referral.domain import events
 from referral.domain.clocks import NeedClocks, clock_for
+from referral.domain.consent import cancelled_by_withdrawal
 from referral.domain.codes import (
-    ACCEPT_DEADLINE, CANCELLED_BY_COORDINATOR, COMPLETED_FINAL, COORDINATOR, FINAL_OUTCOME_RESOLVES,
-    HOLD_BEARING_NEEDS, OUTCOME_CODES, REASON_CODES, REJECTED_NO_ALTERNATIVE, TRAFFICKING, coordinator_of,
+    ACCEPT_DEADLINE, CANCELLED_BY_COORDINATOR, COMPLETED_FINAL, CONSENT_WITHDRAWN, COORDINATOR,
+    FINAL_OUTCOME_RESOLVES, HOLD_BEARING_NEEDS, OUTCOME_CODES, REASON_CODES, REJECTED_NO_ALTERNATIVE, TRAFFICKING, coordinator_of,
 )
 from referral.domain.lifecycle import (
     OPEN, TERMINAL, Action, Allowed, Conflict, Role, Status, allowed_actions, decide,
@@ -344,6 +345,12 @@ async def _reassign_target(session: AsyncSession, ref: ReferralRow, service_id: 
     return service
 
 
+def _closing(at: datetime, reason_code: str | None, outcome_code: str | None) -> dict:
+    """What every move to a terminal status changes: the open slot, the clock and any escalation end."""
+    return dict(open_key=None, clock=None, due_at=None, closed_at=at, escalation_reason=None,
+                reason_code=reason_code, outcome_code=outcome_code)
+
+
 async def act(session: AsyncSession, policy: Policy, referral_id: str, principal: Principal, cmd: Command,
               at: datetime | None = None) -> ReferralRow:
     """Run one lifecycle action for the caller; returns the referral after it (the caller commits)."""
@@ -380,8 +387,7 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
         changes.update(to_agency_id=service.agency_id, to_agency_type=service.agency_type,
                        to_service_id=service.service_id, accepted_at=None)
     if target in TERMINAL:
-        changes.update(open_key=None, clock=None, due_at=None, closed_at=at, escalation_reason=None,
-                       reason_code=cmd.reason_code, outcome_code=cmd.outcome_code)
+        changes.update(_closing(at, cmd.reason_code, cmd.outcome_code))
     await conditional_update(session, ref, changes, principal)
 
     await add_history(session, ref, str(cmd.action), from_status, actor, at, reason_code=cmd.reason_code,
@@ -404,6 +410,27 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
         if hold:
             await release_hold(session, hold, reason=CANCELLED_BY_COORDINATOR, ref=ref, outcome_code=None, at=at)
     return ref
+
+
+async def cancel_after_consent_withdrawal(session: AsyncSession, person_id: str, agency_type: str,
+                                         at: datetime | None = None) -> list[ReferralRow]:
+    """The person withdrew their consent to referrals to ``agency_type``: the system cancels their open
+    referrals to that type (CONSENT_WITHDRAWN), except the mandatory child-protection ones, which go on
+    by law. Protection holds stay (a withdrawn consent never allows a removal); queued referrals have no
+    agency type yet and stay queued. Nothing open to that type: nothing happens (idempotent)."""
+    at = at or now_utc()
+    persons = (await session.exec(select(ReferralRow).where(ReferralRow.person_id == person_id)
+                                  .order_by(ReferralRow.created_at, ReferralRow.id))).all()
+    refs = [r for r in persons if cancelled_by_withdrawal(r.status, r.need_code, r.to_agency_type, agency_type)]
+    for ref in refs:
+        from_status = ref.status
+        await conditional_update(session, ref, {"status": str(Status.CANCELLED), "updated_at": at,
+                                                **_closing(at, CONSENT_WITHDRAWN, None)})
+        await add_history(session, ref, str(Action.CANCEL), from_status, SYSTEM, at, reason_code=CONSENT_WITHDRAWN)
+        publish(session, ref, events.REFERRAL_CANCELLED, SYSTEM, at, reason_code=CONSENT_WITHDRAWN)
+    for case_id in dict.fromkeys(ref.case_id for ref in refs):
+        await settle_lead(session, case_id)
+    return refs
 
 
 async def release_hold_by_coordinator(session: AsyncSession, hold_id: str, principal: Principal,

@@ -1,0 +1,95 @@
+"""A withdrawn consent (consent.changed.v1, status withdrawn) through the referral app: the person's open
+referrals to that agency type are cancelled by the system with CONSENT_WITHDRAWN, mandatory
+child-protection referrals go on, holds stay, the queue keeps waiting, and routing no longer offers the type."""
+
+from tests.support.referral_support import (  # noqa: F401 - ref and auth are fixtures
+    auth, consent_changed, consent_scope, ref, screened,
+)
+
+NEEDS = ("UNACCOMPANIED_CHILD", "STRANDED_ASSISTED_RETURN", "INTERNATIONAL_PROTECTION", "MEDICAL_URGENT",
+         "TRAFFICKING_PRESUMED")
+
+
+async def _by_need(ref, headers, case_id: str) -> dict[str, dict]:
+    return {r["need_code"]: r for r in await ref.referrals(headers, case_id=case_id)}
+
+
+async def test_withdrawal_cancels_what_depended_on_it_and_nothing_else(ref, auth):
+    # A child; consent to refer to child protection, the asylum office and health, not to anti-trafficking.
+    event = screened(*NEEDS, age_band="12-17", scope=consent_scope("child_protection", "asylum_office", "health"))
+    case_id, person_id = event.data["case_id"], event.data["person_id"]
+    await ref.deliver(event)
+    inm, ssa = auth("MX-INM"), auth("MX-SSA")
+    before = await _by_need(ref, inm, case_id)
+    assert before["STRANDED_ASSISTED_RETURN"]["to_agency_id"] == "MX-PFPNNA"
+    assert before["TRAFFICKING_PRESUMED"]["escalation_reason"] == "CONSENT_MISSING"
+    assert (await ref.act(before["MEDICAL_URGENT"]["id"], ssa, "accept")).status_code == 200
+    holds_before = (await ref.client.get("/holds", headers=inm, params={"active": "true"})).json()
+    assert {h["need_code"] for h in holds_before} == {"UNACCOMPANIED_CHILD", "INTERNATIONAL_PROTECTION",
+                                                      "TRAFFICKING_PRESUMED"}
+
+    for agency_type in ("child_protection", "asylum_office", "health"):
+        await ref.deliver(consent_changed(case_id, person_id, agency_type, status="withdrawn"))
+
+    after = await _by_need(ref, inm, case_id)
+    cancelled = {n for n, r in after.items() if r["status"] == "cancelled"}
+    assert cancelled == {"STRANDED_ASSISTED_RETURN", "INTERNATIONAL_PROTECTION", "MEDICAL_URGENT"}
+    assert after["UNACCOMPANIED_CHILD"]["status"] == "requested", "mandatory child protection goes on"
+    assert after["UNACCOMPANIED_CHILD"]["is_lead"]
+    queued = after["TRAFFICKING_PRESUMED"]
+    assert queued["status"] == "requested" and queued["to_agency_id"] is None
+    assert queued["escalation_reason"] == "CONSENT_MISSING"
+    for need in cancelled:
+        assert after[need]["reason_code"] == "CONSENT_WITHDRAWN" and after[need]["closed_at"]
+        last = (await ref.client.get(f"/referrals/{after[need]['id']}/history", headers=inm)).json()[-1]
+        assert (last["action"], last["actor_agency_id"], last["reason_code"]) == ("cancel", None, "CONSENT_WITHDRAWN")
+    assert after["MEDICAL_URGENT"]["allowed_actions"] == []
+
+    events = [p for _, p in await ref.events("referral.cancelled.v1")]
+    assert sorted(p["need_code"] for p in events) == sorted(cancelled)
+    assert all(p["actor_agency_id"] is None and p["reason_code"] == "CONSENT_WITHDRAWN"
+               and p["status"] == "cancelled" for p in events)
+    # Holds stay: a withdrawn consent never allows a removal; the coordinator sees the one left unattended.
+    assert await ref.events("protection_hold.released.v1") == []
+    holds_after = (await ref.client.get("/holds", headers=auth("MX-COORD"), params={"active": "true"})).json()
+    assert {h["id"] for h in holds_after} == {h["id"] for h in holds_before}
+    unattended = [h for h in holds_after if h["open_referral_id"] is None]
+    assert [h["need_code"] for h in unattended] == ["INTERNATIONAL_PROTECTION"]
+
+    # The same withdrawal again (another event, same fact) changes nothing.
+    count = len(await ref.events())
+    await ref.deliver(consent_changed(case_id, person_id, "health", status="withdrawn"))
+    await ref.deliver(consent_changed(case_id, person_id, "psychosocial", status="withdrawn"))  # nothing open there
+    assert len(await ref.events()) == count
+    assert await _by_need(ref, inm, case_id) == after
+
+
+async def test_a_withdrawn_type_is_no_longer_offered_by_routing(ref, auth):
+    event = screened("MEDICAL_URGENT", scope=consent_scope("health"))
+    case_id, person_id = event.data["case_id"], event.data["person_id"]
+    await ref.deliver(event)
+    await ref.deliver(consent_changed(case_id, person_id, "health", status="withdrawn"))
+    inm = auth("MX-INM")
+    [cancelled] = await ref.referrals(inm, case_id=case_id)
+    assert cancelled["status"] == "cancelled"
+    # A manual referral, and a re-screening without a snapshot, find no consented health agency: queued.
+    r = await ref.client.post("/referrals", headers=inm, json={
+        "case_id": case_id, "person_id": person_id, "need_code": "MEDICAL_URGENT", "age_band": "18-59"})
+    assert r.status_code == 201, r.text
+    manual = r.json()
+    assert manual["to_agency_id"] is None and manual["escalation_reason"] == "CONSENT_MISSING"
+    assert "CONSENT" in {e["code"] for e in manual["routing"]["excluded"]}
+    # Given again, the consent routes the waiting referral to health.
+    await ref.deliver(consent_changed(case_id, person_id, "health"))
+    routed = (await ref.client.get(f"/referrals/{manual['id']}", headers=inm)).json()
+    assert routed["to_agency_id"] == "MX-SSA" and routed["status"] == "requested"
+
+
+async def test_a_withdrawn_follow_up_consent_cancels_no_referral(ref, auth):
+    event = screened("MEDICAL_URGENT", scope=consent_scope("health") + consent_scope("health", purpose="follow_up"))
+    await ref.deliver(event)
+    await ref.deliver(consent_changed(event.data["case_id"], event.data["person_id"], "health", status="withdrawn",
+                                      purpose="follow_up"))
+    [referral] = await ref.referrals(auth("MX-INM"))
+    assert referral["status"] == "requested" and referral["to_agency_id"] == "MX-SSA"
+    assert await ref.events("referral.cancelled.v1") == []

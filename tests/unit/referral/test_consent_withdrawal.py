@@ -1,0 +1,27 @@
+"""Which referrals a withdrawn consent cancels: open ones to that agency type, never a mandatory need."""
+
+import pytest
+
+from referral.domain.consent import cancelled_by_withdrawal
+from referral.domain.lifecycle import OPEN, TERMINAL
+
+
+@pytest.mark.parametrize("status", sorted(OPEN))
+def test_an_open_referral_to_the_withdrawn_type_is_cancelled(status):
+    assert cancelled_by_withdrawal(status, "STRANDED_ASSISTED_RETURN", "child_protection", "child_protection")
+
+
+@pytest.mark.parametrize("status", sorted(OPEN))
+@pytest.mark.parametrize("need", ["UNACCOMPANIED_CHILD", "SEPARATED_CHILD"])
+def test_mandatory_child_protection_goes_on(status, need):
+    assert not cancelled_by_withdrawal(status, need, "child_protection", "child_protection")
+
+
+@pytest.mark.parametrize("status", sorted(TERMINAL))
+def test_what_already_ended_stays_as_it_ended(status):
+    assert not cancelled_by_withdrawal(status, "MEDICAL_URGENT", "health", "health")
+
+
+def test_other_agency_types_and_the_queue_are_untouched():
+    assert not cancelled_by_withdrawal("accepted", "MEDICAL_URGENT", "health", "psychosocial")
+    assert not cancelled_by_withdrawal("requested", "SGBV_SURVIVOR", None, "health")  # waits for consent
