@@ -214,7 +214,7 @@ def test_missing_dev_key_file_rejects_instead_of_crashing(dev_keys, tmp_path):
 # --- JWKS URL (production mode) ------------------------------------------------------------------
 
 
-class _JwksServer:
+class JwksServer:
     """An IdP's JWKS endpoint on 127.0.0.1: the key set can change while it runs (rotation), it can answer
     500 (``failing``), and it counts the fetches."""
 
@@ -276,7 +276,7 @@ def jwks_client(idp_keys):
     ec_jwk = ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True) | {"kid": "ec-1", "use": "sig", "alg": "ES256"}
     rsa_jwk = RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True) | {"kid": "rsa-1", "use": "sig",
                                                                          "alg": "RS256"}
-    with _JwksServer({"keys": [ec_jwk, rsa_jwk]}) as server:
+    with JwksServer({"keys": [ec_jwk, rsa_jwk]}) as server:
         with TestClient(_app(_settings(auth_jwks_url=server.url))) as client:
             client.jwks_server = server
             yield client
@@ -346,7 +346,7 @@ def test_jwks_still_checks_audience_and_expiry(jwks_client, idp_keys):
 def test_jwks_mode_ignores_the_dev_key_file(dev_keys):
     # A service configured for an IdP must not accept development tokens, even if the file exists.
     private, public_path = dev_keys
-    with _JwksServer({"keys": []}) as server:
+    with JwksServer({"keys": []}) as server:
         settings = _settings(auth_jwks_url=server.url, auth_dev_public_key_path=str(public_path))
         with TestClient(_app(settings)) as client:
             _assert_unauthorized(_get(client, mint(private, kid="dev", **AGENCY)))
@@ -354,7 +354,7 @@ def test_jwks_mode_ignores_the_dev_key_file(dev_keys):
 
 def test_unreachable_jwks_url_is_503_not_a_blame_on_the_token(idp_keys):
     ec_key, _ = idp_keys
-    server = _JwksServer({"keys": []})  # bound, then closed without serving: connection refused
+    server = JwksServer({"keys": []})  # bound, then closed without serving: connection refused
     url = server.url
     server.httpd.server_close()
     with TestClient(_app(_settings(auth_jwks_url=url))) as client:
@@ -414,7 +414,7 @@ def test_jwks_symmetric_or_encryption_keys_in_the_set_verify_nothing():
     enc_key = ec.generate_private_key(ec.SECP256R1())
     keys = [{"kty": "oct", "k": _b64url(secret), "kid": "sym", "alg": "HS256"},
             ECAlgorithm.to_jwk(enc_key.public_key(), as_dict=True) | {"kid": "enc-1", "use": "enc"}]
-    with _JwksServer({"keys": keys}) as server, TestClient(_app(_settings(auth_jwks_url=server.url))) as client:
+    with JwksServer({"keys": keys}) as server, TestClient(_app(_settings(auth_jwks_url=server.url))) as client:
         _assert_unauthorized(_get(client, _hand_signed({"alg": "HS256", "typ": "JWT", "kid": "sym"}, secret)))
         _assert_unauthorized(_get(client, mint(_pem(enc_key), kid="enc-1", **AGENCY)))
 
@@ -423,7 +423,7 @@ def test_jwks_symmetric_or_encryption_keys_in_the_set_verify_nothing():
 def test_jwks_rsa_key_shorter_than_2048_bits_is_refused():
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     jwk = _jwk(weak, "weak", "RS256")
-    with _JwksServer({"keys": [jwk]}) as server, TestClient(_app(_settings(auth_jwks_url=server.url))) as client:
+    with JwksServer({"keys": [jwk]}) as server, TestClient(_app(_settings(auth_jwks_url=server.url))) as client:
         _assert_unauthorized(_get(client, _rs256(weak, "weak")))
 
 
@@ -453,7 +453,7 @@ CACHE_S, REFETCH_S = 300.0, 10.0
 def idp():
     """A rotating IdP: its JWKS server, a fake clock, and a client of an app that verifies against it."""
     clock = _Clock()
-    with _JwksServer({"keys": []}) as server:
+    with JwksServer({"keys": []}) as server:
         settings = _settings(auth_jwks_url=server.url, auth_jwks_cache_s=CACHE_S,
                              auth_jwks_refetch_interval_s=REFETCH_S)
         with TestClient(_app(settings, clock)) as client:
