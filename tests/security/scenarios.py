@@ -65,7 +65,7 @@ SCENARIOS: dict[tuple[str, str, str], Scenario] = {
     ("intake", "POST", "/cases/{case_id}/persons/{person_id}/removal-orders"): Scenario(
         expect(404, inm=201), World.fresh_person, body={"destination_country": "HND"}),
     ("intake", "POST", "/cases/{case_id}/persons/{person_id}/erasure"): Scenario(
-        expect(404, inm=200), World.fresh_person),
+        expect(404, inm=200), World.fresh_person, body={"reason_code": "ERASURE_REQUEST"}),
     ("intake", "GET", "/audit"): Scenario(expect(200)),
 
     # --- referral: MX-INM sent the referral to MX-COMAR; MX-COORD coordinates MX -----------------------

@@ -91,15 +91,19 @@ class Tokens:
         self._key = (issuer_dir / "private.pem").read_bytes()
         self._foreign_key = ensure_keypair(tmp / "foreign-issuer").read_bytes()
 
-    def _mint(self, key: bytes, caller: str, roles, **extra) -> dict[str, str]:
+    def _mint(self, key: bytes, caller: str, roles, subject: str | None = None, **extra) -> dict[str, str]:
         agency_id, agency_type, jurisdiction = CALLERS[caller]
-        token = mint(key, agency_id=agency_id, agency_type=agency_type, jurisdiction=jurisdiction,
-                     roles=sorted(str(r) for r in roles), subject=f"{agency_id.lower()}-{'-'.join(sorted(roles))}",
-                     **extra)
+        roles = sorted(str(r) for r in roles)
+        token = mint(key, agency_id=agency_id, agency_type=agency_type, jurisdiction=jurisdiction, roles=roles,
+                     subject=subject or f"{agency_id.lower()}-{'-'.join(roles)}", **extra)
         return {"authorization": f"Bearer {token}"}
 
-    def of(self, caller: str, *roles: Role | str) -> dict[str, str]:
-        return self._mint(self._key, caller, roles or (Role.CASEWORKER,))
+    @staticmethod
+    def agency_of(caller: str) -> str:
+        return CALLERS[caller][0]
+
+    def of(self, caller: str, *roles: Role | str, subject: str | None = None) -> dict[str, str]:
+        return self._mint(self._key, caller, roles or (Role.CASEWORKER,), subject)
 
     def for_permission(self, caller: str, permission: Permission | None) -> dict[str, str]:
         """Every role that grants the route's permission: the strongest token the agency can hold for it."""
