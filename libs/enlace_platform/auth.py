@@ -77,7 +77,7 @@ class JwksKeys:
             elif kid not in self._keys and not self._throttled(now):
                 self._fetch(now)  # perhaps the IdP has just added this key; if that fails, the set stays
             if kid not in self._keys:
-                raise InvalidToken(f"no signing key {kid!r} in the identity provider's key set")
+                raise InvalidToken(f"no signing key {kid[:100]!r} in the identity provider's key set")
             return self._keys[kid]
 
     def _throttled(self, now: float) -> bool:

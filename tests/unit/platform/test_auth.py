@@ -549,3 +549,10 @@ def test_jwks_outage_is_503_fails_closed_after_expiry_and_is_not_hammered(idp, i
     clock.advance(REFETCH_S)
     assert _get(client, token).status_code == 200
     assert server.requests == 4
+
+
+def test_jwks_an_oversized_kid_is_not_echoed_whole(jwks_client, idp_keys):
+    _, rsa_key = idp_keys
+    kid = "k" * 5000
+    body = _assert_unauthorized(_get(jwks_client, _rs256(rsa_key, kid)))
+    assert kid[:100] in body["detail"] and kid[:101] not in body["detail"]
