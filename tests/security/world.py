@@ -116,7 +116,11 @@ class Tokens:
         return self._mint(self._foreign_key, caller, tuple(Role))
 
     def invalid(self) -> dict[str, dict[str, str]]:
-        return {"no token": {}, "expired token": self.expired(), "token signed with another key": self.wrong_key()}
+        every_role = tuple(Role)
+        return {"no token": {}, "expired token": self.expired(), "token signed with another key": self.wrong_key(),
+                "token for another audience": self._mint(self._key, "inm", every_role, audience="other-system"),
+                "token of another issuer": self._mint(self._key, "inm", every_role, issuer="someone-else"),
+                "malformed token": {"authorization": "Bearer not.a.jwt"}}
 
 
 # Personal data of the seeded persons, and free text that stays in its service.
