@@ -1,0 +1,418 @@
+"""Intake's security: roles per route, sealed personal data, erasure, the retention purge and consent withdrawal.
+
+On the real app and database without a broker (events wait in the outbox); referral and hold events are
+handed to the real handlers as the consumer runner would.
+"""
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlmodel import select
+
+from enlace_platform.access import Permission, required_permission
+from enlace_platform.audit import AuditRecord
+from enlace_platform.crypto import SubjectKey
+from intake.adapters.orm import CaseRow, PersonRow, SearchTokenRow
+from intake.adapters.vault import Vault
+from intake.entrypoints.api import router
+from intake.service_layer import services
+from intake.service_layer.handlers import HOLD_HANDLERS, REFERRAL_HANDLERS
+from intake.service_layer.retention import purge_expired, retention_loop
+from tests.support.harness import bearer, eventually
+from tests.support.intake_support import (
+    deliver, family_group, hold_placed, inm, inm_supervisor, intake_without_broker, outbox_rows, referral_event,
+)
+
+PROBLEM = "application/problem+json"
+SECRETS = ("María José", "Pérez López", "Sofía", "Kevin", "Ramírez", "Ramón", "Brayan", "HN1234567", "GT-99-1234")
+
+
+@pytest.fixture
+async def intake(tmp_path, dev_issuer_dir):
+    async with intake_without_broker(tmp_path, dev_issuer_dir) as (client, runtime):
+        yield client, runtime
+
+
+@pytest.fixture
+def officer(dev_issuer_dir):
+    return inm(dev_issuer_dir)
+
+
+@pytest.fixture
+def supervisor(dev_issuer_dir):
+    return inm_supervisor(dev_issuer_dir)
+
+
+async def _register(client, headers, body=None):
+    r = await client.post("/cases", headers=headers, json=body or family_group())
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _raw_database(runtime) -> bytes:
+    """The SQLite database file and its write-ahead log, as a dump would see them."""
+    path = runtime.engine.url.database
+    data = b""
+    for suffix in ("", "-wal"):
+        try:
+            with open(path + suffix, "rb") as f:
+                data += f.read()
+        except FileNotFoundError:
+            pass
+    return data
+
+
+def _leaks(raw: bytes, secrets) -> list[str]:
+    return [s for s in secrets if s.encode() in raw or s.encode("utf-16-le") in raw]
+
+
+# --- roles -------------------------------------------------------------------------------------
+
+def test_every_intake_route_declares_one_permission():
+    expected = {
+        ("POST", "/cases"): Permission.WRITE_CASES, ("POST", "/cases/search"): Permission.READ_CASES,
+        ("GET", "/cases"): Permission.READ_CASES, ("GET", "/cases/{case_id}"): Permission.READ_CASES,
+        ("GET", "/cases/{case_id}/persons/{person_id}"): Permission.READ_CASES,
+        ("PATCH", "/cases/{case_id}/persons/{person_id}"): Permission.WRITE_CASES,
+        ("GET", "/cases/{case_id}/persons/{person_id}/history"): Permission.READ_CASES,
+        ("POST", "/cases/{case_id}/screenings"): Permission.WRITE_CASES,
+        ("GET", "/cases/{case_id}/screenings"): Permission.READ_CASES,
+        ("POST", "/cases/{case_id}/persons/{person_id}/consents"): Permission.WRITE_CASES,
+        ("GET", "/cases/{case_id}/persons/{person_id}/consents"): Permission.READ_CASES,
+        ("POST", "/cases/{case_id}/persons/{person_id}/consents/{consent_id}/withdrawal"): Permission.WRITE_CASES,
+        ("POST", "/cases/{case_id}/persons/{person_id}/removal-orders"): Permission.ORDER_REMOVAL,
+        ("POST", "/cases/{case_id}/persons/{person_id}/erasure"): Permission.ERASE_PERSON,
+    }
+    found = {(m, r.path): required_permission(r.dependant) for r in router.routes for m in r.methods}
+    assert found == expected
+
+
+async def test_an_auditor_gets_403_on_every_intake_route(intake, dev_issuer_dir, officer):
+    client, _ = intake
+    case = await _register(client, officer)
+    auditor = inm(dev_issuer_dir, ("auditor",))
+    ids = {"case_id": case["id"], "person_id": case["persons"][0]["id"], "consent_id": str(uuid.uuid4())}
+    for route in router.routes:
+        for method in route.methods:
+            r = await client.request(method, route.path.format(**ids), headers=auditor, json={})
+            assert r.status_code == 403 and r.headers["content-type"] == PROBLEM, (method, route.path, r.text)
+    assert (await client.get("/audit", headers=auditor)).status_code == 200, "auditors read the audit log"
+
+
+async def test_caseworkers_neither_override_consent_nor_order_removal_nor_erase(intake, officer, supervisor):
+    client, _ = intake
+    case = await _register(client, officer)
+    mother, _, teen, adult, _ = case["persons"]
+    base = f"/cases/{case['id']}/persons"
+    override = {"recipient_agency_type": "child_protection", "purpose": "referral", "basis": "mandatory_override",
+                "reason": "LGDNNA art. 89"}
+    for headers, expected in ((officer, 403), (supervisor, 201)):
+        r = await client.post(f"{base}/{teen['id']}/consents", headers=headers, json=override)
+        assert r.status_code == expected, r.text
+        r = await client.post(f"{base}/{adult['id']}/removal-orders", headers=headers,
+                              json={"destination_country": "GTM"})
+        assert r.status_code == expected, r.text
+    refused = await client.post(f"{base}/{teen['id']}/consents", headers=officer, json=override)
+    assert refused.json()["permission"] == "consent:override"
+    consent = {"recipient_agency_type": "asylum_office", "purpose": "referral"}
+    assert (await client.post(f"{base}/{mother['id']}/consents", headers=officer, json=consent)).status_code == 201
+    erase = {"reason_code": "ERASURE_REQUEST"}
+    assert (await client.post(f"{base}/{adult['id']}/erasure", headers=officer, json=erase)).status_code == 403
+    assert (await client.post(f"{base}/{adult['id']}/erasure", headers=supervisor, json=erase)).status_code == 200
+    assert (await client.get(f"/cases/{case['id']}", headers=supervisor)).status_code == 200, \
+        "supervisors are caseworkers too"
+
+
+async def test_a_coordinator_does_not_read_cases(intake, officer, dev_issuer_dir):
+    client, _ = intake
+    case = await _register(client, officer)
+    coordinator = bearer(dev_issuer_dir, "MX-COORD", "coordinator", roles=["coordinator"])
+    assert (await client.get(f"/cases/{case['id']}", headers=coordinator)).status_code == 403
+    same_agency = inm(dev_issuer_dir, ("coordinator",))
+    assert (await client.get(f"/cases/{case['id']}", headers=same_agency)).status_code == 403
+
+
+async def test_another_agencys_supervisor_gets_404_not_the_person(intake, officer, dev_issuer_dir):
+    client, _ = intake
+    case = await _register(client, officer)
+    other = bearer(dev_issuer_dir, "MX-INM-2", "migration_authority", roles=["supervisor"])
+    person = case["persons"][3]
+    for method, suffix, body in (("GET", "", None), ("POST", "/erasure", {"reason_code": "ERASURE_REQUEST"}),
+                                 ("POST", "/removal-orders", {"destination_country": "GTM"})):
+        r = await client.request(method, f"/cases/{case['id']}/persons/{person['id']}{suffix}", headers=other,
+                                 json=body)
+        assert r.status_code == 404, (suffix, r.text)
+
+
+async def test_reads_are_audited_with_the_persons_they_show(intake, officer, dev_issuer_dir):
+    client, runtime = intake
+    case = await _register(client, officer)
+    await client.get(f"/cases/{case['id']}", headers=officer)
+    await client.post("/cases/search", headers=officer, json={"name": "Kevin"})
+    async with runtime.sessions() as session:
+        rows = (await session.exec(select(AuditRecord))).all()
+    persons = {p["id"] for p in case["persons"]}
+    by_route = {}
+    for row in rows:
+        by_route.setdefault((row.method, row.route), set()).add((row.object_type, row.object_id))
+    assert {("person", p) for p in persons} | {("case", case["id"])} <= by_route[("GET", "/cases/{case_id}")]
+    assert {("person", p) for p in persons} | {("case", case["id"])} <= by_route[("POST", "/cases/search")]
+    assert {("person", p) for p in persons} <= by_route[("POST", "/cases")]
+    assert all(r.purpose == "case_management" for r in rows)
+
+
+# --- sealed at rest ----------------------------------------------------------------------------
+
+async def test_personal_fields_are_sealed_at_rest_and_still_searchable(intake, officer):
+    client, runtime = intake
+    case = await _register(client, officer)
+    mother, _, teen, _, _ = case["persons"]
+    await client.post(f"/cases/{case['id']}/screenings", headers=officer,
+                      json={"person_id": mother["id"], "fear_of_return": True, "sexual_violence_disclosed": True})
+    await client.patch(f"/cases/{case['id']}/persons/{teen['id']}", headers=officer,
+                       json={"given_names": "Kevin Alexander"})
+    async with runtime.sessions() as session:
+        row = await session.get(PersonRow, mother["id"])
+        keys = (await session.exec(select(SubjectKey))).all()
+    assert row.given_names.startswith("enc1:") and row.date_of_birth.startswith("enc1:")
+    assert len(keys) == 5, "one key per person"
+    assert _leaks(_raw_database(runtime), SECRETS + ("Alexander", "1990-02-14")) == []
+    # Still readable through the API, and searchable by whole words and whole document numbers.
+    person = (await client.get(f"/cases/{case['id']}/persons/{mother['id']}", headers=officer)).json()
+    assert person["given_names"] == "María José" and person["documents"][0]["number"] == "HN1234567"
+    [screening] = (await client.get(f"/cases/{case['id']}/screenings", headers=officer)).json()
+    assert screening["answers"]["sexual_violence_disclosed"] is True and screening["needs"][0]["reasons"]
+    history = (await client.get(f"/cases/{case['id']}/persons/{teen['id']}/history", headers=officer)).json()
+    assert [v["snapshot"]["given_names"] for v in history] == ["Kevin", "Kevin Alexander"]
+
+    async def found(**terms):
+        r = await client.post("/cases/search", headers=officer, json=terms)
+        return [c["id"] for c in r.json()]
+
+    assert await found(name="kevin alexander") == [case["id"]]
+    assert await found(name="perez") == [case["id"]]
+    assert await found(document_number="hn1234567") == [case["id"]]
+    assert await found(name="Kevin", document_number="GT-99-1234") == [case["id"]], "different persons may match"
+    assert await found(name="Sofía Ramírez") == [], "every word of a name term must be one person's"
+    assert await found(document_number="HN123456") == [], "document numbers match whole"
+
+
+# --- erasure -----------------------------------------------------------------------------------
+
+async def test_erasure_is_refused_under_a_hold_an_open_referral_or_a_pending_hold(intake, officer, supervisor):
+    client, runtime = intake
+    case = await _register(client, officer)
+    mother, daughter, teen, adult, _ = case["persons"]
+    base = f"/cases/{case['id']}/persons"
+    erase = {"reason_code": "ERASURE_REQUEST"}
+    hold = hold_placed(case_id=case["id"], person_id=teen["id"], need_code="UNACCOMPANIED_CHILD")
+    await deliver(runtime, HOLD_HANDLERS, hold)
+    r = await client.post(f"{base}/{teen['id']}/erasure", headers=supervisor, json=erase)
+    assert r.status_code == 409 and r.headers["content-type"] == PROBLEM
+    assert r.json()["holds"][0]["hold_id"] == hold.data["hold_id"] and hold.data["hold_id"] in r.json()["detail"]
+
+    referral_id = str(uuid.uuid4())
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event(
+        "accepted", referral_id=referral_id, case_id=case["id"], person_id=daughter["id"], need_code="MEDICAL_URGENT",
+        status="accepted", to_agency_id="MX-IMSS", to_agency_type="health"))
+    r = await client.post(f"{base}/{daughter['id']}/erasure", headers=supervisor, json=erase)
+    assert r.status_code == 409 and r.json()["open_referrals"][0]["referral_id"] == referral_id
+    assert referral_id in r.json()["detail"]
+
+    await client.post(f"/cases/{case['id']}/screenings", headers=officer,
+                      json={"person_id": mother["id"], "fear_of_return": True})
+    r = await client.post(f"{base}/{mother['id']}/erasure", headers=supervisor, json=erase)
+    assert r.status_code == 409 and r.json()["pending_holds"] == ["INTERNATIONAL_PROTECTION"]
+
+    assert _paths_of(await client.post(f"{base}/{adult['id']}/erasure", headers=supervisor,
+                                       json={"reason_code": "BECAUSE"})) == ["body/reason_code"]
+    assert await outbox_rows(runtime, "person.erased.v1") == []
+    async with runtime.sessions() as session:
+        assert len((await session.exec(select(SubjectKey))).all()) == 5, "nothing was shredded"
+
+
+def _paths_of(response) -> list[str]:
+    assert response.status_code == 422, response.text
+    return [e["path"] for e in response.json()["errors"]]
+
+
+async def test_an_erased_person_is_gone_everywhere(intake, officer, supervisor):
+    client, runtime = intake
+    case = await _register(client, officer)
+    adult = case["persons"][3]
+    base = f"/cases/{case['id']}/persons/{adult['id']}"
+    await client.post(f"/cases/{case['id']}/screenings", headers=officer,
+                      json={"person_id": adult["id"], "kidnapped": True})
+    consent = (await client.post(f"{base}/consents", headers=officer,
+                                 json={"recipient_agency_type": "health", "purpose": "referral"})).json()
+    await client.patch(base, headers=officer, json={"family_names": "Díaz Ortega"})
+    assert _leaks(_raw_database(runtime), ("Ramón", "GT-99-1234", "Ortega")) == [], "sealed before erasure too"
+    async with runtime.sessions() as session:
+        wrapped_key = (await session.get(SubjectKey, adult["id"])).wrapped_key
+    assert wrapped_key in _raw_database(runtime)
+
+    r = await client.post(f"{base}/erasure", headers=supervisor, json={"reason_code": "ERASURE_REQUEST"})
+    assert r.status_code == 200, r.text
+    erased = r.json()
+    assert erased["id"] == adult["id"] and erased["erased"] is True
+    again = await client.post(f"{base}/erasure", headers=supervisor, json={"reason_code": "ERASURE_REQUEST"})
+    assert again.status_code == 200 and again.json() == erased, "erasing twice gives the same result"
+
+    for method, url, body in (("GET", base, None), ("GET", f"{base}/history", None), ("GET", f"{base}/consents", None),
+                              ("PATCH", base, {"given_names": "X"}),
+                              ("POST", f"{base}/consents", {"recipient_agency_type": "health", "purpose": "follow_up"}),
+                              ("POST", f"{base}/consents/{consent['id']}/withdrawal", None),
+                              ("POST", f"/cases/{case['id']}/screenings", {"person_id": adult["id"]})):
+        r = await client.request(method, url, headers=officer, json=body)
+        assert r.status_code == 410 and r.headers["content-type"] == PROBLEM, (method, url, r.text)
+        assert r.json()["type"].endswith("/erased") and r.json()["person_id"] == adult["id"]
+    r = await client.post(f"{base}/removal-orders", headers=supervisor, json={"destination_country": "GTM"})
+    assert r.status_code == 410
+
+    view = (await client.get(f"/cases/{case['id']}", headers=officer)).json()
+    assert view["persons"][3] == {"id": adult["id"], "erased": True, "erased_at": erased["erased_at"]}
+    assert view["persons"][0]["given_names"] == "María José", "the others are untouched"
+    screenings = (await client.get(f"/cases/{case['id']}/screenings", headers=officer)).json()
+    [screening] = screenings
+    assert screening["answers"] is None and screening["needs"] and all(
+        n["reasons"] == [] and n["rule_ids"] == [] and n["flags"] == [] for n in screening["needs"]), \
+        "an erased person's screening keeps the codes other services already had, nothing more"
+    assert (await client.post("/cases/search", headers=officer, json={"name": "Ramón"})).json() == []
+    assert (await client.post("/cases/search", headers=officer, json={"document_number": "GT-99-1234"})).json() == []
+    summary = (await client.post("/cases/search", headers=officer, json={"name": "Kevin"})).json()
+    assert {"id": adult["id"], "erased": True, "erased_at": erased["erased_at"]} in summary[0]["persons"]
+
+    async with runtime.sessions() as session:
+        assert await session.get(SubjectKey, adult["id"]) is None
+        tokens = (await session.exec(select(SearchTokenRow).where(SearchTokenRow.person_id == adult["id"]))).all()
+        assert tokens == []
+    [event] = await outbox_rows(runtime, "person.erased.v1")
+    payload = json.loads(event.payload)
+    assert payload == {"case_id": case["id"], "person_id": adult["id"], "reason_code": "ERASURE_REQUEST",
+                       "erased_at": payload["erased_at"]} and event.subject == adult["id"]
+    raw = _raw_database(runtime)
+    assert _leaks(raw, ("Ramón", "Díaz", "GT-99-1234", "Ortega")) == []
+    assert wrapped_key not in raw, "the destroyed key survives neither in the database file nor in its log"
+    assert "María José".encode() not in raw, "the others stay sealed too"
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+async def test_the_retention_purge_erases_inactive_persons_nothing_holds(intake, officer):
+    client, runtime = intake
+    case = await _register(client, officer)
+    mother, daughter, teen, adult, disputed = case["persons"]
+    await deliver(runtime, HOLD_HANDLERS, hold_placed(case_id=case["id"], person_id=teen["id"],
+                                                      need_code="UNACCOMPANIED_CHILD"))
+    await client.post(f"/cases/{case['id']}/screenings", headers=officer,
+                      json={"person_id": disputed["id"], "travelling_with_parent_or_guardian": False})
+    fresh = await _register(client, officer)
+
+    assert await purge_expired(runtime) == 0, "five years have not passed"
+    later = datetime.now(UTC) + runtime.settings.retention_period + timedelta(minutes=1)
+    erased = await purge_expired(runtime, now=later)
+
+    assert erased == 2 * 5 - 2, "all but the held teen and the disputed person pending a hold"
+    async with runtime.sessions() as session:
+        rows = {p.id: p for p in (await session.exec(select(PersonRow))).all()}
+    assert rows[teen["id"]].erased_at is None and rows[disputed["id"]].erased_at is None
+    assert all(rows[p["id"]].erased_at is not None for p in (mother, daughter, adult, *fresh["persons"]))
+    reasons = {json.loads(e.payload)["reason_code"] for e in await outbox_rows(runtime, "person.erased.v1")}
+    assert reasons == {"RETENTION_EXPIRED"}
+    assert await purge_expired(runtime, now=later) == 0, "each person once"
+
+
+async def test_activity_restarts_the_retention_clock(intake, officer):
+    client, runtime = intake
+    case = await _register(client, officer)
+    async with runtime.sessions() as session:
+        row = await session.get(CaseRow, case["id"])
+        row.last_activity_at = datetime.now(UTC) - timedelta(days=3000)
+        session.add(row)
+        await session.commit()
+    referral = referral_event("completed", referral_id=str(uuid.uuid4()), case_id=case["id"],
+                              person_id=case["persons"][0]["id"], need_code="MEDICAL_URGENT", status="completed",
+                              to_agency_id="MX-IMSS", to_agency_type="health", outcome_code="MEDICAL_CARE_PROVIDED")
+    await deliver(runtime, REFERRAL_HANDLERS, referral)
+    assert await purge_expired(runtime) == 0, "a referral event is activity"
+
+
+async def test_two_replicas_purging_at_once_erase_each_person_once(intake, officer):
+    client, runtime = intake
+    case = await _register(client, officer)
+    later = datetime.now(UTC) + runtime.settings.retention_period + timedelta(minutes=1)
+    vault = Vault.of(runtime)
+    older_than = later - runtime.settings.retention_period
+    person_id = case["persons"][3]["id"]
+
+    async def replica():
+        async with runtime.sessions() as session:
+            return await services.erase_expired(session, vault, case["id"], person_id, older_than)
+
+    results = await asyncio.gather(replica(), replica())
+    assert sorted(results) == [False, True]
+    assert len(await outbox_rows(runtime, "person.erased.v1")) == 1
+
+
+async def test_the_purge_loop_runs_on_its_interval(tmp_path, dev_issuer_dir):
+    from intake.entrypoints.app import create_app
+    from tests.support.harness import running_app
+    from tests.support.intake_support import intake_settings
+
+    settings = intake_settings(tmp_path, dev_issuer_dir).model_copy(
+        update={"retention_period": timedelta(seconds=1), "retention_purge_interval_s": 0.2})
+    app = create_app(settings)
+    async with running_app(app) as client:
+        runtime = app.state.runtime
+        case = await _register(client, inm(dev_issuer_dir))
+        # The runtime starts background loops once Kafka answers; here there is none, so run it ourselves.
+        loop = asyncio.create_task(retention_loop(settings.retention_purge_interval_s)(runtime))
+        try:
+            async def all_erased():
+                async with runtime.sessions() as session:
+                    rows = (await session.exec(select(PersonRow).where(PersonRow.case_id == case["id"]))).all()
+                return all(r.erased_at is not None for r in rows)
+            await eventually(all_erased, what="the purge loop erased the inactive case's persons")
+        finally:
+            runtime.stopping.set()
+            await loop
+
+
+# --- consent withdrawal ------------------------------------------------------------------------
+
+async def test_a_withdrawal_ends_the_receivers_access_but_not_the_child_protection_override(
+        intake, officer, supervisor, dev_issuer_dir):
+    client, runtime = intake
+    case = await _register(client, officer)
+    mother, _, teen, _, _ = case["persons"]
+    comar = bearer(dev_issuer_dir, "MX-COMAR", "asylum_office")
+    pfpnna = bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection")
+    for person, agency, agency_type, need in ((mother, "MX-COMAR", "asylum_office", "INTERNATIONAL_PROTECTION"),
+                                              (teen, "MX-PFPNNA", "child_protection", "UNACCOMPANIED_CHILD")):
+        await deliver(runtime, REFERRAL_HANDLERS, referral_event(
+            "accepted", referral_id=str(uuid.uuid4()), case_id=case["id"], person_id=person["id"], need_code=need,
+            status="accepted", to_agency_id=agency, to_agency_type=agency_type))
+    base = f"/cases/{case['id']}/persons"
+    consent = (await client.post(f"{base}/{mother['id']}/consents", headers=officer,
+                                 json={"recipient_agency_type": "asylum_office", "purpose": "referral"})).json()
+    teen_consent = (await client.post(f"{base}/{teen['id']}/consents", headers=officer,
+                                      json={"recipient_agency_type": "child_protection", "purpose": "referral"})).json()
+    await client.post(f"{base}/{teen['id']}/consents", headers=supervisor, json={
+        "recipient_agency_type": "child_protection", "purpose": "referral", "basis": "mandatory_override",
+        "reason": "LGDNNA art. 89"})
+    assert (await client.get(f"{base}/{mother['id']}", headers=comar)).status_code == 200
+    assert (await client.get(f"{base}/{teen['id']}", headers=pfpnna)).status_code == 200
+
+    for person, c in ((mother, consent), (teen, teen_consent)):
+        r = await client.post(f"{base}/{person['id']}/consents/{c['id']}/withdrawal", headers=officer)
+        assert r.status_code == 200 and r.json()["status"] == "withdrawn"
+
+    assert (await client.get(f"{base}/{mother['id']}", headers=comar)).status_code == 404
+    assert (await client.get(f"{base}/{teen['id']}", headers=pfpnna)).status_code == 200, \
+        "the child-protection override stands after the teen's own consent is withdrawn"
+    withdrawn = [json.loads(e.payload) for e in await outbox_rows(runtime, "consent.changed.v1")
+                 if json.loads(e.payload)["status"] == "withdrawn"]
+    assert {(w["person_id"], w["basis"]) for w in withdrawn} == {(mother["id"], "consent"), (teen["id"], "consent")}
