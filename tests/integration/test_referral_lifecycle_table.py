@@ -43,7 +43,8 @@ async def test_every_status_action_and_actor_through_the_use_case(tmp_path, dev_
                 await session.commit()
             async with ref.runtime.sessions() as session:
                 try:
-                    after = await act(session, policy, referral_id, ACTORS[actor], Command(action, **COMPLETE_COMMAND))
+                    after = await act(session, policy, referral_id, ACTORS[actor], Command(action, **COMPLETE_COMMAND),
+                                      keyring=ref.runtime.keyring)
                     await session.commit()
                     outcomes[(status.value, action.value, actor)] = (200, after.status)
                 except Problem as problem:

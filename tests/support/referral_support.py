@@ -89,7 +89,7 @@ class ReferralHarness:
     def __init__(self, app, client) -> None:
         self.app, self.client = app, client
         self.runtime = app.state.runtime
-        self.handlers = consumer_handlers(Policy.from_settings(self.runtime.settings))
+        self.handlers = consumer_handlers(Policy.from_settings(self.runtime.settings), self.runtime)
 
     async def deliver(self, envelope: Envelope) -> None:
         async with self.runtime.sessions() as session:

@@ -1,4 +1,5 @@
-"""Wires the referral runtime: tables, directory seeding, the events it consumes and its clock loop."""
+"""Wires the referral runtime: tables, directory seeding, sealing of old free text, the events it consumes
+and its clock loop."""
 
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from referral.service_layer.clocks import clock_loop
 from referral.service_layer.handlers import consumer_handlers
 from referral.service_layer.metrics import referral_gauges
 from referral.service_layer.referrals import Policy
+from referral.service_layer.sealing import seal_legacy_text
 
 MIGRATIONS = Path(__file__).parent / "adapters" / "migrations"  # Alembic: start-up migrates to head
 
@@ -25,10 +27,13 @@ def build_runtime(settings: ReferralSettings) -> ServiceRuntime:
         settings=settings,
         tables=TABLES,
         migrations=MIGRATIONS,
-        consumers=[ConsumerSpec(name="referral.routing", topics=[INTAKE_CASE],
-                                handlers=consumer_handlers(Policy.from_settings(settings)))],
         background=[clock_loop(settings.clock_interval_s)],
-        on_startup=[seed_directory],
+        # Free text written in clear before migration 0003 is sealed here: the key-encryption key is the
+        # runtime's, out of the migration's reach.
+        on_startup=[seed_directory, seal_legacy_text],
         scrape_hooks=[referral_gauges],
     )
+    # The erasure handler reaches the runtime's keyring and engine (the keyring is loaded on first use).
+    runtime.consumers.append(ConsumerSpec(name="referral.routing", topics=[INTAKE_CASE],
+                                          handlers=consumer_handlers(Policy.from_settings(settings), runtime)))
     return runtime

@@ -93,10 +93,14 @@ class HistoryRow(SQLModel, table=True):
     actor_agency_id: str | None = Field(description="None: the system (routing, clocks)")
     actor_subject: str | None = None
     reason_code: str | None = None
-    reason_text: str | None = None
+    # The free text is about the person: sealed with the person's key (enlace_platform.crypto); see sealing.py.
+    reason_text: str | None = Field(default=None, description="Sealed")
     outcome_code: str | None = None
-    note: str | None = None
+    note: str | None = Field(default=None, description="Sealed")
     to_agency_id: str | None = None
+    text_sealed: bool = Field(default=False, description="reason_text and note hold sealed values (or none); "
+                                                         "false only for rows written before sealing, until start-up seals them")
+    text_erased: bool = Field(default=False, description="The person was erased: the free text is gone for good")
 
 
 class HoldRow(SQLModel, table=True):

@@ -23,6 +23,9 @@ CONSENT_PURPOSE_REFERRAL = "referral"
 CONSENT_PURPOSES = frozenset({"referral", "follow_up"})
 CONSENT_BASES = frozenset({"consent", "mandatory_override"})
 
+# person.erased.v1 reason_code: an erasure request or order, or the end of the retention period.
+ERASURE_REASONS = frozenset({"ERASURE_REQUEST", "RETENTION_EXPIRED"})
+
 CONSENT_WITHDRAWN = "CONSENT_WITHDRAWN"  # the system's reason when a withdrawal cancels a referral
 # Reject / cancel / fail need one of these, plus free text that stays in this service.
 REASON_CODES = frozenset({

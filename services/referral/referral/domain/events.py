@@ -43,3 +43,4 @@ ACTION_EVENTS = {
 # Consumed
 CASE_SCREENED = "case.screened.v1"
 CONSENT_CHANGED = "consent.changed.v1"
+PERSON_ERASED = "person.erased.v1"

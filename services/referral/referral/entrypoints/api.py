@@ -16,6 +16,7 @@ from sqlmodel import col, select
 from enlace_platform.access import Allowed, Permission
 from enlace_platform.audit import Purpose, note_objects
 from enlace_platform.auth import Principal
+from enlace_platform.crypto import Keyring
 from enlace_platform.idempotency import Idempotency
 from enlace_platform.problems import Problem, ProblemDetails
 from enlace_platform.runtime import DbSession
@@ -30,6 +31,7 @@ from referral.service_layer.referrals import (
     Actor, Command, Policy, act, agency_roles, add_note, decide_route, eligible_problem, facts_for,
     now_utc, open_referral, open_referral_for, release_hold_by_coordinator, roles_of, visible_referral,
 )
+from referral.service_layer.sealing import HistoryText, open_history_text
 
 router = APIRouter(tags=["referrals"], dependencies=[Purpose("protection_referral")])
 
@@ -52,6 +54,10 @@ ACTION_ERRORS = {
 
 def _policy(request: Request) -> Policy:
     return Policy.from_settings(request.app.state.runtime.settings)
+
+
+def _keyring(request: Request) -> Keyring:
+    return request.app.state.runtime.keyring
 
 
 class Exclusion(BaseModel):
@@ -141,10 +147,12 @@ class HistoryOut(BaseModel):
     actor_agency_id: str | None
     actor_subject: str | None
     reason_code: str | None
-    reason_text: str | None
+    reason_text: str | None = Field(description="Free text, only ever in this service; null once erased")
     outcome_code: str | None
-    note: str | None
+    note: str | None = Field(description="Free text, only ever in this service; null once erased")
     to_agency_id: str | None
+    text_erased: bool = Field(description="The person was erased (person.erased.v1): this row's free text is "
+                                          "gone for good; its codes remain")
 
 
 class HoldOut(BaseModel):
@@ -298,27 +306,35 @@ async def act_on_referral(referral_id: str, body: ActionIn, request: Request, pr
     command = Command(action=Action(body.action), reason_code=body.reason_code, reason_text=body.reason_text,
                       outcome_code=body.outcome_code, to_service_id=body.to_service_id,
                       expected_version=body.expected_version)
-    ref = await act(session, _policy(request), referral_id, principal, command)
+    ref = await act(session, _policy(request), referral_id, principal, command, keyring=_keyring(request))
     await session.commit()
     return await render(session, ref, principal)
 
 
 @router.get("/referrals/{referral_id}/history", response_model=list[HistoryOut],
             summary="The referral's full, ordered history: who did what, when, and why")
-async def referral_history(referral_id: str, principal: ReferralReader, session: DbSession) -> list[HistoryOut]:
-    await visible_referral(session, referral_id, principal)
-    rows = (await session.exec(select(HistoryRow).where(HistoryRow.referral_id == referral_id)
-                               .order_by(HistoryRow.seq))).all()
-    return [HistoryOut(**r.model_dump()) for r in rows]
+async def referral_history(referral_id: str, request: Request, principal: ReferralReader,
+                           session: DbSession) -> list[HistoryOut]:
+    ref = await visible_referral(session, referral_id, principal)
+    rows = list((await session.exec(select(HistoryRow).where(HistoryRow.referral_id == referral_id)
+                                    .order_by(HistoryRow.seq))).all())
+    texts = await open_history_text(session, _keyring(request), ref.person_id, rows)
+    return [_history_out(row, text) for row, text in zip(rows, texts, strict=True)]
+
+
+def _history_out(row: HistoryRow, text: HistoryText) -> HistoryOut:
+    return HistoryOut(**{**row.model_dump(), "reason_text": text.reason_text, "note": text.note,
+                         "text_erased": text.text_erased})
 
 
 @router.post("/referrals/{referral_id}/notes", status_code=201, response_model=HistoryOut,
-             summary="An interim progress note (the text stays here; the event carries ids only)")
-async def add_referral_note(referral_id: str, body: NoteIn, principal: ReferralActor,
+             summary="An interim progress note (the text stays here, sealed with the person's key; the event "
+                     "carries ids only)")
+async def add_referral_note(referral_id: str, body: NoteIn, request: Request, principal: ReferralActor,
                             session: DbSession) -> HistoryOut:
-    row = await add_note(session, referral_id, principal, body.text)
+    row = await add_note(session, referral_id, principal, body.text, keyring=_keyring(request))
     await session.commit()
-    return HistoryOut(**row.model_dump())
+    return _history_out(row, HistoryText(None, body.text, False))
 
 
 def _hold_visible(principal: Principal):

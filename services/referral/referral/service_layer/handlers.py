@@ -5,6 +5,7 @@ person and need is never duplicated, consent changes are upserts, and a withdraw
 still open.
 """
 
+import logging
 from datetime import datetime
 from functools import partial
 
@@ -12,13 +13,15 @@ from sqlmodel import delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.consumer import PoisonMessage
+from enlace_platform.crypto import purge_freed_pages
 from enlace_platform.envelope import Envelope
+from enlace_platform.runtime import ServiceRuntime
 from referral.adapters.orm import ConsentRow, ReferralRow, ScreeningRow
 from referral.config import ReferralSettings
 from referral.domain import events
 from referral.domain.codes import (
-    AGE_BANDS, AGENCY_TYPES, CONSENT_BASES, CONSENT_MISSING, CONSENT_PURPOSE_REFERRAL, CONSENT_PURPOSES, NEED_CODES,
-    URGENCIES,
+    AGE_BANDS, AGENCY_TYPES, CONSENT_BASES, CONSENT_MISSING, CONSENT_PURPOSE_REFERRAL, CONSENT_PURPOSES,
+    ERASURE_REASONS, NEED_CODES, URGENCIES,
 )
 from referral.domain.routing import LEAD_PRIORITY  # noqa: F401 (re-exported: tests/contracts read it here)
 from referral.domain.routing import lead_rank
@@ -26,6 +29,9 @@ from referral.service_layer.referrals import (
     SYSTEM, Policy, assign_from_queue, cancel_after_consent_withdrawal, decide_route, facts_for, now_utc,
     open_referral, open_referral_for,
 )
+from referral.service_layer.sealing import erase_person_text
+
+log = logging.getLogger(__name__)
 
 def _contract_error(event_type: str, exc: Exception) -> PoisonMessage:
     return PoisonMessage(f"{event_type} payload breaks its contract: {exc!r}")
@@ -123,6 +129,25 @@ async def _route_referrals_waiting_for_consent(session: AsyncSession, policy: Po
             await assign_from_queue(session, policy, ref, decision, at)
 
 
-def consumer_handlers(policy: Policy) -> dict:
+async def on_person_erased(session: AsyncSession, envelope: Envelope, runtime: ServiceRuntime) -> None:
+    """Intake erased the person: destroy our key for them too, so the free text of their referrals' history
+    is gone (ids and codes stay: the referrals go on). Commits itself, because the write-ahead log can only
+    be purged of the destroyed key after the commit; the same event again finds nothing left to destroy."""
+    data = envelope.data
+    try:
+        person_id, _ = str(data["person_id"]), str(data["case_id"])
+        if data["reason_code"] not in ERASURE_REASONS:
+            raise ValueError(f"unknown erasure reason {data['reason_code']!r}")
+        datetime.fromisoformat(str(data["erased_at"]).replace("Z", "+00:00"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _contract_error(events.PERSON_ERASED, exc) from exc
+    erased = await erase_person_text(session, runtime.keyring, person_id)
+    await session.commit()
+    await purge_freed_pages(runtime.engine)
+    log.info("person erased: the free text of %d history rows destroyed", erased)
+
+
+def consumer_handlers(policy: Policy, runtime: ServiceRuntime) -> dict:
     return {events.CASE_SCREENED: partial(on_case_screened, policy=policy),
-            events.CONSENT_CHANGED: partial(on_consent_changed, policy=policy)}
+            events.CONSENT_CHANGED: partial(on_consent_changed, policy=policy),
+            events.PERSON_ERASED: partial(on_person_erased, runtime=runtime)}

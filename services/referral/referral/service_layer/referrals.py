@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.access import Permission, may
 from enlace_platform.auth import Principal
+from enlace_platform.crypto import Keyring
 from enlace_platform.outbox import add_event
 from enlace_platform.problems import Problem
 from enlace_platform.timeutil import as_utc
@@ -31,6 +32,7 @@ from referral.domain.lifecycle import (
     OPEN, TERMINAL, Action, Allowed, Conflict, Role, Status, allowed_actions, decide,
 )
 from referral.domain.routing import CaseFacts, RoutingDecision, ineligibility, lead_rank, route
+from referral.service_layer.sealing import sealed_text
 
 
 def now_utc() -> datetime:
@@ -113,10 +115,14 @@ def publish(session: AsyncSession, ref: ReferralRow, event_type: str, actor: Act
 
 
 async def add_history(session: AsyncSession, ref: ReferralRow, action: str, from_status: str | None, actor: Actor,
-                      at: datetime, **details) -> HistoryRow:
+                      at: datetime, *, keyring: Keyring | None = None, reason_text: str | None = None,
+                      note: str | None = None, **details) -> HistoryRow:
+    """One history row; free text (a reason's or a note) is sealed with the person's key, so it needs the keyring."""
     last = (await session.exec(select(func.max(HistoryRow.seq)).where(HistoryRow.referral_id == ref.id))).one()
+    text = await sealed_text(session, keyring, ref.person_id, reason_text=reason_text, note=note)
     row = HistoryRow(referral_id=ref.id, seq=(last or 0) + 1, at=at, action=action, from_status=from_status,
-                     to_status=ref.status, actor_agency_id=actor.agency_id, actor_subject=actor.subject, **details)
+                     to_status=ref.status, actor_agency_id=actor.agency_id, actor_subject=actor.subject, **text,
+                     **details)
     session.add(row)
     await session.flush()
     return row
@@ -352,7 +358,7 @@ def _closing(at: datetime, reason_code: str | None, outcome_code: str | None) ->
 
 
 async def act(session: AsyncSession, policy: Policy, referral_id: str, principal: Principal, cmd: Command,
-              at: datetime | None = None) -> ReferralRow:
+              at: datetime | None = None, *, keyring: Keyring) -> ReferralRow:
     """Run one lifecycle action for the caller; returns the referral after it (the caller commits)."""
     at = at or now_utc()
     ref = await visible_referral(session, referral_id, principal)
@@ -390,8 +396,8 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
         changes.update(_closing(at, cmd.reason_code, cmd.outcome_code))
     await conditional_update(session, ref, changes, principal)
 
-    await add_history(session, ref, str(cmd.action), from_status, actor, at, reason_code=cmd.reason_code,
-                      reason_text=cmd.reason_text, outcome_code=cmd.outcome_code,
+    await add_history(session, ref, str(cmd.action), from_status, actor, at, keyring=keyring,
+                      reason_code=cmd.reason_code, reason_text=cmd.reason_text, outcome_code=cmd.outcome_code,
                       to_agency_id=ref.to_agency_id if cmd.action == Action.REASSIGN else None)
     publish(session, ref, events.ACTION_EVENTS[cmd.action], actor, at, reason_code=cmd.reason_code,
             previous_to_agency_id=previous_to_agency_id)
@@ -496,12 +502,12 @@ async def assign_from_queue(session: AsyncSession, policy: Policy, ref: Referral
 
 
 async def add_note(session: AsyncSession, referral_id: str, principal: Principal, text: str,
-                   at: datetime | None = None) -> HistoryRow:
-    """A progress note: the text stays here; the event carries ids only."""
+                   at: datetime | None = None, *, keyring: Keyring) -> HistoryRow:
+    """A progress note: the text stays here, sealed with the person's key; the event carries ids only."""
     at = at or now_utc()
     ref = await visible_referral(session, referral_id, principal)
     actor = Actor.of(principal)
-    row = await add_history(session, ref, "note", ref.status, actor, at, note=text)
+    row = await add_history(session, ref, "note", ref.status, actor, at, keyring=keyring, note=text)
     publish(session, ref, events.REFERRAL_NOTE_ADDED, actor, at)
     return row
 
