@@ -158,6 +158,11 @@ class World:
                 MOTHER["documents"][0]["number"], PLACE, NOTE_TEXT, "Amaranta", "Sigilo", "HNDSEC4471",
                 self.receiver_url]
 
+    @property
+    def fields(self) -> list[str]:
+        """Codes and values of the seeded objects that only their agencies may learn (metrics may carry codes)."""
+        return ["INTERNATIONAL_PROTECTION", MOTHER["date_of_birth"]]
+
     # --- helpers the scenarios use to make fresh objects for probes that change or destroy them ---
 
     async def fresh_person(self) -> dict[str, str]:
