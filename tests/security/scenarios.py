@@ -55,7 +55,8 @@ SCENARIOS: dict[tuple[str, str, str], Scenario] = {
     ("intake", "GET", "/cases/{case_id}/persons/{person_id}/history"): Scenario(expect(404, inm=200), MOTHER),
     ("intake", "POST", "/cases/{case_id}/screenings"): Scenario(
         expect(404, inm=201), CASE,
-        body=lambda w: {"person_id": w.ids["son"], "fear_of_return": False, "travelling_with_parent_or_guardian": True}),
+        body=lambda w: {"person_id": w.ids["son"], "fear_of_return": False,
+                        "travelling_with_parent_or_guardian": True}),
     ("intake", "GET", "/cases/{case_id}/screenings"): Scenario(expect(404, inm=200), CASE),
     ("intake", "POST", "/cases/{case_id}/persons/{person_id}/consents"): Scenario(
         expect(404, inm=201), SON, body={"recipient_agency_type": "health", "purpose": "referral"}),

@@ -49,8 +49,8 @@ async def test_a_read_is_listed_for_the_agencys_auditor_with_actor_route_object_
     assert (entry["action"], entry["method"], entry["route"]) == ("read", "GET", route)
     assert (entry["object_id"], entry["status"]) == (object_id, 200)
     assert entry["purpose"] and entry["purpose"] != DEFAULT_PURPOSE, "the route's router declares no Purpose"
-    server_spans = [s for s in spans.get_finished_spans()
-                    if (s.attributes or {}).get("http.route") == route and format(s.context.trace_id, "032x") == trace_id]
+    server_spans = [s for s in spans.get_finished_spans() if (s.attributes or {}).get("http.route") == route
+                    and format(s.context.trace_id, "032x") == trace_id]
     assert server_spans, "no span of the request"
     assert entry["trace_id"] == format(server_spans[0].context.trace_id, "032x")
 
