@@ -25,7 +25,7 @@ async def test_rejected_referral_routed_onward_completes_and_its_outcome_reaches
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
     common = dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir)
-    inm = bearer(dev_issuer_dir, "MX-INM", "migration_authority")
+    inm = bearer(dev_issuer_dir, "MX-INM", "migration_authority", roles=["supervisor"])  # applies the override
     coord = bearer(dev_issuer_dir, "MX-COORD", "coordinator", roles=["coordinator"])
     pfpnna = bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection")
     dif = bearer(dev_issuer_dir, "MX-SNDIF", "child_protection")

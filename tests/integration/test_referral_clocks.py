@@ -155,7 +155,8 @@ async def test_inbox_lists_overdue_referrals_and_kpis_count_them(tmp_path, dev_i
         [late] = await ref.referrals(ssa, overdue="true")
         assert late["need_code"] == "MEDICAL_URGENT" and late["overdue"] is True
         assert [r["need_code"] for r in await ref.referrals(ssa, overdue="false")] == ["DISABILITY"]
-        assert (await ref.client.get("/kpis", headers=ssa)).json()["overdue"] == 1
+        kpis = await ref.client.get("/kpis", headers=token(dev_issuer_dir, "MX-SSA", "supervisor"))
+        assert kpis.json()["overdue"] == 1
         # Overdue before the clock loop noticed; the escalation follows with the next pass.
         assert late["escalation_reason"] is None
         assert await run_clocks(ref.runtime.sessions) == 1
