@@ -15,7 +15,9 @@ from intake.entrypoints.app import create_app
 from tests.support.harness import (
     envelopes, eventually, fast_settings, provision_topics, read_topic, running_app, unique_prefix,
 )
-from tests.support.intake_support import family_group, hold_placed, hold_released, inm, referral_event
+from tests.support.intake_support import (
+    family_group, hold_placed, hold_released, inm, inm_supervisor, referral_event,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -44,6 +46,7 @@ async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(inta
                                                                            kafka_bootstrap):
     client, publish, prefix = intake
     officer = inm(dev_issuer_dir)
+    supervisor = inm_supervisor(dev_issuer_dir)  # orders removals
 
     # A border post registers the group and screens everyone.
     r = await client.post("/cases", headers=officer, json=family_group())
@@ -86,7 +89,7 @@ async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(inta
     assert "Pérez" not in json.dumps([e.data for e in records], ensure_ascii=False)
 
     # Ordered at once, before any hold has come back: the screening itself already refuses it.
-    r = await client.post(f"/cases/{case['id']}/persons/{teen['id']}/removal-orders", headers=officer,
+    r = await client.post(f"/cases/{case['id']}/persons/{teen['id']}/removal-orders", headers=supervisor,
                           json={"destination_country": "HND"})
     assert r.status_code == 409 and [p["need_code"] for p in r.json()["pending_holds"]] == ["UNACCOMPANIED_CHILD"]
 
@@ -119,14 +122,14 @@ async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(inta
         (placed[mother["id"]].data["referral_id"], "accepted", "MX-COMAR")]
 
     for person in (mother, teen, disputed):
-        r = await client.post(f"/cases/{case['id']}/persons/{person['id']}/removal-orders", headers=officer,
+        r = await client.post(f"/cases/{case['id']}/persons/{person['id']}/removal-orders", headers=supervisor,
                               json={"destination_country": "HND"})
         assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json", r.text
         hold = placed[person["id"]].data
         assert r.json()["holds"] == [{"hold_id": hold["hold_id"], "referral_id": hold["referral_id"],
                                       "need_code": hold["need_code"], "not_before": None}]
         assert hold["hold_id"] in r.json()["detail"] and hold["referral_id"] in r.json()["detail"]
-    r = await client.post(f"/cases/{case['id']}/persons/{unrelated_adult['id']}/removal-orders", headers=officer,
+    r = await client.post(f"/cases/{case['id']}/persons/{unrelated_adult['id']}/removal-orders", headers=supervisor,
                           json={"destination_country": "GTM"})
     assert r.status_code == 201, "no hold, no refusal"
 
@@ -144,7 +147,7 @@ async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(inta
                             what="the releases and the outcome reach intake")
     assert view["referrals"][0]["outcome_code"] == "ASYLUM_CLAIM_REJECTED_FINAL"
     for person in (mother, teen, disputed):
-        r = await client.post(f"/cases/{case['id']}/persons/{person['id']}/removal-orders", headers=officer,
+        r = await client.post(f"/cases/{case['id']}/persons/{person['id']}/removal-orders", headers=supervisor,
                               json={"destination_country": "HND"})
         assert r.status_code == 201 and r.json()["status"] == "accepted", r.text
 
@@ -152,6 +155,7 @@ async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(inta
 async def test_a_release_published_before_its_placement_still_releases(intake, dev_issuer_dir):
     client, publish, _ = intake
     officer = inm(dev_issuer_dir)
+    supervisor = inm_supervisor(dev_issuer_dir)  # orders removals
     case = (await client.post("/cases", headers=officer, json=family_group())).json()
     teen = case["persons"][2]
     placed = hold_placed(case_id=case["id"], person_id=teen["id"], need_code="TRAFFICKING_PRESUMED",
@@ -166,6 +170,6 @@ async def test_a_release_published_before_its_placement_still_releases(intake, d
 
     [hold] = await eventually(placement_arrived, what="both hold events reach intake")
     assert hold["status"] == "released" and hold["release_reason"] == "REFLECTION_PERIOD_ENDED"
-    r = await client.post(f"/cases/{case['id']}/persons/{teen['id']}/removal-orders", headers=officer,
+    r = await client.post(f"/cases/{case['id']}/persons/{teen['id']}/removal-orders", headers=supervisor,
                           json={"destination_country": "HND"})
     assert r.status_code == 201, r.text
