@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from enlace_platform.crypto import PREFIX, Erased, Keyring, Sealer
+from enlace_platform.crypto import PREFIX, Keyring, Sealer
 from intake.adapters.orm import (
     ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ScreeningRow, SearchTokenRow,
 )
@@ -173,4 +173,4 @@ def open_person_with(s: Sealer, person: PersonRow, documents: list[PersonDocumen
                             issuing_country=s.open("document.issuing_country", d.issuing_country)) for d in documents])
 
 
-__all__ = ["Document", "Erased", "PersonRecord", "Vault", "is_sealed", "search_words"]
+__all__ = ["Document", "PersonRecord", "Vault", "is_sealed", "search_words"]
