@@ -14,13 +14,14 @@ import uuid
 import httpx
 import pytest
 
-from enlace_platform.access import GRANTS, Role
+from enlace_platform.access import GRANTS, Permission, Role
 from tests.security.scenarios import BLIND, SCENARIOS, SEES, Scenario, owner_of, succeeds
-from tests.security.world import CALLERS, PUBLIC_PATHS, SERVICES, RouteInfo, World, all_routes
+from tests.security.world import CALLERS, MOTHER, PUBLIC_PATHS, SERVICES, RouteInfo, World, all_routes
 
 ROUTES = all_routes()
 PROTECTED = [r for r in ROUTES if r.path not in PUBLIC_PATHS]
 PROBLEM_JSON = "application/problem+json"
+MOTHER_DOCUMENT = MOTHER["documents"][0]["number"]
 
 
 # --- the guard: the matrix covers every route, and every route declares its permission ---------------
@@ -224,3 +225,16 @@ async def test_health_readiness_and_metrics_are_public_and_metrics_name_nobody(w
     metrics = (await client.get("/metrics")).text
     assert [s for s in world.secrets if s in metrics] == []
     assert [name for name, value in world.ids.items() if value in metrics] == []
+
+
+@pytest.mark.kafka
+async def test_only_the_registering_agency_finds_a_person_by_document_number(world: World):
+    document = {"document_number": MOTHER_DOCUMENT}
+    for caller in CALLERS:
+        response = await world.client("intake").post("/cases/search", json=document,
+                                                     headers=world.tokens.for_permission(caller, Permission.READ_CASES))
+        assert response.status_code == 200, f"{caller}: {response.text}"
+        found = world.ids["case"] in response.text
+        assert found == (caller == "inm"), f"{caller} {'found' if found else 'did not find'} the mother"
+        if caller != "inm":
+            assert _leaks(world, response, set()) == [], caller

@@ -85,3 +85,22 @@ async def test_the_database_refuses_to_change_or_delete_audit_rows(world: World,
         (after,) = db.execute("SELECT count(*) FROM audit_log").fetchone()
         assert after >= before and db.execute("SELECT count(*) FROM audit_log WHERE agency_id = 'MX-NOBODY'") \
             .fetchone() == (0,)
+
+
+async def test_a_probe_of_someone_elses_case_is_recorded_for_the_prober_and_the_coordinator(world: World):
+    user = f"prober-{uuid.uuid4().hex[:8]}"
+    case_id = world.ids["case"]
+    response = await world.client("intake").get(f"/cases/{case_id}", headers=world.tokens.of("inm2", subject=user))
+    assert response.status_code == 404
+
+    [entry] = await _audit(world, "intake", "inm2", object_id=case_id, user_id=user)
+    assert (entry["agency_id"], entry["route"], entry["status"]) == ("MX-INM2", "/cases/{case_id}", 404)
+    assert [e["seq"] for e in await _audit(world, "intake", "coord", object_id=case_id, user_id=user)] == [entry["seq"]]
+    assert await _audit(world, "intake", "gtcoord", object_id=case_id, user_id=user) == []
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+async def test_an_auditor_cannot_widen_the_log_with_filters(world: World, service: str):
+    for filters in ({"agency_id": "MX-INM"}, {"agency_id": "MX-COMAR"}, {"object_id": world.ids["mother"]}):
+        assert {e["agency_id"] for e in await _audit(world, service, "comar2", **filters)} <= {"MX-ASYL2"}
+        assert {e["jurisdiction"] for e in await _audit(world, service, "gtcoord", **filters)} <= {"GT"}
