@@ -10,7 +10,8 @@ from aiokafka import AIOKafkaProducer
 from enlace_platform.envelope import Envelope, to_kafka
 from tests.support.harness import bearer, envelopes, eventually, provision_topics, read_topic, unique_prefix
 from tests.support.referral_support import (
-    ALL_TYPES, add_second_child_protection_service, consent_scope, referral_harness, referral_settings, token,
+    ALL_TYPES, add_second_child_protection_service, consent_scope, database_bytes, person_erased, referral_harness,
+    referral_settings, screened, token,
 )
 
 pytestmark = pytest.mark.kafka
@@ -93,3 +94,63 @@ async def test_screening_to_completed_outcome_with_onward_routing(kafka_bootstra
     # Released once, by the onward referral's final outcome, not by the rejection.
     assert released == [{**released[0], "hold_id": child_hold["hold_id"], "referral_id": onward_id,
                          "release_reason": "COMPLETED_FINAL", "outcome_code": "CHILD_REUNIFIED_WITH_FAMILY"}]
+
+
+async def test_person_erased_on_the_broker_shreds_the_free_text(kafka_bootstrap, tmp_path, dev_issuer_dir):
+    """person.erased.v1 through the real consumer runner: the handler's own commit (before the WAL purge)
+    and the inbox row; the notes' plaintext is then nowhere in the database files."""
+    from enlace_platform.inbox import ProcessedMessage
+
+    prefix = unique_prefix()
+    await provision_topics(kafka_bootstrap, prefix)
+    settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix)
+    secret_note, secret_reason = "Nota-e2e-3c1f: su hermano la busca", "Motivo-e2e-8d2a: no la aceptan"
+    inm, comar, pfpnna = (token(dev_issuer_dir, a) for a in ("MX-INM", "MX-COMAR", "MX-PFPNNA"))
+
+    async with referral_harness(settings) as ref:
+        screening = screened("UNACCOMPANIED_CHILD", "INTERNATIONAL_PROTECTION", age_band="12-17",
+                             registering_agency_id="MX-INM")
+        case_id, person_id = screening.data["case_id"], screening.data["person_id"]
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
+        await producer.start()
+        try:
+            async def send(envelope):
+                key, value, headers = to_kafka(envelope)
+                await producer.send_and_wait(f"{prefix}intake.case", value=value, key=key, headers=headers)
+
+            await send(screening)
+
+            async def both():
+                items = {i["need_code"]: i for i in await ref.referrals(inm, case_id=case_id)}
+                return len(items) == 2 and items
+
+            sent = await eventually(both, timeout=60, what="the two referrals")
+            child, asylum = sent["UNACCOMPANIED_CHILD"], sent["INTERNATIONAL_PROTECTION"]
+            r = await ref.client.post(f"/referrals/{child['id']}/notes", headers=pfpnna, json={"text": secret_note})
+            assert r.status_code == 201
+            r = await ref.act(asylum["id"], comar, "reject", reason_code="OUT_OF_MANDATE", reason_text=secret_reason)
+            assert r.status_code == 200
+            erasure = person_erased(case_id, person_id)
+            await send(erasure)
+        finally:
+            await producer.stop()
+
+        async def note_erased():
+            history = (await ref.client.get(f"/referrals/{child['id']}/history", headers=inm)).json()
+            return [h for h in history if h["action"] == "note" and h["text_erased"]]
+
+        [note] = await eventually(note_erased, timeout=60, what="the erasure handled")
+        assert note["note"] is None
+        [rejection] = [h for h in (await ref.client.get(f"/referrals/{asylum['id']}/history", headers=inm)).json()
+                       if h["action"] == "reject"]
+        assert rejection["reason_text"] is None and rejection["text_erased"]
+        assert rejection["reason_code"] == "OUT_OF_MANDATE"
+        async def in_inbox():
+            async with ref.runtime.sessions() as session:
+                return await session.get(ProcessedMessage, ("referral.routing", erasure.id)) is not None
+
+        await eventually(in_inbox, timeout=60, what="the erasure recorded as processed")
+        raw = database_bytes(ref.runtime)
+        assert secret_note.encode() not in raw and secret_reason.encode() not in raw
+        # The child's referral goes on.
+        assert (await ref.act(child["id"], pfpnna, "accept")).status_code == 200

@@ -3,35 +3,20 @@ person's key; person.erased.v1 destroys the key and the text (the history says t
 of it is left in the SQLite files, and the referral's lifecycle goes on by ids and codes."""
 
 import uuid
-from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlmodel import select
 
 from enlace_platform.consumer import PoisonMessage
 from enlace_platform.crypto import SubjectKey
-from enlace_platform.envelope import Envelope
 from referral.adapters.orm import HistoryRow
 from tests.support.referral_support import (  # noqa: F401 - ref and auth are fixtures
-    auth, ref, referral_harness, referral_settings, screened, token,
+    auth, database_bytes, person_erased, ref, referral_harness, referral_settings, screened, token,
 )
 
 NOTE = "Nota-secreta-7f3a: vive con su tia en Tapachula"
 REJECTION = "Rechazo-secreto-91bc: sin cupo para ella"
 FAILURE = "Fallo-secreto-55de: no contesta al telefono"
-
-
-def erased(case_id: str, person_id: str, reason_code: str = "ERASURE_REQUEST") -> Envelope:
-    data = {"case_id": case_id, "person_id": person_id, "reason_code": reason_code,
-            "erased_at": datetime.now(UTC).isoformat()}
-    return Envelope(type="person.erased.v1", source="/enlace/intake", key=case_id, subject=person_id, data=data)
-
-
-def database_bytes(runtime) -> bytes:
-    """The SQLite database file and its write-ahead log, read raw (as an attacker with a copy would)."""
-    path = Path(runtime.settings.database_url.split("///", 1)[1])
-    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
 
 
 async def _history(ref, referral_id: str, headers) -> list[dict]:
@@ -68,8 +53,8 @@ async def test_free_text_is_sealed_then_shredded_and_the_lifecycle_goes_on(ref, 
         assert secret.encode() not in raw
 
     # The person is erased in intake; the same event twice.
-    await ref.deliver(erased(case_id, person_id))
-    await ref.deliver(erased(case_id, person_id))
+    await ref.deliver(person_erased(case_id, person_id))
+    await ref.deliver(person_erased(case_id, person_id))
     async with ref.runtime.sessions() as session:
         assert await session.get(SubjectKey, person_id) is None
     for referral in (asylum, child):
@@ -98,10 +83,10 @@ async def test_free_text_is_sealed_then_shredded_and_the_lifecycle_goes_on(ref, 
 
 
 async def test_an_erasure_of_a_person_without_referrals_or_text_changes_nothing(ref, auth):
-    await ref.deliver(erased(str(uuid.uuid4()), str(uuid.uuid4()), "RETENTION_EXPIRED"))
+    await ref.deliver(person_erased(str(uuid.uuid4()), str(uuid.uuid4()), "RETENTION_EXPIRED"))
     event = screened("MEDICAL_URGENT")
     await ref.deliver(event)
-    await ref.deliver(erased(event.data["case_id"], event.data["person_id"]))
+    await ref.deliver(person_erased(event.data["case_id"], event.data["person_id"]))
     [referral] = await ref.referrals(auth("MX-INM"))
     assert referral["status"] == "requested"
     assert [h["text_erased"] for h in await _history(ref, referral["id"], auth("MX-INM"))] == [False]
@@ -110,7 +95,7 @@ async def test_an_erasure_of_a_person_without_referrals_or_text_changes_nothing(
 @pytest.mark.parametrize("field, value", [("reason_code", "FORGOTTEN"), ("person_id", None),
                                           ("erased_at", "yesterday")])
 async def test_a_broken_erasure_event_is_poison(ref, field, value):
-    event = erased(str(uuid.uuid4()), str(uuid.uuid4()))
+    event = person_erased(str(uuid.uuid4()), str(uuid.uuid4()))
     if value is None:
         del event.data[field]
     else:

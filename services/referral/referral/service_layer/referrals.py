@@ -23,11 +23,12 @@ from referral.adapters.directory import consented_agency_types, load_directory, 
 from referral.adapters.orm import AgencyRow, HistoryRow, HoldRow, ReferralRow, ServiceRow
 from referral.domain import events
 from referral.domain.clocks import NeedClocks, clock_for
-from referral.domain.consent import cancelled_by_withdrawal
 from referral.domain.codes import (
     ACCEPT_DEADLINE, CANCELLED_BY_COORDINATOR, COMPLETED_FINAL, CONSENT_WITHDRAWN, COORDINATOR,
-    FINAL_OUTCOME_RESOLVES, HOLD_BEARING_NEEDS, OUTCOME_CODES, REASON_CODES, REJECTED_NO_ALTERNATIVE, TRAFFICKING, coordinator_of,
+    FINAL_OUTCOME_RESOLVES, HOLD_BEARING_NEEDS, OUTCOME_CODES, REASON_CODES, REJECTED_NO_ALTERNATIVE, TRAFFICKING,
+    coordinator_of,
 )
+from referral.domain.consent import cancelled_by_withdrawal
 from referral.domain.lifecycle import (
     OPEN, TERMINAL, Action, Allowed, Conflict, Role, Status, allowed_actions, decide,
 )
