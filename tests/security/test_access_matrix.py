@@ -10,6 +10,7 @@ equal to the 404 for an id that does not exist.
 import inspect
 import json
 import uuid
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -61,6 +62,37 @@ async def _call(world: World, route: RouteInfo, headers: dict, params: dict, bod
                                                      json=body, params=query)
 
 
+@dataclass
+class Probe:
+    """One request of a scenario, with what it asked about."""
+    route: RouteInfo
+    headers: dict
+    params: dict[str, str]
+    body: object
+    query: dict | None
+    response: httpx.Response
+
+    @property
+    def asked(self) -> set[str]:
+        return set(self.params.values()) | set((self.query or {}).values()) | set(_strings(self.body))
+
+    async def random_id_twin(self, world: World) -> tuple[dict[str, str], httpx.Response]:
+        """The same request about objects that do not exist."""
+        fake = {name: str(uuid.uuid4()) for name in self.params}
+        return fake, await _call(world, self.route, self.headers, fake, self.body, self.query)
+
+    def same_as_twin(self, twin: httpx.Response, fake: dict[str, str]) -> bool:
+        return _normalised(self.response, list(self.params.values())) == _normalised(twin, list(fake.values()))
+
+
+async def _probe(world: World, route: RouteInfo, headers: dict) -> Probe:
+    scenario = _scenario(route)
+    params = await _params(world, scenario)
+    body = await _resolve(world, scenario.body)
+    query = await _resolve(world, scenario.query)
+    return Probe(route, headers, params, body, query, await _call(world, route, headers, params, body, query))
+
+
 def _normalised(response: httpx.Response, values: list[str]) -> tuple:
     """A refusal with the ids it was asked about replaced and its instance dropped."""
     text = response.text
@@ -90,12 +122,6 @@ def _refusal_problems(world: World, response: httpx.Response, asked: set[str]) -
     return problems
 
 
-async def _random_id_twin(world: World, route: RouteInfo, headers: dict, params: dict, body, query):
-    """The same request about objects that do not exist."""
-    fake = {name: str(uuid.uuid4()) for name in params}
-    return fake, await _call(world, route, headers, fake, body, query)
-
-
 def _scenario(route: RouteInfo) -> Scenario:
     scenario = SCENARIOS.get(route.key)
     if scenario is None:
@@ -111,16 +137,10 @@ def _ordered(scenario: Scenario) -> list[tuple[str, int | str]]:
 @pytest.mark.kafka
 @pytest.mark.parametrize("route", PROTECTED, ids=str)
 async def test_each_agency_gets_what_its_relation_to_the_object_allows(world: World, route: RouteInfo):
-    scenario = _scenario(route)
     failures = []
-    for caller, expected in _ordered(scenario):
-        headers = world.tokens.for_permission(caller, route.permission)
-        params = await _params(world, scenario)
-        body = await _resolve(world, scenario.body)
-        query = await _resolve(world, scenario.query)
-        response = await _call(world, route, headers, params, body, query)
-        asked = set(params.values()) | {v for v in (query or {}).values()} | set(_strings(body))
-        got, where = response.status_code, f"{caller} ({CALLERS[caller][0]})"
+    for caller, expected in _ordered(_scenario(route)):
+        probe = await _probe(world, route, world.tokens.for_permission(caller, route.permission))
+        response, got, where = probe.response, probe.response.status_code, f"{caller} ({CALLERS[caller][0]})"
         if expected in (SEES, BLIND):
             if got != 200:
                 failures.append(f"{where}: {got}, expected 200: {response.text[:300]}")
@@ -133,12 +153,12 @@ async def test_each_agency_gets_what_its_relation_to_the_object_allows(world: Wo
             failures.append(f"{where}: {got}, expected {expected}: {response.text[:300]}")
             continue
         if got in (403, 404):
-            failures += [f"{where}: {p}" for p in _refusal_problems(world, response, asked)]
+            failures += [f"{where}: {p}" for p in _refusal_problems(world, response, probe.asked)]
         elif got >= 400:
             failures += [f"{where}: leaks secret {s!r}" for s in world.secrets if s in response.text]
-        if got == 404 and params:
-            fake, twin = await _random_id_twin(world, route, headers, params, body, query)
-            if _normalised(response, list(params.values())) != _normalised(twin, list(fake.values())):
+        if got == 404 and probe.params:
+            fake, twin = await probe.random_id_twin(world)
+            if not probe.same_as_twin(twin, fake):
                 failures.append(f"{where}: its 404 differs from the 404 for a random id:\n  {response.text}\n"
                                 f"  {twin.text}")
     assert failures == [], f"{route}:\n" + "\n".join(failures)
@@ -160,25 +180,20 @@ async def test_every_role_without_the_routes_permission_gets_403_before_anything
                                                                                           route: RouteInfo):
     if route.permission is None:
         pytest.fail(f"{route} declares no permission")
-    scenario = _scenario(route)
-    owner = owner_of(scenario)
+    owner = owner_of(_scenario(route))
     failures = []
     for role in [*sorted(set(Role) - GRANTS[route.permission]), "administrator"]:  # an unknown role grants nothing
-        headers = world.tokens.of(owner, role)
-        params = await _params(world, scenario)
-        body = await _resolve(world, scenario.body)
-        query = await _resolve(world, scenario.query)
-        response = await _call(world, route, headers, params, body, query)
-        where = f"{owner} ({CALLERS[owner][0]}) as {role}"
+        probe = await _probe(world, route, world.tokens.of(owner, role))
+        response, where = probe.response, f"{owner} ({CALLERS[owner][0]}) as {role}"
         if response.status_code != 403:
             failures.append(f"{where}: {response.status_code}, expected 403: {response.text[:300]}")
             continue
-        failures += [f"{where}: {p}" for p in _refusal_problems(world, response, set(params.values()))]
+        failures += [f"{where}: {p}" for p in _refusal_problems(world, response, probe.asked)]
         if response.json().get("permission") != route.permission.value:
             failures.append(f"{where}: the 403 does not name the permission {route.permission.value}")
-        if params:
-            fake, twin = await _random_id_twin(world, route, headers, params, body, query)
-            if _normalised(response, list(params.values())) != _normalised(twin, list(fake.values())):
+        if probe.params:
+            fake, twin = await probe.random_id_twin(world)
+            if not probe.same_as_twin(twin, fake):
                 failures.append(f"{where}: its 403 differs from the one for a random id: the object was looked up")
     assert failures == [], f"{route}:\n" + "\n".join(failures)
 
@@ -186,17 +201,14 @@ async def test_every_role_without_the_routes_permission_gets_403_before_anything
 @pytest.mark.kafka
 @pytest.mark.parametrize("route", PROTECTED, ids=str)
 async def test_no_token_an_expired_token_or_a_foreign_signature_gets_401(world: World, route: RouteInfo):
-    scenario = _scenario(route)
     failures = []
     for kind, headers in world.tokens.invalid().items():
-        params = await _params(world, scenario)
-        body = await _resolve(world, scenario.body)
-        response = await _call(world, route, headers, params, body, await _resolve(world, scenario.query))
-        if response.status_code != 401:
-            failures.append(f"{kind}: {response.status_code}, expected 401: {response.text[:300]}")
+        probe = await _probe(world, route, headers)
+        if probe.response.status_code != 401:
+            failures.append(f"{kind}: {probe.response.status_code}, expected 401: {probe.response.text[:300]}")
             continue
-        failures += [f"{kind}: {p}" for p in _refusal_problems(world, response, set(params.values()))]
-        challenge = response.headers.get("www-authenticate", "")
+        failures += [f"{kind}: {p}" for p in _refusal_problems(world, probe.response, probe.asked)]
+        challenge = probe.response.headers.get("www-authenticate", "")
         if not challenge.startswith("Bearer"):
             failures.append(f"{kind}: WWW-Authenticate is {challenge!r}")
     assert failures == [], f"{route}:\n" + "\n".join(failures)
