@@ -115,8 +115,8 @@ class TokenVerifier:
         self._dev_key_path = Path(settings.auth_dev_public_key_path)
         self._jwks = JwksKeys(
             settings.auth_jwks_url,
-            cache_s=getattr(settings, "auth_jwks_cache_s", 300.0),
-            refetch_interval_s=getattr(settings, "auth_jwks_refetch_interval_s", 10.0),
+            cache_s=settings.auth_jwks_cache_s,
+            refetch_interval_s=settings.auth_jwks_refetch_interval_s,
             clock=clock,
         ) if settings.auth_jwks_url else None
 

@@ -33,6 +33,10 @@ class ServiceSettings(BaseSettings):
     auth_issuer: str = "enlace-dev-issuer"
     auth_audience: str = "enlace"
     auth_dev_public_key_path: str = "./.run/dev-issuer/public.pem"
+    auth_jwks_cache_s: float = Field(300.0, description="How long a fetched JWKS is used; a key the IdP "
+                                                        "removed verifies at most this long")
+    auth_jwks_refetch_interval_s: float = Field(10.0, description="Least time between JWKS fetches for an "
+                                                                  "unknown kid or after a failed fetch")
 
     # Key-encryption key for the per-person data keys (enlace_platform.crypto): base64 of 32 bytes from the
     # secret store in production; local runs create a key file beside the database on first use.

@@ -26,12 +26,6 @@ AUDIENCE = "enlace-api"
 HOOK = "https://hooks.pfpnna.example/enlace"
 
 
-class _Settings(NotificationSettings):
-    # Read by the token verifier; short here so that a rotation completes within the test.
-    auth_jwks_cache_s: float = 300.0
-    auth_jwks_refetch_interval_s: float = 10.0
-
-
 class IdentityProvider:
     """A key set generated here, published by a JWKS server, and the tokens it signs."""
 
@@ -95,7 +89,7 @@ def idp(monkeypatch):
 
 
 def _app(tmp_path, dev_issuer_dir, idp: IdentityProvider, **cache):
-    settings = fast_settings(_Settings, tmp_path=tmp_path, bootstrap=f"127.0.0.1:{free_port()}", prefix="jwks.",
+    settings = fast_settings(NotificationSettings, tmp_path=tmp_path, bootstrap=f"127.0.0.1:{free_port()}", prefix="jwks.",
                              dev_issuer_dir=dev_issuer_dir, auth_jwks_url=idp.server.url, auth_issuer=ISSUER,
                              auth_audience=AUDIENCE, **cache)
     return create_app(settings)

@@ -33,14 +33,7 @@ def _settings(**overrides) -> ServiceSettings:
     fields = dict(auth_issuer=ISSUER, auth_audience=AUDIENCE, auth_jwks_url=None,
                   auth_dev_public_key_path="/nonexistent/public.pem")
     fields.update(overrides)
-    return _JwksSettings(**fields)
-
-
-class _JwksSettings(ServiceSettings):
-    """The JWKS cache settings (read by TokenVerifier with these defaults while ServiceSettings lacks them)."""
-
-    auth_jwks_cache_s: float = 300.0
-    auth_jwks_refetch_interval_s: float = 10.0
+    return ServiceSettings(**fields)
 
 
 def _app(settings: ServiceSettings, clock=time.monotonic) -> FastAPI:
