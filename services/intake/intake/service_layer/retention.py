@@ -10,9 +10,10 @@ import asyncio
 import logging
 from datetime import UTC, date, datetime
 
+from sqlalchemy import String, cast
 from sqlmodel import col, select
 
-from enlace_platform.crypto import purge_freed_pages
+from enlace_platform.crypto import PREFIX, purge_freed_pages
 from intake.adapters.orm import ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ScreeningRow
 from intake.adapters.vault import Document, PersonRecord, Vault, is_sealed
 from intake.service_layer import services
@@ -63,8 +64,8 @@ async def seal_legacy_rows(runtime) -> int:
     Returns how many persons were sealed."""
     vault = Vault.of(runtime)
     async with runtime.sessions() as session:
-        ids = [p.id for p in (await session.exec(select(PersonRow).where(col(PersonRow.erased_at).is_(None)))).all()
-               if not is_sealed(p.given_names)]
+        ids = list((await session.exec(select(PersonRow.id).where(
+            col(PersonRow.erased_at).is_(None), col(PersonRow.given_names).not_like(f"{PREFIX}%")))).all())
     for person_id in ids:
         async with runtime.sessions() as session:
             await _seal_person_rows(session, vault, await session.get(PersonRow, person_id))
@@ -96,20 +97,26 @@ async def _seal_person_rows(session, vault: Vault, person: PersonRow) -> None:
     await vault.index(session, person, record)
 
 
+def _in_clear(json_column):
+    """A JSON column that does not hold a sealed string (a sealed value is stored as the JSON text "enc1:...")."""
+    return cast(json_column, String).not_like(f'"{PREFIX}%')
+
+
 async def _seal_other_rows(session, vault: Vault) -> int:
     count = 0
-    for version in (await session.exec(select(PersonVersionRow))).all():
+    for version in (await session.exec(select(PersonVersionRow).where(_in_clear(PersonVersionRow.snapshot)))).all():
         if isinstance(version.snapshot, dict):
             await vault.seal_snapshot(session, version, version.snapshot)
             session.add(version)
             count += 1
-    for screening in (await session.exec(select(ScreeningRow))).all():
+    for screening in (await session.exec(select(ScreeningRow).where(_in_clear(ScreeningRow.answers)))).all():
         if isinstance(screening.answers, dict):
             await vault.seal_screening(session, screening, answers=screening.answers, facts=screening.facts or {},
                                        needs=screening.needs or [])
             session.add(screening)
             count += 1
-    for consent in (await session.exec(select(ConsentRow).where(col(ConsentRow.reason).is_not(None)))).all():
+    for consent in (await session.exec(select(ConsentRow).where(
+            col(ConsentRow.reason).is_not(None), col(ConsentRow.reason).not_like(f"{PREFIX}%")))).all():
         if not is_sealed(consent.reason):
             await vault.seal_consent_reason(session, consent, consent.reason)
             session.add(consent)
