@@ -17,7 +17,7 @@ import pytest
 
 from enlace_platform.access import GRANTS, Permission, Role
 from tests.security.scenarios import BLIND, SCENARIOS, SEES, Scenario, owner_of, succeeds
-from tests.security.world import CALLERS, MOTHER, PUBLIC_PATHS, SERVICES, RouteInfo, World, all_routes
+from tests.security.world import CALLERS, MOTHER, PUBLIC_PATHS, SERVICES, RouteInfo, World, all_routes, routes_of
 
 ROUTES = all_routes()
 PROTECTED = [r for r in ROUTES if r.path not in PUBLIC_PATHS]
@@ -38,6 +38,12 @@ def test_every_route_declares_one_permission_except_the_public_ones():
     assert [str(r) for r in ROUTES if r.path in PUBLIC_PATHS and r.permission is not None] == []
     assert {(r.service, r.path) for r in ROUTES if r.path in PUBLIC_PATHS} == \
         {(s, p) for s in SERVICES for p in PUBLIC_PATHS}
+
+
+@pytest.mark.kafka
+async def test_the_running_apps_have_exactly_the_routes_probed(world: World):
+    running = {r.key for name, app in world.apps.items() for r in routes_of(name, app)}
+    assert running == {r.key for r in ROUTES}
 
 
 # --- probing ------------------------------------------------------------------------------------------
