@@ -75,12 +75,12 @@ def routes_of(service: str, app) -> list[RouteInfo]:
 
 def all_routes() -> list[RouteInfo]:
     """The routes of the three apps as built from today's code (not started: nothing listens or connects)."""
-    scratch = Path(tempfile.mkdtemp(prefix="enlace-routes-"))
     routes = []
-    for name, (create, settings_class) in SERVICES.items():
-        settings = fast_settings(settings_class, tmp_path=scratch, bootstrap="127.0.0.1:9", prefix="routes.",
-                                 dev_issuer_dir=scratch)
-        routes += routes_of(name, create(settings))
+    with tempfile.TemporaryDirectory(prefix="enlace-routes-") as scratch:
+        for name, (create, settings_class) in SERVICES.items():
+            settings = fast_settings(settings_class, tmp_path=Path(scratch), bootstrap="127.0.0.1:9",
+                                     prefix="routes.", dev_issuer_dir=Path(scratch))
+            routes += routes_of(name, create(settings))
     return routes
 
 
