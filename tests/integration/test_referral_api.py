@@ -334,6 +334,24 @@ async def test_manual_referral_with_idempotency_key(ref, auth):
     assert _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json={**body, "need_code": "X"}), 422)
 
 
+async def test_only_the_sending_agency_refers_a_person_known_here(ref, auth):
+    event = screened("UNACCOMPANIED_CHILD", age_band="12-17", registering_agency_id="MX-INM")
+    await ref.deliver(event)
+    body = {"case_id": event.data["case_id"], "person_id": event.data["person_id"], "need_code": "MEDICAL_URGENT",
+            "age_band": "12-17", "languages": ["es"]}
+    # The receiver, the coordinator, an unrelated agency and another jurisdiction: the person does not exist.
+    for agency in ("MX-PFPNNA", "MX-COORD", "MX-COMAR", "GT-IGM"):
+        problem = _problem(await ref.client.post("/referrals", headers=auth(agency), json=body), 404)
+        assert event.data["case_id"] not in problem["detail"]
+        # Nor does what they might guess about it: no 409 or 422 that would confirm the person.
+        _problem(await ref.client.post("/referrals", headers=auth(agency), json={**body, "case_id": str(uuid.uuid4()),
+                                                                                 "need_code": "UNACCOMPANIED_CHILD"}),
+                 404)
+    r = await ref.client.post("/referrals", headers=auth("MX-INM"), json=body)
+    assert r.status_code == 201 and r.json()["from_agency_id"] == "MX-INM" and r.json()["to_agency_id"] == "MX-SSA"
+    assert len(await ref.events("referral.requested.v1")) == 2
+
+
 async def test_inbox_filters_and_pagination(ref, auth):
     for _ in range(3):
         await ref.deliver(screened("SGBV_SURVIVOR", "INTERNATIONAL_PROTECTION"))

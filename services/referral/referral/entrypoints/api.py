@@ -249,16 +249,25 @@ async def list_referrals(
 
 
 @router.post("/referrals", status_code=201, response_model=ReferralOut,
-             responses={409: {"model": ProblemDetails, "description": "An open referral for this person and need exists"}},
-             summary="A manual referral by a caseworker of your agency (sent from your agency)")
+             responses={404: {"model": ProblemDetails, "description": "The person is known here, but another agency "
+                                                                      "sends their referrals"},
+                        409: {"model": ProblemDetails, "description": "An open referral for this person and need "
+                                                                      "exists"}},
+             summary="A manual referral by a caseworker of your agency (sent from your agency; for a person "
+                     "already known here, only by the agency that sends their referrals)")
 async def create_referral(body: ManualReferralIn, request: Request, principal: ReferralActor, session: DbSession,
                           idempotency: Idempotency) -> ReferralOut:
     previous = await idempotency.previous_resource(session)
     if previous is not None:
         return await render(session, await visible_referral(session, previous, principal), principal)
     person_id, case_id = str(body.person_id), str(body.case_id)
-    known_case = (await session.exec(select(ReferralRow.case_id).where(ReferralRow.person_id == person_id)
-                                     .limit(1))).first()
+    known = (await session.exec(select(ReferralRow.case_id, ReferralRow.from_agency_id)
+                                .where(ReferralRow.person_id == person_id))).all()
+    # A person known here is referred only by the agency that sends their referrals (registered their case);
+    # to anyone else they do not exist, as an unrelated agency's referral does not.
+    if known and principal.agency_id not in {sender for _, sender in known}:
+        raise Problem(404, detail=f"No person {person_id} whose referrals your agency sends.")
+    known_case = known[0][0] if known else None
     if known_case is not None and known_case != case_id:
         raise Problem(422, detail="This person belongs to another case.",
                       errors=[{"path": "body/case_id", "message": "not the person's case"}])
