@@ -40,12 +40,9 @@ AGENCY = {"agency_id": "directory:agency"}
 SERVICE = {"service_id": "directory:service"}
 OF_THE_CASE = lambda w: {"case_id": w.ids["case"]}  # noqa: E731
 
-PROBE_CASE = {"place": "Punto de prueba", "encountered_at": "2026-11-28T08:00:00Z",
-              "persons": [{"given_names": "Probe", "family_names": "Caller", "sex": "female", "estimated_age": 35}]}
-
 SCENARIOS: dict[tuple[str, str, str], Scenario] = {
     # --- intake: a case belongs to MX-INM; MX-COMAR may read the mother while its referral is open -----
-    ("intake", "POST", "/cases"): Scenario(expect(201), body=PROBE_CASE),
+    ("intake", "POST", "/cases"): Scenario(expect(201), body=World.probe_case()),
     ("intake", "POST", "/cases/search"): Scenario(expect(BLIND, inm=SEES), body={"name": "Quintanilla"}),
     ("intake", "GET", "/cases"): Scenario(expect(BLIND, inm=SEES)),
     ("intake", "GET", "/cases/{case_id}"): Scenario(expect(404, inm=200), CASE),

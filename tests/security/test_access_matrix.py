@@ -256,3 +256,30 @@ async def test_only_the_registering_agency_finds_a_person_by_document_number(wor
         assert found == (caller == "inm"), f"{caller} {'found' if found else 'did not find'} the mother"
         if caller != "inm":
             assert _leaks(world, response, set()) == [], caller
+
+
+# Routes that take a person (in the path or, for a screening, in the body) within a case.
+PERSON_ROUTES = [r for r in PROTECTED if r.service == "intake"
+                 and ("{person_id}" in r.path or r.key == ("intake", "POST", "/cases/{case_id}/screenings"))]
+
+
+@pytest.fixture(scope="module")
+async def case_of_inm2(world: World) -> str:
+    response = await world.client("intake").post("/cases", json=world.probe_case(),
+                                                  headers=world.tokens.of("inm2"))
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("route", PERSON_ROUTES, ids=str)
+async def test_someone_elses_person_under_your_own_case_is_not_found(world: World, route: RouteInfo,
+                                                                      case_of_inm2: str):
+    params = {"case_id": case_of_inm2, "person_id": world.ids["mother"], "consent_id": world.ids["consent"]}
+    params = {name: params[name] for name in route.param_names}
+    body = await _resolve(world, _scenario(route).body)
+    if isinstance(body, dict) and "person_id" in body:
+        body = {**body, "person_id": world.ids["mother"]}
+    response = await _call(world, route, world.tokens.for_permission("inm2", route.permission), params, body, None)
+    assert response.status_code == 404, response.text
+    assert _refusal_problems(world, response, set(params.values()) | set(_strings(body))) == []

@@ -202,6 +202,12 @@ class World:
         return {"subscription_id": r.json()["id"]}
 
     @staticmethod
+    def probe_case() -> dict:
+        """A case a probe registers: nothing in it is one of the seeded persons' data."""
+        return {"place": "Punto de prueba", "encountered_at": "2026-11-28T08:00:00Z",
+                "persons": [{"given_names": "Probe", "family_names": "Caller", "sex": "female", "estimated_age": 35}]}
+
+    @staticmethod
     def service_body(agency_id: str) -> dict:
         return {"agency_id": agency_id, "area": "MX", "name": "Servicio de prueba", "need_codes": ["SGBV_SURVIVOR"],
                 "languages": ["es"], "capacity": 0}
