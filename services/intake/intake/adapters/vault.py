@@ -109,14 +109,16 @@ class Vault:
 
     # --- persons and their documents ------------------------------------------------------------
 
-    async def seal_person(self, session: AsyncSession, person: PersonRow, record: PersonRecord) -> list[PersonDocumentRow]:
+    async def seal_person(self, session: AsyncSession, person: PersonRow,
+                          record: PersonRecord) -> list[PersonDocumentRow]:
         """Write the record into the row, sealed; returns the new document rows (not yet added)."""
         s = await self.sealer(session, person.id)
         person.given_names = s.seal("given_names", record.given_names)
         person.family_names = s.seal("family_names", record.family_names)
         person.sex = s.seal("sex", record.sex)
-        person.date_of_birth = s.seal("date_of_birth", record.date_of_birth.isoformat() if record.date_of_birth else None)
-        person.estimated_age = s.seal("estimated_age", None if record.estimated_age is None else str(record.estimated_age))
+        dob, age = record.date_of_birth, record.estimated_age
+        person.date_of_birth = s.seal("date_of_birth", dob.isoformat() if dob else None)
+        person.estimated_age = s.seal("estimated_age", None if age is None else str(age))
         person.age_disputed = record.age_disputed
         person.nationality = s.seal("nationality", record.nationality)
         person.languages = s.seal("languages", json.dumps(record.languages))
@@ -168,7 +170,8 @@ def open_person_with(s: Sealer, person: PersonRow, documents: list[PersonDocumen
         given_names=s.open("given_names", person.given_names), family_names=s.open("family_names", person.family_names),
         sex=s.open("sex", person.sex), date_of_birth=date.fromisoformat(dob) if dob else None,
         estimated_age=None if age is None else int(age), age_disputed=person.age_disputed,
-        nationality=s.open("nationality", person.nationality), languages=json.loads(s.open("languages", person.languages)),
+        nationality=s.open("nationality", person.nationality),
+        languages=json.loads(s.open("languages", person.languages)),
         documents=[Document(type=s.open("document.type", d.type), number=s.open("document.number", d.number),
                             issuing_country=s.open("document.issuing_country", d.issuing_country)) for d in documents])
 

@@ -251,9 +251,9 @@ def _erased_out(person: PersonRow) -> ErasedPersonOut:
 
 
 def _gone(exc: services.Gone) -> Problem:
-    return Problem(410, title="Erased", type_=ERASED_TYPE, detail=f"Person {exc.person_id} was erased: their data no longer exists "
-                                               "in readable form.", person_id=exc.person_id,
-                   erased_at=exc.erased_at.isoformat() if exc.erased_at else None)
+    return Problem(410, title="Erased", type_=ERASED_TYPE,
+                   detail=f"Person {exc.person_id} was erased: their data no longer exists in readable form.",
+                   person_id=exc.person_id, erased_at=exc.erased_at.isoformat() if exc.erased_at else None)
 
 
 def _hold_out(h: ProtectionHoldRow) -> HoldOut:
@@ -338,7 +338,8 @@ async def register_case(request: Request, body: CaseIn, principal: Writer, sessi
 
 
 def _record(p: PersonIn) -> PersonRecord:
-    return PersonRecord(**p.model_dump(exclude={"documents"}), documents=[Document(**d.model_dump()) for d in p.documents])
+    return PersonRecord(**p.model_dump(exclude={"documents"}),
+                        documents=[Document(**d.model_dump()) for d in p.documents])
 
 
 class CaseSearchIn(_In):
@@ -549,7 +550,8 @@ def _screening_out(view: services.ScreeningView) -> ScreeningOut:
                         created_at=s.created_at)
 
 
-@router.post("/cases/{case_id}/screenings", status_code=status.HTTP_201_CREATED, response_model=ScreeningOut, responses=GONE,
+@router.post("/cases/{case_id}/screenings", status_code=status.HTTP_201_CREATED, response_model=ScreeningOut,
+             responses=GONE,
              summary="Screen one person: the rules turn the answers and the group's relationships into needs. "
                      "Each screening is a new result; earlier results are never recomputed")
 async def record_screening(request: Request, case_id: str, body: ScreeningIn, principal: Writer, session: DbSession,
@@ -630,7 +632,8 @@ def _consent_out(view: services.ConsentView) -> ConsentOut:
 @router.post("/cases/{case_id}/persons/{person_id}/consents", status_code=status.HTTP_201_CREATED,
              response_model=ConsentOut,
              responses={200: {"model": ConsentOut, "description": "The same consent was already active"},
-                        409: {"model": ProblemDetails, "description": "An override for an adult or another agency type"},
+                        409: {"model": ProblemDetails,
+                              "description": "An override for an adult or another agency type"},
                         **GONE},
              summary="Record a person's consent for a purpose and recipient agency type, or apply the "
                      "mandatory child-protection override")
@@ -672,7 +675,8 @@ async def list_consents(case_id: str, person_id: str, principal: Reader, session
     return ConsentsOut(items=[_consent_out(c) for c in views], scope=services.scope_of_rows(v.row for v in views))
 
 
-@router.post("/cases/{case_id}/persons/{person_id}/consents/{consent_id}/withdrawal", response_model=ConsentOut, responses=GONE,
+@router.post("/cases/{case_id}/persons/{person_id}/consents/{consent_id}/withdrawal", response_model=ConsentOut,
+             responses=GONE,
              summary="Withdraw a consent (or an override applied in error); withdrawing twice changes nothing")
 async def withdraw_consent(request: Request, case_id: str, person_id: str, consent_id: str, principal: Writer,
                            session: DbSession, vault: PersonVault) -> ConsentOut:
