@@ -259,6 +259,7 @@ async def create_referral(body: ManualReferralIn, request: Request, principal: R
                           idempotency: Idempotency) -> ReferralOut:
     previous = await idempotency.previous_resource(session)
     if previous is not None:
+        note_objects(request, "referral", [previous])
         return await render(session, await visible_referral(session, previous, principal), principal)
     person_id, case_id = str(body.person_id), str(body.case_id)
     known = (await session.exec(select(ReferralRow.case_id, ReferralRow.from_agency_id)
