@@ -93,3 +93,27 @@ async def test_a_withdrawn_follow_up_consent_cancels_no_referral(ref, auth):
     [referral] = await ref.referrals(auth("MX-INM"))
     assert referral["status"] == "requested" and referral["to_agency_id"] == "MX-SSA"
     assert await ref.events("referral.cancelled.v1") == []
+
+
+async def test_the_receiver_loses_read_access_to_the_free_text_until_consent_is_given_again(ref, auth):
+    event = screened("MEDICAL_URGENT", "UNACCOMPANIED_CHILD", age_band="12-17",
+                     scope=consent_scope("health", "child_protection"))
+    case_id, person_id = event.data["case_id"], event.data["person_id"]
+    await ref.deliver(event)
+    inm, ssa, pfpnna = auth("MX-INM"), auth("MX-SSA"), auth("MX-PFPNNA")
+    sent = {r["need_code"]: r for r in await ref.referrals(inm)}
+    medical, child = sent["MEDICAL_URGENT"]["id"], sent["UNACCOMPANIED_CHILD"]["id"]
+    for rid, headers, text in ((medical, ssa, "Alergia a penicilina"), (child, pfpnna, "Pregunta por su madre")):
+        assert (await ref.client.post(f"/referrals/{rid}/notes", headers=headers, json={"text": text})).status_code == 201
+
+    async def notes(rid, headers):
+        history = (await ref.client.get(f"/referrals/{rid}/history", headers=headers)).json()
+        return [(h["note"], h["text_withheld"]) for h in history if h["action"] == "note"]
+
+    for agency_type in ("health", "child_protection"):
+        await ref.deliver(consent_changed(case_id, person_id, agency_type, status="withdrawn"))
+    assert await notes(medical, ssa) == [(None, True)]  # the receiver: withheld
+    assert await notes(medical, inm) == [("Alergia a penicilina", False)]  # the sender keeps its record
+    assert await notes(child, pfpnna) == [("Pregunta por su madre", False)], "mandatory: shared by law"
+    await ref.deliver(consent_changed(case_id, person_id, "health"))
+    assert await notes(medical, ssa) == [("Alergia a penicilina", False)]

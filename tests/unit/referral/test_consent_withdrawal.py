@@ -2,7 +2,7 @@
 
 import pytest
 
-from referral.domain.consent import cancelled_by_withdrawal
+from referral.domain.consent import cancelled_by_withdrawal, withheld_from_receiver
 from referral.domain.lifecycle import OPEN, TERMINAL
 
 
@@ -25,3 +25,12 @@ def test_what_already_ended_stays_as_it_ended(status):
 def test_other_agency_types_and_the_queue_are_untouched():
     assert not cancelled_by_withdrawal("accepted", "MEDICAL_URGENT", "health", "psychosocial")
     assert not cancelled_by_withdrawal("requested", "SGBV_SURVIVOR", None, "health")  # waits for consent
+
+
+def test_the_receiver_of_a_withdrawn_type_loses_the_free_text_except_for_mandatory_needs():
+    withdrawn = frozenset({"health"})
+    assert withheld_from_receiver("MEDICAL_URGENT", "health", withdrawn)
+    assert not withheld_from_receiver("MEDICAL_URGENT", "health", frozenset())
+    assert not withheld_from_receiver("SGBV_SURVIVOR", "psychosocial", withdrawn)
+    assert not withheld_from_receiver("UNACCOMPANIED_CHILD", "child_protection", frozenset({"child_protection"}))
+    assert not withheld_from_receiver("MEDICAL_URGENT", None, withdrawn)  # queued: no receiver

@@ -41,6 +41,14 @@ async def consented_agency_types(session: AsyncSession, person_id: str) -> froze
     return frozenset(rows)
 
 
+async def withdrawn_agency_types(session: AsyncSession, person_id: str) -> frozenset[str]:
+    """Agency types the person withdrew their consent to be referred to (and has not given it again)."""
+    rows = (await session.exec(select(ConsentRow.recipient_agency_type).where(
+        ConsentRow.person_id == person_id, ConsentRow.purpose == CONSENT_PURPOSE_REFERRAL,
+        ConsentRow.granted == False))).all()  # noqa: E712 (SQL expression)
+    return frozenset(rows)
+
+
 async def seed_if_empty(session: AsyncSession, seed_path: Path) -> int:
     if (await session.exec(select(AgencyRow.id).limit(1))).first() is not None:
         return 0

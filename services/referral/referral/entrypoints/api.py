@@ -23,9 +23,10 @@ from enlace_platform.runtime import DbSession
 from enlace_platform.timeutil import as_utc
 from referral.adapters.orm import HistoryRow, HoldRow, ReferralRow
 from referral.domain.codes import AGE_BANDS, COORDINATOR, NEED_CODES, OUTCOME_CODES, REASON_CODES, URGENCIES
-from referral.domain.lifecycle import OPEN, TERMINAL, Action, Status, allowed_actions
+from referral.domain.lifecycle import OPEN, TERMINAL, Action, Role, Status, allowed_actions
+from referral.domain.consent import withheld_from_receiver
 from referral.domain.routing import route
-from referral.adapters.directory import load_directory
+from referral.adapters.directory import load_directory, withdrawn_agency_types
 from referral.entrypoints.directory_api import LanguageCode
 from referral.service_layer.referrals import (
     Actor, Command, Policy, act, agency_roles, add_note, decide_route, eligible_problem, facts_for,
@@ -153,6 +154,9 @@ class HistoryOut(BaseModel):
     to_agency_id: str | None
     text_erased: bool = Field(description="The person was erased (person.erased.v1): this row's free text is "
                                           "gone for good; its codes remain")
+    text_withheld: bool = Field(False, description="This row has free text, but your agency, the receiver, may no "
+                                                   "longer read it: the person withdrew their consent to share "
+                                                   "with your agency type")
 
 
 class HoldOut(BaseModel):
@@ -328,13 +332,22 @@ async def referral_history(referral_id: str, request: Request, principal: Referr
     ref = await visible_referral(session, referral_id, principal)
     rows = list((await session.exec(select(HistoryRow).where(HistoryRow.referral_id == referral_id)
                                     .order_by(HistoryRow.seq))).all())
+    if agency_roles(principal, ref) == {Role.RECEIVER} and withheld_from_receiver(
+            ref.need_code, ref.to_agency_type, await withdrawn_agency_types(session, ref.person_id)):
+        # Nothing of the person is even opened.
+        return [_history_out(row, HistoryText(None, None, row.text_erased, text_withheld=_has_text(row)))
+                for row in rows]
     texts = await open_history_text(session, _keyring(request), ref.person_id, rows)
     return [_history_out(row, text) for row, text in zip(rows, texts, strict=True)]
 
 
+def _has_text(row: HistoryRow) -> bool:
+    return row.reason_text is not None or row.note is not None
+
+
 def _history_out(row: HistoryRow, text: HistoryText) -> HistoryOut:
     return HistoryOut(**{**row.model_dump(), "reason_text": text.reason_text, "note": text.note,
-                         "text_erased": text.text_erased})
+                         "text_erased": text.text_erased, "text_withheld": text.text_withheld})
 
 
 @router.post("/referrals/{referral_id}/notes", status_code=201, response_model=HistoryOut,

@@ -40,6 +40,7 @@ class HistoryText:
     reason_text: str | None
     note: str | None
     text_erased: bool
+    text_withheld: bool = False  # not for this reader (see the history route), though it exists
 
 
 ERASED = HistoryText(None, None, True)
