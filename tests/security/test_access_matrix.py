@@ -7,21 +7,19 @@ refusal says is checked too: no personal data, no other object's id, and a 404 f
 equal to the 404 for an id that does not exist.
 """
 
-import inspect
-import json
 import uuid
-from dataclasses import dataclass
 
-import httpx
 import pytest
 
 from enlace_platform.access import GRANTS, Permission, Role
+from tests.security.probing import (
+    call, leaks, normalised, refusal_problems, resolve, scenario_of, send_probe, strings_in,
+)
 from tests.security.scenarios import BLIND, SCENARIOS, SEES, Scenario, owner_of, succeeds
 from tests.security.world import CALLERS, MOTHER, PUBLIC_PATHS, SERVICES, RouteInfo, World, all_routes, routes_of
 
 ROUTES = all_routes()
 PROTECTED = [r for r in ROUTES if r.path not in PUBLIC_PATHS]
-PROBLEM_JSON = "application/problem+json"
 MOTHER_DOCUMENT = MOTHER["documents"][0]["number"]
 
 
@@ -48,93 +46,6 @@ async def test_the_running_apps_have_exactly_the_routes_probed(world: World):
 
 # --- probing ------------------------------------------------------------------------------------------
 
-async def _resolve(world: World, spec):
-    """A scenario's value: as given, or made from the world (fresh objects are made right now)."""
-    if not callable(spec):
-        return spec
-    value = spec(world)
-    return await value if inspect.isawaitable(value) else value
-
-
-async def _params(world: World, scenario: Scenario) -> dict[str, str]:
-    if callable(scenario.params):
-        return await _resolve(world, scenario.params)
-    return {name: world.directory[key.removeprefix("directory:")] if key.startswith("directory:") else world.ids[key]
-            for name, key in scenario.params.items()}
-
-
-async def _call(world: World, route: RouteInfo, headers: dict, params: dict, body, query) -> httpx.Response:
-    return await world.client(route.service).request(route.method, route.path.format(**params), headers=headers,
-                                                     json=body, params=query)
-
-
-@dataclass
-class Probe:
-    """One request of a scenario, with what it asked about."""
-    route: RouteInfo
-    headers: dict
-    params: dict[str, str]
-    body: object
-    query: dict | None
-    response: httpx.Response
-
-    @property
-    def asked(self) -> set[str]:
-        return set(self.params.values()) | set((self.query or {}).values()) | set(_strings(self.body))
-
-    async def random_id_twin(self, world: World) -> tuple[dict[str, str], httpx.Response]:
-        """The same request about objects that do not exist."""
-        fake = {name: str(uuid.uuid4()) for name in self.params}
-        return fake, await _call(world, self.route, self.headers, fake, self.body, self.query)
-
-    def same_as_twin(self, twin: httpx.Response, fake: dict[str, str]) -> bool:
-        return _normalised(self.response, list(self.params.values())) == _normalised(twin, list(fake.values()))
-
-
-async def _probe(world: World, route: RouteInfo, headers: dict) -> Probe:
-    scenario = _scenario(route)
-    params = await _params(world, scenario)
-    body = await _resolve(world, scenario.body)
-    query = await _resolve(world, scenario.query)
-    return Probe(route, headers, params, body, query, await _call(world, route, headers, params, body, query))
-
-
-def _normalised(response: httpx.Response, values: list[str]) -> tuple:
-    """A refusal with the ids it was asked about replaced and its instance dropped."""
-    text = response.text
-    for value in sorted(values, key=len, reverse=True):
-        text = text.replace(value, "<id>")
-    try:
-        body = json.loads(text)
-        if isinstance(body, dict):
-            body.pop("instance", None)
-    except ValueError:
-        body = text
-    return response.status_code, response.headers.get("content-type"), body
-
-
-def _leaks(world: World, response: httpx.Response, allowed_ids: set[str]) -> list[str]:
-    """Personal data, fields or ids of the seeded objects in a response that must show none of them."""
-    text = response.text
-    found = [f"secret {s!r}" for s in world.secrets + world.fields if s in text]
-    return found + [f"{name} id" for name, value in world.ids.items() if value in text and value not in allowed_ids]
-
-
-def _refusal_problems(world: World, response: httpx.Response, asked: set[str]) -> list[str]:
-    problems = []
-    if not response.headers.get("content-type", "").startswith(PROBLEM_JSON):
-        problems.append(f"not problem+json: {response.headers.get('content-type')}")
-    problems += [f"leaks {what}" for what in _leaks(world, response, asked)]
-    return problems
-
-
-def _scenario(route: RouteInfo) -> Scenario:
-    scenario = SCENARIOS.get(route.key)
-    if scenario is None:
-        pytest.fail(f"{route} has no scenario in tests/security/scenarios.py")
-    return scenario
-
-
 def _ordered(scenario: Scenario) -> list[tuple[str, int | str]]:
     # Refusals first: a probe that succeeds may change the object (receive, delete) for those after it.
     return sorted(scenario.expect.items(), key=lambda item: succeeds(item[1]))
@@ -144,22 +55,22 @@ def _ordered(scenario: Scenario) -> list[tuple[str, int | str]]:
 @pytest.mark.parametrize("route", PROTECTED, ids=str)
 async def test_each_agency_gets_what_its_relation_to_the_object_allows(world: World, route: RouteInfo):
     failures = []
-    for caller, expected in _ordered(_scenario(route)):
-        probe = await _probe(world, route, world.tokens.for_permission(caller, route.permission))
+    for caller, expected in _ordered(scenario_of(route)):
+        probe = await send_probe(world, route, world.tokens.for_permission(caller, route.permission))
         response, got, where = probe.response, probe.response.status_code, f"{caller} ({CALLERS[caller][0]})"
         if expected in (SEES, BLIND):
             if got != 200:
                 failures.append(f"{where}: {got}, expected 200: {response.text[:300]}")
             elif expected == SEES and not any(v in response.text for v in world.ids.values()):
                 failures.append(f"{where}: 200 but shows none of the seeded objects")
-            elif expected == BLIND and (leaks := _leaks(world, response, set())):
-                failures.append(f"{where}: 200 but shows another agency's data: {leaks}")
+            elif expected == BLIND and (shown := leaks(world, response, set())):
+                failures.append(f"{where}: 200 but shows another agency's data: {shown}")
             continue
         if got != expected:
             failures.append(f"{where}: {got}, expected {expected}: {response.text[:300]}")
             continue
         if got in (403, 404):
-            failures += [f"{where}: {p}" for p in _refusal_problems(world, response, probe.asked)]
+            failures += [f"{where}: {p}" for p in refusal_problems(world, response, probe.asked)]
         elif got >= 400:
             failures += [f"{where}: leaks secret {s!r}" for s in world.secrets if s in response.text]
         if got == 404 and probe.params:
@@ -170,31 +81,21 @@ async def test_each_agency_gets_what_its_relation_to_the_object_allows(world: Wo
     assert failures == [], f"{route}:\n" + "\n".join(failures)
 
 
-def _strings(value) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return []
-
-
 @pytest.mark.kafka
 @pytest.mark.parametrize("route", PROTECTED, ids=str)
 async def test_every_role_without_the_routes_permission_gets_403_before_anything_is_read(world: World,
                                                                                           route: RouteInfo):
     if route.permission is None:
         pytest.fail(f"{route} declares no permission")
-    owner = owner_of(_scenario(route))
+    owner = owner_of(scenario_of(route))
     failures = []
     for role in [*sorted(set(Role) - GRANTS[route.permission]), "administrator"]:  # an unknown role grants nothing
-        probe = await _probe(world, route, world.tokens.of(owner, role))
+        probe = await send_probe(world, route, world.tokens.of(owner, role))
         response, where = probe.response, f"{owner} ({CALLERS[owner][0]}) as {role}"
         if response.status_code != 403:
             failures.append(f"{where}: {response.status_code}, expected 403: {response.text[:300]}")
             continue
-        failures += [f"{where}: {p}" for p in _refusal_problems(world, response, probe.asked)]
+        failures += [f"{where}: {p}" for p in refusal_problems(world, response, probe.asked)]
         if response.json().get("permission") != route.permission.value:
             failures.append(f"{where}: the 403 does not name the permission {route.permission.value}")
         if probe.params:
@@ -209,11 +110,11 @@ async def test_every_role_without_the_routes_permission_gets_403_before_anything
 async def test_no_token_an_expired_token_or_a_foreign_signature_gets_401(world: World, route: RouteInfo):
     failures = []
     for kind, headers in world.tokens.invalid().items():
-        probe = await _probe(world, route, headers)
+        probe = await send_probe(world, route, headers)
         if probe.response.status_code != 401:
             failures.append(f"{kind}: {probe.response.status_code}, expected 401: {probe.response.text[:300]}")
             continue
-        failures += [f"{kind}: {p}" for p in _refusal_problems(world, probe.response, probe.asked)]
+        failures += [f"{kind}: {p}" for p in refusal_problems(world, probe.response, probe.asked)]
         challenge = probe.response.headers.get("www-authenticate", "")
         if not challenge.startswith("Bearer"):
             failures.append(f"{kind}: WWW-Authenticate is {challenge!r}")
@@ -229,8 +130,8 @@ async def test_the_addressee_reads_only_the_person_its_referral_is_about(world: 
     son = await intake.get(f"/cases/{world.ids['case']}/persons/{world.ids['son']}", headers=comar)
     nobody = await intake.get(f"/cases/{world.ids['case']}/persons/{uuid.uuid4()}", headers=comar)
     assert son.status_code == 404
-    assert _refusal_problems(world, son, {world.ids["case"], world.ids["son"]}) == []
-    assert _normalised(son, [world.ids["son"]]) == _normalised(nobody, [nobody.url.path.rsplit("/", 1)[-1]])
+    assert refusal_problems(world, son, {world.ids["case"], world.ids["son"]}) == []
+    assert normalised(son, [world.ids["son"]]) == normalised(nobody, [nobody.url.path.rsplit("/", 1)[-1]])
 
 
 @pytest.mark.kafka
@@ -255,7 +156,7 @@ async def test_only_the_registering_agency_finds_a_person_by_document_number(wor
         found = world.ids["case"] in response.text
         assert found == (caller == "inm"), f"{caller} {'found' if found else 'did not find'} the mother"
         if caller != "inm":
-            assert _leaks(world, response, set()) == [], caller
+            assert leaks(world, response, set()) == [], caller
 
 
 # Routes that take a person (in the path or, for a screening, in the body) within a case.
@@ -277,9 +178,9 @@ async def test_someone_elses_person_under_your_own_case_is_not_found(world: Worl
                                                                       case_of_inm2: str):
     params = {"case_id": case_of_inm2, "person_id": world.ids["mother"], "consent_id": world.ids["consent"]}
     params = {name: params[name] for name in route.param_names}
-    body = await _resolve(world, _scenario(route).body)
+    body = await resolve(world, scenario_of(route).body)
     if isinstance(body, dict) and "person_id" in body:
         body = {**body, "person_id": world.ids["mother"]}
-    response = await _call(world, route, world.tokens.for_permission("inm2", route.permission), params, body, None)
+    response = await call(world, route, world.tokens.for_permission("inm2", route.permission), params, body, None)
     assert response.status_code == 404, response.text
-    assert _refusal_problems(world, response, set(params.values()) | set(_strings(body))) == []
+    assert refusal_problems(world, response, set(params.values()) | set(strings_in(body))) == []
