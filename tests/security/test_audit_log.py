@@ -10,6 +10,7 @@ import pytest
 
 from enlace_platform.access import Role
 from enlace_platform.audit import DEFAULT_PURPOSE
+from tests.security.probing import send_probe
 from tests.security.world import SERVICES, World, all_routes
 
 pytestmark = pytest.mark.kafka
@@ -104,3 +105,21 @@ async def test_an_auditor_cannot_widen_the_log_with_filters(world: World, servic
     for filters in ({"agency_id": "MX-INM"}, {"agency_id": "MX-COMAR"}, {"object_id": world.ids["mother"]}):
         assert {e["agency_id"] for e in await _audit(world, service, "comar2", **filters)} <= {"MX-ASYL2"}
         assert {e["jurisdiction"] for e in await _audit(world, service, "gtcoord", **filters)} <= {"GT"}
+
+
+@pytest.mark.parametrize("route", [r for r in all_routes() if r.permission is not None], ids=str)
+async def test_every_route_records_an_unrelated_agencys_attempt(world: World, route):
+    """MX-ASYL2 has no business with any seeded object: whatever it got, its auditor sees the attempt."""
+    user = f"attempt-{uuid.uuid4().hex[:8]}"
+    probe = await send_probe(world, route, world.tokens.for_permission("comar2", route.permission, subject=user))
+    entries = await _audit(world, route.service, "comar2", user_id=user)
+    assert entries, f"{route}: {probe.response.status_code} and nothing recorded"
+    path_object = probe.params[route.param_names[-1]] if route.param_names else None
+    for entry in entries:
+        assert (entry["agency_id"], entry["route"], entry["method"]) == ("MX-ASYL2", route.path, route.method)
+        assert entry["action"] == ("read" if route.method == "GET" else "write")
+        assert entry["status"] == probe.response.status_code
+        assert entry["purpose"] != DEFAULT_PURPOSE, f"{route}: its router declares no Purpose"
+        assert entry["trace_id"] and entry["at"], f"{route}: no trace id or time"
+    if path_object is not None:
+        assert path_object in [e["object_id"] for e in entries]

@@ -105,9 +105,9 @@ class Tokens:
     def of(self, caller: str, *roles: Role | str, subject: str | None = None) -> dict[str, str]:
         return self._mint(self._key, caller, roles or (Role.CASEWORKER,), subject)
 
-    def for_permission(self, caller: str, permission: Permission | None) -> dict[str, str]:
+    def for_permission(self, caller: str, permission: Permission | None, subject: str | None = None) -> dict[str, str]:
         """Every role that grants the route's permission: the strongest token the agency can hold for it."""
-        return self.of(caller, *(GRANTS[permission] if permission else (Role.CASEWORKER,)))
+        return self.of(caller, *(GRANTS[permission] if permission else (Role.CASEWORKER,)), subject=subject)
 
     def expired(self, caller: str = "inm") -> dict[str, str]:
         return self._mint(self._key, caller, tuple(Role), ttl_s=60, now=1_700_000_000)
