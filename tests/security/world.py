@@ -257,18 +257,19 @@ async def seed(world: World) -> None:
     async def asylum_referral():
         page = (await referral.get("/referrals", headers=inm, params={"case_id": ids["case"]})).json()
         return [i for i in page["items"] if i["need_code"] == "INTERNATIONAL_PROTECTION"]
-    (ref,) = await eventually(asylum_referral, what="the asylum referral")
+    # On a fresh broker the first consumer group join waits for __consumer_offsets: a generous liveness bound.
+    (ref,) = await eventually(asylum_referral, timeout=120, what="the asylum referral")
     assert ref["to_agency_id"] == "MX-COMAR", ref
     ids["referral"] = ref["id"]
 
     async def the_hold():
         holds = (await referral.get("/holds", headers=inm, params={"case_id": ids["case"]})).json()
         return holds and holds[0]["id"]
-    ids["hold"] = await eventually(the_hold, what="the protection hold")
+    ids["hold"] = await eventually(the_hold, timeout=120, what="the protection hold")
 
     async def comar_may_read_the_mother():
         return (await intake.get(mother, headers=t.of("comar"))).status_code == 200
-    await eventually(comar_may_read_the_mother, what="the addressee's access to the mother")
+    await eventually(comar_may_read_the_mother, timeout=120, what="the addressee's access to the mother")
 
     r = await referral.post(f"/referrals/{ids['referral']}/notes", headers=inm, json={"text": NOTE_TEXT})
     assert r.status_code == 201, r.text
