@@ -85,7 +85,7 @@ def all_routes() -> list[RouteInfo]:
 
 
 class Tokens:
-    """Tokens for every caller, and the three kinds the services must refuse."""
+    """Tokens for every caller, and the kinds the services must refuse."""
 
     def __init__(self, issuer_dir: Path, tmp: Path) -> None:
         self._key = (issuer_dir / "private.pem").read_bytes()
@@ -131,7 +131,6 @@ SON = {"given_names": "Teodomiro", "family_names": "Quintanilla Sigilo", "sex": 
        "languages": ["es"]}
 PLACE = "Paso Reservado 17"
 NOTE_TEXT = "Nota reservada: vive con su tía en la colonia Escondida"
-WEBHOOK_PATH = "/hooks"
 
 
 @dataclass
@@ -155,8 +154,7 @@ class World:
     def secrets(self) -> list[str]:
         """Personal data and free text: never in an error, a list of someone else's, or a metric."""
         return [MOTHER["given_names"], MOTHER["family_names"], SON["given_names"],
-                MOTHER["documents"][0]["number"], PLACE, NOTE_TEXT, "Amaranta", "Sigilo", "HNDSEC4471",
-                self.receiver_url]
+                MOTHER["documents"][0]["number"], PLACE, NOTE_TEXT, "Amaranta", "Sigilo", self.receiver_url]
 
     @property
     def fields(self) -> list[str]:
