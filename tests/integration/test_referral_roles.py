@@ -91,7 +91,8 @@ async def test_a_caseworker_of_the_coordinator_agency_sees_the_queue_but_cannot_
                  if r["need_code"] == "UNACCOMPANIED_CHILD")
     for action, body in (("reassign", {"to_service_id": "MX-PFPNNA-1"}),
                          ("cancel", {"reason_code": "DUPLICATE", "reason_text": "duplicado"})):
-        _problem(await ref.act(queued["id"], caseworker, action, **body), 403)
+        problem = _problem(await ref.act(queued["id"], caseworker, action, **body), 403)
+        assert "needs the role coordinator" in problem["detail"]
         _problem(await ref.act(child["id"], caseworker, action, **body), 403)
     assert await ref.events("referral.reassigned.v1", "referral.cancelled.v1") == []
     seen = (await ref.client.get(f"/referrals/{child['id']}", headers=coordinator)).json()

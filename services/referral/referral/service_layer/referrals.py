@@ -371,8 +371,9 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
                       current_status=ref.status, allowed_actions=[str(a) for a in verdict.allowed_actions])
     if not isinstance(verdict, Allowed):
         parts = ", ".join(sorted(roles)) or "no part you may act in"
-        raise Problem(403, detail=f"Your agency ({parts} of this referral) may not {cmd.action} it; acting as its "
-                                  "coordinator needs the role coordinator.")
+        needs_role = " (acting as its coordinator needs the role coordinator)" if roles != agency_roles(
+            principal, ref) else ""
+        raise Problem(403, detail=f"Your agency ({parts} of this referral) may not {cmd.action} it{needs_role}.")
     _validate(cmd, verdict)
     if cmd.expected_version is not None and cmd.expected_version != ref.version:
         raise Problem(409, detail=f"The referral is at version {ref.version}, not {cmd.expected_version}.",
@@ -426,9 +427,9 @@ async def cancel_after_consent_withdrawal(session: AsyncSession, person_id: str,
     by law. Protection holds stay (a withdrawn consent never allows a removal); queued referrals have no
     agency type yet and stay queued. Nothing open to that type: nothing happens (idempotent)."""
     at = at or now_utc()
-    persons = (await session.exec(select(ReferralRow).where(ReferralRow.person_id == person_id)
-                                  .order_by(ReferralRow.created_at, ReferralRow.id))).all()
-    refs = [r for r in persons if cancelled_by_withdrawal(r.status, r.need_code, r.to_agency_type, agency_type)]
+    of_person = (await session.exec(select(ReferralRow).where(ReferralRow.person_id == person_id)
+                                    .order_by(ReferralRow.created_at, ReferralRow.id))).all()
+    refs = [r for r in of_person if cancelled_by_withdrawal(r.status, r.need_code, r.to_agency_type, agency_type)]
     for ref in refs:
         from_status = ref.status
         await conditional_update(session, ref, {"status": str(Status.CANCELLED), "updated_at": at,
