@@ -104,7 +104,7 @@ SCENARIOS: dict[tuple[str, str, str], Scenario] = {
     ("referral", "GET", "/audit"): Scenario(expect(200)),
 
     # --- notification: MX-COMAR owns its subscription and the deliveries made for it ------------------
-    ("notification", "POST", "/subscriptions"): Scenario(expect(201), body=World.subscription_body()),
+    ("notification", "POST", "/subscriptions"): Scenario(expect(201), body=World.subscription_body),
     ("notification", "GET", "/subscriptions"): Scenario(expect(BLIND, comar=SEES)),
     ("notification", "GET", "/subscriptions/{subscription_id}"): Scenario(expect(404, comar=200), SUBSCRIPTION),
     ("notification", "PATCH", "/subscriptions/{subscription_id}"): Scenario(

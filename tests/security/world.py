@@ -154,7 +154,11 @@ class World:
     def secrets(self) -> list[str]:
         """Personal data and free text: never in an error, a list of someone else's, or a metric."""
         return [MOTHER["given_names"], MOTHER["family_names"], SON["given_names"],
-                MOTHER["documents"][0]["number"], PLACE, NOTE_TEXT, "Amaranta", "Sigilo", self.receiver_url]
+                MOTHER["documents"][0]["number"], PLACE, NOTE_TEXT, "Amaranta", "Sigilo", self.seeded_webhook_url]
+
+    @property
+    def seeded_webhook_url(self) -> str:
+        return f"{self.receiver_url}?seeded"
 
     @property
     def fields(self) -> list[str]:
@@ -210,10 +214,9 @@ class World:
         return {"agency_id": agency_id, "area": "MX", "name": "Servicio de prueba", "need_codes": ["SGBV_SURVIVOR"],
                 "languages": ["es"], "capacity": 0}
 
-    @staticmethod
-    def subscription_body() -> dict:
-        # Not the world's receiver: a probe's subscription must not share a field with the seeded one.
-        return {"url": "http://127.0.0.1:9/probe-hooks", "event_types": ["referral.requested.v1"]}
+    def subscription_body(self) -> dict:
+        # The receiver answers, so nothing retries; the URL differs from the seeded subscription's.
+        return {"url": f"{self.receiver_url}?probe", "event_types": ["referral.requested.v1"]}
 
 
 async def seed(world: World) -> None:
@@ -222,7 +225,7 @@ async def seed(world: World) -> None:
     t, ids = world.tokens, world.ids
 
     r = await notification.post("/subscriptions", headers=t.of("comar", Role.SUPERVISOR), json={
-        "url": world.receiver_url, "event_types": ["referral.*", "protection_hold.*"]})
+        "url": world.seeded_webhook_url, "event_types": ["referral.*", "protection_hold.*"]})
     assert r.status_code == 201, r.text
     ids["subscription"] = r.json()["id"]
 
