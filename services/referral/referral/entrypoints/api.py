@@ -23,8 +23,8 @@ from enlace_platform.runtime import DbSession
 from enlace_platform.timeutil import as_utc
 from referral.adapters.orm import HistoryRow, HoldRow, ReferralRow
 from referral.domain.codes import AGE_BANDS, COORDINATOR, NEED_CODES, OUTCOME_CODES, REASON_CODES, URGENCIES
-from referral.domain.lifecycle import OPEN, TERMINAL, Action, Role, Status, allowed_actions
 from referral.domain.consent import withheld_from_receiver
+from referral.domain.lifecycle import OPEN, TERMINAL, Action, Role, Status, allowed_actions
 from referral.domain.routing import route
 from referral.adapters.directory import load_directory, withdrawn_agency_types
 from referral.entrypoints.directory_api import LanguageCode
@@ -271,7 +271,7 @@ async def create_referral(body: ManualReferralIn, request: Request, principal: R
     # A person known here is referred only by the agency that sends their referrals (registered their case);
     # to anyone else they do not exist, as an unrelated agency's referral does not.
     if known and principal.agency_id not in {sender for _, sender in known}:
-        raise Problem(404, detail=f"No person {person_id} whose referrals your agency sends.")
+        raise Problem(404, detail="No such person among those whose referrals your agency sends.")
     known_case = known[0][0] if known else None
     if known_case is not None and known_case != case_id:
         raise Problem(422, detail="This person belongs to another case.",
