@@ -184,3 +184,18 @@ async def test_someone_elses_person_under_your_own_case_is_not_found(world: Worl
     response = await call(world, route, world.tokens.for_permission("inm2", route.permission), params, body, None)
     assert response.status_code == 404, response.text
     assert refusal_problems(world, response, set(params.values()) | set(strings_in(body))) == []
+
+
+@pytest.mark.kafka
+async def test_permissions_that_depend_on_the_body_are_refused_to_roles_without_them(world: World):
+    son = f"/cases/{world.ids['case']}/persons/{world.ids['son']}/consents"
+    override = {"recipient_agency_type": "child_protection", "purpose": "referral", "basis": "mandatory_override",
+                "reason": "Niño acompañado: prueba de permisos"}
+    refused = await world.client("intake").post(son, json=override, headers=world.tokens.of("inm", Role.CASEWORKER))
+    assert (refused.status_code, refused.json().get("permission")) == (403, Permission.OVERRIDE_CONSENT.value)
+
+    reassign = {"action": "reassign", "to_service_id": "MX-COMAR-1"}
+    for roles in ([Role.CASEWORKER], [Role.SUPERVISOR]):  # the coordinator's own staff, without the role
+        refused = await world.client("referral").post(f"/referrals/{world.ids['referral']}/actions", json=reassign,
+                                                      headers=world.tokens.of("coord", *roles))
+        assert refused.status_code == 403, f"{roles}: {refused.text}"
