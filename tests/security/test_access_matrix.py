@@ -16,7 +16,9 @@ from tests.security.probing import (
     call, leaks, normalised, refusal_problems, resolve, scenario_of, send_probe, strings_in,
 )
 from tests.security.scenarios import BLIND, SCENARIOS, SEES, Scenario, owner_of, succeeds
-from tests.security.world import CALLERS, MOTHER, PUBLIC_PATHS, SERVICES, RouteInfo, World, all_routes, routes_of
+from tests.security.world import (
+    CALLERS, DOCS_PATHS, MOTHER, PUBLIC_PATHS, SERVICES, RouteInfo, World, all_routes, non_api_paths, routes_of,
+)
 
 ROUTES = all_routes()
 PROTECTED = [r for r in ROUTES if r.path not in PUBLIC_PATHS]
@@ -39,9 +41,11 @@ def test_every_route_declares_one_permission_except_the_public_ones():
 
 
 @pytest.mark.kafka
-async def test_the_running_apps_have_exactly_the_routes_probed(world: World):
+async def test_the_running_apps_have_exactly_the_routes_probed_besides_their_docs(world: World):
     running = {r.key for name, app in world.apps.items() for r in routes_of(name, app)}
     assert running == {r.key for r in ROUTES}
+    assert {name: non_api_paths(app) - DOCS_PATHS for name, app in world.apps.items()} == \
+        {name: set() for name in world.apps}, "a route that is not an APIRoute escapes the matrix"
 
 
 # --- probing ------------------------------------------------------------------------------------------

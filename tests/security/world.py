@@ -29,6 +29,7 @@ from tests.support.harness import REPO, eventually, fast_settings
 SERVICES = {"intake": (intake_app, IntakeSettings), "referral": (referral_app, ReferralSettings),
             "notification": (notification_app, NotificationSettings)}
 PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics"}
+DOCS_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 DIRECTORY_SEED = str(REPO / "deploy/demo/agencies.json")
 
 # The callers: (agency id, agency type, jurisdiction). MX-INM2 and MX-ASYL2 are unrelated agencies of the
@@ -71,6 +72,12 @@ def routes_of(service: str, app) -> list[RouteInfo]:
             for method in sorted(context.methods):
                 found.append(RouteInfo(service, method, context.path, required_permission(context.dependant)))
     return found
+
+
+def non_api_paths(app) -> set[str]:
+    """Paths served by something other than an API route (FastAPI's docs, or a route the matrix would miss)."""
+    return {getattr(c.original_route, "path", repr(c.original_route)) for c in iter_route_contexts(app.routes)
+            if not isinstance(c.original_route, APIRoute)}
 
 
 def all_routes() -> list[RouteInfo]:
