@@ -4,8 +4,8 @@ Expectations: an HTTP status (for a list: whether it shows the seeded objects is
 (200, and the response shows some of the seeded objects) or BLIND (200, and it shows none of them and
 none of their personal data). ``params`` maps each path parameter to a seeded object (a key of
 World.ids, or directory:<key> of World.directory), or is a World method that makes a fresh object, for
-probes that change or destroy it. Every caller holds every role that grants the route's permission; roles without
-it are probed separately.
+probes that change or destroy it. Every caller holds every role that grants the route's permission (roles
+without it are probed separately); callers that must succeed are probed last.
 """
 
 from collections.abc import Callable
@@ -41,7 +41,8 @@ SERVICE = {"service_id": "directory:service"}
 OF_THE_CASE = lambda w: {"case_id": w.ids["case"]}  # noqa: E731
 
 SCENARIOS: dict[tuple[str, str, str], Scenario] = {
-    # --- intake: a case belongs to MX-INM; MX-COMAR may read the mother while its referral is open -----
+    # --- intake: a case belongs to MX-INM; MX-COMAR may read the mother while its referral is open, and ---
+    # --- nothing else of the case (docs/intake.md) ----------------------------------------------------
     ("intake", "POST", "/cases"): Scenario(expect(201), body=World.probe_case()),
     ("intake", "POST", "/cases/search"): Scenario(expect(BLIND, inm=SEES), body={"name": "Quintanilla"}),
     ("intake", "GET", "/cases"): Scenario(expect(BLIND, inm=SEES)),
