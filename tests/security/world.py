@@ -6,6 +6,7 @@ subscribed to webhooks first, gets it delivered. Every id and every piece of per
 the tests can look for them where they must not be.
 """
 
+import functools
 import itertools
 import re
 import tempfile
@@ -80,7 +81,8 @@ def non_api_paths(app) -> set[str]:
             if not isinstance(c.original_route, APIRoute)}
 
 
-def all_routes() -> list[RouteInfo]:
+@functools.cache
+def all_routes() -> tuple[RouteInfo, ...]:
     """The routes of the three apps as built from today's code (not started: nothing listens or connects)."""
     routes = []
     with tempfile.TemporaryDirectory(prefix="enlace-routes-") as scratch:
@@ -88,7 +90,7 @@ def all_routes() -> list[RouteInfo]:
             settings = fast_settings(settings_class, tmp_path=Path(scratch), bootstrap="127.0.0.1:9",
                                      prefix="routes.", dev_issuer_dir=Path(scratch))
             routes += routes_of(name, create(settings))
-    return routes
+    return tuple(routes)
 
 
 class Tokens:
