@@ -18,22 +18,12 @@ from intake.config import IntakeSettings
 from intake.entrypoints.app import create_app as intake_app
 from referral.config import ReferralSettings
 from referral.entrypoints.app import create_app as referral_app
-from tests.support.harness import REPO, envelopes, eventually, fast_settings, provision_topics, running_app, unique_prefix
+from tests.support.harness import (
+    REPO, database_bytes, envelopes, eventually, fast_settings, provision_topics, running_app, unique_prefix,
+)
 from tests.support.intake_support import inm, inm_supervisor
 
 pytestmark = pytest.mark.kafka
-
-
-def _raw_files(database_url: str) -> bytes:
-    path = database_url.split("///", 1)[1]
-    data = b""
-    for suffix in ("", "-wal"):
-        try:
-            with open(path + suffix, "rb") as f:
-                data += f.read()
-        except FileNotFoundError:
-            pass
-    return data
 
 
 def _found(raw: bytes, secrets) -> list[str]:
@@ -115,7 +105,7 @@ async def test_an_erased_person_is_nowhere_in_the_database_files_nor_on_the_bus(
                 any(ref["person_id"] == mother_id for ref in view["referrals"])
         await eventually(mother_held, what="the referral service's hold and referral on the mother reach intake")
 
-        assert _found(_raw_files(intake_settings.database_url), everyone) == [], "sealed before any erasure"
+        assert _found(database_bytes(intake_settings.database_url), everyone) == [], "sealed before any erasure"
 
         erase = {"reason_code": "ERASURE_REQUEST"}
         refused = await intake.post(f"/cases/{case_id}/persons/{mother_id}/erasure", headers=supervisor, json=erase)
@@ -141,7 +131,7 @@ async def test_an_erased_person_is_nowhere_in_the_database_files_nor_on_the_bus(
         assert erased_event.data["person_id"] == companion_id and erased_event.data["reason_code"] == "ERASURE_REQUEST"
 
     # The services are stopped: what is left is files and the Kafka log.
-    raw = _raw_files(intake_settings.database_url)
+    raw = database_bytes(intake_settings.database_url)
     assert _found(raw, erased_secrets) == [], "the erased person is nowhere in the database file or its log"
     assert _found(raw, everyone) == [], "and nobody's personal data is in clear"
 

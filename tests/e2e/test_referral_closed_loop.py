@@ -8,9 +8,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from enlace_platform.envelope import Envelope, to_kafka
-from tests.support.harness import bearer, envelopes, eventually, provision_topics, read_topic, unique_prefix
+from tests.support.harness import (
+    bearer, database_bytes, envelopes, eventually, provision_topics, read_topic, unique_prefix,
+)
 from tests.support.referral_support import (
-    ALL_TYPES, add_second_child_protection_service, consent_scope, database_bytes, person_erased, referral_harness,
+    ALL_TYPES, add_second_child_protection_service, consent_scope, person_erased, referral_harness,
     referral_settings, screened, token,
 )
 
@@ -150,7 +152,7 @@ async def test_person_erased_on_the_broker_shreds_the_free_text(kafka_bootstrap,
                 return await session.get(ProcessedMessage, ("referral.routing", erasure.id)) is not None
 
         await eventually(in_inbox, timeout=60, what="the erasure recorded as processed")
-        raw = database_bytes(ref.runtime)
+        raw = database_bytes(ref.runtime.settings.database_url)
         assert secret_note.encode() not in raw and secret_reason.encode() not in raw
         # The child's referral goes on.
         assert (await ref.act(child["id"], pfpnna, "accept")).status_code == 200

@@ -25,7 +25,7 @@ from jsonschema import Draft7Validator, Draft202012Validator
 
 from enlace_platform.contracts import FORMATS
 from enlace_platform.topics import CATALOG, all_topics
-from tests.support.harness import REPO, bearer, free_port, provision_topics, unique_prefix
+from tests.support.harness import REPO, bearer, database_bytes, free_port, provision_topics, unique_prefix
 
 pytestmark = pytest.mark.kafka
 
@@ -236,9 +236,9 @@ def test_intake_keeps_personal_data_sealed_and_the_erased_person_is_gone(system,
     """Read as a database dump would be: the intake and referral database files (and their write-ahead
     logs) hold no name or document number in clear; the erased person's key is gone."""
     personal = _demo_personal_data()
-    files = {str(f): f.read_bytes().decode("latin-1") for name in ("intake", "referral")
-             for f in system["run_dir"].glob(f"{name}.db*")}
-    assert any(f.endswith("intake.db") for f in files)
+    files = {name: database_bytes(system["env"][f"{name.upper()}_DATABASE_URL"]).decode("latin-1")
+             for name in ("intake", "referral")}
+    assert all(files.values())
     utf8 = [v.encode().decode("latin-1") for v in personal]  # the files hold UTF-8 bytes
     assert [(v, where) for where, text in files.items() for v in utf8 if v in text] == []
     with sqlite3.connect(system["run_dir"] / "intake.db") as db:

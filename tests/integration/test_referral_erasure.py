@@ -10,8 +10,9 @@ from sqlmodel import select
 from enlace_platform.consumer import PoisonMessage
 from enlace_platform.crypto import SubjectKey
 from referral.adapters.orm import HistoryRow
+from tests.support.harness import database_bytes
 from tests.support.referral_support import (  # noqa: F401 - ref and auth are fixtures
-    auth, database_bytes, person_erased, ref, referral_harness, referral_settings, screened, token,
+    auth, person_erased, ref, referral_harness, referral_settings, screened, token,
 )
 
 NOTE = "Nota-secreta-7f3a: vive con su tia en Tapachula"
@@ -48,7 +49,7 @@ async def test_free_text_is_sealed_then_shredded_and_the_lifecycle_goes_on(ref, 
         stored = (await session.exec(select(HistoryRow).where(HistoryRow.note.is_not(None)))).all()
     assert [row.note.startswith("enc1:") for row in stored] == [True]
     sealed_values = [row.note for row in stored]
-    raw = database_bytes(ref.runtime)
+    raw = database_bytes(ref.runtime.settings.database_url)
     for secret in (NOTE, REJECTION, FAILURE):
         assert secret.encode() not in raw
 
@@ -64,7 +65,7 @@ async def test_free_text_is_sealed_then_shredded_and_the_lifecycle_goes_on(ref, 
             assert h["note"] is None and h["reason_text"] is None
             assert h["reason_code"] == {"reject": "NO_CAPACITY", "fail": "PERSON_NOT_REACHABLE"}.get(h["action"],
                                                                                                    h["reason_code"])
-    raw = database_bytes(ref.runtime)
+    raw = database_bytes(ref.runtime.settings.database_url)
     for secret in (NOTE, REJECTION, FAILURE, *sealed_values):
         assert secret.encode() not in raw
 
@@ -116,14 +117,14 @@ async def test_free_text_written_before_sealing_is_sealed_at_start_up(tmp_path, 
                                    to_status="requested", actor_agency_id="MX-INM", note=NOTE, text_sealed=False))
             await session.commit()
         assert [h["note"] for h in await _history(ref, referral["id"], headers)] == [None, NOTE]
-        assert NOTE.encode() in database_bytes(ref.runtime)  # the probe does see clear text
+        assert NOTE.encode() in database_bytes(ref.runtime.settings.database_url)  # the probe does see clear text
 
     async with referral_harness(settings) as ref:  # start-up seals it
         async with ref.runtime.sessions() as session:
             row = (await session.exec(select(HistoryRow).where(HistoryRow.seq == 2))).one()
         assert row.text_sealed and row.note.startswith("enc1:")
         assert [h["note"] for h in await _history(ref, referral["id"], headers)] == [None, NOTE]
-        assert NOTE.encode() not in database_bytes(ref.runtime)
+        assert NOTE.encode() not in database_bytes(ref.runtime.settings.database_url)
 
 
 async def test_a_database_at_revision_0002_keeps_its_free_text_sealed_after_the_upgrade(tmp_path, dev_issuer_dir):
@@ -170,5 +171,5 @@ async def test_a_database_at_revision_0002_keeps_its_free_text_sealed_after_the_
         assert rows[0].note is None and all(r.note.startswith("enc1:") for r in rows[1:])
         history = await _history(ref, referral_id, token(dev_issuer_dir, "MX-SSA"))
         assert [h["note"] for h in history] == [None, NOTE, REJECTION]
-        raw = database_bytes(ref.runtime)
+        raw = database_bytes(ref.runtime.settings.database_url)
         assert NOTE.encode() not in raw and REJECTION.encode() not in raw

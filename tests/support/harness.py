@@ -36,6 +36,12 @@ async def service_database(path: Path, tables: list):
         await engine.dispose()
 
 
+def database_bytes(database_url: str) -> bytes:
+    """A service's SQLite database file and its write-ahead log, read raw (as anyone with a copy would)."""
+    path = Path(database_url.split("///", 1)[1])
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
 def unique_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}."
 

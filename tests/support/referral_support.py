@@ -82,12 +82,6 @@ def person_erased(case_id: str, person_id: str, reason_code: str = "ERASURE_REQU
     return Envelope(type="person.erased.v1", source="/enlace/intake", key=case_id, subject=person_id, data=data)
 
 
-def database_bytes(runtime) -> bytes:
-    """The service's SQLite database file and its write-ahead log, read raw (as anyone with a copy would)."""
-    path = Path(runtime.settings.database_url.split("///", 1)[1])
-    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
-
-
 def referral_settings(tmp_path: Path, dev_issuer_dir: Path, bootstrap: str | None = None, prefix: str = "t.",
                       **extra) -> ReferralSettings:
     """Own database and the demo directory; without a bootstrap, Kafka points at a closed port."""

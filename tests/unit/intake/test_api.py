@@ -13,27 +13,10 @@ from enlace_platform.consumer import PoisonMessage
 from intake.service_layer.handlers import HOLD_HANDLERS, REFERRAL_HANDLERS
 from tests.support.harness import bearer
 from tests.support.intake_support import (
-    deliver, family_group, hold_placed, hold_released, inm, inm_supervisor, intake_without_broker, outbox_rows,
-    referral_event,
+    deliver, family_group, hold_placed, hold_released, inm_supervisor, outbox_rows, referral_event,
 )
 
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-async def intake(tmp_path, dev_issuer_dir):
-    async with intake_without_broker(tmp_path, dev_issuer_dir) as (client, runtime):
-        yield client, runtime
-
-
-@pytest.fixture
-def officer(dev_issuer_dir):
-    return inm(dev_issuer_dir)
-
-
-@pytest.fixture
-def supervisor(dev_issuer_dir):
-    return inm_supervisor(dev_issuer_dir)
 
 
 async def _register(client, headers, body=None, **extra_headers):

@@ -21,48 +21,19 @@ from intake.entrypoints.api import router
 from intake.service_layer import services
 from intake.service_layer.handlers import HOLD_HANDLERS, REFERRAL_HANDLERS
 from intake.service_layer.retention import purge_expired, retention_loop
-from tests.support.harness import bearer, eventually
+from tests.support.harness import bearer, database_bytes, eventually
 from tests.support.intake_support import (
-    deliver, family_group, hold_placed, inm, inm_supervisor, intake_without_broker, outbox_rows, referral_event,
+    deliver, family_group, hold_placed, inm, intake_settings, outbox_rows, referral_event,
 )
 
 PROBLEM = "application/problem+json"
 SECRETS = ("María José", "Pérez López", "Sofía", "Kevin", "Ramírez", "Ramón", "Brayan", "HN1234567", "GT-99-1234")
 
 
-@pytest.fixture
-async def intake(tmp_path, dev_issuer_dir):
-    async with intake_without_broker(tmp_path, dev_issuer_dir) as (client, runtime):
-        yield client, runtime
-
-
-@pytest.fixture
-def officer(dev_issuer_dir):
-    return inm(dev_issuer_dir)
-
-
-@pytest.fixture
-def supervisor(dev_issuer_dir):
-    return inm_supervisor(dev_issuer_dir)
-
-
 async def _register(client, headers, body=None):
     r = await client.post("/cases", headers=headers, json=body or family_group())
     assert r.status_code == 201, r.text
     return r.json()
-
-
-def _raw_database(runtime) -> bytes:
-    """The SQLite database file and its write-ahead log, as a dump would see them."""
-    path = runtime.engine.url.database
-    data = b""
-    for suffix in ("", "-wal"):
-        try:
-            with open(path + suffix, "rb") as f:
-                data += f.read()
-        except FileNotFoundError:
-            pass
-    return data
 
 
 def _leaks(raw: bytes, secrets) -> list[str]:
@@ -179,7 +150,7 @@ async def test_personal_fields_are_sealed_at_rest_and_still_searchable(intake, o
         keys = (await session.exec(select(SubjectKey))).all()
     assert row.given_names.startswith("enc1:") and row.date_of_birth.startswith("enc1:")
     assert len(keys) == 5, "one key per person"
-    assert _leaks(_raw_database(runtime), SECRETS + ("Alexander", "1990-02-14")) == []
+    assert _leaks(database_bytes(runtime.settings.database_url), SECRETS + ("Alexander", "1990-02-14")) == []
     # Still readable through the API, and searchable by whole words and whole document numbers.
     person = (await client.get(f"/cases/{case['id']}/persons/{mother['id']}", headers=officer)).json()
     assert person["given_names"] == "María José" and person["documents"][0]["number"] == "HN1234567"
@@ -249,10 +220,10 @@ async def test_an_erased_person_is_gone_everywhere(intake, officer, supervisor):
     consent = (await client.post(f"{base}/consents", headers=officer,
                                  json={"recipient_agency_type": "health", "purpose": "referral"})).json()
     await client.patch(base, headers=officer, json={"family_names": "Díaz Ortega"})
-    assert _leaks(_raw_database(runtime), ("Ramón", "GT-99-1234", "Ortega")) == [], "sealed before erasure too"
+    assert _leaks(database_bytes(runtime.settings.database_url), ("Ramón", "GT-99-1234", "Ortega")) == [], "sealed before erasure too"
     async with runtime.sessions() as session:
         wrapped_key = (await session.get(SubjectKey, adult["id"])).wrapped_key
-    assert wrapped_key in _raw_database(runtime)
+    assert wrapped_key in database_bytes(runtime.settings.database_url)
 
     r = await client.post(f"{base}/erasure", headers=supervisor, json={"reason_code": "ERASURE_REQUEST"})
     assert r.status_code == 200, r.text
@@ -293,7 +264,7 @@ async def test_an_erased_person_is_gone_everywhere(intake, officer, supervisor):
     payload = json.loads(event.payload)
     assert payload == {"case_id": case["id"], "person_id": adult["id"], "reason_code": "ERASURE_REQUEST",
                        "erased_at": payload["erased_at"]} and event.subject == adult["id"]
-    raw = _raw_database(runtime)
+    raw = database_bytes(runtime.settings.database_url)
     assert _leaks(raw, ("Ramón", "Díaz", "GT-99-1234", "Ortega")) == []
     assert wrapped_key not in raw, "the destroyed key survives neither in the database file nor in its log"
     assert "María José".encode() not in raw, "the others stay sealed too"
@@ -360,8 +331,6 @@ async def test_two_replicas_purging_at_once_erase_each_person_once(intake, offic
 async def test_the_purge_loop_runs_on_its_interval(tmp_path, dev_issuer_dir):
     from intake.entrypoints.app import create_app
     from tests.support.harness import running_app
-    from tests.support.intake_support import intake_settings
-
     settings = intake_settings(tmp_path, dev_issuer_dir).model_copy(
         update={"retention_period": timedelta(seconds=1), "retention_purge_interval_s": 0.2})
     app = create_app(settings)
