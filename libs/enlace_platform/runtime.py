@@ -41,6 +41,24 @@ log = logging.getLogger(__name__)
 BackgroundLoop = Callable[["ServiceRuntime"], Awaitable[None]]
 
 
+def every(interval_s: float, work: Callable[["ServiceRuntime"], Awaitable[object]], *, name: str) -> BackgroundLoop:
+    """A background loop doing ``work`` now and then every ``interval_s`` until the runtime stops.
+    A failed pass is logged and tried again at the next interval."""
+    async def loop(runtime: "ServiceRuntime") -> None:
+        while not runtime.stopping.is_set():
+            try:
+                await work(runtime)
+            except Exception:
+                log.exception("%s failed; retrying in %.0fs", name, interval_s)
+            try:
+                await asyncio.wait_for(runtime.stopping.wait(), timeout=interval_s)
+            except TimeoutError:
+                pass
+
+    loop.__name__ = name
+    return loop
+
+
 @dataclass
 class ConsumerSpec:
     name: str  # stable name, used in processed_messages and (prefixed) as the consumer group

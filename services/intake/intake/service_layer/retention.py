@@ -6,7 +6,6 @@ erased in a transaction of their own, claimed by a conditional update: two repli
 each person once.
 """
 
-import asyncio
 import logging
 from datetime import UTC, date, datetime
 
@@ -14,6 +13,7 @@ from sqlalchemy import String, cast
 from sqlmodel import col, select
 
 from enlace_platform.crypto import PREFIX, purge_freed_pages
+from enlace_platform.runtime import every
 from intake.adapters.orm import ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ScreeningRow
 from intake.adapters.vault import Document, PersonRecord, Vault, is_sealed
 from intake.service_layer import services
@@ -43,17 +43,7 @@ async def purge_expired(runtime, *, now: datetime | None = None) -> int:
 
 
 def retention_loop(interval_s: float):
-    async def intake_retention_purge(runtime) -> None:
-        while not runtime.stopping.is_set():
-            try:
-                await purge_expired(runtime)
-            except Exception:
-                log.exception("retention purge failed; retrying next interval")
-            try:
-                await asyncio.wait_for(runtime.stopping.wait(), timeout=interval_s)
-            except TimeoutError:
-                pass
-    return intake_retention_purge
+    return every(interval_s, purge_expired, name="intake-retention-purge")
 
 
 # --- rows from before sealing ------------------------------------------------------------------

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from enlace_platform.runtime import every
 from referral.adapters.orm import HoldRow, ReferralRow
 from referral.domain import events
 from referral.domain.codes import OVERDUE, REFLECTION_PERIOD_ENDED
@@ -92,14 +93,4 @@ async def run_clocks(sessions: async_sessionmaker[AsyncSession], at: datetime | 
 
 
 def clock_loop(interval_s: float):
-    async def referral_clocks(runtime) -> None:
-        while not runtime.stopping.is_set():
-            try:
-                await run_clocks(runtime.sessions)
-            except Exception:
-                log.exception("clock pass failed; retrying next tick")
-            try:
-                await asyncio.wait_for(runtime.stopping.wait(), timeout=interval_s)
-            except TimeoutError:
-                pass
-    return referral_clocks
+    return every(interval_s, lambda runtime: run_clocks(runtime.sessions), name="referral-clocks")
