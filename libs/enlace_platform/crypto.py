@@ -13,7 +13,9 @@ Each sealed value is bound to its subject and field (AES-GCM associated data): a
 another person's row or another column does not open.
 """
 
+import asyncio
 import base64
+import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +26,8 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+log = logging.getLogger(__name__)
 
 PREFIX = "enc1:"
 _NONCE_BYTES = 12
@@ -138,11 +142,21 @@ class Sealer:
             raise CorruptValue(f"{field} of {self.subject_id} does not open with its key") from exc
 
 
-async def purge_freed_pages(engine: AsyncEngine) -> None:
+async def purge_freed_pages(engine: AsyncEngine, attempts: int = 5) -> bool:
     """After a shred on SQLite: copy the write-ahead log into the (secure-deleting) database file and
-    truncate it, so the destroyed key survives in neither. Other databases: nothing to do here."""
+    truncate it, so the destroyed key survives in neither. True once done; other databases: nothing to do.
+
+    The checkpoint waits (busy timeout) for readers of older snapshots; if one outlasts it, it is tried
+    again, and then left to SQLite's next automatic checkpoint, with a warning."""
     if engine.dialect.name != "sqlite":
-        return
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()  # outside any transaction: a checkpoint cannot run inside one
-        await raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return True
+    for attempt in range(attempts):
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()  # outside any transaction: a checkpoint cannot run inside one
+            cursor = await raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy, _, _ = await cursor.fetchone()
+        if not busy:
+            return True
+        await asyncio.sleep(0.2 * (attempt + 1))
+    log.warning("the write-ahead log could not be checkpointed after an erasure; SQLite's next checkpoint will")
+    return False

@@ -77,7 +77,7 @@ async def test_shredding_makes_the_data_unreadable_and_leaves_no_key_bytes_in_th
         wrapped = (await session.get(SubjectKey, "p1")).wrapped_key
         assert await ring.shred(session, "p1") is True
         await session.commit()
-    await purge_freed_pages(engine)
+    assert await purge_freed_pages(engine) is True
 
     async with sessions() as session:
         with pytest.raises(Erased):
