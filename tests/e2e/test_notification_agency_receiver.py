@@ -26,7 +26,7 @@ from notification.entrypoints.app import create_app
 from tests.support.harness import eventually, provision_topics, running_app
 from tests.support.harness import unique_prefix
 from tests.support.notification_support import (
-    Received, SigningReceiver, consumers_assigned, kafka_producer, notification_settings, publish, referral_data,
+    SigningReceiver, consumers_assigned, kafka_producer, notification_settings, publish, referral_data,
     sample_event, supervisor,
 )
 from starlette.requests import Request
@@ -52,22 +52,12 @@ class AgencyReceiver(SigningReceiver):
     arrived_at: list[float] = dataclasses.field(default_factory=list)
 
     async def _hook(self, request: Request) -> Response:
-        body = await request.body()
-        headers = dict(request.headers)
         self.arrived_at.append(time.time())
-        verified_by = set()
-        for name, secret in self.secrets.items():
-            try:
-                Webhook(secret).verify(body, headers)
-                verified_by.add(name)
-            except Exception:
-                pass
-        got = Received(headers.get("webhook-id", ""), headers, body, verified_by)
-        self.received.append(got)
+        got = await self.receive(request)
         delay = self.delays.pop(0) if self.delays else self.delay_s
         if delay:
             await asyncio.sleep(delay)
-        if not verified_by:
+        if not got.verified:
             return Response(status_code=401)
         if got.webhook_id not in self.processed:
             self.processed.append(got.webhook_id)

@@ -204,7 +204,8 @@ class SigningReceiver:
     def ids(self) -> list[str]:
         return [r.webhook_id for r in self.received]
 
-    async def _hook(self, request: Request) -> Response:
+    async def receive(self, request: Request) -> Received:
+        """Verifies the request against every known secret, keeps it, and runs the callbacks."""
         body = await request.body()
         headers = dict(request.headers)
         verified_by = set()
@@ -218,9 +219,13 @@ class SigningReceiver:
         self.received.append(got)
         for callback in self.on_receive:
             callback(got)
+        return got
+
+    async def _hook(self, request: Request) -> Response:
+        got = await self.receive(request)
         if self.gate is not None:
             await self.gate.wait()
-        if not verified_by:
+        if not got.verified:
             return Response(status_code=401)
         return Response(status_code=self.status_code)
 
