@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel
@@ -140,6 +142,21 @@ class Sealer:
             return _open(self._key, base64.b64decode(sealed[len(PREFIX):]), self._aad(field)).decode()
         except InvalidTag as exc:
             raise CorruptValue(f"{field} of {self.subject_id} does not open with its key") from exc
+
+
+class ServiceSecrets:
+    """Secrets a service holds for others (not a person's data: no key per subject, nothing to shred), sealed
+    under a key derived for one ``purpose`` (HKDF-SHA256, the purpose as its info) from the service's
+    key-encryption key, so that key itself only ever wraps data keys. The purpose must differ from every
+    other derivation of the service (intake derives "intake-search"). Each value is bound to its owner
+    (e.g. the row's id) and field, as :class:`Sealer` binds a subject's."""
+
+    def __init__(self, key_encryption_key: bytes, purpose: str) -> None:
+        self._key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(
+            key_encryption_key)
+
+    def sealer(self, owner_id: str) -> Sealer:
+        return Sealer(owner_id, self._key)
 
 
 async def purge_freed_pages(engine: AsyncEngine, attempts: int = 5) -> bool:
