@@ -12,7 +12,9 @@ from notification.adapters.orm import DeliveryAttemptRow, DeliveryRow, Subscript
 from notification.entrypoints.app import create_app
 from notification.service_layer.handlers import make_referral_event_handler
 from tests.support.harness import bearer, free_port, running_app
-from tests.support.notification_support import event, hold_data, notification_settings, referral_data, supervisor
+from tests.support.notification_support import (
+    event, hold_data, notification_settings, referral_data, stored_secrets, supervisor,
+)
 
 
 @pytest.fixture
@@ -135,9 +137,7 @@ async def test_rotation_returns_a_new_secret_and_an_overlap(api, pfpnna):
     assert before + timedelta(seconds=3600) <= until <= datetime.now(UTC) + timedelta(seconds=3600)
     shown = (await api.get(f"/subscriptions/{sub['id']}", headers=pfpnna)).json()
     assert shown["previous_secret_expires_at"] is not None and "secret" not in shown
-    async with api.runtime.sessions() as session:
-        row = await session.get(SubscriptionRow, sub["id"])
-        assert (row.secret, row.previous_secret) == (rotated["secret"], sub["secret"])
+    assert await stored_secrets(api.runtime, sub["id"]) == (rotated["secret"], sub["secret"])
 
 
 async def test_a_retried_rotation_rotates_once(api, pfpnna):
@@ -146,9 +146,8 @@ async def test_a_retried_rotation_rotates_once(api, pfpnna):
     first = (await api.post(f"/subscriptions/{sub['id']}/secret/rotation", headers=headers)).json()
     again = (await api.post(f"/subscriptions/{sub['id']}/secret/rotation", headers=headers)).json()
     assert again == first
-    async with api.runtime.sessions() as session:
-        row = await session.get(SubscriptionRow, sub["id"])
-        assert row.previous_secret == sub["secret"], "the original secret still signs during the overlap"
+    assert await stored_secrets(api.runtime, sub["id"]) == (first["secret"], sub["secret"]), \
+        "the original secret still signs during the overlap"
 
 
 async def test_delete_disables_and_cancels_what_was_waiting(api, pfpnna, settings):

@@ -13,7 +13,7 @@ from notification.entrypoints.api import router
 from notification.entrypoints.app import create_app
 from notification.service_layer.handlers import make_referral_event_handler
 from tests.support.harness import free_port, running_app
-from tests.support.notification_support import event, notification_settings, referral_data, supervisor
+from tests.support.notification_support import event, notification_settings, referral_data, stored_secrets, supervisor
 
 HOOK = "https://hooks.pfpnna.example/enlace"
 MANAGE, READ = Permission.MANAGE_SUBSCRIPTIONS, Permission.READ_DELIVERIES
@@ -129,8 +129,9 @@ async def test_a_caseworker_reads_the_delivery_log_but_manages_nothing(api, worl
     assert delivered["id"] == delivery_id and delivered["status"] == "dead", "the redelivery was refused"
     async with api.runtime.sessions() as session:
         row = await session.get(SubscriptionRow, sub["id"])
-        assert (row.active, row.secret, row.previous_secret, row.email) == (True, sub["secret"], None, None)
+        assert (row.active, row.email) == (True, None)
         assert len((await session.exec(select(SubscriptionRow))).all()) == 1, "no subscription was created"
+    assert await stored_secrets(api.runtime, sub["id"]) == (sub["secret"], None), "the secret was not rotated"
 
 
 @pytest.mark.parametrize("roles", [("coordinator",), ("auditor",), ("caseworker-in-training",), ()])

@@ -24,8 +24,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from enlace_platform.contracts import published_contracts
+from enlace_platform.crypto import PREFIX
 from enlace_platform.envelope import Envelope, to_kafka
 from enlace_platform.topics import REFERRAL_PROTECTION_HOLD, REFERRAL_REFERRAL
+from notification.adapters.orm import SubscriptionRow
+from notification.adapters.signing_secrets import SigningSecrets
 from notification.config import NotificationSettings
 from tests.support.harness import bearer, eventually, fast_settings, free_port
 
@@ -54,6 +57,16 @@ async def consumers_assigned(runtime) -> None:
         return runtime.runners and all(r.ready.is_set() for r in runtime.runners)
 
     await eventually(assigned, timeout=120, what="the consumers' partition assignment")
+
+
+async def stored_secrets(runtime, subscription_id: str) -> tuple[str, str | None]:
+    """A subscription's current and previous secret as stored: each must be sealed; returned opened."""
+    async with runtime.sessions() as session:
+        row = await session.get(SubscriptionRow, subscription_id)
+    assert row.secret.startswith(PREFIX), "the current secret is stored sealed"
+    assert row.previous_secret is None or row.previous_secret.startswith(PREFIX), "the previous one too"
+    secrets = SigningSecrets.of(runtime)
+    return secrets.current(row), secrets.previous(row)
 
 
 # --- events as the referral service writes them ------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Wires the notification runtime: tables, the referral and hold events it consumes, and the dispatcher."""
+"""Wires the notification runtime: tables, sealing of old signing secrets, the referral and hold events it
+consumes, and the dispatcher."""
 
 import logging
 from pathlib import Path
 
 from enlace_platform.runtime import ConsumerSpec, ServiceRuntime
 from notification.adapters.orm import TABLES
+from notification.adapters.signing_secrets import seal_legacy_secrets
 from notification.config import NotificationSettings
 from notification.domain.events import TOPICS
 from notification.service_layer.dispatcher import Dispatcher
@@ -31,5 +33,8 @@ def build_runtime(settings: NotificationSettings) -> ServiceRuntime:
         consumers=[ConsumerSpec(name="notification.webhooks", topics=list(TOPICS),
                                 handlers={t: on_event for types in TOPICS.values() for t in types})],
         background=[dispatch_deliveries],
+        # Secrets written in clear before they were sealed: the key-encryption key is the runtime's, out of
+        # a migration's reach. Runs before the dispatcher starts.
+        on_startup=[seal_legacy_secrets],
         scrape_hooks=[delivery_gauges],
     )

@@ -11,18 +11,21 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from enlace_platform.access import Allowed, Permission
 from enlace_platform.audit import Purpose, note_objects
 from enlace_platform.auth import Principal
+from enlace_platform.crypto import CorruptValue
 from enlace_platform.db import CommitWaker
 from enlace_platform.idempotency import Idempotency
 from enlace_platform.problems import ProblemDetails, Problem
 from enlace_platform.runtime import DbSession
 from enlace_platform.timeutil import as_utc
 from notification.adapters.orm import DeliveryAttemptRow, DeliveryRow, SubscriptionRow
+from notification.adapters.signing_secrets import SigningSecrets
 from notification.config import NotificationSettings
 from notification.domain.delivery import PENDING
 from notification.domain.events import EVENT_TYPE_WILDCARDS, WEBHOOK_EVENT_TYPES
-from notification.domain.webhooks import new_secret, unknown_event_types, webhook_url_problem
+from notification.domain.webhooks import unknown_event_types, webhook_url_problem
 from notification.service_layer.handlers import DELIVERIES_FLAG
-from notification.service_layer.subscriptions import disable_subscription, rotate_secret, schedule_redelivery
+from notification.service_layer.subscriptions import create_secret, disable_subscription, rotate_secret, \
+    schedule_redelivery
 
 router = APIRouter(dependencies=[Purpose("notification")])
 
@@ -31,7 +34,12 @@ def _settings(request: Request) -> NotificationSettings:
     return request.app.state.runtime.settings
 
 
+def _signing_secrets(request: Request) -> SigningSecrets:
+    return SigningSecrets.of(request.app.state.runtime)
+
+
 Settings = Annotated[NotificationSettings, Depends(_settings)]
+Secrets = Annotated[SigningSecrets, Depends(_signing_secrets)]
 # Endpoints and their signing secrets are the supervisor's; the delivery log is for caseworkers too.
 SubscriptionManager = Annotated[Principal, Allowed(Permission.MANAGE_SUBSCRIPTIONS)]
 DeliveryReader = Annotated[Principal, Allowed(Permission.READ_DELIVERIES)]
@@ -129,6 +137,15 @@ async def _own_subscription(session: AsyncSession, principal: Principal, subscri
     return sub
 
 
+def _current_secret(secrets: SigningSecrets, sub: SubscriptionRow) -> str:
+    """For a retried creation or rotation, which shows the secret again."""
+    try:
+        return secrets.current(sub)
+    except CorruptValue:
+        raise Problem(500, detail=f"The signing secret of subscription {sub.id} cannot be read with this service's "
+                                  "key; rotate it (without this Idempotency-Key) to get a new one.") from None
+
+
 async def _own_delivery(session: AsyncSession, principal: Principal, delivery_id: str) -> DeliveryRow:
     row = await session.get(DeliveryRow, delivery_id)
     if row is None or row.agency_id != principal.agency_id:
@@ -152,20 +169,22 @@ def _check(url: AnyHttpUrl | None, event_types: list[str] | None, settings: Noti
 @router.post("/subscriptions", status_code=status.HTTP_201_CREATED, response_model=SubscriptionCreated,
              tags=["subscriptions"], summary="Register a webhook endpoint for your agency (the secret is shown once)")
 async def create_subscription(body: SubscriptionIn, principal: SubscriptionManager, session: DbSession,
-                              idempotency: Idempotency, settings: Settings, request: Request) -> SubscriptionCreated:
+                              idempotency: Idempotency, settings: Settings, secrets: Secrets,
+                              request: Request) -> SubscriptionCreated:
     previous = await idempotency.previous_resource(session)
     if previous is not None:  # a retried POST gets the subscription it created, secret included
         note_objects(request, "subscription", [previous])
         sub = await session.get(SubscriptionRow, previous)
-        return SubscriptionCreated(**_subscription_out(sub), secret=sub.secret)
+        return SubscriptionCreated(**_subscription_out(sub), secret=_current_secret(secrets, sub))
     _check(body.url, body.event_types, settings)
     sub = SubscriptionRow(agency_id=principal.agency_id, url=str(body.url),
-                          event_types=list(dict.fromkeys(body.event_types)), email=body.email, secret=new_secret())
+                          event_types=list(dict.fromkeys(body.event_types)), email=body.email)
+    secret = create_secret(sub, secrets)
     idempotency.record(session, resource_id=sub.id)
     session.add(sub)
     await session.commit()
     note_objects(request, "subscription", [sub.id])  # the audit log names what was created
-    return SubscriptionCreated(**_subscription_out(sub), secret=sub.secret)
+    return SubscriptionCreated(**_subscription_out(sub), secret=secret)
 
 
 @router.get("/subscriptions", response_model=list[SubscriptionOut], tags=["subscriptions"],
@@ -221,15 +240,18 @@ async def delete_subscription(subscription_id: str, principal: SubscriptionManag
              tags=["subscriptions"],
              summary="Replace the signing secret; the old one keeps signing during the overlap window")
 async def rotate_subscription_secret(subscription_id: str, principal: SubscriptionManager, session: DbSession,
-                                     idempotency: Idempotency, settings: Settings) -> SecretRotated:
+                                     idempotency: Idempotency, settings: Settings,
+                                     secrets: Secrets) -> SecretRotated:
     sub = await _own_subscription(session, principal, subscription_id)
     # A retried rotation must not rotate twice: the secret the caller never saw would push out the old one.
     if await idempotency.previous_resource(session) is None:
-        rotate_secret(sub, timedelta(seconds=settings.secret_rotation_overlap_s))
+        secret = rotate_secret(sub, timedelta(seconds=settings.secret_rotation_overlap_s), secrets)
         idempotency.record(session, resource_id=sub.id)
         session.add(sub)
         await session.commit()
-    return SecretRotated(subscription_id=sub.id, secret=sub.secret,
+    else:
+        secret = _current_secret(secrets, sub)
+    return SecretRotated(subscription_id=sub.id, secret=secret,
                          previous_secret_expires_at=sub.previous_secret_expires_at)
 
 

@@ -22,16 +22,18 @@ from opentelemetry.propagate import extract
 from sqlalchemy import func, or_
 from sqlmodel import select, update
 
+from enlace_platform.crypto import CorruptValue
 from enlace_platform.db import CommitWaker
 from enlace_platform.runtime import ServiceRuntime
 from enlace_platform.timeutil import as_utc
 from notification.adapters.email_sender import send_email
 from notification.adapters.orm import DeliveryAttemptRow, DeliveryRow, SubscriptionRow
+from notification.adapters.signing_secrets import SigningSecrets
 from notification.adapters.webhook_sender import SendResult, send_signed
 from notification.config import NotificationSettings
 from notification.domain.delivery import CANCELLED, DEAD, DELIVERED, PENDING, Outcome, RetryPolicy, decide, \
     outcome_of_http
-from notification.domain.webhooks import EMAIL, WEBHOOK, signing_secrets
+from notification.domain.webhooks import EMAIL, WEBHOOK
 from notification.service_layer.handlers import DELIVERIES_FLAG
 from notification.service_layer.subscriptions import disable_subscription
 
@@ -41,6 +43,8 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 tracer = trace.get_tracer("enlace.notification")
 
 SMTP_ENDPOINT = "smtp:"  # all e-mails share one endpoint: the SMTP server
+UNSIGNABLE = ("the subscription's signing secret cannot be read with this service's key; nothing was sent "
+              "(restore the service's key, or rotate the secret)")
 
 
 def _now() -> datetime:
@@ -62,6 +66,7 @@ class Dispatcher:
         self._sessions = runtime.sessions
         self._stopping = runtime.stopping
         self._settings = settings
+        self._secrets = SigningSecrets.of(runtime)
         self._policy = RetryPolicy(max_attempts=settings.delivery_max_attempts,
                                    max_age=timedelta(seconds=settings.delivery_max_age_s),
                                    base_s=settings.delivery_retry_base_s, max_s=settings.delivery_retry_max_s)
@@ -199,9 +204,13 @@ class Dispatcher:
                 return result, Outcome.OK
             permanent = result.status_code is not None and 500 <= result.status_code < 600
             return result, Outcome.PERMANENT if permanent else Outcome.TRANSIENT
-        secrets = signing_secrets(sub.secret, sub.previous_secret,
-                                  as_utc(sub.previous_secret_expires_at) if sub.previous_secret_expires_at else None,
-                                  _now())
+        try:
+            secrets = self._secrets.for_signing(sub, _now())
+        except CorruptValue as exc:
+            # Never unsigned, never signed with a wrong secret: a failed attempt, retried on the usual
+            # schedule (a restored key or a rotation lets the next one through), and the others go on.
+            log.error("delivery %s: %s; not sent", delivery.id, exc)
+            return SendResult(None, 0.0, UNSIGNABLE), Outcome.TRANSIENT
         result = await send_signed(self._client, url=sub.url, secret=secrets, message_id=delivery.id,
                                    payload=delivery.payload, total_timeout_s=self._settings.webhook_timeout_s)
         return result, outcome_of_http(result.status_code)

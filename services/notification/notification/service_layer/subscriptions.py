@@ -1,14 +1,19 @@
 """Use cases on subscriptions and deliveries, each one transaction (the caller's session)."""
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_
 from sqlmodel import update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from enlace_platform.crypto import CorruptValue
 from notification.adapters.orm import DeliveryRow, SubscriptionRow
+from notification.adapters.signing_secrets import SigningSecrets
 from notification.domain.delivery import CANCELLED, PENDING
 from notification.domain.webhooks import new_secret
+
+log = logging.getLogger(__name__)
 
 
 def _now() -> datetime:
@@ -31,13 +36,30 @@ async def disable_subscription(session: AsyncSession, sub: SubscriptionRow, reas
                 lease_expires_at=None))
 
 
-def rotate_secret(sub: SubscriptionRow, overlap: timedelta) -> None:
-    """A new current secret; the old one keeps signing until the overlap ends. Rotating again during an
-    overlap drops the oldest secret: only two ever sign."""
+def create_secret(sub: SubscriptionRow, secrets: SigningSecrets) -> str:
+    """A new subscription's secret, sealed into its row; returns it in clear (shown once)."""
+    secret = new_secret()
+    secrets.seal(sub, secret=secret, previous=None)
+    return secret
+
+
+def rotate_secret(sub: SubscriptionRow, overlap: timedelta, secrets: SigningSecrets) -> str:
+    """A new current secret (returned in clear); the old one keeps signing until the overlap ends. Rotating
+    again during an overlap drops the oldest secret: only two ever sign.
+
+    A current secret that no longer opens (the service's key-encryption key changed) cannot sign anyway:
+    it is dropped without an overlap, and the rotation is how the agency gets signed deliveries again."""
     now = _now()
-    sub.previous_secret, sub.previous_secret_expires_at = sub.secret, now + overlap
-    sub.secret = new_secret()
+    try:
+        previous = secrets.current(sub)
+    except CorruptValue as exc:
+        log.warning("rotating %s without an overlap: %s", sub.id, exc)
+        previous = None
+    secret = new_secret()
+    secrets.seal(sub, secret=secret, previous=previous)
+    sub.previous_secret_expires_at = now + overlap if previous is not None else now
     sub.updated_at = now
+    return secret
 
 
 def schedule_redelivery(delivery: DeliveryRow) -> None:
