@@ -7,20 +7,24 @@ objects a handler names with :func:`note_objects` (search results, a case's pers
 The rows hold ids and codes only, never personal data, so erasure never needs to touch them.
 
 The table is append-only: database triggers refuse UPDATE and DELETE (SQLite and PostgreSQL).
-Auditors read it through ``GET /audit``; an agency's auditor sees what its own staff did, the
-coordinator's auditor what anyone in its jurisdiction did.
+Auditors read it through ``GET /audit``: an agency's auditor sees what its own staff did, plus what
+anyone did to the objects the service holds for its agency; the coordinator's auditor sees what anyone
+in its jurisdiction did, plus what anyone did to objects held for agencies of its jurisdiction. Which
+objects belong to whom only the service knows: it gives its :data:`AuditScope` to create_service_app.
 """
 
 import logging
 import re
 import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from opentelemetry import trace
 from pydantic import BaseModel
-from sqlalchemy import DDL, event
+from sqlalchemy import DDL, ColumnElement, Select, and_, event, or_
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import Field, SQLModel, col, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -161,6 +165,55 @@ def _collection(route_path: str) -> str:
     return segments[-1] if segments else "root"
 
 
+# --- whose objects an auditor follows ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Owner:
+    """Whose objects an auditor follows: one agency's (``agency_id``), or, for the coordinator's auditor,
+    those of every agency of a jurisdiction (``jurisdiction``). Exactly one is set."""
+
+    agency_id: str | None = None
+    jurisdiction: str | None = None
+
+    @classmethod
+    def of(cls, principal: Principal) -> "Owner":
+        if principal.agency_type == COORDINATOR:
+            return cls(jurisdiction=principal.jurisdiction)
+        return cls(agency_id=principal.agency_id)
+
+    def owns(self, agency_column, jurisdiction_column=None) -> ColumnElement[bool]:
+        """SQL: a row of a table belongs to this owner, by the column naming its agency. For a jurisdiction:
+        by the table's jurisdiction column, or, where the table has none, by the agencies this service's
+        audit log has seen acting from that jurisdiction (an owner has always called the service)."""
+        if self.agency_id is not None:
+            return agency_column == self.agency_id
+        if jurisdiction_column is not None:
+            return jurisdiction_column == self.jurisdiction
+        return col(agency_column).in_(select(AuditRecord.agency_id)
+                                      .where(AuditRecord.jurisdiction == self.jurisdiction).distinct())
+
+
+# The ids of the objects of one type that a service holds for an owner, as one SELECT of one column.
+OwnedIds = Callable[[Owner], Select]
+# A service's rule, per object type its audit rows name (what _path_object and note_objects write).
+# Object types left out (lists without results, GET /audit) belong to no one but the actor's agency.
+AuditScope = Mapping[str, OwnedIds]
+
+
+def visible_to(principal: Principal, scope: AuditScope) -> ColumnElement[bool]:
+    """The rows an auditor may read: what its own staff did (the coordinator's auditor: anyone of its
+    jurisdiction), and what anyone, of any agency or jurisdiction, did to an object held for its owner.
+    One condition with uncorrelated subqueries: the page stays one query."""
+    owner = Owner.of(principal)
+    if owner.jurisdiction is not None:
+        own_staff = AuditRecord.jurisdiction == owner.jurisdiction
+    else:
+        own_staff = AuditRecord.agency_id == owner.agency_id
+    owned = [and_(AuditRecord.object_type == object_type, col(AuditRecord.object_id).in_(owned_ids(owner)))
+             for object_type, owned_ids in scope.items()]
+    return or_(own_staff, *owned)
+
+
 # --- the auditors' API -------------------------------------------------------------------------
 
 class AuditEntry(BaseModel):
@@ -186,12 +239,15 @@ class AuditPage(BaseModel):
     next_after: int | None = None
 
 
-def audit_router(sessions_of) -> APIRouter:
+def audit_router(sessions_of, scope: AuditScope | None = None) -> APIRouter:
+    """GET /audit; ``scope`` says which objects the service holds for whom (none: staff only)."""
     router = APIRouter(tags=["audit"], dependencies=[Purpose("oversight")])
+    scope = dict(scope or {})
 
     @router.get("/audit", response_model=AuditPage,
-                summary="The audit log (auditors only): your agency's staff, or, for the coordinator's "
-                        "auditor, everyone in its jurisdiction; oldest first, paged by `after`")
+                summary="The audit log (auditors only): what your agency's staff did and what anyone did to "
+                        "your agency's objects; for the coordinator's auditor, the same for its whole "
+                        "jurisdiction. Filters narrow that view; oldest first, paged by `after`")
     async def read_audit_log(
         request: Request, principal: AuditReader,
         object_id: Annotated[str | None, Query(max_length=100)] = None,
@@ -203,11 +259,7 @@ def audit_router(sessions_of) -> APIRouter:
         after: Annotated[int, Query(ge=0, description="The last seq you have")] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> AuditPage:
-        query = select(AuditRecord).where(AuditRecord.seq > after)
-        if principal.agency_type == COORDINATOR:
-            query = query.where(AuditRecord.jurisdiction == principal.jurisdiction)
-        else:
-            query = query.where(AuditRecord.agency_id == principal.agency_id)
+        query = select(AuditRecord).where(AuditRecord.seq > after, visible_to(principal, scope))
         for column, value in ((AuditRecord.object_id, object_id), (AuditRecord.object_type, object_type),
                               (AuditRecord.agency_id, agency_id), (AuditRecord.user_id, user_id),
                               (AuditRecord.trace_id, trace_id)):

@@ -21,7 +21,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from sqlalchemy import Table
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from enlace_platform.audit import AuditMiddleware, audit_router
+from enlace_platform.audit import AuditMiddleware, AuditScope, audit_router
 from enlace_platform.auth import TokenVerifier
 from enlace_platform.consumer import ConsumerRunner, Handler
 from enlace_platform.contracts import published_contracts
@@ -250,8 +250,11 @@ def health_router(runtime: ServiceRuntime) -> APIRouter:
 
 
 def create_service_app(
-    *, title: str, description: str, runtime: ServiceRuntime, routers: list[APIRouter], version: str = "0.1.0"
+    *, title: str, description: str, runtime: ServiceRuntime, routers: list[APIRouter], version: str = "0.1.0",
+    audit_scope: AuditScope | None = None,
 ) -> FastAPI:
+    """``audit_scope``: which of the service's objects belong to whom, so GET /audit shows an agency's
+    auditor what anyone did to them (enlace_platform.audit); without it, auditors see their staff only."""
     setup_tracing(runtime.settings.service_name)
     setup_logging(runtime.settings.service_name, runtime.settings.log_json)
 
@@ -269,7 +272,7 @@ def create_service_app(
     app.state.token_verifier = TokenVerifier(runtime.settings)
     install_problem_handlers(app)
     app.include_router(health_router(runtime))
-    for router in [*routers, audit_router(lambda request: request.app.state.runtime.sessions)]:
+    for router in [*routers, audit_router(lambda request: request.app.state.runtime.sessions, audit_scope)]:
         app.include_router(router, responses=PROBLEM_RESPONSES)
     app.add_middleware(AuditMiddleware, sessions=runtime.sessions)
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics",
