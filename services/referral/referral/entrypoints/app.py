@@ -3,6 +3,7 @@
 from fastapi import FastAPI
 
 from enlace_platform.runtime import create_service_app
+from referral.adapters.audit_scope import AUDIT_SCOPE
 from referral.bootstrap import build_runtime
 from referral.config import ReferralSettings
 from referral.entrypoints.api import router
@@ -16,5 +17,6 @@ def create_app(settings: ReferralSettings | None = None) -> FastAPI:
         description="Routes protection needs to the responsible agency through the service directory and runs "
                     "the closed referral loop: lifecycle, deadline clocks and protection holds.",
         runtime=build_runtime(settings),
+        audit_scope=AUDIT_SCOPE,
         routers=[router, directory_router],
     )
