@@ -2,7 +2,6 @@
 topics and POSTs to real loopback receivers that verify every signature with the reference library."""
 
 import asyncio
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,37 +9,12 @@ from sqlmodel import update
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from notification.adapters.orm import SubscriptionRow
-from notification.entrypoints.app import create_app
-from tests.support.harness import eventually, provision_topics, running_app, unique_prefix
+from tests.support.harness import eventually, provision_topics, unique_prefix
 from tests.support.notification_support import (
-    SigningReceiver, consumers_assigned, event, notification_settings, publish, referral_data, supervisor,
+    Notification, SigningReceiver, deliveries, detail, event, referral_data, subscribe, the_delivery,
 )
 
 pytestmark = pytest.mark.kafka
-
-
-class Notification:
-    """Starts (and restarts) the notification app on one database and one set of topics."""
-
-    def __init__(self, kafka_bootstrap, dev_issuer_dir, tmp_path, prefix, producer) -> None:
-        self._common = dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir)
-        self.prefix = prefix
-        self.producer = producer
-        self.dev_issuer_dir = dev_issuer_dir
-
-    @asynccontextmanager
-    async def running(self, **overrides):
-        app = create_app(notification_settings(**self._common, **overrides))
-        async with running_app(app) as client:
-            client.runtime = app.state.runtime
-            await consumers_assigned(client.runtime)
-            yield client
-
-    def headers(self, agency_id: str, agency_type: str) -> dict[str, str]:
-        return supervisor(self.dev_issuer_dir, agency_id, agency_type)
-
-    async def publish(self, *envelopes) -> None:
-        await publish(self.producer, self.prefix, *envelopes)
 
 
 @pytest.fixture
@@ -52,31 +26,6 @@ async def notification(kafka_bootstrap, dev_issuer_dir, tmp_path, producer):
 
 PFPNNA = ("MX-PFPNNA", "child_protection")
 INM = ("MX-INM", "migration_authority")
-
-
-async def subscribe(client, notification, agency, receiver: SigningReceiver, event_types=("referral.*",), name="s"):
-    r = await client.post("/subscriptions", headers=notification.headers(*agency),
-                          json={"url": receiver.url, "event_types": list(event_types)})
-    assert r.status_code == 201, r.text
-    receiver.secrets[name] = r.json()["secret"]
-    return r.json()
-
-
-async def deliveries(client, notification, agency, **params) -> list[dict]:
-    r = await client.get("/deliveries", headers=notification.headers(*agency), params=params)
-    assert r.status_code == 200, r.text
-    return r.json()["items"]
-
-
-async def detail(client, notification, agency, delivery_id) -> dict:
-    return (await client.get(f"/deliveries/{delivery_id}", headers=notification.headers(*agency))).json()
-
-
-async def the_delivery(client, notification, agency, predicate, what) -> dict:
-    async def check():
-        found = [d for d in await deliveries(client, notification, agency) if predicate(d)]
-        return found[0] if found else None
-    return await eventually(check, what=what)
 
 
 async def test_a_receiver_that_was_down_gets_the_event_exactly_once_after_retries(notification):

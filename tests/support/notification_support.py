@@ -1,6 +1,7 @@
-"""Test helpers for the notification service: events as the referral service publishes them (per
-docs/event-catalog.md), a webhook receiver that verifies every signature with the Standard Webhooks
-reference library and can go down, answer slowly or answer 410, and a real SMTP server (aiosmtpd)."""
+"""Test helpers for the notification service: the app on the real broker, events as the referral service
+publishes them (per docs/event-catalog.md), a webhook receiver that verifies every signature with the
+Standard Webhooks reference library and can go down, answer slowly or answer 410, and a real SMTP server
+(aiosmtpd)."""
 
 import asyncio
 import contextlib
@@ -30,7 +31,8 @@ from enlace_platform.topics import REFERRAL_PROTECTION_HOLD, REFERRAL_REFERRAL
 from notification.adapters.orm import SubscriptionRow
 from notification.adapters.signing_secrets import SigningSecrets
 from notification.config import NotificationSettings
-from tests.support.harness import bearer, eventually, fast_settings, free_port
+from notification.entrypoints.app import create_app
+from tests.support.harness import bearer, eventually, fast_settings, free_port, running_app
 
 REFERRAL_SOURCE = "/enlace/referral"
 
@@ -303,3 +305,54 @@ class SmtpSink:
 
     def to(self, address: str) -> list[EmailMessage]:
         return [m for rcpts, m in self.messages if address in rcpts]
+
+
+# --- the notification app on the real broker ------------------------------------------------------------
+
+class Notification:
+    """Starts (and restarts) the notification app on one database and one set of topics."""
+
+    def __init__(self, kafka_bootstrap, dev_issuer_dir, tmp_path, prefix, producer) -> None:
+        self._common = dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir)
+        self.prefix = prefix
+        self.producer = producer
+        self.dev_issuer_dir = dev_issuer_dir
+
+    @contextlib.asynccontextmanager
+    async def running(self, **overrides):
+        app = create_app(notification_settings(**self._common, **overrides))
+        async with running_app(app) as client:
+            client.runtime = app.state.runtime
+            await consumers_assigned(client.runtime)
+            yield client
+
+    def headers(self, agency_id: str, agency_type: str) -> dict[str, str]:
+        return supervisor(self.dev_issuer_dir, agency_id, agency_type)
+
+    async def publish(self, *envelopes) -> None:
+        await publish(self.producer, self.prefix, *envelopes)
+
+
+async def subscribe(client, notification, agency, receiver: SigningReceiver, event_types=("referral.*",), name="s"):
+    r = await client.post("/subscriptions", headers=notification.headers(*agency),
+                          json={"url": receiver.url, "event_types": list(event_types)})
+    assert r.status_code == 201, r.text
+    receiver.secrets[name] = r.json()["secret"]
+    return r.json()
+
+
+async def deliveries(client, notification, agency, **params) -> list[dict]:
+    r = await client.get("/deliveries", headers=notification.headers(*agency), params=params)
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+async def detail(client, notification, agency, delivery_id) -> dict:
+    return (await client.get(f"/deliveries/{delivery_id}", headers=notification.headers(*agency))).json()
+
+
+async def the_delivery(client, notification, agency, predicate, what) -> dict:
+    async def check():
+        found = [d for d in await deliveries(client, notification, agency) if predicate(d)]
+        return found[0] if found else None
+    return await eventually(check, what=what)
