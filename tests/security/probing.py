@@ -109,3 +109,15 @@ def strings_in(value) -> list[str]:
     if isinstance(value, list):
         return [s for v in value for s in strings_in(v)]
     return []
+
+
+async def read_audit(world: World, service: str, headers: dict, **filters) -> list[dict]:
+    """Every entry of a service's audit log an auditor's token may read under these filters, all pages."""
+    entries, after = [], 0
+    while after is not None:
+        response = await world.client(service).get("/audit", headers=headers,
+                                                   params={**filters, "after": after, "limit": 500})
+        assert response.status_code == 200, response.text
+        entries += response.json()["items"]
+        after = response.json()["next_after"]
+    return entries

@@ -10,7 +10,7 @@ import pytest
 
 from enlace_platform.access import Role
 from enlace_platform.audit import DEFAULT_PURPOSE
-from tests.security.probing import send_probe
+from tests.security.probing import read_audit, send_probe
 from tests.security.world import SERVICES, World, all_routes
 
 pytestmark = pytest.mark.kafka
@@ -25,10 +25,7 @@ READER_ROLE = {"inm": Role.CASEWORKER, "comar": Role.SUPERVISOR}
 
 
 async def _audit(world: World, service: str, caller: str, **filters) -> list[dict]:
-    response = await world.client(service).get("/audit", headers=world.tokens.of(caller, Role.AUDITOR),
-                                               params=filters)
-    assert response.status_code == 200, response.text
-    return response.json()["items"]
+    return await read_audit(world, service, world.tokens.of(caller, Role.AUDITOR), **filters)
 
 
 @pytest.mark.parametrize("service", list(SERVICES))

@@ -100,8 +100,9 @@ class Tokens:
         self._key = (issuer_dir / "private.pem").read_bytes()
         self._foreign_key = ensure_keypair(tmp / "foreign-issuer").read_bytes()
 
-    def _mint(self, key: bytes, caller: str, roles, subject: str | None = None, **extra) -> dict[str, str]:
-        agency_id, agency_type, jurisdiction = CALLERS[caller]
+    def _mint(self, key: bytes, caller: str | tuple[str, str, str], roles, subject: str | None = None,
+              **extra) -> dict[str, str]:
+        agency_id, agency_type, jurisdiction = CALLERS[caller] if isinstance(caller, str) else caller
         roles = sorted(str(r) for r in roles)
         token = mint(key, agency_id=agency_id, agency_type=agency_type, jurisdiction=jurisdiction, roles=roles,
                      subject=subject or f"{agency_id.lower()}-{'-'.join(roles)}", **extra)
@@ -113,6 +114,10 @@ class Tokens:
 
     def of(self, caller: str, *roles: Role | str, subject: str | None = None) -> dict[str, str]:
         return self._mint(self._key, caller, roles or (Role.CASEWORKER,), subject)
+
+    def of_agency(self, agency: tuple[str, str, str], *roles: Role | str, subject: str | None = None) -> dict[str, str]:
+        """A token of an agency the matrix does not probe: (agency id, agency type, jurisdiction)."""
+        return self._mint(self._key, agency, roles or (Role.CASEWORKER,), subject)
 
     def for_permission(self, caller: str, permission: Permission | None, subject: str | None = None) -> dict[str, str]:
         """Every role that grants the route's permission: the strongest token the agency can hold for it."""
