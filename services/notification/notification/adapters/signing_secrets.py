@@ -63,7 +63,10 @@ class SigningSecrets:
         return signing_secrets(self.current(sub), previous, until, now)
 
     def _open(self, sub: SubscriptionRow, column: str, sealed: str | None) -> str | None:
-        value = self._secrets.sealer(sub.id).open(column, sealed)
+        try:
+            value = self._secrets.sealer(sub.id).open(column, sealed)
+        except ValueError as exc:  # truncated or not base64: Sealer raises CorruptValue only for a bad tag
+            raise CorruptValue(f"{column} of {sub.id} is not a well-formed sealed value") from exc
         if value is not None and not value.startswith(SECRET_PREFIX):
             raise CorruptValue(f"{column} of {sub.id} is not a signing secret")  # never the value itself
         return value
