@@ -68,7 +68,7 @@ def test_an_expired_previous_secret_is_not_opened(secrets):
         secrets.for_signing(sub, sub.previous_secret_expires_at - timedelta(seconds=1))
 
 
-@pytest.mark.parametrize("stored", ["whsec_c2VjcmV0LWluLWNsZWFy", "not-a-secret", PREFIX + "bm9pc2U="])
+@pytest.mark.parametrize("stored", ["whsec_c2VjcmV0LWluLWNsZWFy", "not-a-secret", PREFIX + "bm9pc2U=", PREFIX + "%%"])
 def test_a_value_in_clear_or_that_does_not_open_never_signs(secrets, stored):
     sub, _ = subscription(secrets)
     sub.secret = stored
@@ -77,8 +77,9 @@ def test_a_value_in_clear_or_that_does_not_open_never_signs(secrets, stored):
     assert stored not in str(raised.value)
 
 
-def test_a_sealed_value_that_is_not_a_signing_secret_never_signs(secrets):
+@pytest.mark.parametrize("value", ["not-a-secret", "whsec_a"])
+def test_a_sealed_value_that_is_not_a_signing_secret_never_signs(secrets, value):
     sub, _ = subscription(secrets)
-    secrets.seal(sub, secret="not-a-secret", previous=None)
+    secrets.seal(sub, secret=value, previous=None)
     with pytest.raises(CorruptValue, match="not a signing secret"):
         secrets.for_signing(sub, NOW)

@@ -8,8 +8,8 @@ import pytest
 
 from notification.domain.events import EMAIL_EVENT_TYPES, HOLD_EVENT_TYPES, REFERRAL_EVENT_TYPES, WEBHOOK_EVENT_TYPES
 from notification.domain.webhooks import (
-    EMAIL, WEBHOOK, delivery_id, email_recipient_agency_ids, matches, new_secret, party_agency_ids, signing_secrets,
-    thin_payload, unknown_event_types, webhook_id, webhook_url_problem,
+    EMAIL, WEBHOOK, delivery_id, email_recipient_agency_ids, is_signing_secret, matches, new_secret, party_agency_ids,
+    signing_secrets, thin_payload, unknown_event_types, webhook_id, webhook_url_problem,
 )
 
 # --- event types -----------------------------------------------------------------------------------
@@ -193,6 +193,13 @@ def test_new_secret_is_a_standard_webhooks_secret():
     for secret in secrets:
         assert secret.startswith("whsec_")
         assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 32
+        assert is_signing_secret(secret)
+
+
+@pytest.mark.parametrize("value", ["", "whsec_", "whsec_a", "whsec_!!!!", "c2VjcmV0", "enc1:c2VjcmV0",
+                                   "WHSEC_c2VjcmV0"])
+def test_anything_else_is_not_a_signing_secret(value):
+    assert not is_signing_secret(value)
 
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

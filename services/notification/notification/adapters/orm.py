@@ -22,7 +22,8 @@ class SubscriptionRow(SQLModel, table=True):
     event_types: list[str] = Field(sa_column=Column(JSON, nullable=False))
     # Both sealed (enc1:…, notification.adapters.signing_secrets): a database copy cannot sign webhooks.
     secret: str = Field(description="The whsec_… signing secret, sealed; shown in clear once, at creation")
-    previous_secret: str | None = Field(default=None, description="Sealed; still signs until previous_secret_expires_at")
+    previous_secret: str | None = Field(default=None,
+                                        description="Sealed; still signs until previous_secret_expires_at")
     previous_secret_expires_at: datetime | None = None
     email: str | None = None
     active: bool = True

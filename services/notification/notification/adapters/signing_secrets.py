@@ -18,7 +18,7 @@ from sqlmodel import col, select, update
 from enlace_platform.crypto import PREFIX, CorruptValue, ServiceSecrets, purge_freed_pages
 from enlace_platform.timeutil import as_utc
 from notification.adapters.orm import SubscriptionRow
-from notification.domain.webhooks import SECRET_PREFIX, signing_secrets
+from notification.domain.webhooks import is_signing_secret, signing_secrets
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class SigningSecrets:
             value = self._secrets.sealer(sub.id).open(column, sealed)
         except ValueError as exc:  # truncated or not base64: Sealer raises CorruptValue only for a bad tag
             raise CorruptValue(f"{column} of {sub.id} is not a well-formed sealed value") from exc
-        if value is not None and not value.startswith(SECRET_PREFIX):
+        if value is not None and not is_signing_secret(value):
             raise CorruptValue(f"{column} of {sub.id} is not a signing secret")  # never the value itself
         return value
 
@@ -94,7 +94,7 @@ async def seal_legacy_secrets(runtime) -> int:
                 value = getattr(sub, column)
                 if value is None or value.startswith(PREFIX):
                     continue
-                if not value.startswith(SECRET_PREFIX):
+                if not is_signing_secret(value):
                     log.error("subscription %s: %s was neither sealed nor a whsec_ signing secret; it is sealed as "
                               "it was, and its deliveries fail until the secret is rotated", sub.id, column)
                 column_attr = getattr(SubscriptionRow, column)

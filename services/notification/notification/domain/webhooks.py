@@ -98,6 +98,16 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+def is_signing_secret(value: str) -> bool:
+    """A secret as :func:`new_secret` makes them: ``whsec_`` + base64 of at least one byte."""
+    if not value.startswith(SECRET_PREFIX):
+        return False
+    try:
+        return len(base64.b64decode(value[len(SECRET_PREFIX):], validate=True)) > 0
+    except ValueError:
+        return False
+
+
 def signing_secrets(current: str, previous: str | None, previous_valid_until: datetime | None,
                     now: datetime) -> list[str]:
     """The secrets a delivery is signed with: the current one, plus the previous one during the overlap."""
