@@ -139,8 +139,8 @@ class Sealer:
         if not sealed.startswith(PREFIX):
             raise CorruptValue(f"{field} of {self.subject_id} is not sealed")
         try:
-            return _open(self._key, base64.b64decode(sealed[len(PREFIX):]), self._aad(field)).decode()
-        except InvalidTag as exc:
+            return _open(self._key, base64.b64decode(sealed[len(PREFIX):], validate=True), self._aad(field)).decode()
+        except (InvalidTag, ValueError) as exc:  # ValueError: truncated, or not base64
             raise CorruptValue(f"{field} of {self.subject_id} does not open with its key") from exc
 
 

@@ -51,6 +51,9 @@ async def test_sealed_fields_open_only_with_their_subject_and_field(db):
         bob.open("given_names", sealed)  # moved to another person
     with pytest.raises(CorruptValue):
         alice.open("given_names", NAME)  # never sealed
+    for damaged in (sealed[:len(sealed) // 2], sealed + "!", "enc1:"):  # truncated, not base64, empty
+        with pytest.raises(CorruptValue):
+            alice.open("given_names", damaged)
 
 
 async def test_the_same_key_is_found_again_and_another_kek_cannot_unwrap_it(db):

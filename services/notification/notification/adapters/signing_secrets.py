@@ -63,10 +63,7 @@ class SigningSecrets:
         return signing_secrets(self.current(sub), previous, until, now)
 
     def _open(self, sub: SubscriptionRow, column: str, sealed: str | None) -> str | None:
-        try:
-            value = self._secrets.sealer(sub.id).open(column, sealed)
-        except ValueError as exc:  # truncated or not base64: Sealer raises CorruptValue only for a bad tag
-            raise CorruptValue(f"{column} of {sub.id} is not a well-formed sealed value") from exc
+        value = self._secrets.sealer(sub.id).open(column, sealed)
         if value is not None and not is_signing_secret(value):
             raise CorruptValue(f"{column} of {sub.id} is not a signing secret")  # never the value itself
         return value
