@@ -1,6 +1,6 @@
 """The audit log of each service, read as auditors read it: who touched which object, why, with what
-outcome and under which trace; visible to the agency's own auditor and the coordinator's, no one else;
-append-only in the database file itself."""
+outcome and under which trace; visible to the agency's own auditor and the coordinator's, and to the auditor
+of the agency whose object it is (test_audit_ownership.py), no one else; append-only in the database file itself."""
 
 import secrets
 import sqlite3
