@@ -66,9 +66,11 @@ async def test_inms_auditor_does_not_see_other_agencies_activity_on_objects_inm_
     created = await intake.post("/cases", headers=comar, json=World.probe_case())
     assert created.status_code == 201, created.text
     assert (await intake.get(f"/cases/{created.json()['id']}", headers=comar)).status_code == 200
-    assert (await notification.get(f"/subscriptions/{world.ids['subscription']}",
-                                   headers=world.tokens.of("comar", Role.SUPERVISOR, subject=sub_reader))).status_code == 200
-    assert (await intake.get("/audit", headers=world.tokens.of("comar", Role.AUDITOR, subject=auditor))).status_code == 200
+    supervisor = world.tokens.of("comar", Role.SUPERVISOR, subject=sub_reader)
+    subscription = f"/subscriptions/{world.ids['subscription']}"
+    assert (await notification.get(subscription, headers=supervisor)).status_code == 200
+    comar_auditor = world.tokens.of("comar", Role.AUDITOR, subject=auditor)
+    assert (await intake.get("/audit", headers=comar_auditor)).status_code == 200
 
     # COMAR's own auditor sees all of it; INM's none of it.
     assert len(await seen_by(world, "intake", "comar", user_id=own_case)) >= 2
@@ -125,8 +127,8 @@ async def _child_protection_service(world: World) -> tuple[tuple[str, str, str],
     coordinator = world.tokens.of("coord", Role.COORDINATOR)
     agency = (f"MX-CP{uuid.uuid4().hex[:6].upper()}", "child_protection", "MX")
     referral = world.client("referral")
-    r = await referral.post("/agencies", headers=coordinator,
-                            json={"id": agency[0], "name": "Albergue de prueba", "type": agency[1], "jurisdiction": "MX"})
+    r = await referral.post("/agencies", headers=coordinator, json={
+        "id": agency[0], "name": "Albergue de prueba", "type": agency[1], "jurisdiction": "MX"})
     assert r.status_code == 201, r.text
     r = await referral.post("/services", headers=coordinator, json={
         "agency_id": agency[0], "area": "MX", "name": "Acogida de prueba", "need_codes": ["UNACCOMPANIED_CHILD"],

@@ -30,7 +30,8 @@ def noted_object_types(service: str) -> set[str]:
     found = set()
     for source in (REPO / "services" / service / service).rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "note_objects":
+            called = getattr(node.func, "id", getattr(node.func, "attr", None)) if isinstance(node, ast.Call) else None
+            if called == "note_objects":
                 object_type = node.args[1]
                 assert isinstance(object_type, ast.Constant), f"{source}: note_objects with a computed object type"
                 found.add(object_type.value)
