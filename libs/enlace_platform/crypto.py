@@ -144,6 +144,12 @@ class Sealer:
             raise CorruptValue(f"{field} of {self.subject_id} does not open with its key") from exc
 
 
+def derive_key(key_encryption_key: bytes, purpose: str) -> bytes:
+    """A 256-bit key for one purpose (HKDF-SHA256, the purpose as its info), so the key-encryption key itself
+    only ever wraps data keys. Each purpose of a service must have its own name."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(key_encryption_key)
+
+
 class ServiceSecrets:
     """Secrets a service holds for others (not a person's data: no key per subject, nothing to shred), sealed
     under a key derived for one ``purpose`` (HKDF-SHA256, the purpose as its info) from the service's
@@ -152,8 +158,7 @@ class ServiceSecrets:
     (e.g. the row's id) and field, as :class:`Sealer` binds a subject's."""
 
     def __init__(self, key_encryption_key: bytes, purpose: str) -> None:
-        self._key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(
-            key_encryption_key)
+        self._key = derive_key(key_encryption_key, purpose)
 
     def sealer(self, owner_id: str) -> Sealer:
         return Sealer(owner_id, self._key)

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -39,6 +39,7 @@ from enlace_platform.telemetry import setup_logging, setup_tracing
 log = logging.getLogger(__name__)
 
 BackgroundLoop = Callable[["ServiceRuntime"], Awaitable[None]]
+T = TypeVar("T")
 
 
 def every(interval_s: float, work: Callable[["ServiceRuntime"], Awaitable[object]], *, name: str) -> BackgroundLoop:
@@ -93,11 +94,24 @@ class ServiceRuntime:
         self._background_tasks: list[asyncio.Task] = []
         self._relay_task: asyncio.Task | None = None
         self._kafka_task: asyncio.Task | None = None
+        self._shared: dict[type, object] = {}
+
+    @cached_property
+    def key_encryption_key(self) -> bytes:
+        """Read once (setting or key file); never stored in the database."""
+        return self.settings.key_encryption_key()
 
     @cached_property
     def keyring(self) -> Keyring:
         """Per-person data keys, for the services that keep personal data (their TABLES list SubjectKey)."""
-        return Keyring(self.settings.key_encryption_key(), namespace=self.settings.service_name)
+        return Keyring(self.key_encryption_key, namespace=self.settings.service_name)
+
+    def shared(self, kind: type[T], build: Callable[[], T]) -> T:
+        """One instance of ``kind`` per runtime, built on first use (keys derived once, not per request)."""
+        found = self._shared.get(kind)
+        if found is None:
+            found = self._shared[kind] = build()
+        return found
 
     def _build_kafka_parts(self) -> None:
         # aiokafka objects must be created inside the running event loop.

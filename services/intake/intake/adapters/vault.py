@@ -15,17 +15,15 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from enlace_platform.crypto import PREFIX, Keyring, Sealer
+from enlace_platform.crypto import PREFIX, Keyring, Sealer, derive_key
 from intake.adapters.orm import (
     ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ScreeningRow, SearchTokenRow,
 )
 
-SEARCH_KEY_INFO = b"intake-search"
+SEARCH_KEY_PURPOSE = "intake-search"
 
 
 def is_sealed(value: Any) -> bool:
@@ -67,17 +65,12 @@ class PersonRecord:
 class Vault:
     def __init__(self, keyring: Keyring, key_encryption_key: bytes) -> None:
         self.keyring = keyring
-        self._search_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                                info=SEARCH_KEY_INFO).derive(key_encryption_key)
+        self._search_key = derive_key(key_encryption_key, SEARCH_KEY_PURPOSE)
 
     @classmethod
     def of(cls, runtime) -> "Vault":
-        """One per runtime (its keyring and settings)."""
-        vault = getattr(runtime, "_intake_vault", None)
-        if vault is None:
-            vault = cls(runtime.keyring, runtime.settings.key_encryption_key())
-            runtime._intake_vault = vault
-        return vault
+        """The runtime's one vault (its keyring and key-encryption key)."""
+        return runtime.shared(cls, lambda: cls(runtime.keyring, runtime.key_encryption_key))
 
     async def sealer(self, session: AsyncSession, person_id: str) -> Sealer:
         return await self.keyring.sealer(session, person_id)

@@ -32,11 +32,8 @@ class SigningSecrets:
 
     @classmethod
     def of(cls, runtime) -> "SigningSecrets":
-        """One per runtime (the key-encryption key is read once)."""
-        found = getattr(runtime, "_notification_signing_secrets", None)
-        if found is None:
-            found = runtime._notification_signing_secrets = cls(runtime.settings.key_encryption_key())
-        return found
+        """The runtime's one instance (its key derived once)."""
+        return runtime.shared(cls, lambda: cls(runtime.key_encryption_key))
 
     def seal(self, sub: SubscriptionRow, *, secret: str, previous: str | None) -> None:
         """Writes both secrets into the row, sealed (the row's id must be final)."""
