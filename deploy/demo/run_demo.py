@@ -13,8 +13,9 @@ screens everyone. Then:
   and completes the boy's referral with CHILD_PLACED_IN_CARE, which releases his hold; the outcome
   code comes back to intake's case view;
 * MX-COMAR reads the mother's record (allowed by its open referral and her consent); MX-INM's
-  supervisor erases the unrelated adult (crypto-shredding; reading him then answers 410); the
-  coordinator's auditor lists who read the mother's record in intake's audit log;
+  supervisor erases the unrelated adult (crypto-shredding; reading him then answers 410); MX-INM's
+  own auditor lists who read the mother's record in intake's audit log (MX-COMAR included: her
+  record is INM's);
 * every agency's webhook receiver (run here) gets signed webhooks and verifies them with the
   Standard Webhooks reference library.
 
@@ -254,10 +255,10 @@ async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) 
     console.print("[bold]9.[/bold] MX-INM's supervisor erased the unrelated adult (no hold, no referral): his key "
                   "is destroyed, reading him now answers 410")
 
-    coordinator_auditor = token("MX-COORD", "auditor")
-    entries = ok(await http.get(f"{INTAKE}/audit", headers=coordinator_auditor,
+    inm_auditor = token("MX-INM", "auditor")
+    entries = ok(await http.get(f"{INTAKE}/audit", headers=inm_auditor,
                                 params={"object_id": person[MOTHER], "limit": 500}))["items"]
-    audit = Table(title="10. Intake's audit log for the mother (read by MX-COORD's auditor)")
+    audit = Table(title="10. Intake's audit log for the mother (read by MX-INM's auditor: its staff, and anyone on its records)")
     for column in ("at", "agency", "user", "action", "route", "purpose", "status", "trace"):
         audit.add_column(column)
     for entry in entries:
