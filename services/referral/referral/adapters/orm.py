@@ -97,7 +97,7 @@ class HistoryRow(SQLModel, table=True):
     reason_text: str | None = Field(default=None, description="Sealed")
     outcome_code: str | None = None
     note: str | None = Field(default=None, description="Sealed")
-    to_agency_id: str | None = None
+    to_agency_id: str | None = Field(default=None, index=True)  # who was ever addressed (audit scope)
     text_sealed: bool = Field(default=False, description="reason_text and note hold sealed values (or none); false "
                                                          "only for rows written before sealing, until start-up")
     text_erased: bool = Field(default=False, description="The person was erased: the free text is gone for good")
