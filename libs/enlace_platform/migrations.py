@@ -172,9 +172,12 @@ def _schema_at(script_location: str | Path, revision: str) -> list[Table]:
     return [t for name, t in metadata.tables.items() if name != VERSION_TABLE]
 
 
+_MIGRATION_LOCK = 0x656E6C6163  # "enlac": the advisory lock key migrations take on PostgreSQL
+
+
 async def _in_migration_transaction(engine: AsyncEngine, work) -> None:
-    """Run ``work(sync_connection)`` in one transaction (SQLite: BEGIN IMMEDIATE, so replicas
-    starting together migrate one after the other).
+    """Run ``work(sync_connection)`` in one transaction; replicas starting together migrate one after
+    the other (SQLite: BEGIN IMMEDIATE; PostgreSQL: a transaction-scoped advisory lock).
 
     On SQLite, foreign keys are off while migrating: batch mode copies a table, drops the old one
     and renames the copy, which enforcement would refuse (or cascade). They are checked before commit.
@@ -185,6 +188,8 @@ async def _in_migration_transaction(engine: AsyncEngine, work) -> None:
             await conn.run_sync(_sqlite_foreign_keys, False)  # a no-op inside a transaction: before BEGIN
         try:
             async with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
                 await conn.run_sync(work)
                 if sqlite:
                     await conn.run_sync(_check_foreign_keys)

@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("intake", "referral", "notification")
 
 
-def _service(name: str):
+def service_migrations_and_tables(name: str):
+    """A service's migration script directory and its tables (shared with tests/postgres)."""
     bootstrap = importlib.import_module(f"{name}.bootstrap")
     orm = importlib.import_module(f"{name}.adapters.orm")
     return bootstrap.MIGRATIONS, orm.TABLES
@@ -37,7 +38,7 @@ def _url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-async def _schema_diff(engine, tables) -> list:
+async def schema_diff(engine, tables) -> list:
     """What autogenerate would write: the models compared with the database."""
     async with engine.connect() as conn:
         return await conn.run_sync(lambda c: compare_metadata(
@@ -56,25 +57,25 @@ def _table_names(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("name", SERVICES)
 async def test_head_is_exactly_the_models(name, tmp_path):
-    location, tables = _service(name)
+    location, tables = service_migrations_and_tables(name)
     engine = make_engine(_url(tmp_path / "db.sqlite"))
     try:
         await upgrade_to_head(engine, location)
         assert await current_revision(engine) == head_revision(location)
-        assert await _schema_diff(engine, tables) == []
+        assert await schema_diff(engine, tables) == []
     finally:
         await engine.dispose()
     assert _table_names(tmp_path / "db.sqlite") == {t.name for t in service_tables(tables)} | {"alembic_version"}
 
 
 async def test_the_schema_check_sees_a_model_changed_without_a_migration(tmp_path):
-    location, tables = _service("intake")
+    location, tables = service_migrations_and_tables("intake")
     changed = target_metadata(tables)
     changed.tables["intake_case"].append_column(Column("new_column", String, nullable=True))
     engine = make_engine(_url(tmp_path / "db.sqlite"))
     try:
         await upgrade_to_head(engine, location)
-        diff = await _schema_diff(engine, changed.tables.values())
+        diff = await schema_diff(engine, changed.tables.values())
         assert [(d[0], d[3].name) for d in diff] == [("add_column", "new_column")]
         # And start-up refuses to run on it, naming the column.
         with pytest.raises(OutdatedSchema, match=r"intake_case\.new_column.*without a migration"):
@@ -85,8 +86,8 @@ async def test_the_schema_check_sees_a_model_changed_without_a_migration(tmp_pat
 
 def test_autogenerate_sees_only_the_services_own_tables(tmp_path):
     """env.py's include_object: another service's tables in the database are not this service's business."""
-    location, _ = _service("intake")
-    _, referral_tables = _service("referral")
+    location, _ = service_migrations_and_tables("intake")
+    _, referral_tables = service_migrations_and_tables("referral")
     engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     try:
         with engine.begin() as conn:
@@ -102,7 +103,7 @@ def test_autogenerate_sees_only_the_services_own_tables(tmp_path):
 
 @pytest.mark.parametrize("name", SERVICES)
 async def test_a_database_made_before_migrations_is_adopted(name, tmp_path):
-    location, tables = _service(name)
+    location, tables = service_migrations_and_tables(name)
     engine = make_engine(_url(tmp_path / "db.sqlite"))
     try:
         # What start-up did before migrations: create_all of the tables as they were at the first revision.
@@ -115,7 +116,7 @@ async def test_a_database_made_before_migrations_is_adopted(name, tmp_path):
         await migrate(engine, location, tables)
 
         assert await current_revision(engine) == head_revision(location)
-        assert await _schema_diff(engine, tables) == []
+        assert await schema_diff(engine, tables) == []
         async with engine.begin() as conn:
             await conn.execute(text("INSERT INTO processed_messages (consumer, message_id, processed_at) "
                                     "VALUES ('c', 'm2', '2026-11-28 10:01:00')"))
@@ -126,7 +127,7 @@ async def test_a_database_made_before_migrations_is_adopted(name, tmp_path):
 
 
 async def test_an_older_database_without_migrations_is_refused_and_left_alone(tmp_path):
-    location, tables = _service("notification")
+    location, tables = service_migrations_and_tables("notification")
     path = tmp_path / "db.sqlite"
     with sqlite3.connect(path) as db:  # the walking skeleton's table, without the later columns
         db.execute("CREATE TABLE notification_subscription (id VARCHAR PRIMARY KEY, agency_id VARCHAR, url VARCHAR, "
@@ -177,7 +178,7 @@ async def test_starting_a_service_twice_migrates_once(name, tmp_path, dev_issuer
 
 
 def test_the_cli_upgrades_and_prints_the_current_revision(tmp_path):
-    location, _ = _service("referral")
+    location, _ = service_migrations_and_tables("referral")
     env = {**os.environ, "REFERRAL_DATABASE_URL": _url(tmp_path / "referral.db")}
 
     def cli(*args: str) -> str:
@@ -216,7 +217,7 @@ def downgrade() -> None:
 async def test_adoption_and_batch_copies_still_work_after_later_revisions(tmp_path):
     """A pre-migration database matches revision 0001, not the models of a later head: it is adopted at
     0001 and upgraded. The later revision copies a table other rows point to, and no row is lost."""
-    location, tables = _service("intake")
+    location, tables = service_migrations_and_tables("intake")
     later = tmp_path / "migrations"
     shutil.copytree(location, later, ignore=shutil.ignore_patterns("__pycache__"))
     (later / "versions" / "9999_later.py").write_text(_LATER_REVISION.replace("{head}", head_revision(location)))
@@ -239,7 +240,7 @@ async def test_adoption_and_batch_copies_still_work_after_later_revisions(tmp_pa
         await migrate(engine, later, models.tables.values())
 
         assert await current_revision(engine) == "later"
-        assert await _schema_diff(engine, models.tables.values()) == []
+        assert await schema_diff(engine, models.tables.values()) == []
         async with engine.connect() as conn:
             rows = (await conn.execute(text(
                 "SELECT p.id, p.preferred_name, d.id FROM intake_person p JOIN intake_person_document d "
