@@ -164,8 +164,11 @@ class OutboxRelay:
             rows = list((await session.exec(query)).all())
             now = _utcnow()
             due, blocked_keys = [], set()
+            held = await self._held_by_others(session, rows)
             for row in rows:
-                # Keep per-case order: nothing of a case overtakes its earlier unsent event.
+                # Keep per-case order: nothing of a case overtakes its earlier unsent event, ours or another relay's.
+                if row.aggregateid in held and (row.created_at, row.sequence) > held[row.aggregateid]:
+                    blocked_keys.add(row.aggregateid)
                 if row.aggregateid in blocked_keys:
                     continue
                 if row.next_attempt_at and row.next_attempt_at > now:
@@ -178,6 +181,23 @@ class OutboxRelay:
             self._mark(due, results)
             await session.commit()
             return len(due)
+
+    @staticmethod
+    async def _held_by_others(session: AsyncSession, rows: list[OutboxMessage]) -> dict[str, tuple]:
+        """Per case among ours, where its first unsent event that we did not get sits (another relay holds
+        it: SKIP LOCKED passed it over). Our events of that case after it wait for a later pass."""
+        if not rows:
+            return {}
+        ours = {row.id for row in rows}
+        unsent = (await session.exec(
+            select(OutboxMessage.id, OutboxMessage.aggregateid, OutboxMessage.created_at, OutboxMessage.sequence)
+            .where(OutboxMessage.sent_at.is_(None), OutboxMessage.aggregateid.in_({row.aggregateid for row in rows}))
+        )).all()
+        held: dict[str, tuple] = {}
+        for row_id, key, created_at, sequence in unsent:
+            if row_id not in ours:
+                held[key] = min(held.get(key, (created_at, sequence)), (created_at, sequence))
+        return held
 
     async def _send(self, rows: list[OutboxMessage]) -> list[BaseException | None]:
         futures, spans = [], []

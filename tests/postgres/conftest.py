@@ -4,6 +4,7 @@ Every test here is marked ``postgres``; if the server binaries are missing the t
 
 import pytest
 
+from tests.integration.conftest import producer  # noqa: F401 - the services' idempotent producer, shared
 from tests.support.harness import free_port
 from tests.support.postgres import PostgresCluster, PostgresUnavailable, find_bin_dir
 

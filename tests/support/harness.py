@@ -50,11 +50,13 @@ async def provision_topics(bootstrap: str, prefix: str) -> None:
     await provision(bootstrap, all_topics(prefix))
 
 
-def fast_settings(cls, *, tmp_path: Path, bootstrap: str, prefix: str, dev_issuer_dir: Path, **extra):
-    """Service settings for tests: own database, isolated topics, quick retries."""
+def fast_settings(cls, *, tmp_path: Path, bootstrap: str, prefix: str, dev_issuer_dir: Path,
+                  database_url: str | None = None, **extra):
+    """Service settings for tests: own database (SQLite in tmp_path unless a URL is given), isolated topics,
+    quick retries."""
     name = cls.model_fields["service_name"].default
     return cls(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / f'{name}.db'}",
+        database_url=database_url or f"sqlite+aiosqlite:///{tmp_path / f'{name}.db'}",
         kafka_bootstrap_servers=bootstrap,
         kafka_topic_prefix=prefix,
         auth_dev_public_key_path=str(dev_issuer_dir / "public.pem"),
