@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import delete
+from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -164,12 +164,20 @@ class ServiceSecrets:
         return Sealer(owner_id, self._key)
 
 
-async def purge_freed_pages(engine: AsyncEngine, attempts: int = 5) -> bool:
-    """After a shred on SQLite: copy the write-ahead log into the (secure-deleting) database file and
-    truncate it, so the destroyed key survives in neither. True once done; other databases: nothing to do.
+async def purge_freed_pages(engine: AsyncEngine, attempts: int = 5,
+                            tables: tuple[str, ...] = (SubjectKey.__tablename__,)) -> bool:
+    """After a shred, make the destroyed key unrecoverable from the database files. True once done.
 
-    The checkpoint waits (busy timeout) for readers of older snapshots; if one outlasts it, it is tried
-    again, and then left to SQLite's next automatic checkpoint, with a warning."""
+    SQLite: copy the write-ahead log into the (secure-deleting) database file and truncate it, so the
+    key survives in neither. The checkpoint waits (busy timeout) for readers of older snapshots; if one
+    outlasts it, it is tried again, and then left to SQLite's next automatic checkpoint, with a warning.
+
+    PostgreSQL: the deleted row stays in the table as a dead tuple until vacuumed; ``VACUUM`` these
+    tables (outside a transaction) removes it at once instead of whenever autovacuum comes. A dead
+    tuple an older snapshot can still see is kept until that snapshot ends (autovacuum gets it then)."""
+    if engine.dialect.name == "postgresql":
+        await _vacuum(engine, tables)
+        return True
     if engine.dialect.name != "sqlite":
         return True
     for attempt in range(attempts):
@@ -182,3 +190,10 @@ async def purge_freed_pages(engine: AsyncEngine, attempts: int = 5) -> bool:
         await asyncio.sleep(0.2 * (attempt + 1))
     log.warning("the write-ahead log could not be checkpointed after an erasure; SQLite's next checkpoint will")
     return False
+
+
+async def _vacuum(engine: AsyncEngine, tables: tuple[str, ...]) -> None:
+    async with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+        for table in tables:
+            if (await conn.execute(text("SELECT to_regclass(:name)"), {"name": table})).scalar() is not None:
+                await conn.execute(text(f'VACUUM "{table}"'))
