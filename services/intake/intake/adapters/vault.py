@@ -18,12 +18,14 @@ from typing import Any
 from sqlalchemy import delete
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from enlace_platform.crypto import PREFIX, Keyring, Sealer, derive_key
+from enlace_platform.crypto import PREFIX, Keyring, Sealer, SubjectKey, derive_key
 from intake.adapters.orm import (
     ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ScreeningRow, SearchTokenRow,
 )
 
 SEARCH_KEY_PURPOSE = "intake-search"
+# What an erasure deletes: the key and the blind-index rows (purge_freed_pages clears their freed space).
+ERASURE_TABLES = (SubjectKey.__tablename__, SearchTokenRow.__tablename__)
 
 
 def is_sealed(value: Any) -> bool:

@@ -22,7 +22,7 @@ from enlace_platform.idempotency import Idempotency
 from enlace_platform.problems import Problem, ProblemDetails
 from enlace_platform.runtime import DbSession
 from intake.adapters.orm import CaseRow, PersonRow, ProtectionHoldRow, ReferralViewRow, RelationshipRow
-from intake.adapters.vault import Document, PersonRecord, Vault
+from intake.adapters.vault import ERASURE_TABLES, Document, PersonRecord, Vault
 from intake.domain.consent import AGENCY_TYPES, BASES, MANDATORY_OVERRIDE, PURPOSES
 from intake.domain.encounter import DOCUMENT_TYPES, LEGAL_GUARDIAN, PARENT, RELATIONSHIP_KINDS, age_in_years
 from intake.domain.screening import TRAFFICKING_INDICATORS, ScreeningAnswers
@@ -806,5 +806,5 @@ async def erase_person(request: Request, case_id: str, person_id: str, body: Era
                       holds=holds, pending_holds=blocked.pending, open_referrals=referrals) from None
     erased = _erased_out(person)
     await session.close()  # its read transaction would keep the checkpoint from truncating the log
-    await purge_freed_pages(request.app.state.runtime.engine)
+    await purge_freed_pages(request.app.state.runtime.engine, tables=ERASURE_TABLES)
     return erased

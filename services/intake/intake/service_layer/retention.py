@@ -15,10 +15,14 @@ from sqlmodel import col, select
 from enlace_platform.crypto import PREFIX, purge_freed_pages
 from enlace_platform.runtime import every
 from intake.adapters.orm import ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ScreeningRow
-from intake.adapters.vault import Document, PersonRecord, Vault, is_sealed
+from intake.adapters.vault import ERASURE_TABLES, Document, PersonRecord, Vault, is_sealed
 from intake.service_layer import services
 
 log = logging.getLogger(__name__)
+
+# The tables whose clear values the legacy sealing replaces.
+LEGACY_CLEAR_TABLES = tuple(t.__tablename__ for t in (PersonRow, PersonDocumentRow, PersonVersionRow, ScreeningRow,
+                                                       ConsentRow))
 
 
 async def purge_expired(runtime, *, now: datetime | None = None) -> int:
@@ -37,7 +41,7 @@ async def purge_expired(runtime, *, now: datetime | None = None) -> int:
                 if await services.erase_expired(session, vault, case_id, person_id, older_than):
                     erased += 1
     if erased:
-        await purge_freed_pages(runtime.engine)
+        await purge_freed_pages(runtime.engine, tables=ERASURE_TABLES)
         log.info("retention purge erased %d person(s)", erased)
     return erased
 
@@ -64,7 +68,8 @@ async def seal_legacy_rows(runtime) -> int:
         sealed_rows = await _seal_other_rows(session, vault)
         await session.commit()
     if ids or sealed_rows:
-        await purge_freed_pages(runtime.engine)  # the clear values leave the write-ahead log too
+        # The clear values leave the write-ahead log (SQLite) or the dead tuples (PostgreSQL) too.
+        await purge_freed_pages(runtime.engine, tables=LEGACY_CLEAR_TABLES)
         log.info("sealed %d person(s) and %d other row(s) written before sealing", len(ids), sealed_rows)
     return len(ids)
 

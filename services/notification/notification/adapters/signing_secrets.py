@@ -97,7 +97,7 @@ async def seal_legacy_secrets(runtime) -> int:
                                    .values({column: secrets.sealed(sub.id, column, value)}))
         await session.commit()
     if rows:
-        await purge_freed_pages(runtime.engine)
+        await purge_freed_pages(runtime.engine, tables=(SubscriptionRow.__tablename__,))  # the clear rows too
         log.info("sealed the signing secrets of %d subscription(s) written before sealing", len(rows))
     return len(rows)
 

@@ -13,10 +13,10 @@ from sqlmodel import delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.consumer import PoisonMessage
-from enlace_platform.crypto import purge_freed_pages
+from enlace_platform.crypto import SubjectKey, purge_freed_pages
 from enlace_platform.envelope import Envelope
 from enlace_platform.runtime import ServiceRuntime
-from referral.adapters.orm import ConsentRow, ReferralRow, ScreeningRow
+from referral.adapters.orm import ConsentRow, HistoryRow, ReferralRow, ScreeningRow
 from referral.config import ReferralSettings
 from referral.domain import events
 from referral.domain.codes import (
@@ -143,7 +143,7 @@ async def on_person_erased(session: AsyncSession, envelope: Envelope, runtime: S
         raise _contract_error(events.PERSON_ERASED, exc) from exc
     erased = await erase_person_text(session, runtime.keyring, person_id)
     await session.commit()
-    await purge_freed_pages(runtime.engine)
+    await purge_freed_pages(runtime.engine, tables=(SubjectKey.__tablename__, HistoryRow.__tablename__))
     log.info("person erased: the free text of %d history rows destroyed", erased)
 
 

@@ -108,4 +108,4 @@ async def seal_legacy_text(runtime) -> None:
                     setattr(row, key, value)
         await session.commit()
     log.info("sealed the free text of %d history rows written before sealing", len(rows))
-    await purge_freed_pages(runtime.engine)
+    await purge_freed_pages(runtime.engine, tables=(HistoryRow.__tablename__,))
