@@ -4,17 +4,9 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from standardwebhooks.webhooks import Webhook
 
-from intake.config import IntakeSettings
-from intake.entrypoints.app import create_app as intake_app
-from notification.config import NotificationSettings
-from notification.entrypoints.app import create_app as notification_app
-from referral.config import ReferralSettings
-from referral.entrypoints.app import create_app as referral_app
-from tests.support.harness import (
-    REPO, WebhookReceiver, bearer, eventually, fast_settings, provision_topics, running_app, unique_prefix,
-)
+from tests.support.harness import bearer, eventually, provision_topics, running_app, unique_prefix
+from tests.support.walking_skeleton import screening_to_signed_webhook, three_apps
 
 pytestmark = pytest.mark.kafka
 
@@ -23,59 +15,14 @@ pytestmark = pytest.mark.kafka
 async def system(kafka_bootstrap, dev_issuer_dir, tmp_path):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
-    common = dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir)
-    apps = (
-        intake_app(fast_settings(IntakeSettings, **common)),
-        referral_app(fast_settings(ReferralSettings, directory_seed_path=str(REPO / "deploy/demo/agencies.json"),
-                                   **common)),
-        notification_app(fast_settings(NotificationSettings, **common)),
-    )
+    apps = three_apps(dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir))
     async with running_app(apps[0]) as intake, running_app(apps[1]) as referral, \
             running_app(apps[2]) as notification:
         yield intake, referral, notification
 
 
 async def test_screening_becomes_a_referral_and_a_signed_webhook_in_one_trace(system, dev_issuer_dir, spans):
-    intake, referral, notification = system
-    inm = bearer(dev_issuer_dir, "MX-INM", "migration_authority")
-    pfpnna = bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection", roles=["supervisor"])  # subscribes
-    receiver = WebhookReceiver()
-
-    async with receiver.running():
-        r = await notification.post("/subscriptions", headers=pfpnna,
-                                    json={"url": receiver.url, "event_types": ["referral.requested.v1"]})
-        assert r.status_code == 201, r.text
-        secret = r.json()["secret"]
-
-        r = await intake.post("/cases", headers=inm, json={
-            "place": "Tapachula", "encountered_at": datetime.now(UTC).isoformat(),
-            "persons": [{"given_names": "Ana", "family_names": "Prueba", "sex": "female", "estimated_age": 15,
-                         "languages": ["es"]}]})
-        assert r.status_code == 201, r.text
-        case = r.json()
-        r = await intake.post(f"/cases/{case['id']}/screenings", headers=inm, json={
-            "person_id": case["persons"][0]["id"], "travelling_with_parent_or_guardian": False})
-        assert r.status_code == 201, r.text
-        assert [n["code"] for n in r.json()["needs"]] == ["UNACCOMPANIED_CHILD"]
-
-        async def referral_listed():
-            res = await referral.get("/referrals", headers=pfpnna, params={"case_id": case["id"]})
-            return res.json()["items"]
-
-        [ref] = await eventually(referral_listed, what="the referral to child protection")
-        assert ref["to_agency_id"] == "MX-PFPNNA" and ref["from_agency_id"] == "MX-INM"
-        assert ref["status"] == "requested" and ref["is_lead"] and ref["routing_reasons"]
-
-        async def webhook_arrived():
-            return receiver.requests
-
-        [hook] = await eventually(webhook_arrived, what="the webhook POST")
-
-    # The receiver's side: the reference library accepts the signature; the body is thin.
-    payload = Webhook(secret).verify(hook["body"], hook["headers"])
-    assert payload["type"] == "referral.requested.v1"
-    assert payload["data"]["referral_id"] == ref["id"] and payload["data"]["case_id"] == case["id"]
-    assert "Ana" not in hook["body"].decode() and "Prueba" not in hook["body"].decode()
+    _, _, hook = await screening_to_signed_webhook(*system, dev_issuer_dir)
 
     # One trace from the screening POST to the webhook POST, across all three services.
     webhook_trace_id = hook["headers"]["traceparent"].split("-")[1]
