@@ -38,13 +38,18 @@ async def _unsent(sessions) -> list[OutboxMessage]:
         return list((await session.exec(select(OutboxMessage).where(OutboxMessage.sent_at.is_(None)))).all())
 
 
-async def test_two_relays_on_one_database_publish_every_event_once_in_case_order(
-        kafka_bootstrap, producer, postgres_url):
+async def _two_replicas(kafka_bootstrap, postgres_url):
+    """Fresh topics, and two engines (two replicas) on the one PostgreSQL database, with its outbox table."""
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
     replicas = [make_engine(postgres_url), make_engine(postgres_url)]
     await create_tables(replicas[0], service_tables([]))
-    first_sessions, second_sessions = (make_session_factory(e, f"replica{i}") for i, e in enumerate(replicas))
+    return prefix, replicas, [make_session_factory(e, f"replica{i}") for i, e in enumerate(replicas)]
+
+
+async def test_two_relays_on_one_database_publish_every_event_once_in_case_order(
+        kafka_bootstrap, producer, postgres_url):
+    prefix, replicas, (first_sessions, second_sessions) = await _two_replicas(kafka_bootstrap, postgres_url)
     order: dict[str, list[str]] = defaultdict(list)
     async with first_sessions() as session:
         for n in range(EVENTS_PER_CASE):  # interleaved: every batch holds part of every case
@@ -91,11 +96,7 @@ async def test_two_relays_on_one_database_publish_every_event_once_in_case_order
 async def test_the_second_relay_takes_the_rows_the_first_has_locked_no_case_shared(
         kafka_bootstrap, producer, postgres_url):
     """Different cases: while one relay holds its batch, the other publishes the rest at once."""
-    prefix = unique_prefix()
-    await provision_topics(kafka_bootstrap, prefix)
-    replicas = [make_engine(postgres_url), make_engine(postgres_url)]
-    await create_tables(replicas[0], service_tables([]))
-    first_sessions, second_sessions = (make_session_factory(e, f"replica{i}") for i, e in enumerate(replicas))
+    prefix, replicas, (first_sessions, second_sessions) = await _two_replicas(kafka_bootstrap, postgres_url)
     async with first_sessions() as session:
         ids = [add_event(session, topic=TOPIC, case_id=f"case-{n}", event_type="widget.made.v1", data={"n": n},
                          source="/test").id for n in range(10)]
