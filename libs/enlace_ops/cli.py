@@ -1,4 +1,4 @@
-"""enlace-ops: the operator's command line (dead letters, redrive, replay, outbox status).
+"""enlace-ops: the operator's command line (dead letters, redrive, replay, outbox status, data-key rotation).
 
 Kafka and topic prefix come from ENLACE_KAFKA_BOOTSTRAP_SERVERS and ENLACE_KAFKA_TOPIC_PREFIX, like
 the services; a service's database from its own settings (e.g. INTAKE_DATABASE_URL).
@@ -8,6 +8,7 @@ import asyncio
 import importlib
 import json
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,6 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from enlace_ops import operations as ops
+from enlace_platform.crypto import CorruptValue, load_key_encryption_key
+from enlace_platform.runtime import ServiceRuntime
 from enlace_platform.settings import ServiceSettings
 
 app = typer.Typer(help="Operate Enlace: dead letters, redrive, replay and the outbox.", no_args_is_help=True)
@@ -108,10 +111,12 @@ def _service_settings(service: str) -> ServiceSettings:
     return settings_class()
 
 
+def _runtime(service: str) -> ServiceRuntime:
+    return importlib.import_module(f"{service}.bootstrap").build_runtime(_service_settings(service))
+
+
 def _consumer_names(service: str) -> list[str]:
-    bootstrap_module = importlib.import_module(f"{service}.bootstrap")
-    runtime = bootstrap_module.build_runtime(_service_settings(service))
-    return [spec.name for spec in runtime.consumers]
+    return [spec.name for spec in _runtime(service).consumers]
 
 
 @app.command("outbox")
@@ -165,6 +170,38 @@ def replay(
             position = asyncio.run(ops.wait_caught_up(bootstrap, group, prefix + topic, timeout_s=wait,
                                                       progress=progress))
         _console().print(f"group {group}: {position.lag} record(s) still to handle")
+
+
+@app.command("rotate-data-key")
+def rotate_data_key(
+    service: Annotated[str, typer.Argument(help="intake, referral or notification")],
+    new_key_file: Annotated[Path, typer.Option(help="The new key-encryption key (base64 of 32 bytes); created, "
+                                                    "mode 0600, if it does not exist")],
+) -> None:
+    """Re-wrap a STOPPED service's data under a new key-encryption key, in one transaction.
+
+    The current key comes from the service's own settings (ENLACE_DATA_KEY or ENLACE_DATA_KEY_FILE). The
+    per-person data keys are re-wrapped (sealed values stay as they are), and what the service derives from
+    the key follows: intake's search index, notification's signing secrets. Then point the service at the
+    new key and start it; keep the old key until then. A rerun after an interruption finishes the job.
+    """
+    runtime = _runtime(service)
+    new_kek = load_key_encryption_key(None, str(new_key_file))
+
+    async def rotate() -> dict[str, int]:
+        try:
+            return await runtime.rotate_key_encryption_key(new_kek)
+        finally:
+            await runtime.engine.dispose()
+
+    try:
+        changed = asyncio.run(rotate())
+    except (ValueError, CorruptValue) as exc:
+        _fail(f"{exc}; nothing was changed")
+    for step, rows in changed.items():
+        _console().print(f"{service}: {step}: {rows} row(s) re-sealed")
+    _console().print(f"Now start {service} with ENLACE_DATA_KEY_FILE={new_key_file} (or its content as "
+                     "ENLACE_DATA_KEY); keep the old key until it runs.")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,33 @@ def _open(key: bytes, sealed: bytes, aad: bytes) -> bytes:
     return AESGCM(key).decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], aad)
 
 
+def _wrap_aad(namespace: bytes, subject_id: str) -> bytes:
+    return namespace + b"|" + subject_id.encode()
+
+
+async def rewrap_subject_keys(session: AsyncSession, namespace: str, old_kek: bytes, new_kek: bytes) -> int:
+    """Re-wrap every subject's data key under a new key-encryption key (in the caller's transaction); the
+    data keys, and so every sealed value, stay as they are. A key already under the new one is left, so a
+    rerun after an interruption finishes the job. Returns how many were re-wrapped; CorruptValue if a key
+    opens under neither (the wrong old key, most likely: then nothing must be written)."""
+    rewrapped = 0
+    for row in (await session.exec(select(SubjectKey))).all():
+        aad = _wrap_aad(namespace.encode(), row.subject_id)
+        try:
+            data_key = _open(old_kek, row.wrapped_key, aad)
+        except InvalidTag:
+            try:
+                _open(new_kek, row.wrapped_key, aad)
+            except InvalidTag as exc:
+                raise CorruptValue(f"the key of subject {row.subject_id} opens under neither key-encryption key") \
+                    from exc
+            continue
+        row.wrapped_key = _seal(new_kek, data_key, aad)
+        session.add(row)
+        rewrapped += 1
+    return rewrapped
+
+
 class Keyring:
     """Per-subject data keys in the service's own database, wrapped under its key-encryption key."""
 
@@ -96,9 +123,9 @@ class Keyring:
                 return None
             data_key = AESGCM.generate_key(bit_length=256)
             session.add(SubjectKey(subject_id=subject_id,
-                                   wrapped_key=_seal(self._kek, data_key, self._namespace + b"|" + subject_id.encode())))
+                                   wrapped_key=_seal(self._kek, data_key, _wrap_aad(self._namespace, subject_id))))
             return data_key
-        return _open(self._kek, row.wrapped_key, self._namespace + b"|" + subject_id.encode())
+        return _open(self._kek, row.wrapped_key, _wrap_aad(self._namespace, subject_id))
 
     async def sealer(self, session: AsyncSession, subject_id: str) -> "Sealer":
         """Seal and open this subject's fields; creates their key on first use (in the caller's transaction)."""

@@ -25,7 +25,7 @@ from enlace_platform.audit import AuditMiddleware, AuditScope, audit_router
 from enlace_platform.auth import TokenVerifier
 from enlace_platform.consumer import ConsumerRunner, Handler
 from enlace_platform.contracts import published_contracts
-from enlace_platform.crypto import Keyring
+from enlace_platform.crypto import Keyring, SubjectKey, purge_freed_pages, rewrap_subject_keys
 from enlace_platform.db import create_tables, make_engine, make_session_factory, ping
 from enlace_platform.migrations import migrate, service_tables
 from enlace_platform.metrics import ScrapeHook, ServiceMetrics
@@ -40,6 +40,17 @@ log = logging.getLogger(__name__)
 
 BackgroundLoop = Callable[["ServiceRuntime"], Awaitable[None]]
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class KeyRotationStep:
+    """What a service keeps under a key derived from its key-encryption key, re-sealed when that key changes
+    (ServiceRuntime.rotate_key_encryption_key): ``run(session, old, new)`` returns how many rows it changed;
+    ``tables`` are those whose old values purge_freed_pages then clears."""
+
+    name: str
+    tables: tuple[str, ...]
+    run: Callable[[AsyncSession, bytes, bytes], Awaitable[int]]
 
 
 def every(interval_s: float, work: Callable[["ServiceRuntime"], Awaitable[object]], *, name: str) -> BackgroundLoop:
@@ -75,6 +86,7 @@ class ServiceRuntime:
     background: list[BackgroundLoop] = field(default_factory=list)
     on_startup: list[BackgroundLoop] = field(default_factory=list)  # run once, after the tables exist
     scrape_hooks: list[ScrapeHook] = field(default_factory=list)  # the service's own /metrics gauges
+    key_rotation: list[KeyRotationStep] = field(default_factory=list)
     # The service's Alembic script directory: start() migrates the database to head. Without one
     # (ad-hoc runtimes in tests and benchmarks) the tables are created with create_all.
     migrations: Path | None = None
@@ -105,6 +117,26 @@ class ServiceRuntime:
     def keyring(self) -> Keyring:
         """Per-person data keys, for the services that keep personal data (their TABLES list SubjectKey)."""
         return Keyring(self.key_encryption_key, namespace=self.settings.service_name)
+
+    async def rotate_key_encryption_key(self, new_kek: bytes) -> dict[str, int]:
+        """Re-wrap the subjects' keys and re-seal the service's own secrets under ``new_kek``, in one
+        transaction, then purge the old values' freed pages. For a stopped service (enlace-ops
+        rotate-data-key): a running one would go on using the old key. Returns rows changed per step."""
+        old_kek = self.key_encryption_key
+        if new_kek == old_kek:
+            raise ValueError("the new key-encryption key is the current one")
+        steps = list(self.key_rotation)
+        if SubjectKey.__table__ in self.tables:
+            steps.insert(0, KeyRotationStep(
+                "subject_keys", (SubjectKey.__tablename__,),
+                lambda session, old, new: rewrap_subject_keys(session, self.settings.service_name, old, new)))
+        changed = {}
+        async with self.sessions() as session:
+            for step in steps:  # in order: a later step may open what an earlier one re-wrapped
+                changed[step.name] = await step.run(session, old_kek, new_kek)
+            await session.commit()
+        await purge_freed_pages(self.engine, tables=tuple(t for step in steps for t in step.tables))
+        return changed
 
     def shared(self, kind: type[T], build: Callable[[], T]) -> T:
         """One instance of ``kind`` per runtime, built on first use (keys derived once, not per request)."""

@@ -7,7 +7,7 @@ from intake.adapters.orm import TABLES
 from intake.config import IntakeSettings
 from intake.domain import events
 from intake.service_layer.handlers import HOLD_HANDLERS, REFERRAL_HANDLERS
-from intake.service_layer.retention import retention_loop, seal_legacy_rows
+from intake.service_layer.retention import retention_loop, seal_legacy_rows, search_index_rotation
 
 MIGRATIONS = Path(__file__).parent / "adapters" / "migrations"  # Alembic: start-up migrates to head
 
@@ -23,4 +23,5 @@ def build_runtime(settings: IntakeSettings) -> ServiceRuntime:
                           # Rows written in clear before migration 0003 are sealed here: the key-encryption
                           # key is the runtime's, out of the migration's reach.
                           on_startup=[seal_legacy_rows],
-                          background=[retention_loop(settings.retention_purge_interval_s)])
+                          background=[retention_loop(settings.retention_purge_interval_s)],
+                          key_rotation=[search_index_rotation(settings.service_name)])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from enlace_platform.runtime import ConsumerSpec, ServiceRuntime
 from notification.adapters.orm import TABLES
-from notification.adapters.signing_secrets import seal_legacy_secrets
+from notification.adapters.signing_secrets import KEY_ROTATION, seal_legacy_secrets
 from notification.config import NotificationSettings
 from notification.domain.events import TOPICS
 from notification.service_layer.dispatcher import Dispatcher
@@ -37,4 +37,5 @@ def build_runtime(settings: NotificationSettings) -> ServiceRuntime:
         # a migration's reach. Runs before the dispatcher starts.
         on_startup=[seal_legacy_secrets],
         scrape_hooks=[delivery_gauges],
+        key_rotation=[KEY_ROTATION],
     )

@@ -8,7 +8,9 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from sqlmodel import Field, SQLModel
 
-from enlace_platform.crypto import CorruptValue, Erased, Keyring, SubjectKey, load_key_encryption_key, purge_freed_pages
+from enlace_platform.crypto import (
+    CorruptValue, Erased, Keyring, SubjectKey, load_key_encryption_key, purge_freed_pages, rewrap_subject_keys,
+)
 from enlace_platform.db import create_tables, make_engine, make_session_factory
 
 NAME = "Itzel Ramírez-Cifrado"
@@ -67,6 +69,26 @@ async def test_the_same_key_is_found_again_and_another_kek_cannot_unwrap_it(db):
             await Keyring(os.urandom(32), namespace="svc").opener(session, "p1")
         with pytest.raises(InvalidTag):  # keys do not move between services
             await Keyring(KEK, namespace="other").opener(session, "p1")
+
+
+async def test_rewrapping_moves_every_key_to_the_new_kek_and_a_rerun_changes_nothing(db):
+    _, sessions, _ = db
+    new_kek = os.urandom(32)
+    async with sessions() as session:
+        sealed = {p: (await Keyring(KEK, namespace="svc").sealer(session, p)).seal("f", f"{NAME} {p}")
+                  for p in ("p1", "p2")}
+        await session.commit()
+    async with sessions() as session:
+        assert await rewrap_subject_keys(session, "svc", KEK, new_kek) == 2
+        await session.commit()
+    async with sessions() as session:
+        for person, value in sealed.items():  # the data keys, and so the sealed values, are unchanged
+            assert (await Keyring(new_kek, namespace="svc").opener(session, person)).open("f", value) == f"{NAME} {person}"
+            with pytest.raises(InvalidTag):
+                await Keyring(KEK, namespace="svc").opener(session, person)
+        assert await rewrap_subject_keys(session, "svc", KEK, new_kek) == 0  # a rerun finds them done
+        with pytest.raises(CorruptValue, match="neither"):  # the wrong old key: refused, not half done
+            await rewrap_subject_keys(session, "svc", os.urandom(32), os.urandom(32))
 
 
 async def test_shredding_makes_the_data_unreadable_and_leaves_no_key_bytes_in_the_files(db):

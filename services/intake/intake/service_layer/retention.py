@@ -12,9 +12,11 @@ from datetime import UTC, date, datetime
 from sqlalchemy import String, cast
 from sqlmodel import col, select
 
-from enlace_platform.crypto import PREFIX, purge_freed_pages
-from enlace_platform.runtime import every
-from intake.adapters.orm import ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ScreeningRow
+from enlace_platform.crypto import PREFIX, Keyring, purge_freed_pages
+from enlace_platform.runtime import KeyRotationStep, every
+from intake.adapters.orm import (
+    ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ScreeningRow, SearchTokenRow,
+)
 from intake.adapters.vault import ERASURE_TABLES, Document, PersonRecord, Vault, is_sealed
 from intake.service_layer import services
 
@@ -44,6 +46,24 @@ async def purge_expired(runtime, *, now: datetime | None = None) -> int:
         await purge_freed_pages(runtime.engine, tables=ERASURE_TABLES)
         log.info("retention purge erased %d person(s)", erased)
     return erased
+
+
+def search_index_rotation(service_name: str) -> KeyRotationStep:
+    """The blind index follows the key-encryption key (its search key is derived from it): when that key
+    changes (enlace-ops rotate-data-key), every person not erased is opened, with their data key that the
+    step before re-wrapped, and indexed again under the new search key."""
+    async def reindex(session, old_kek: bytes, new_kek: bytes) -> int:
+        vault = Vault(Keyring(new_kek, namespace=service_name), new_kek)
+        persons = (await session.exec(select(PersonRow).where(col(PersonRow.erased_at).is_(None)))).all()
+        indexed = 0
+        for person in persons:
+            record = await services.open_person(session, vault, person)
+            if record is not None:  # None: shredded a moment ago; its index rows went with the key
+                await vault.index(session, person, record)
+                indexed += 1
+        return indexed
+
+    return KeyRotationStep("search_index", (SearchTokenRow.__tablename__,), reindex)
 
 
 def retention_loop(interval_s: float):
@@ -119,4 +139,4 @@ async def _seal_other_rows(session, vault: Vault) -> int:
     return count
 
 
-__all__ = ["purge_expired", "retention_loop", "seal_legacy_rows"]
+__all__ = ["purge_expired", "retention_loop", "seal_legacy_rows", "search_index_rotation"]

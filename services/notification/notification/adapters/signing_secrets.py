@@ -16,6 +16,7 @@ from sqlalchemy import and_, or_
 from sqlmodel import col, select, update
 
 from enlace_platform.crypto import PREFIX, CorruptValue, ServiceSecrets, purge_freed_pages
+from enlace_platform.runtime import KeyRotationStep
 from enlace_platform.timeutil import as_utc
 from notification.adapters.orm import SubscriptionRow
 from notification.domain.webhooks import is_signing_secret, signing_secrets
@@ -42,6 +43,19 @@ class SigningSecrets:
 
     def sealed(self, subscription_id: str, column: str, value: str | None) -> str | None:
         return self._secrets.sealer(subscription_id).seal(column, value)
+
+    def reseal(self, sub: SubscriptionRow, under: "SigningSecrets") -> bool:
+        """Move the row's secrets from this key to ``under``; False if they are under it already (a rerun).
+        CorruptValue if they open under neither: the wrong old key, most likely."""
+        columns = (SECRET, PREVIOUS_SECRET)
+        try:
+            clear = {c: self._secrets.sealer(sub.id).open(c, getattr(sub, c)) for c in columns}
+        except CorruptValue:
+            for c in columns:
+                under._secrets.sealer(sub.id).open(c, getattr(sub, c))
+            return False
+        under.seal(sub, secret=clear[SECRET], previous=clear[PREVIOUS_SECRET])
+        return True
 
     def current(self, sub: SubscriptionRow) -> str:
         """The current secret in clear; CorruptValue if it does not open with this service's key."""
@@ -103,3 +117,17 @@ async def seal_legacy_secrets(runtime) -> int:
 
 
 __all__ = ["PURPOSE", "SigningSecrets", "seal_legacy_secrets"]
+
+
+async def _reseal_all(session, old_kek: bytes, new_kek: bytes) -> int:
+    old, new = SigningSecrets(old_kek), SigningSecrets(new_kek)
+    changed = 0
+    for sub in (await session.exec(select(SubscriptionRow))).all():
+        if old.reseal(sub, under=new):
+            session.add(sub)
+            changed += 1
+    return changed
+
+
+# The signing secrets follow the service's key-encryption key when it changes (enlace-ops rotate-data-key).
+KEY_ROTATION = KeyRotationStep("signing_secrets", (SubscriptionRow.__tablename__,), _reseal_all)
