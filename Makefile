@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: contracts migration up down test token kafka-up kafka-down zipkin-up zipkin-down topics services-up services-down demo venv bench
+.PHONY: prerequisites-up prerequisites-test contracts migration up down test token kafka-up kafka-down zipkin-up zipkin-down topics services-up services-down demo venv bench
 
 venv: $(STAMP)
 
@@ -16,7 +16,11 @@ $(STAMP): requirements.lock pyproject.toml
 	   $(PY) -m pip install -q --no-deps -e .; } 1>&2
 	@touch $@
 
-up: venv kafka-up zipkin-up topics services-up demo
+# System tools (Java, Maven; for tests also kcat, Node.js, PostgreSQL): installed from apt when root, else named.
+prerequisites-up prerequisites-test:
+	@deploy/prerequisites.sh $(subst prerequisites-,,$@)
+
+up: prerequisites-up venv kafka-up zipkin-up topics services-up demo
 	@echo "Traces: http://127.0.0.1:9411/zipkin/  (each demo journey is one trace)" >&2
 
 down: services-down zipkin-down kafka-down
@@ -48,7 +52,7 @@ services-down:
 demo: venv
 	@$(PY) deploy/demo/run_demo.py
 
-test: venv
+test: prerequisites-test venv
 	@deploy/kafka/kafka.sh fetch
 	@deploy/zipkin/zipkin.sh fetch
 	$(PY) -m pytest
