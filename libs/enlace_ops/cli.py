@@ -8,6 +8,7 @@ import asyncio
 import importlib
 import json
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from enlace_ops import operations as ops
 from enlace_platform.crypto import CorruptValue, load_key_encryption_key
 from enlace_platform.runtime import ServiceRuntime
 from enlace_platform.settings import ServiceSettings
+from enlace_platform.timeutil import as_utc
 
 app = typer.Typer(help="Operate Enlace: dead letters, redrive, replay and the outbox.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead-letter topics (<topic>.dlq).", no_args_is_help=True)
@@ -129,8 +131,11 @@ def outbox(service: Annotated[str, typer.Argument(help="intake, referral or noti
                   f"{status.retrying} retrying")
     for topic, count in sorted(status.by_topic.items()):
         _console().print(f"  {topic}: {count}")
-    for event_id, event_type, attempts, error in status.last_errors:
-        _console().print(f"  [yellow]{event_type} {event_id}[/yellow] after {attempts} attempt(s): {error}")
+    now = datetime.now(UTC)
+    for event_id, event_type, attempts, error, next_attempt_at in status.last_errors:
+        due_in = max(0.0, (as_utc(next_attempt_at) - now).total_seconds()) if next_attempt_at else 0.0
+        _console().print(f"  [yellow]{event_type} {event_id}[/yellow] after {attempts} attempt(s): {error}; "
+                         f"next attempt in {due_in:.0f}s")
 
 
 @app.command("replay")

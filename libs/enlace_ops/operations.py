@@ -14,7 +14,7 @@ from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy import func
 from sqlmodel import select
 
-from enlace_platform.db import make_engine, make_session_factory
+from enlace_platform.db import make_engine, make_read_session_factory
 from enlace_platform.outbox import OutboxMessage
 from enlace_platform.timeutil import age_seconds
 from enlace_platform.topics import dlq
@@ -186,7 +186,7 @@ class OutboxStatus:
     oldest_unsent_at: datetime | None
     retrying: int
     by_topic: dict[str, int]
-    last_errors: list[tuple[str, str, int, str]]  # (event id, type, attempts, error)
+    last_errors: list[tuple[str, str, int, str, datetime | None]]  # (event id, type, attempts, error, next attempt)
 
     @property
     def oldest_age_s(self) -> float:
@@ -196,7 +196,8 @@ class OutboxStatus:
 async def outbox_status(database_url: str, *, errors: int = 5) -> OutboxStatus:
     engine = make_engine(database_url)
     try:
-        async with make_session_factory(engine, "enlace-ops")() as session:
+        # Read-only: on SQLite it never waits for the write lock of the running service.
+        async with make_read_session_factory(engine, "enlace-ops")() as session:
             unsent_rows = OutboxMessage.sent_at.is_(None)
             count, oldest = (await session.exec(
                 select(func.count(), func.min(OutboxMessage.created_at)).where(unsent_rows))).one()
@@ -208,6 +209,7 @@ async def outbox_status(database_url: str, *, errors: int = 5) -> OutboxStatus:
                 .order_by(OutboxMessage.created_at))).all()
             return OutboxStatus(
                 unsent=count, oldest_unsent_at=oldest, retrying=len(failing), by_topic=by_topic,
-                last_errors=[(r.id, r.type, r.attempts, r.last_error or "") for r in failing[:errors]])
+                last_errors=[(r.id, r.type, r.attempts, r.last_error or "", r.next_attempt_at)
+                             for r in failing[:errors]])
     finally:
         await engine.dispose()

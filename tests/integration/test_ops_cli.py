@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -153,12 +154,19 @@ async def test_outbox_status_counts_unsent_rows_by_topic(tmp_path, sessions):
     async with sessions() as session:
         for case in ("a", "b"):
             add_event(session, topic=TOPIC, case_id=case, event_type="case.registered.v1", data={}, source="/t")
-        add_event(session, topic="referral.referral", case_id="a", event_type="referral.requested.v1", data={},
-                  source="/t")
+        failed = add_event(session, topic="referral.referral", case_id="a", event_type="referral.requested.v1",
+                           data={}, source="/t")
+        await session.commit()
+        # As the relay records a failed attempt: the error, and when it tries again.
+        failed.attempts, failed.last_error = 2, "_NoAck: no ack within 5s"
+        failed.next_attempt_at = datetime.now(UTC) + timedelta(seconds=30)
+        session.add(failed)
         await session.commit()
     status = await ops.outbox_status(f"sqlite+aiosqlite:///{tmp_path / 'ops.db'}")
     assert status.unsent == 3
     assert status.by_topic == {TOPIC: 2, "referral.referral": 1}
+    assert status.retrying == 1 and status.last_errors[0][:4] == (failed.id, failed.type, 2, failed.last_error)
     result = await _cli("outbox", "intake", "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'ops.db'}")
     assert result.exit_code == 0, result.output
-    assert "3 unsent" in result.output
+    assert "3 unsent" in result.output and "1 retrying" in result.output
+    assert "after 2 attempt(s): _NoAck: no ack within 5s; next attempt in" in " ".join(result.output.split())
