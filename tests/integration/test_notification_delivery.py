@@ -294,7 +294,7 @@ async def test_a_token_in_the_webhook_url_stays_out_of_logs_and_traces(notificat
     # The service's log handler writes its lines (INFO and up) to stdout.
     receiver = SigningReceiver()
     token = "T0001-B0001-capability-9f8e7d"
-    async with receiver.running(), notification.running() as client:
+    async with receiver.running(), notification.running(trace_sql=True) as client:  # SQL spans checked too
         r = await client.post("/subscriptions", headers=notification.headers(*PFPNNA),
                               json={"url": f"{receiver.url}?token={token}", "event_types": ["referral.*"]})
         receiver.secrets["s"] = r.json()["secret"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from enlace_platform.consumer import run_after_commit
 from enlace_platform.envelope import Envelope
 from enlace_platform.outbox import OutboxMessage
 from referral.config import ReferralSettings
@@ -102,6 +103,7 @@ class ReferralHarness:
         async with self.runtime.sessions() as session:
             await self.handlers[envelope.type](session, envelope)
             await session.commit()
+            await run_after_commit(session)  # as the consumer runner does (e.g. the purge after an erasure)
 
     async def events(self, *types: str) -> list[tuple[str, dict]]:
         """Outbox rows in commit order, as (type, payload)."""

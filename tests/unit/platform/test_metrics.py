@@ -34,6 +34,7 @@ async def test_metrics_show_the_unsent_outbox_rows_the_oldest_age_and_service_ga
             rows = (await session.exec(select(OutboxMessage).order_by(OutboxMessage.aggregateid))).all()
             rows[0].sent_at = datetime.now(UTC)
             rows[1].created_at = datetime.now(UTC) - timedelta(minutes=5)
+            rows[1].attempts = 2  # the relay recorded failed attempts: it backs off
             session.add_all(rows[:2])
             await session.commit()
         response = await client.get("/metrics")
@@ -43,6 +44,7 @@ async def test_metrics_show_the_unsent_outbox_rows_the_oldest_age_and_service_ga
     registry = runtime.metrics.registry
     assert registry.get_sample_value("enlace_outbox_backlog") == 2
     assert 300 <= registry.get_sample_value("enlace_outbox_oldest_unsent_age_seconds") < 3600
+    assert registry.get_sample_value("enlace_outbox_retrying") == 1
     assert registry.get_sample_value("enlace_test_cases", {"state": "open"}) == 7
     assert 'enlace_test_cases{state="open"} 7.0' in response.text
     assert "enlace_outbox_backlog 2.0" in response.text

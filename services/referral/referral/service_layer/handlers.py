@@ -12,7 +12,7 @@ from functools import partial
 from sqlmodel import delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from enlace_platform.consumer import PoisonMessage
+from enlace_platform.consumer import PoisonMessage, after_commit
 from enlace_platform.crypto import SubjectKey, purge_freed_pages
 from enlace_platform.envelope import Envelope
 from enlace_platform.runtime import ServiceRuntime
@@ -131,8 +131,9 @@ async def _route_referrals_waiting_for_consent(session: AsyncSession, policy: Po
 
 async def on_person_erased(session: AsyncSession, envelope: Envelope, runtime: ServiceRuntime) -> None:
     """Intake erased the person: destroy our key for them too, so the free text of their referrals' history
-    is gone (ids and codes stay: the referrals go on). Commits itself, because the write-ahead log can only
-    be purged of the destroyed key after the commit; the same event again finds nothing left to destroy."""
+    is gone (ids and codes stay: the referrals go on). The write-ahead log can only be purged of the destroyed
+    key once the consumer's transaction commits: after_commit (one purge for a batch of erasures). The same
+    event again finds nothing left to destroy."""
     data = envelope.data
     try:
         person_id, _ = str(data["person_id"]), str(data["case_id"])
@@ -142,8 +143,9 @@ async def on_person_erased(session: AsyncSession, envelope: Envelope, runtime: S
     except (KeyError, TypeError, ValueError) as exc:
         raise _contract_error(events.PERSON_ERASED, exc) from exc
     erased = await erase_person_text(session, runtime.keyring, person_id)
-    await session.commit()
-    await purge_freed_pages(runtime.engine, tables=(SubjectKey.__tablename__, HistoryRow.__tablename__))
+    after_commit(session, partial(purge_freed_pages, runtime.engine,
+                                  tables=(SubjectKey.__tablename__, HistoryRow.__tablename__)),
+                 key="purge-freed-pages")
     log.info("person erased: the free text of %d history rows destroyed", erased)
 
 
