@@ -6,6 +6,11 @@ written, the caller gets a 500 and no data. One row per object: the object in th
 objects a handler names with :func:`note_objects` (search results, a case's persons, a new id).
 The rows hold ids and codes only, never personal data, so erasure never needs to touch them.
 
+A write's rows are written by its own transaction (:func:`record_in_transaction`): the change and
+its record commit together or not at all, and no crash can fall between them. Reads, and requests
+that committed nothing (refusals), get their rows in a short transaction of their own just before
+the response starts; so do objects a handler names after its commit.
+
 The table is append-only: database triggers refuse UPDATE and DELETE (SQLite and PostgreSQL).
 Auditors read it through ``GET /audit``: an agency's auditor sees what its own staff did, plus what
 anyone did to the objects the service holds for its agency; the coordinator's auditor sees what anyone
@@ -26,6 +31,7 @@ from opentelemetry import trace
 from pydantic import BaseModel
 from sqlalchemy import DDL, ColumnElement, Select, and_, event, or_
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Field, SQLModel, col, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -37,6 +43,13 @@ log = logging.getLogger(__name__)
 
 COORDINATOR = "coordinator"
 DEFAULT_PURPOSE = "unspecified"
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+# Keys of a write session's info: the request whose audit rows its commits carry, the rows added to the
+# transaction now committing, and the status the request answers when it is not the route's usual one.
+_REQUEST_SCOPE = "enlace_audit_request_scope"
+_PENDING_ROWS = "enlace_audit_pending_rows"
+_ANSWERED_STATUS = "enlace_audit_answered_status"
 
 
 class AuditRecord(SQLModel, table=True):
@@ -96,7 +109,9 @@ def Purpose(name: str):  # noqa: N802 - used as a router dependency: APIRouter(d
 
 
 def note_objects(request: Request, object_type: str, ids) -> None:
-    """Record these objects as touched by this request too (lists, search results, created ids)."""
+    """Record these objects as touched by this request too (lists, search results, created ids).
+
+    Name what a write creates before its commit, so its row is written by that transaction."""
     objects = getattr(request.state, "audit_objects", None)
     if objects is None:
         objects = []
@@ -104,7 +119,7 @@ def note_objects(request: Request, object_type: str, ids) -> None:
     objects.extend((object_type, str(i)) for i in ids)
 
 
-# --- the middleware ----------------------------------------------------------------------------
+# --- a request's rows --------------------------------------------------------------------------
 
 def _path_object(route_path: str, path_params: dict) -> tuple[str | None, str | None]:
     """The most specific object a route names: ``/cases/{case_id}/persons/{person_id}`` gives the person."""
@@ -115,12 +130,111 @@ def _path_object(route_path: str, path_params: dict) -> tuple[str | None, str | 
     return last.removesuffix("_id"), str(path_params.get(last)) if last in path_params else None
 
 
+ObjectKey = tuple[str, str | None]
+
+
+def _objects(scope: Scope) -> list[ObjectKey]:
+    """The objects a request touched, each once: the one in its path, then those its handler named."""
+    state = scope["state"]
+    route = scope["route"]
+    object_type, object_id = _path_object(route.path, scope.get("path_params") or {})
+    named = state.get("audit_objects") or []
+    objects = [(object_type, object_id)] if object_id is not None or not named else []
+    objects += [o for o in named if o != (object_type, object_id)]
+    return list(dict.fromkeys((t or _collection(route.path), i) for t, i in objects))
+
+
+def _audit_rows(scope: Scope, status: int, *, skip: Mapping[ObjectKey, int]) -> list[AuditRecord]:
+    """The request's rows with this status, but for objects ``skip`` already records with it."""
+    state = scope.get("state") or {}
+    principal: Principal | None = state.get("principal")
+    route = scope.get("route")
+    if principal is None or route is None:
+        return []  # no valid token: nothing was read (the 401 is in the access log and the span)
+    common = dict(
+        request_id=_request_id(state), at=datetime.now(UTC), agency_id=principal.agency_id,
+        jurisdiction=principal.jurisdiction, user_id=principal.subject, roles=",".join(principal.roles),
+        action="read" if scope["method"] in READ_METHODS else "write", method=scope["method"],
+        route=route.path, purpose=state.get("audit_purpose", DEFAULT_PURPOSE), status=status,
+        trace_id=state.get("audit_trace_id") or _current_trace_id(),
+    )
+    return [AuditRecord(object_type=t, object_id=i, **common) for t, i in _objects(scope) if skip.get((t, i)) != status]
+
+
+def _request_id(state: dict) -> str:
+    """One id for all of a request's rows, whichever transaction writes them."""
+    if "audit_request_id" not in state:
+        state["audit_request_id"] = str(uuid.uuid4())
+    return state["audit_request_id"]
+
+
+def _current_trace_id() -> str | None:
+    span = trace.get_current_span().get_span_context()
+    return format(span.trace_id, "032x") if span.is_valid else None
+
+
+def _key(row: AuditRecord) -> ObjectKey:
+    return row.object_type, row.object_id
+
+
+# --- a write's rows in its own transaction -----------------------------------------------------
+
+def record_in_transaction(session, request: Request) -> None:
+    """Each commit of this write session also writes the request's audit rows, for the objects named so
+    far, with the status the route answers on success (or :func:`answer_status`). The rows of a write
+    commit with it or not at all; AuditMiddleware then writes only what is still missing."""
+    session.info[_REQUEST_SCOPE] = request.scope
+
+
+def answer_status(session, status: int) -> None:
+    """Before committing a change that the request then refuses (an attempt kept on record): the audit
+    rows of that transaction carry the status the caller is going to get."""
+    session.info[_ANSWERED_STATUS] = status
+
+
+def _add_rows_before_commit(session: OrmSession) -> None:
+    scope = session.info.get(_REQUEST_SCOPE)
+    if scope is None:
+        return
+    route = scope.get("route")
+    status = session.info.get(_ANSWERED_STATUS) or getattr(route, "status_code", None) or 200
+    pending: dict[ObjectKey, int] = session.info.setdefault(_PENDING_ROWS, {})
+    recorded = {**scope["state"].get("audit_recorded", {}), **pending}
+    rows = _audit_rows(scope, status, skip=recorded)
+    session.add_all(rows)  # flushed by this very commit
+    pending.update((_key(row), status) for row in rows)
+
+
+def _after_commit(session: OrmSession) -> None:
+    pending = session.info.pop(_PENDING_ROWS, None)
+    session.info.pop(_ANSWERED_STATUS, None)
+    scope = session.info.get(_REQUEST_SCOPE)
+    if pending and scope is not None:
+        scope["state"].setdefault("audit_recorded", {}).update(pending)
+
+
+def _after_rollback(session: OrmSession) -> None:
+    session.info.pop(_PENDING_ROWS, None)
+    session.info.pop(_ANSWERED_STATUS, None)
+
+
+def _listen_for_commits(sessions: async_sessionmaker) -> None:
+    session_class = sessions.kw["sync_session_class"]
+    for name, listener in (("before_commit", _add_rows_before_commit), ("after_commit", _after_commit),
+                           ("after_rollback", _after_rollback)):
+        if not event.contains(session_class, name, listener):
+            event.listen(session_class, name, listener)
+
+
+# --- the middleware ----------------------------------------------------------------------------
+
 class AuditMiddleware:
     """Pure ASGI, so it can hold the response back until its rows are committed."""
 
     def __init__(self, app: ASGIApp, sessions: async_sessionmaker) -> None:
         self.app = app
         self.sessions = sessions
+        _listen_for_commits(sessions)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -129,34 +243,31 @@ class AuditMiddleware:
         # A fresh state per request: some servers hand every request the same lifespan state dict,
         # and one request's principal must never be recorded as another's actor.
         scope["state"] = dict(scope.get("state") or {})
+        scope["state"]["audit_trace_id"] = _current_trace_id()  # the request's span, wherever rows are written
+
+        started = False
 
         async def send_after_recording(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 await self._record(scope, message["status"])
             await send(message)
 
-        await self.app(scope, receive, send_after_recording)
+        try:
+            await self.app(scope, receive, send_after_recording)
+        except Exception:
+            if not started:  # unhandled: the server answers 500, and the record says so
+                await self._record(scope, 500)
+            raise
 
     async def _record(self, scope: Scope, status: int) -> None:
-        state = scope.get("state") or {}
-        principal: Principal | None = state.get("principal")
-        route = scope.get("route")
-        if principal is None or route is None:
-            return  # no valid token: nothing was read (the 401 is in the access log and the span)
-        object_type, object_id = _path_object(route.path, scope.get("path_params") or {})
-        objects = [(object_type, object_id)] if object_id is not None or not state.get("audit_objects") else []
-        objects += [o for o in state.get("audit_objects") or [] if o != (object_type, object_id)]
-        span = trace.get_current_span().get_span_context()
-        common = dict(
-            request_id=str(uuid.uuid4()), at=datetime.now(UTC), agency_id=principal.agency_id,
-            jurisdiction=principal.jurisdiction, user_id=principal.subject, roles=",".join(principal.roles),
-            action="read" if scope["method"] in ("GET", "HEAD") else "write", method=scope["method"],
-            route=route.path, purpose=state.get("audit_purpose", DEFAULT_PURPOSE), status=status,
-            trace_id=format(span.trace_id, "032x") if span.is_valid else None,
-        )
+        """The rows the request's own commits did not write: all of them for a read or a refusal."""
+        rows = _audit_rows(scope, status, skip=(scope.get("state") or {}).get("audit_recorded", {}))
+        if not rows:
+            return
         async with self.sessions() as session:
-            session.add_all(AuditRecord(object_type=t or _collection(route.path), object_id=i, **common)
-                            for t, i in objects)
+            session.add_all(rows)
             await session.commit()
 
 

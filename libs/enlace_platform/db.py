@@ -6,34 +6,46 @@ from pathlib import Path
 
 from sqlalchemy import Table, event, inspect, text
 from sqlalchemy.engine import make_url
-from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.sqlalchemy import __version__ as _sqlalchemy_instrumentation_version
+from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+from opentelemetry.semconv.metrics import MetricInstruments
 from sqlalchemy.ext import asyncio as sa_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session as SyncSession
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+# An execution option: the connection's transactions only read (see make_engine's begin hook).
+READ_ONLY = "enlace_read_only"
 
-def _trace_sql() -> None:
-    """Instrument SQLAlchemy once per process: every engine created afterwards gets query spans.
 
-    The instrumentation declares sqlalchemy < 2.1 but works with its unchanged engine events API.
+def _trace_sql(engine: AsyncEngine) -> None:
+    """A span per SQL statement of this engine (ENLACE_TRACE_SQL): several per request, so off by default.
+
+    The instrumentation's engine tracer, attached to one engine rather than to every engine of the process.
+    It declares sqlalchemy < 2.1 but works with its unchanged engine events API.
     """
-    instrumentor = SQLAlchemyInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(skip_dep_check=True)
+    name, version = "opentelemetry.instrumentation.sqlalchemy", _sqlalchemy_instrumentation_version
+    connections = metrics.get_meter(name, version).create_up_down_counter(
+        MetricInstruments.DB_CLIENT_CONNECTIONS_USAGE, unit="connections",
+        description="The number of connections that are currently in state described by the state attribute.")
+    EngineTracer(trace.get_tracer(name, version), engine.sync_engine, connections)
 
 
-def make_engine(url: str) -> AsyncEngine:
-    _trace_sql()
+def make_engine(url: str, *, trace_sql: bool = False) -> AsyncEngine:
     parsed = make_url(url)
-    # Looked up on the module at call time, where the instrumentation wraps it.
     if parsed.get_backend_name() != "sqlite":
-        return sa_asyncio.create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
+        engine = sa_asyncio.create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
+        if trace_sql:
+            _trace_sql(engine)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # hide_parameters: a database error never logs the values (names, document numbers) it was given.
     engine = sa_asyncio.create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+    if trace_sql:
+        _trace_sql(engine)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_conn, _record):
@@ -46,7 +58,11 @@ def make_engine(url: str) -> AsyncEngine:
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
-    def _begin_immediate(conn):
+    def _begin(conn):
+        if conn.get_execution_options().get(READ_ONLY):
+            # Deferred: with WAL a reader sees a snapshot beside the writer, never waiting for its lock.
+            conn.exec_driver_sql("BEGIN")
+            return
         # Take the write lock up front: a read-then-write transaction can otherwise fail with
         # SQLITE_BUSY when another writer committed in between. SQLite has one writer anyway.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -54,11 +70,38 @@ def make_engine(url: str) -> AsyncEngine:
     return engine
 
 
+def read_only(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine and pool, for work that only reads: on SQLite its transactions begin deferred, so they
+    never take (or wait for) the write lock. On PostgreSQL nothing changes."""
+    return engine.execution_options(**{READ_ONLY: True})
+
+
 def make_session_factory(engine: AsyncEngine, service_name: str) -> async_sessionmaker[AsyncSession]:
     # A Session subclass per service, so commit hooks (outbox wake-up) stay per service
     # even when several services share one process, as they do in tests.
     sync_cls = type(f"{service_name.title()}Session", (SyncSession,), {})
     return async_sessionmaker(engine, class_=AsyncSession, sync_session_class=sync_cls, expire_on_commit=False)
+
+
+class WriteInReadSession(RuntimeError):
+    """A read session was asked to write: the code path must use a write session."""
+
+
+def _refuse_changes(session: OrmSession, _flush_context, _instances) -> None:
+    if session.new or session.dirty or session.deleted:
+        raise WriteInReadSession("a read session does not write; use the service's write sessions")
+
+
+def make_read_session_factory(engine: AsyncEngine, service_name: str) -> async_sessionmaker[AsyncSession]:
+    """Sessions for reads (GET requests, /metrics): deferred transactions on SQLite, beside the writer.
+
+    They never flush on their own (no autoflush) and refuse to write, so a read path cannot take the
+    write lock by accident; objects changed in memory are simply dropped with the session.
+    """
+    sync_cls = type(f"{service_name.title()}ReadSession", (SyncSession,), {})
+    event.listen(sync_cls, "before_flush", _refuse_changes)
+    return async_sessionmaker(read_only(engine), class_=AsyncSession, sync_session_class=sync_cls,
+                              expire_on_commit=False, autoflush=False)
 
 
 class OutdatedSchema(RuntimeError):
@@ -97,7 +140,7 @@ def _missing_columns(sync_conn, tables: list[Table]) -> list[str]:
 
 
 async def ping(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
+    async with read_only(engine).connect() as conn:
         await conn.execute(text("SELECT 1"))
 
 

@@ -21,12 +21,14 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from sqlalchemy import Table
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from enlace_platform.audit import AuditMiddleware, AuditScope, audit_router
+from enlace_platform.audit import READ_METHODS, AuditMiddleware, AuditScope, audit_router, record_in_transaction
 from enlace_platform.auth import TokenVerifier
 from enlace_platform.consumer import ConsumerRunner, Handler
 from enlace_platform.contracts import published_contracts
 from enlace_platform.crypto import Keyring, SubjectKey, purge_freed_pages, rewrap_subject_keys
-from enlace_platform.db import create_tables, make_engine, make_session_factory, ping
+from enlace_platform.db import (
+    create_tables, make_engine, make_read_session_factory, make_session_factory, ping,
+)
 from enlace_platform.migrations import migrate, service_tables
 from enlace_platform.metrics import ScrapeHook, ServiceMetrics
 from enlace_platform.outbox import OutboxRelay
@@ -94,8 +96,10 @@ class ServiceRuntime:
     def __post_init__(self) -> None:
         s = self.settings
         self.tables = service_tables(self.tables)
-        self.engine = make_engine(s.database_url)
+        self.engine = make_engine(s.database_url, trace_sql=s.trace_sql)
         self.sessions = make_session_factory(self.engine, s.service_name)
+        # For work that only reads (GET requests, /metrics): on SQLite it never waits for the write lock.
+        self.read_sessions = make_read_session_factory(self.engine, s.service_name)
         self.metrics = ServiceMetrics(s.service_name)
         self.producer: AIOKafkaProducer | None = None
         self.relay: OutboxRelay | None = None
@@ -154,11 +158,14 @@ class ServiceRuntime:
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
+            # Bounds a send's wait for metadata or queue room while the broker is away (aiokafka's default is
+            # 40 s); the idempotent producer keeps retrying what it already took until the broker answers.
+            request_timeout_ms=int(s.outbox_send_timeout_s * 1000),
         )
         self.relay = OutboxRelay(
             self.sessions, self.producer, topic_prefix=s.kafka_topic_prefix, batch_size=s.outbox_batch_size,
             fallback_poll_s=s.outbox_fallback_poll_s, retry_base_s=s.outbox_retry_base_s,
-            retry_max_s=s.outbox_retry_max_s,
+            retry_max_s=s.outbox_retry_max_s, send_timeout_s=s.outbox_send_timeout_s, lease_s=s.outbox_lease_s,
         )
         self.runners = [
             ConsumerRunner(
@@ -166,7 +173,10 @@ class ServiceRuntime:
                 handlers=spec.handlers, session_factory=self.sessions, bootstrap_servers=s.kafka_bootstrap_servers,
                 dlq_producer=self.producer, service_name=s.service_name, max_attempts=s.consumer_max_attempts,
                 retry_base_s=s.consumer_retry_base_s, metrics=self.metrics,
-                validate=published_contracts().check,
+                validate=published_contracts().check, known_event_types=published_contracts().event_types,
+                batch_size=s.consumer_batch_size, fault_retry_base_s=s.consumer_fault_retry_base_s,
+                fault_retry_max_s=s.consumer_fault_retry_max_s, commit_timeout_s=s.consumer_commit_timeout_s,
+                close_timeout_s=s.consumer_close_timeout_s, dlq_timeout_s=s.consumer_dlq_timeout_s,
             )
             for spec in self.consumers
         ]
@@ -213,23 +223,28 @@ class ServiceRuntime:
                 log.exception("consumer %s crashed; restarting", runner.name)
                 await asyncio.sleep(1.0)
 
-    async def stop(self, timeout_s: float = 15.0) -> None:
+    async def stop(self) -> None:
         """Graceful, in order: consumers finish the record in hand and commit their offsets;
-        background loops end; then the relay drains what they wrote, and Kafka closes."""
+        background loops end; then the relay drains what they wrote, and Kafka closes.
+
+        Each step is bounded (shutdown_* settings), so a broker that is gone or hangs cannot keep the
+        process alive: what a step leaves undone is redelivered or resent after the next start."""
+        s = self.settings
         self.stopping.set()
         if self._kafka_task is not None:
-            self._kafka_task.cancel()
-            await asyncio.gather(self._kafka_task, return_exceptions=True)
+            await _finish([self._kafka_task], 0)  # still connecting: nothing to finish
         for runner in self.runners:
             runner.stop()
-        await _finish(self._consumer_tasks + self._background_tasks, timeout_s)
+        await _finish(self._consumer_tasks + self._background_tasks, s.shutdown_consumers_s)
         if self.relay is not None:
-            self.relay.stop()
+            self.relay.stop(drain_timeout_s=s.shutdown_relay_drain_s)
             if self._relay_task is not None:
-                await _finish([self._relay_task], timeout_s)
+                # Beyond its drain, the relay records the acks it got and lets go of its other rows.
+                await _finish([self._relay_task], s.shutdown_relay_drain_s + RELAY_LET_GO_S)
             self.relay.detach()
         if self.producer is not None:
-            await self.producer.stop()  # also when it never connected: it holds a client all the same
+            # Also when it never connected: it holds a client all the same. Its flush waits for the broker.
+            await _finish([asyncio.create_task(self.producer.stop(), name="producer-stop")], s.shutdown_producer_s)
         await self.engine.dispose()
 
     async def readiness(self) -> dict[str, str]:
@@ -250,25 +265,56 @@ class ServiceRuntime:
         return checks
 
 
+# How long a cancelled task gets to unwind before shutdown goes on without it.
+CANCEL_GRACE_S = 0.5
+# After its drain, for the relay's two short transactions: the acks it got, and its other rows let go.
+RELAY_LET_GO_S = 1.0
+
+
 async def _finish(tasks: list[asyncio.Task], timeout_s: float) -> None:
-    """Wait for tasks to end on their own; cancel what is still running after the timeout."""
+    """Wait for tasks to end on their own; cancel what is still running after the timeout, and leave
+    behind what does not unwind within CANCEL_GRACE_S (e.g. a client waiting on a broker in a finally)."""
     if not tasks:
         return
-    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    if timeout_s > 0:
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            log.warning("task %s did not stop in %.1fs; cancelling", task.get_name(), timeout_s)
+    else:
+        pending = {task for task in tasks if not task.done()}
     for task in pending:
-        log.warning("task %s did not stop in %.0fs; cancelling", task.get_name(), timeout_s)
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    if pending:
+        _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+        for task in stuck:
+            log.error("task %s did not unwind after its cancellation; shutting down without it", task.get_name())
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # seen here: asyncio need not report it as never retrieved
 
 
 async def _db_session(request: Request):
-    async with request.app.state.runtime.sessions() as session:
+    runtime = request.app.state.runtime
+    if request.method in READ_METHODS:
+        async with runtime.read_sessions() as session:
+            yield session
+        return
+    async with runtime.sessions() as session:
+        record_in_transaction(session, request)
         yield session
 
 
-# A session per request, from the service's own database, closed as soon as the route returns: its
-# transaction (and SQLite's write lock) ends before the audit log writes and the response starts.
+async def _read_session(request: Request):
+    async with request.app.state.runtime.read_sessions() as session:
+        yield session
+
+
+# A session per request, from the service's own database, closed as soon as the route returns. GET and
+# HEAD get a read session (on SQLite it never waits for the write lock, and refuses to write); the other
+# methods a write session whose commit also writes the request's audit rows (enlace_platform.audit).
 DbSession = Annotated[AsyncSession, Depends(_db_session, scope="function")]
+# A read session whatever the method: for a POST that only reads (a search with its terms in the body).
+ReadSession = Annotated[AsyncSession, Depends(_read_session, scope="function")]
 
 
 def health_router(runtime: ServiceRuntime) -> APIRouter:
@@ -318,11 +364,13 @@ def create_service_app(
     app.state.token_verifier = TokenVerifier(runtime.settings)
     install_problem_handlers(app)
     app.include_router(health_router(runtime))
-    for router in [*routers, audit_router(lambda request: request.app.state.runtime.sessions, audit_scope)]:
+    for router in [*routers, audit_router(lambda request: request.app.state.runtime.read_sessions, audit_scope)]:
         app.include_router(router, responses=PROBLEM_RESPONSES)
     app.add_middleware(AuditMiddleware, sessions=runtime.sessions)
+    # No spans for the ASGI messages a request's body and response travel in (two to four a request):
+    # the server span has the status and the timing, and a case stays at ~16 spans (docs/operations.md).
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics",
-                                       server_request_hook=_drop_query_from_span)
+                                       server_request_hook=_drop_query_from_span, exclude_spans=["receive", "send"])
     return app
 
 

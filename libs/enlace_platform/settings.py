@@ -24,9 +24,38 @@ class ServiceSettings(BaseSettings):
     outbox_fallback_poll_s: float = Field(2.0, description="Safety net; commits wake the relay at once")
     outbox_retry_base_s: float = 0.5
     outbox_retry_max_s: float = 30.0
+    outbox_send_timeout_s: float = Field(5.0, description="The producer's request_timeout_ms, and how long the "
+                                                          "relay waits for acks; an event not acked by then counts "
+                                                          "a failed attempt and stays with the producer, never "
+                                                          "sent twice")
+    outbox_lease_s: float = Field(60.0, description="How long a relay holds the rows it claimed; a crashed relay's "
+                                                    "rows are claimed again after it. Must exceed the send timeout")
 
-    consumer_max_attempts: int = 3
+    consumer_max_attempts: int = Field(3, description="Tries of a handler that raises an unexpected error (a bug) "
+                                                      "before its record is dead-lettered")
     consumer_retry_base_s: float = 0.2
+    consumer_batch_size: int = Field(100, description="Most records a poll returns; a partition's share of them "
+                                                      "is handled in one transaction")
+    # A transient fault (database locked, full or down; broker gone; a timeout) pauses the partition and
+    # retries its records after a capped, jittered, doubling delay, for as long as the fault lasts.
+    consumer_fault_retry_base_s: float = 0.5
+    consumer_fault_retry_max_s: float = 30.0
+    # Each broker wait of a consumer is bounded, so shutdown is too (within shutdown_consumers_s).
+    consumer_commit_timeout_s: float = Field(1.5, description="The last offset commit, on shutdown; offsets not "
+                                                              "committed are redelivered, and the inbox skips them")
+    consumer_close_timeout_s: float = Field(1.5, description="Leaving the consumer group on shutdown")
+    consumer_dlq_timeout_s: float = Field(5.0, description="The dead-letter topic's ack; without it the record "
+                                                           "is held and sent again later, never skipped")
+
+    # Graceful shutdown (SIGTERM) in bounded steps, whatever the broker does; what a step leaves undone is
+    # redone later (offsets not committed are redelivered, outbox rows not sent go at the next start).
+    # Together with uvicorn's --timeout-graceful-shutdown (deploy/services.sh) a service ends within 20 s.
+    shutdown_consumers_s: float = Field(4.0, description="Consumers finish the record in hand; loops end")
+    shutdown_relay_drain_s: float = Field(3.0, description="The outbox relay publishes what is left")
+    shutdown_producer_s: float = Field(2.0, description="The producer flushes and closes")
+
+    # One span per SQL statement: several per request, so only when looking into the database's part.
+    trace_sql: bool = False
 
     # Auth: production sets auth_jwks_url; local runs use the development issuer's key file.
     auth_jwks_url: str | None = None

@@ -8,6 +8,11 @@ The exporter is chosen and configured by the standard OTEL_* variables:
   (what ``make up`` uses, see docs/operations.md).
 * ``none`` or unset without an endpoint: spans are made but not exported.
 
+Sampling follows ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG`` as the SDK reads them (e.g.
+``parentbased_traceidratio`` and ``0.1``: one journey in ten, whole, across the services, since each
+service follows the decision its parent's trace context carries). Unset: every journey.
+Whichever sampler, a client span without a parent (a background loop's poll) is dropped.
+
 Tests install their own in-memory exporter instead.
 """
 
@@ -20,6 +25,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import sampling
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind
 from pythonjsonlogger.json import JsonFormatter
@@ -47,28 +53,41 @@ def exporter_from_environment() -> SpanExporter | None:
 
 
 class _NoOrphanClientSpans(Sampler):
-    """For spans without a parent: drop client spans (a background loop's SQL query or poll), which
-    would bury the journeys in the trace UI; keep every other root (a request, a clock firing)."""
+    """Drops client spans without a parent (a background loop's SQL query or poll), which would bury the
+    journeys in the trace UI; every other span is ``sampler``'s to decide."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self._sampler = sampler
 
     def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):
-        if kind == SpanKind.CLIENT:
+        if kind == SpanKind.CLIENT and not trace.get_current_span(parent_context).get_span_context().is_valid:
             return SamplingResult(Decision.DROP)
-        return ALWAYS_ON.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        return self._sampler.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
     def get_description(self) -> str:
-        return "NoOrphanClientSpans"
+        return f"NoOrphanClientSpans{{{self._sampler.get_description()}}}"
 
 
-# Children follow their parent's decision; OTEL_TRACES_SAMPLER, when set, replaces this.
-JOURNEY_SAMPLER = ParentBased(root=_NoOrphanClientSpans())
+# Every journey; children follow their parent's decision.
+JOURNEY_SAMPLER = _NoOrphanClientSpans(ParentBased(root=ALWAYS_ON))
+
+
+def sampler_from_environment() -> Sampler:
+    """OTEL_TRACES_SAMPLER (and _ARG) when set, as the SDK reads them, else every journey."""
+    choice = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if not choice:
+        return JOURNEY_SAMPLER
+    if choice not in sampling._KNOWN_SAMPLERS:  # the SDK would fall back to sampling everything
+        raise ValueError(f"OTEL_TRACES_SAMPLER={choice!r} is not supported here: use one of "
+                         f"{', '.join(sorted(sampling._KNOWN_SAMPLERS))}")
+    return _NoOrphanClientSpans(sampling._get_from_env_or_default())
 
 
 def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> None:
     """Install a tracer provider once per process; a second call keeps the first provider."""
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
-    sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else JOURNEY_SAMPLER
-    provider = TracerProvider(sampler=sampler,
+    provider = TracerProvider(sampler=sampler_from_environment(),
                               resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}))
     exporter = exporter or exporter_from_environment()
     if exporter is not None:

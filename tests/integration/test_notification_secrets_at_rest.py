@@ -66,7 +66,7 @@ async def test_the_database_file_and_its_log_hold_no_secret_while_every_delivery
     pfpnna_receiver, inm_receiver = SigningReceiver(), SigningReceiver()
     given: dict[str, str] = {}  # every secret the API handed out, by name
     async with pfpnna_receiver.running(), inm_receiver.running(), \
-            notification.running(secret_rotation_overlap_s=3600) as client:
+            notification.running(secret_rotation_overlap_s=3600, trace_sql=True) as client:
         # PFPNNA: created with an Idempotency-Key (a retry returns the same secret), then rotated once.
         body = {"url": pfpnna_receiver.url, "event_types": ["referral.*"]}
         created = [await client.post("/subscriptions", json=body,
@@ -102,6 +102,7 @@ async def test_the_database_file_and_its_log_hold_no_secret_while_every_delivery
     logged = capsys.readouterr().out
     assert [name for name, secret in given.items() if secret in logged or secret[6:] in logged] == []
     traced = [f"{s.name} {s.attributes} {[e.attributes for e in s.events]}" for s in spans.get_finished_spans()]
+    assert any("db.statement" in (s.attributes or {}) for s in spans.get_finished_spans()), "SQL spans checked too"
     assert [name for name, secret in given.items() if any(secret[6:] in t for t in traced)] == []
 
 

@@ -8,12 +8,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlmodel import select
 
+from enlace_platform.audit import AuditRecord
 from enlace_platform.consumer import PoisonMessage
 from intake.service_layer.handlers import HOLD_HANDLERS, REFERRAL_HANDLERS
 from tests.support.harness import bearer
 from tests.support.intake_support import (
-    deliver, family_group, hold_placed, hold_released, inm_supervisor, outbox_rows, referral_event,
+    deliver, family_group, hold_placed, hold_released, inm_supervisor, intake_without_broker, outbox_rows,
+    referral_event,
 )
 
 PROBLEM = "application/problem+json"
@@ -128,19 +131,22 @@ async def test_search_finds_only_the_agencys_own_cases(intake, officer, dev_issu
     assert [c["id"] for c in listed.json()] == [case["id"]]
 
 
-async def test_search_terms_never_travel_in_a_url_nor_reach_traces(intake, officer, spans):
-    client, _ = intake
-    await _register(client, officer)
-    spans.clear()
-    r = await client.post("/cases/search", headers=officer,
-                          json={"name": "Pérez López", "document_number": "HN1234567"})
-    assert r.status_code == 200 and len(r.json()) == 1
-    traced = json.dumps([dict(s.attributes or {}) for s in spans.get_finished_spans()], ensure_ascii=False)
-    assert "POST /cases/search" in {s.name for s in spans.get_finished_spans()}
-    assert "HN1234567" not in traced and "Pérez" not in traced and "P%C3%A9rez" not in traced
-    for term in ("name", "document_number"):
-        refused = await client.get("/cases", headers=officer, params={term: "HN1234567"})
-        assert _paths(refused) == [f"query/{term}"] and "POST /cases/search" in refused.json()["detail"]
+async def test_search_terms_never_travel_in_a_url_nor_reach_traces(tmp_path, dev_issuer_dir, officer, spans,
+                                                                     monkeypatch):
+    monkeypatch.setenv("ENLACE_TRACE_SQL", "true")  # the SQL statements' spans are checked too
+    async with intake_without_broker(tmp_path, dev_issuer_dir) as (client, _):
+        await _register(client, officer)
+        spans.clear()
+        r = await client.post("/cases/search", headers=officer,
+                              json={"name": "Pérez López", "document_number": "HN1234567"})
+        assert r.status_code == 200 and len(r.json()) == 1
+        traced = json.dumps([dict(s.attributes or {}) for s in spans.get_finished_spans()], ensure_ascii=False)
+        assert "POST /cases/search" in {s.name for s in spans.get_finished_spans()}
+        assert any("db.statement" in (s.attributes or {}) for s in spans.get_finished_spans()), "no SQL span"
+        assert "HN1234567" not in traced and "Pérez" not in traced and "P%C3%A9rez" not in traced
+        for term in ("name", "document_number"):
+            refused = await client.get("/cases", headers=officer, params={term: "HN1234567"})
+            assert _paths(refused) == [f"query/{term}"] and "POST /cases/search" in refused.json()["detail"]
 
 
 async def test_a_person_is_updated_and_every_version_kept(intake, officer, dev_issuer_dir):
@@ -473,6 +479,10 @@ async def test_removal_is_refused_under_an_active_hold_and_accepted_once_release
     assert problem["holds"] == [{"hold_id": placed.data["hold_id"], "referral_id": placed.data["referral_id"],
                                  "need_code": "UNACCOMPANIED_CHILD", "not_before": None}]
     assert placed.data["hold_id"] in problem["detail"] and placed.data["referral_id"] in problem["detail"]
+    async with runtime.read_sessions() as session:  # the refused attempt and its audit row commit together
+        audited = (await session.exec(select(AuditRecord.status).where(
+            AuditRecord.route == "/cases/{case_id}/persons/{person_id}/removal-orders"))).all()
+    assert audited == [409], "the row says what the caller got, not the route's 201"
     view = (await client.get(f"/cases/{case['id']}", headers=supervisor)).json()
     assert [(h["hold_id"], h["status"]) for h in view["holds"]] == [(placed.data["hold_id"], "active")]
 

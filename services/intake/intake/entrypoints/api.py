@@ -20,7 +20,7 @@ from enlace_platform.auth import Principal
 from enlace_platform.crypto import purge_freed_pages
 from enlace_platform.idempotency import Idempotency
 from enlace_platform.problems import Problem, ProblemDetails
-from enlace_platform.runtime import DbSession
+from enlace_platform.runtime import DbSession, ReadSession
 from intake.adapters.orm import CaseRow, PersonRow, ProtectionHoldRow, ReferralViewRow, RelationshipRow
 from intake.adapters.vault import ERASURE_TABLES, Document, PersonRecord, Vault
 from intake.domain.consent import AGENCY_TYPES, BASES, MANDATORY_OVERRIDE, PURPOSES
@@ -332,8 +332,10 @@ async def register_case(request: Request, body: CaseIn, principal: Writer, sessi
     persons = [(PersonRow(case_id=case.id, given_names="", family_names="", sex=""), _record(p)) for p in body.persons]
     relationships = [RelationshipRow(case_id=case.id, from_person_id=persons[r.from_person][0].id,
                                      to_person_id=persons[r.to_person][0].id, kind=r.kind) for r in body.relationships]
-    await services.register_case(session, vault, principal, case, persons, relationships=relationships)
+    # Named before the commit, so their audit rows are written by the transaction that creates them.
     note_objects(request, "case", [case.id])
+    note_objects(request, "person", [person.id for person, _ in persons])
+    await services.register_case(session, vault, principal, case, persons, relationships=relationships)
     return await _case_out(request, session, vault, case)
 
 
@@ -369,7 +371,7 @@ async def _summaries(request: Request, session, vault: Vault, cases: list[CaseRo
 @router.post("/cases/search", response_model=list[CaseSummaryOut],
              summary="Search your agency's own cases by a person's name or document number (terms in the body, "
                      "never in the URL)")
-async def search_cases(request: Request, body: CaseSearchIn, principal: Reader, session: DbSession,
+async def search_cases(request: Request, body: CaseSearchIn, principal: Reader, session: ReadSession,
                        vault: PersonVault) -> list[CaseSummaryOut]:
     cases = await services.search_cases(session, vault, principal, name=body.name,
                                         document_number=body.document_number, limit=body.limit)

@@ -9,6 +9,7 @@ from sqlalchemy import func, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from enlace_platform.audit import answer_status
 from enlace_platform.auth import Principal
 from enlace_platform.crypto import Erased
 from enlace_platform.outbox import add_event
@@ -520,6 +521,8 @@ async def request_removal(session: AsyncSession, principal: Principal, case_id: 
     session.add(order)
     _touch(case, order.requested_at)
     session.add(case)
+    if refused:
+        answer_status(session, 409)  # the refused attempt's audit row, written with it, says what the caller got
     await session.commit()
     await session.refresh(order)
     if refused:

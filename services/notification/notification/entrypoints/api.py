@@ -182,8 +182,8 @@ async def create_subscription(body: SubscriptionIn, principal: SubscriptionManag
     secret = create_secret(sub, secrets)
     idempotency.record(session, resource_id=sub.id)
     session.add(sub)
+    note_objects(request, "subscription", [sub.id])  # named before the commit that writes its audit row
     await session.commit()
-    note_objects(request, "subscription", [sub.id])  # the audit log names what was created
     return SubscriptionCreated(**_subscription_out(sub), secret=secret)
 
 
