@@ -19,6 +19,7 @@ Tests install their own in-memory exporter instead.
 import logging
 import os
 import sys
+import time
 from contextvars import ContextVar
 
 from opentelemetry import trace
@@ -109,9 +110,42 @@ class _TraceContextFilter(logging.Filter):
         return True
 
 
+class RepeatLimiter(logging.Filter):
+    """Lets each message template of the given loggers through once per ``interval_s``.
+
+    While the broker is down, aiokafka logs every failed connection and produce response, about 100 lines a
+    second; one line per kind per interval says the same, and the next one carries how many were held back.
+    """
+
+    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka",), interval_s: float = 30.0,
+                 clock=time.monotonic) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: dict[tuple[str, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefixes):
+            return True
+        key = (record.name, record.msg)
+        now = self._clock()
+        last, held = self._last.get(key, (None, 0))
+        if last is not None and now - last < self._interval_s:
+            self._last[key] = (last, held + 1)
+            return False
+        if len(self._last) > 1000:  # templates are few; bound the table anyway
+            self._last.clear()
+        self._last[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} like it in the last {self._interval_s:.0f}s not logged)"
+        return True
+
+
 def setup_logging(service_name: str, json_lines: bool = True, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.addFilter(_TraceContextFilter(service_name))
+    handler.addFilter(RepeatLimiter())
     if json_lines:
         handler.setFormatter(
             JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(trace_id)s %(span_id)s %(event_id)s")
