@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: prerequisites-up prerequisites-test contracts migration up down test token kafka-up kafka-down zipkin-up zipkin-down topics services-up services-down demo venv bench
+.PHONY: prerequisites-up prerequisites-test contracts migration up down test token kafka-up kafka-down zipkin-up zipkin-down topics services-up services-down demo venv bench bench-e2e
 
 venv: $(STAMP)
 
@@ -75,3 +75,8 @@ token: venv
 # Benchmarks of the eventing plumbing against the local broker (see docs/benchmarks.md).
 bench: venv kafka-up topics
 	$(PY) bench/eventing_bench.py
+
+# End-to-end benchmark on a stack of its own (free ports, temp dir; see docs/benchmarks.md), e.g.
+#   make bench-e2e BENCH_ARGS="--cases 2000"      make bench-e2e BENCH_ARGS="--db postgres --replicas 2"
+bench-e2e: venv
+	$(PY) -m bench.e2e $(BENCH_ARGS)
