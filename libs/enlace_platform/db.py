@@ -1,11 +1,14 @@
 """Async database engine and sessions for one service's own database."""
 
 import asyncio
+import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
 from sqlalchemy import Table, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.util import await_only
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.sqlalchemy import __version__ as _sqlalchemy_instrumentation_version
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
@@ -57,17 +60,59 @@ def make_engine(url: str, *, trace_sql: bool = False) -> AsyncEngine:
         cur.execute("PRAGMA secure_delete=ON")  # deleted rows (erased persons' keys) are overwritten, not freed
         cur.close()
 
+    writers = WriterQueue()
+
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn):
         if conn.get_execution_options().get(READ_ONLY):
             # Deferred: with WAL a reader sees a snapshot beside the writer, never waiting for its lock.
             conn.exec_driver_sql("BEGIN")
             return
+        writers.enter(conn.connection.info)
         # Take the write lock up front: a read-then-write transaction can otherwise fail with
         # SQLITE_BUSY when another writer committed in between. SQLite has one writer anyway.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checkin(_dbapi_conn, record):
+        if record is not None:
+            writers.leave(record.info)
+
+    @event.listens_for(engine.sync_engine, "invalidate")
+    def _invalidate(_dbapi_conn, record, _exc):
+        writers.leave(record.info)
+
     return engine
+
+
+class WriterQueue:
+    """This process's writers to one SQLite database take turns in an asyncio queue.
+
+    SQLite has one writer. Without the queue, each transaction waiting for the write lock sleeps in
+    SQLite's busy handler (1 ms up to 100 ms a step, in its worker thread) and retries: under a burst
+    most of a service's threads slept there, and a waiting writer woke up late. Queued here, the next
+    writer starts the moment the last one's connection returns to the pool. Other processes (a tool on
+    the same file) still meet the busy timeout. A writer that waits longer than ``timeout_s`` (a code path
+    opening a second write session inside the first would wait for ever) fails like SQLite's own busy
+    timeout: "database is locked".
+    """
+
+    def __init__(self, timeout_s: float = 30.0) -> None:
+        self._lock = asyncio.Lock()
+        self._timeout_s = timeout_s
+
+    def enter(self, connection_info: dict) -> None:
+        if connection_info.get("enlace_writer"):
+            return  # this connection already holds its turn (a second transaction before it went back)
+        try:
+            await_only(asyncio.wait_for(self._lock.acquire(), self._timeout_s))
+        except TimeoutError:
+            raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")) from None
+        connection_info["enlace_writer"] = True
+
+    def leave(self, connection_info: dict) -> None:
+        if connection_info.pop("enlace_writer", False):
+            self._lock.release()
 
 
 def read_only(engine: AsyncEngine) -> AsyncEngine:
