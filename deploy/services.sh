@@ -11,7 +11,13 @@ run="${ENLACE_RUN_DIR:-$repo/.run}"
 python="${PYTHON_BIN:-$repo/.venv/bin/python}"
 services=("intake:${INTAKE_PORT:-8001}" "referral:${REFERRAL_PORT:-8002}" "notification:${NOTIFICATION_PORT:-8003}")
 
-running() { [ -f "$run/$1.pid" ] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
+# Alive and not a zombie: a process killed a moment ago still answers kill -0 until it is reaped.
+running() {
+  [ -f "$run/$1.pid" ] || return 1
+  local stat; stat="$(cat "/proc/$(cat "$run/$1.pid")/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"  # the fields after "pid (comm) ": the first is the state
+  [ -n "$stat" ] && [ "${stat:0:1}" != Z ] && [ "${stat:0:1}" != X ]
+}
 
 # 200 from /readyz means the database and Kafka both answer (python: no curl needed).
 ready() {

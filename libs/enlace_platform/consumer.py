@@ -20,6 +20,7 @@ Handlers never commit: work that must follow the commit is registered with :func
 """
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -41,6 +42,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from enlace_platform.producer import RenewableProducer, leaves_producer_unusable
 from enlace_platform.envelope import Envelope, MalformedEvent, from_kafka
 from enlace_platform.inbox import ProcessedMessage
 from enlace_platform.telemetry import current_event_id
@@ -628,9 +630,13 @@ class ConsumerRunner:
             await (await self._dlq_producer.send(dlq(record.topic), value=record.value, key=record.key,
                                                  headers=headers))
 
+        generation = getattr(self._dlq_producer, "generation", 0)
         try:
             await self._bounded(send_and_await_ack(), self._dlq_timeout_s)
         except Exception as failure:
+            if leaves_producer_unusable(failure) and isinstance(self._dlq_producer, RenewableProducer):
+                with contextlib.suppress(Exception):  # else the next failure of the held record tries again
+                    await self._dlq_producer.renew(generation, failure)
             log.log(logging.INFO if self._stopping else logging.ERROR,
                     "consumer %s: dead letter for %s[%d]@%d not acknowledged (%s); the record is held", self.name,
                     record.topic, record.partition, record.offset, _fault_name(failure))

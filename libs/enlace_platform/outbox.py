@@ -45,6 +45,7 @@ from sqlmodel import Field, SQLModel, col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.db import CommitWaker
+from enlace_platform.producer import RenewableProducer, leaves_producer_unusable
 from enlace_platform.envelope import Envelope, to_kafka
 
 log = logging.getLogger(__name__)
@@ -297,17 +298,32 @@ class OutboxRelay:
 
         While the producer still owes deliveries from an earlier pass, a pass only waits for those
         (bounded) and records them: nothing new goes to a broker that does not answer."""
+        generation = getattr(self._producer, "generation", 0)
         if self._unacked:
             ids = list(self._unacked)
             outcomes = await self._settle([self._unacked[i] for i in ids], self._deadline(deadline))
             await self._record(ids, outcomes)
+            await self._renew_producer_if_unusable(outcomes, generation)
             return len(ids)
         rows, self._claimed_ahead = self._claimed_ahead or await self._claim(), []
         if not rows:
             return 0
         outcomes = await self._send(rows, self._deadline(deadline))
-        await self._record([row.id for row in rows], outcomes, claim_next=True)
+        unusable = any(leaves_producer_unusable(outcome) for outcome in outcomes)
+        await self._record([row.id for row in rows], outcomes, claim_next=not unusable)
+        await self._renew_producer_if_unusable(outcomes, generation)
         return sum(not isinstance(outcome, _HeldBack) for outcome in outcomes)
+
+    async def _renew_producer_if_unusable(self, outcomes: list[BaseException | None], generation: int) -> None:
+        """After a broker restart the idempotent producer can fail every send for good (enlace_platform.producer):
+        swap in a new one; the rows it failed are due again. Only a RenewableProducer can be swapped."""
+        error = next((outcome for outcome in outcomes if leaves_producer_unusable(outcome)), None)
+        if error is None or not isinstance(self._producer, RenewableProducer):
+            return
+        try:
+            await self._producer.renew(generation, error)
+        except Exception as exc:  # the broker went away again: the next failure tries again
+            log.warning("outbox relay could not replace the Kafka producer yet: %s", _describe(exc))
 
     async def _claim(self) -> list[OutboxMessage]:
         """Short transaction: lease the due rows."""
@@ -536,14 +552,16 @@ class OutboxRelay:
             row.claimed_by = row.claimed_until = None
             return
         row.attempts += 1
-        delay = self._backoff(row.attempts)
+        # The producer that failed it is replaced before the next pass: the row is due again at once.
+        delay = 0.0 if leaves_producer_unusable(outcome) else self._backoff(row.attempts)
         row.next_attempt_at = now + timedelta(seconds=delay)
         row.last_error = _describe(outcome)
         if isinstance(outcome, _NoAck) and row.id in self._unacked:
             row.claimed_until = now + self._lease  # the producer still holds it: keep it from other relays
         else:
             row.claimed_by = row.claimed_until = None
-        if not _is_outage(outcome):  # an outage is logged once by _track_broker; this is about one event
+        # An outage is logged once by _track_broker, a replaced producer once by its renewal; else it is this event.
+        if not _is_outage(outcome) and not leaves_producer_unusable(outcome):
             log.warning("outbox event %s (%s) not published: %s; attempt %d, next in %.1fs",
                         row.id, row.type, row.last_error, row.attempts, delay)
 

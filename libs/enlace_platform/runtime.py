@@ -32,6 +32,7 @@ from enlace_platform.db import (
 from enlace_platform.migrations import migrate, service_tables
 from enlace_platform.metrics import ScrapeHook, ServiceMetrics
 from enlace_platform.outbox import OutboxRelay
+from enlace_platform.producer import RenewableProducer
 from enlace_platform.problems import (
     PROBLEM_RESPONSES, install_problem_handlers, problem_response, use_problem_json_in_openapi,
 )
@@ -101,7 +102,7 @@ class ServiceRuntime:
         # For work that only reads (GET requests, /metrics): on SQLite it never waits for the write lock.
         self.read_sessions = make_read_session_factory(self.engine, s.service_name)
         self.metrics = ServiceMetrics(s.service_name)
-        self.producer: AIOKafkaProducer | None = None
+        self.producer: RenewableProducer | None = None
         self.relay: OutboxRelay | None = None
         self.runners: list[ConsumerRunner] = []
         self.kafka_started = asyncio.Event()
@@ -152,7 +153,7 @@ class ServiceRuntime:
     def _build_kafka_parts(self) -> None:
         # aiokafka objects must be created inside the running event loop.
         s = self.settings
-        self.producer = AIOKafkaProducer(
+        self.producer = RenewableProducer(lambda: AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap_servers,
             client_id=f"{s.service_name}-producer",
             enable_idempotence=True,
@@ -161,7 +162,7 @@ class ServiceRuntime:
             # Bounds a send's wait for metadata or queue room while the broker is away (aiokafka's default is
             # 40 s); the idempotent producer keeps retrying what it already took until the broker answers.
             request_timeout_ms=int(s.outbox_send_timeout_s * 1000),
-        )
+        ), stop_timeout_s=s.shutdown_producer_s)
         self.relay = OutboxRelay(
             self.sessions, self.producer, topic_prefix=s.kafka_topic_prefix, batch_size=s.outbox_batch_size,
             fallback_poll_s=s.outbox_fallback_poll_s, retry_base_s=s.outbox_retry_base_s,

@@ -5,12 +5,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import MessageSizeTooLargeError, OutOfOrderSequenceNumber
 from sqlmodel import Field, SQLModel, select, update
 
 from enlace_platform.consumer import ConsumerRunner
 from enlace_platform.inbox import ProcessedMessage
 from enlace_platform.outbox import OutboxMessage, OutboxRelay, add_event
+from enlace_platform.producer import RenewableProducer
 from tests.support.harness import (
     envelopes, eventually, provision_topics, read_topic, service_database, unique_prefix,
 )
@@ -308,3 +309,48 @@ async def test_unacked_events_stay_with_the_producer_and_are_never_handed_over_t
     assert all(row.sent_at and row.claimed_by is None for row in rows.values())
     assert silent.sent == [a1, b1]
     assert sorted(await _published_ids(kafka_bootstrap, prefix + TOPIC, expected=2)) == sorted([a1, b1])
+
+
+class _StuckAfterBrokerRestart(AIOKafkaProducer):
+    """A real producer in the state aiokafka reaches after a broker restart with a batch in flight
+    (aio-libs/aiokafka#1017): the broker answers, but every send fails with OutOfOrderSequenceNumber."""
+
+    async def send(self, topic, **kwargs):
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(OutOfOrderSequenceNumber("the broker received an out of order sequence number"))
+        return failed
+
+
+async def test_a_producer_stuck_after_a_broker_restart_is_replaced_and_the_backlog_delivered(
+        kafka_bootstrap, sessions):
+    prefix = unique_prefix()
+    await provision_topics(kafka_bootstrap, prefix)
+    built: list[AIOKafkaProducer] = []
+
+    def build() -> AIOKafkaProducer:
+        kind = _StuckAfterBrokerRestart if not built else AIOKafkaProducer
+        built.append(kind(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all"))
+        return built[-1]
+
+    producer = RenewableProducer(build)
+    await producer.start()
+    ids = [await _commit_widget(sessions, f"w{n}", case_id=f"case-{n % 3}") for n in range(9)]
+    relay = OutboxRelay(sessions, producer, topic_prefix=prefix, fallback_poll_s=0.2, retry_base_s=0.05)
+    task = asyncio.create_task(relay.run())
+    try:
+        async def all_sent():
+            return all(row.sent_at for row in (await _rows(sessions)).values())
+
+        await eventually(all_sent, what="the backlog sent by the replacement producer")
+    finally:
+        relay.stop()
+        await task
+        await producer.stop()
+    assert producer.generation == 1 and len(built) == 2
+    rows = await _rows(sessions)
+    assert all("OutOfOrderSequenceNumber" not in (row.last_error or "") for row in rows.values())  # cleared on ack
+    assert max(row.attempts for row in rows.values()) >= 2  # the stuck producer's attempt was recorded
+    published = await _published_ids(kafka_bootstrap, f"{prefix}{TOPIC}", expected=len(ids))
+    assert sorted(published) == sorted(ids)  # each exactly once: the stuck producer delivered nothing
+    for case in ("case-0", "case-1", "case-2"):  # and each case in the order it was written
+        assert [i for i in published if i in ids[int(case[-1])::3]] == ids[int(case[-1])::3]
