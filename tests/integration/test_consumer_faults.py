@@ -20,11 +20,13 @@ from enlace_ops import operations as ops
 from enlace_platform.consumer import ConsumerRunner
 from enlace_platform.contracts import EventContracts
 from enlace_platform.db import create_tables, make_engine, make_session_factory
-from enlace_platform.envelope import Envelope, to_kafka
+from enlace_platform.envelope import Envelope
 from enlace_platform.inbox import ProcessedMessage
 from enlace_platform.metrics import ServiceMetrics
 from enlace_platform.migrations import service_tables
-from tests.support.harness import eventually, provision_topics, read_topic, unique_prefix
+from tests.support.harness import (
+    eventually, provision_topics, publish_envelopes, read_topic, unique_prefix,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -94,17 +96,6 @@ async def write_page(session, envelope: Envelope) -> None:
     session.add(Page(event_id=envelope.id, text=TEXT))
 
 
-async def _publish(bootstrap: str, topic: str, envelopes: list[Envelope]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for envelope in envelopes:
-            key, value, headers = to_kafka(envelope)
-            await (await producer.send(topic, value=value, key=key, headers=headers))
-    finally:
-        await producer.stop()
-
-
 def _pages_events(n: int) -> list[Envelope]:
     # Several cases, so several partitions pause and recover.
     return [Envelope(type="page.written.v1", source="/test", key=f"case-{i % 4}", data={"n": i}) for i in range(n)]
@@ -131,7 +122,7 @@ async def _through_a_fault(kafka_bootstrap, database, dlq_producer, fault_on, fa
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
     sent = _pages_events(12)
-    await _publish(kafka_bootstrap, prefix + TOPIC, sent)
+    await publish_envelopes(kafka_bootstrap, prefix + TOPIC, sent)
     metrics = ServiceMetrics("test-svc")
     runner = _runner(prefix, kafka_bootstrap, database.sessions, dlq_producer, metrics)
     await fault_on()
@@ -198,7 +189,7 @@ async def test_an_unknown_version_is_dead_lettered_with_its_reason_then_redriven
     assert contracts.violations(registered.type, registered.data) == []
     from_the_future = Envelope(type="case.screened.v9", source="/test", key="case-1", data={"shape": "new"})
     unheard_of = Envelope(type="case.teleported.v1", source="/test", key="case-1", data={})
-    await _publish(kafka_bootstrap, prefix + TOPIC, [registered, from_the_future, unheard_of])
+    await publish_envelopes(kafka_bootstrap, prefix + TOPIC, [registered, from_the_future, unheard_of])
 
     handled: list[str] = []
 

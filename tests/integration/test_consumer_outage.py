@@ -13,10 +13,12 @@ from aiokafka import AIOKafkaProducer
 from sqlmodel import Field, SQLModel, select
 
 from enlace_platform.consumer import ConsumerRunner, PoisonMessage
-from enlace_platform.envelope import Envelope, to_kafka
+from enlace_platform.envelope import Envelope
 from enlace_platform.metrics import ServiceMetrics
 from tests.support.broker import DisposableBroker
-from tests.support.harness import eventually, provision_topics, read_topic, service_database, unique_prefix
+from tests.support.harness import (
+    eventually, provision_topics, publish_envelopes, read_topic, service_database, unique_prefix,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -37,17 +39,6 @@ async def sessions(tmp_path):
         yield factory
 
 
-async def _publish(bootstrap: str, topic: str, envelopes: list[Envelope]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for envelope in envelopes:
-            key, value, headers = to_kafka(envelope)
-            await (await producer.send(topic, value=value, key=key, headers=headers))
-    finally:
-        await producer.stop()
-
-
 async def _marks(sessions) -> list[int]:
     async with sessions() as session:
         return sorted((await session.exec(select(Mark.n))).all())
@@ -59,7 +50,7 @@ async def test_stop_is_bounded_while_the_broker_is_down_and_nothing_is_lost(tmp_
         await provision_topics(broker.bootstrap, prefix)
         # One case, one partition: 0 and 1 are handled, 2 is poison, 3 comes after it.
         events = [Envelope(type="mark.made.v1", source="/test", key="case-1", data={"n": n}) for n in range(4)]
-        await _publish(broker.bootstrap, prefix + TOPIC, events)
+        await publish_envelopes(broker.bootstrap, prefix + TOPIC, events)
         in_hand, go_on = asyncio.Event(), asyncio.Event()
 
         async def mark(session, envelope):

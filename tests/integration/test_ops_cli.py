@@ -12,9 +12,11 @@ from typer.testing import CliRunner
 from enlace_ops import operations as ops
 from enlace_ops.cli import app
 from enlace_platform.consumer import ConsumerRunner, PoisonMessage
-from enlace_platform.envelope import Envelope, to_kafka
+from enlace_platform.envelope import Envelope
 from enlace_platform.outbox import add_event
-from tests.support.harness import eventually, provision_topics, service_database, unique_prefix
+from tests.support.harness import (
+    eventually, provision_topics, publish_envelopes, service_database, unique_prefix,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -37,17 +39,6 @@ async def _cli(*args: str):
     # The CLI runs its own event loop, so it gets a thread of its own.
     return await asyncio.to_thread(CliRunner().invoke, app, list(args), catch_exceptions=False,
                                    env={"COLUMNS": "250"})
-
-
-async def _publish(bootstrap: str, topic: str, envelopes: list[Envelope]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for envelope in envelopes:
-            key, value, headers = to_kafka(envelope)
-            await (await producer.send(topic, value=value, key=key, headers=headers))
-    finally:
-        await producer.stop()
 
 
 def _event(value: int) -> Envelope:
@@ -82,7 +73,7 @@ async def test_dead_letters_are_listed_shown_and_redriven_once_the_cause_is_fixe
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
     events = [_event(v) for v in (1, 2, 3)]
-    await _publish(kafka_bootstrap, prefix + TOPIC, events)
+    await publish_envelopes(kafka_bootstrap, prefix + TOPIC, events)
     broken = {"on": True}
 
     async def count(session, envelope):
@@ -119,7 +110,7 @@ async def test_redrive_needs_a_choice(kafka_bootstrap):
 async def test_replay_rewinds_the_services_group_and_the_inbox_keeps_it_idempotent(kafka_bootstrap, sessions):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
-    await _publish(kafka_bootstrap, prefix + TOPIC, [_event(v) for v in (1, 2, 3, 4)])
+    await publish_envelopes(kafka_bootstrap, prefix + TOPIC, [_event(v) for v in (1, 2, 3, 4)])
     handled: list[int] = []
 
     async def count(session, envelope):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import uvicorn
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from enlace_platform.db import create_tables, make_engine, make_session_factory
 from enlace_platform.dev_issuer import mint
-from enlace_platform.envelope import Envelope, from_kafka
+from enlace_platform.envelope import Envelope, from_kafka, to_kafka
 from enlace_platform.migrations import service_tables
 from enlace_platform.topics import all_topics, provision
 
@@ -120,6 +120,18 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float =
 
 def envelopes(records: list) -> list[Envelope]:
     return [from_kafka(r.key, r.value, r.headers) for r in records]
+
+
+async def publish_envelopes(bootstrap: str, topic: str, envelopes: list[Envelope]) -> None:
+    """Publishes these events to one topic with a producer of its own, each acknowledged before the next."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for envelope in envelopes:
+            key, value, headers = to_kafka(envelope)
+            await (await producer.send(topic, value=value, key=key, headers=headers))
+    finally:
+        await producer.stop()
 
 
 def free_port() -> int:
