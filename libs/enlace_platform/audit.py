@@ -2,7 +2,8 @@
 
 Every request that carried a valid token is recorded, whatever its outcome (a 404 on someone
 else's case is an attempt worth seeing), before its response starts: if the record cannot be
-written, the caller gets a 500 and no data. One row per object: the object in the path, plus the
+written, the caller gets no data, but a 503 with Retry-After when the database is full, locked or
+unreachable (enlace_platform.problems), else a 500. One row per object: the object in the path, plus the
 objects a handler names with :func:`note_objects` (search results, a case's persons, a new id).
 The rows hold ids and codes only, never personal data, so erasure never needs to touch them.
 
@@ -29,7 +30,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from opentelemetry import trace
 from pydantic import BaseModel
-from sqlalchemy import DDL, ColumnElement, Select, and_, event, or_
+from sqlalchemy import DDL, ColumnElement, Select, and_, event, insert, or_
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Field, SQLModel, col, select
@@ -37,6 +38,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enlace_platform.access import AuditReader
 from enlace_platform.auth import Principal
+from enlace_platform.db import database_fault
+from enlace_platform.limits import MAX_ID_LENGTH, MAX_INT, SINGLE_LINE, Moment
+from enlace_platform.problems import database_unavailable
 from enlace_platform.timeutil import as_utc
 
 log = logging.getLogger(__name__)
@@ -127,7 +131,15 @@ def _path_object(route_path: str, path_params: dict) -> tuple[str | None, str | 
     if not names:
         return None, None
     last = names[-1]
-    return last.removesuffix("_id"), str(path_params.get(last)) if last in path_params else None
+    return last.removesuffix("_id"), _storable(str(path_params[last])) if last in path_params else None
+
+
+def _storable(object_id: str) -> str:
+    """An id as the caller gave it, also one the route refused (an attempt worth seeing): control characters
+    escaped (PostgreSQL refuses NUL in text) and cut to the longest id a route accepts."""
+    if len(object_id) <= MAX_ID_LENGTH and re.fullmatch(SINGLE_LINE, object_id):
+        return object_id
+    return object_id.encode("unicode_escape").decode("ascii")[:MAX_ID_LENGTH]
 
 
 ObjectKey = tuple[str, str | None]
@@ -144,8 +156,9 @@ def _objects(scope: Scope) -> list[ObjectKey]:
     return list(dict.fromkeys((t or _collection(route.path), i) for t, i in objects))
 
 
-def _audit_rows(scope: Scope, status: int, *, skip: Mapping[ObjectKey, int]) -> list[AuditRecord]:
-    """The request's rows with this status, but for objects ``skip`` already records with it."""
+def _audit_rows(scope: Scope, status: int, *, skip: Mapping[ObjectKey, int]) -> list[dict]:
+    """The request's rows with this status, but for objects ``skip`` already records with it: the values of
+    each, for one Core INSERT of them all (an ORM flush inserts audit rows one statement each, to learn seq)."""
     state = scope.get("state") or {}
     principal: Principal | None = state.get("principal")
     route = scope.get("route")
@@ -158,7 +171,10 @@ def _audit_rows(scope: Scope, status: int, *, skip: Mapping[ObjectKey, int]) -> 
         route=route.path, purpose=state.get("audit_purpose", DEFAULT_PURPOSE), status=status,
         trace_id=state.get("audit_trace_id") or _current_trace_id(),
     )
-    return [AuditRecord(object_type=t, object_id=i, **common) for t, i in _objects(scope) if skip.get((t, i)) != status]
+    return [dict(common, object_type=t, object_id=i) for t, i in _objects(scope) if skip.get((t, i)) != status]
+
+
+_INSERT_ROWS = insert(AuditRecord.__table__)
 
 
 def _request_id(state: dict) -> str:
@@ -173,8 +189,8 @@ def _current_trace_id() -> str | None:
     return format(span.trace_id, "032x") if span.is_valid else None
 
 
-def _key(row: AuditRecord) -> ObjectKey:
-    return row.object_type, row.object_id
+def _key(row: dict) -> ObjectKey:
+    return row["object_type"], row["object_id"]
 
 
 # --- a write's rows in its own transaction -----------------------------------------------------
@@ -201,7 +217,8 @@ def _add_rows_before_commit(session: OrmSession) -> None:
     pending: dict[ObjectKey, int] = session.info.setdefault(_PENDING_ROWS, {})
     recorded = {**scope["state"].get("audit_recorded", {}), **pending}
     rows = _audit_rows(scope, status, skip=recorded)
-    session.add_all(rows)  # flushed by this very commit
+    if rows:
+        session.exec(_INSERT_ROWS, params=rows)  # in the transaction now committing
     pending.update((_key(row), status) for row in rows)
 
 
@@ -245,13 +262,25 @@ class AuditMiddleware:
         scope["state"] = dict(scope.get("state") or {})
         scope["state"]["audit_trace_id"] = _current_trace_id()  # the request's span, wherever rows are written
 
-        started = False
+        started = withheld = False
 
         async def send_after_recording(message: Message) -> None:
-            nonlocal started
+            nonlocal started, withheld
+            if withheld:
+                return  # the rest of a response that went unrecorded: never sent
             if message["type"] == "http.response.start":
                 started = True
-                await self._record(scope, message["status"])
+                try:
+                    await self._record(scope, message["status"])
+                except Exception as exc:
+                    fault = database_fault(exc)
+                    if fault is None:
+                        raise
+                    # The database cannot take the record (full, locked, gone): no data without it, and
+                    # the caller gets a 503 to retry rather than a 500.
+                    withheld = True
+                    await database_unavailable(Request(scope), fault)(scope, receive, send)
+                    return
             await send(message)
 
         try:
@@ -267,7 +296,7 @@ class AuditMiddleware:
         if not rows:
             return
         async with self.sessions() as session:
-            session.add_all(rows)
+            await session.exec(_INSERT_ROWS, params=rows)
             await session.commit()
 
 
@@ -361,13 +390,13 @@ def audit_router(sessions_of, scope: AuditScope | None = None) -> APIRouter:
                         "jurisdiction. Filters narrow that view; oldest first, paged by `after`")
     async def read_audit_log(
         request: Request, principal: AuditReader,
-        object_id: Annotated[str | None, Query(max_length=100)] = None,
-        object_type: Annotated[str | None, Query(max_length=50)] = None,
-        agency_id: Annotated[str | None, Query(max_length=100)] = None,
-        user_id: Annotated[str | None, Query(max_length=200)] = None,
+        object_id: Annotated[str | None, Query(max_length=100, pattern=SINGLE_LINE)] = None,
+        object_type: Annotated[str | None, Query(max_length=50, pattern=SINGLE_LINE)] = None,
+        agency_id: Annotated[str | None, Query(max_length=100, pattern=SINGLE_LINE)] = None,
+        user_id: Annotated[str | None, Query(max_length=200, pattern=SINGLE_LINE)] = None,
         trace_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$")] = None,
-        since: datetime | None = None, until: datetime | None = None,
-        after: Annotated[int, Query(ge=0, description="The last seq you have")] = 0,
+        since: Moment | None = None, until: Moment | None = None,
+        after: Annotated[int, Query(ge=0, le=MAX_INT, description="The last seq you have")] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> AuditPage:
         query = select(AuditRecord).where(AuditRecord.seq > after, visible_to(principal, scope))

@@ -23,6 +23,7 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from enlace_platform.limits import enforce_address_rate, enforce_agency_rate
 from enlace_platform.problems import Problem
 from enlace_platform.settings import ServiceSettings
 
@@ -177,11 +178,13 @@ async def current_principal(
     try:
         principal = await run_in_threadpool(verifier.verify, credentials.credentials)
     except InvalidToken as exc:
+        enforce_address_rate(request)  # a flood of bad tokens is cut at its address
         raise _unauthorized(f"The token was rejected: {exc}", token_given=True) from exc
     except IssuerUnavailable as exc:
         log.error("identity provider unreachable: %s", exc)
         raise Problem(503, detail="The identity provider's keys cannot be fetched right now.",
                       headers={"Retry-After": "5"}) from exc
+    enforce_agency_rate(request, principal.agency_id)  # keyed by what verified, never by a mere claim
     request.state.principal = principal  # the audit log names the actor of every request
     return principal
 

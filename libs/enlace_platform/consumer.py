@@ -24,7 +24,6 @@ import contextlib
 import logging
 import random
 import re
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -37,12 +36,12 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError
 from opentelemetry import trace
 from opentelemetry.propagate import extract
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.producer import RenewableProducer, leaves_producer_unusable
+from enlace_platform.db import database_fault
 from enlace_platform.envelope import Envelope, MalformedEvent, from_kafka
 from enlace_platform.inbox import ProcessedMessage
 from enlace_platform.telemetry import current_event_id
@@ -91,16 +90,6 @@ async def run_after_commit(session: AsyncSession) -> None:
             log.exception("an after-commit callback failed")
 
 
-# SQLite's primary result codes for a fault outside the record: busy, locked, out of memory, I/O error,
-# full, cannot open, lock protocol.
-_SQLITE_TRANSIENT = {5, 6, 7, 10, 13, 14, 15}
-# PostgreSQL SQLSTATEs (and classes) for the same: connection exception, insufficient resources (disk full,
-# out of memory, too many connections), operator intervention (shutdown, cannot connect now), system
-# error (I/O), serialization failure, deadlock, lock not available.
-_SQLSTATE_TRANSIENT_CLASSES = ("08", "53", "57", "58")
-_SQLSTATE_TRANSIENT = {"40001", "40P01", "55P03"}
-
-
 def is_transient(exc: BaseException) -> bool:
     """A fault outside the record, which waiting can cure: the database locked, full or unreachable, the
     broker gone, a timeout. Looks through the exception's causes (SQLAlchemy wraps the driver's error)."""
@@ -111,15 +100,8 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(error, KafkaError) and error.retriable:
             return True
-        if isinstance(error, DBAPIError) and error.connection_invalidated:
-            return True
-        if isinstance(error, sqlite3.Error) and (getattr(error, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_TRANSIENT:
-            return True
-        sqlstate = getattr(error, "sqlstate", None)
-        if isinstance(sqlstate, str) and (sqlstate in _SQLSTATE_TRANSIENT
-                                          or sqlstate.startswith(_SQLSTATE_TRANSIENT_CLASSES)):
-            return True
-    return False
+    # The database locked, full or unreachable (enlace_platform.db tells it, for the APIs too).
+    return database_fault(exc) is not None
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

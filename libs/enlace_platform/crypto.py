@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 log = logging.getLogger(__name__)
@@ -109,26 +109,59 @@ async def rewrap_subject_keys(session: AsyncSession, namespace: str, old_kek: by
     return rewrapped
 
 
+# Session info: (the transaction, {keyring: {subject: data key}}), see Keyring.
+_TRANSACTION_KEYS = "enlace_crypto_transaction_keys"
+
+
 class Keyring:
-    """Per-subject data keys in the service's own database, wrapped under its key-encryption key."""
+    """Per-subject data keys in the service's own database, wrapped under its key-encryption key.
+
+    A key read or created in a transaction is kept for the rest of that transaction only (in the
+    session, tied to the transaction object), so sealing several fields of one person reads and unwraps
+    their key once. Nothing outlives the transaction: the next one reads the key again, and finds it
+    gone once the person is erased, whichever replica shredded it. A shred drops it at once."""
 
     def __init__(self, key_encryption_key: bytes, *, namespace: str) -> None:
         self._kek = key_encryption_key
         self._namespace = namespace.encode()  # the service: keys do not move between services
 
+    def _transaction_keys(self, session: AsyncSession) -> dict[str, bytes]:
+        """The data keys this keyring has read or created in the session's current transaction."""
+        sync_session = session.sync_session if isinstance(session, AsyncSession) else session
+        transaction = sync_session.get_transaction()
+        owner, by_keyring = session.info.get(_TRANSACTION_KEYS, (None, None))
+        if transaction is None:
+            return {}  # nothing begun yet: nothing to keep
+        if owner is not transaction:
+            by_keyring = {}
+            session.info[_TRANSACTION_KEYS] = (transaction, by_keyring)
+        return by_keyring.setdefault(self, {})
+
+    def _unwrap(self, row: SubjectKey) -> bytes:
+        return _open(self._kek, row.wrapped_key, _wrap_aad(self._namespace, row.subject_id))
+
+    def _new_key(self, session: AsyncSession, subject_id: str) -> bytes:
+        data_key = AESGCM.generate_key(bit_length=256)
+        session.add(SubjectKey(subject_id=subject_id,
+                               wrapped_key=_seal(self._kek, data_key, _wrap_aad(self._namespace, subject_id))))
+        self._transaction_keys(session)[subject_id] = data_key
+        return data_key
+
     async def _data_key(self, session: AsyncSession, subject_id: str, *, create: bool) -> bytes | None:
+        key = self._transaction_keys(session).get(subject_id)
+        if key is not None:
+            return key
         row = await session.get(SubjectKey, subject_id)
         if row is None:
-            if not create:
-                return None
-            data_key = AESGCM.generate_key(bit_length=256)
-            session.add(SubjectKey(subject_id=subject_id,
-                                   wrapped_key=_seal(self._kek, data_key, _wrap_aad(self._namespace, subject_id))))
-            return data_key
-        return _open(self._kek, row.wrapped_key, _wrap_aad(self._namespace, subject_id))
+            return self._new_key(session, subject_id) if create else None
+        self._transaction_keys(session)[subject_id] = key = self._unwrap(row)
+        return key
 
-    async def sealer(self, session: AsyncSession, subject_id: str) -> "Sealer":
-        """Seal and open this subject's fields; creates their key on first use (in the caller's transaction)."""
+    async def sealer(self, session: AsyncSession, subject_id: str, *, new: bool = False) -> "Sealer":
+        """Seal and open this subject's fields; creates their key on first use (in the caller's transaction).
+        ``new``: the subject was created in this transaction, so it has no key yet and none is looked up."""
+        if new:
+            return Sealer(subject_id, self._new_key(session, subject_id))
         return Sealer(subject_id, await self._data_key(session, subject_id, create=True))
 
     async def opener(self, session: AsyncSession, subject_id: str) -> "Sealer":
@@ -138,11 +171,21 @@ class Keyring:
             raise Erased(subject_id)
         return Sealer(subject_id, key)
 
+    async def openers(self, session: AsyncSession, subject_ids: list[str]) -> dict[str, "Sealer | None"]:
+        """Openers of several subjects with one query; None for a subject whose key is gone (erased)."""
+        wanted = [s for s in dict.fromkeys(subject_ids) if s not in self._transaction_keys(session)]
+        if wanted:
+            rows = (await session.exec(select(SubjectKey).where(col(SubjectKey.subject_id).in_(wanted)))).all()
+            self._transaction_keys(session).update((row.subject_id, self._unwrap(row)) for row in rows)
+        known = self._transaction_keys(session)
+        return {s: Sealer(s, known[s]) if s in known else None for s in subject_ids}
+
     async def has_key(self, session: AsyncSession, subject_id: str) -> bool:
         return await session.get(SubjectKey, subject_id) is not None
 
     async def shred(self, session: AsyncSession, subject_id: str) -> bool:
         """Destroy the subject's key (in the caller's transaction); True if there was one."""
+        self._transaction_keys(session).pop(subject_id, None)
         result = await session.exec(delete(SubjectKey).where(SubjectKey.subject_id == subject_id))
         return result.rowcount > 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import Table, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.util import await_only
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.sqlalchemy import __version__ as _sqlalchemy_instrumentation_version
@@ -182,6 +182,43 @@ def _missing_columns(sync_conn, tables: list[Table]) -> list[str]:
         present = {c["name"] for c in inspector.get_columns(table.name)}
         missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in present]
     return missing + missing_tables
+
+
+# SQLite's primary result codes for a fault outside the work asked of it: busy, locked, out of memory, I/O
+# error, full (the disk, or max_page_count), cannot open, lock protocol.
+_SQLITE_UNAVAILABLE = {5, 6, 7, 10, 13, 14, 15}
+# PostgreSQL SQLSTATEs (and classes) for the same: connection exception, insufficient resources (disk full,
+# out of memory, too many connections), operator intervention (shutdown, cannot connect now), system
+# error (I/O), serialization failure, deadlock, lock not available.
+_SQLSTATE_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+_SQLSTATE_UNAVAILABLE = {"40001", "40P01", "55P03"}
+
+
+def database_fault(exc: BaseException) -> BaseException | None:
+    """The error in ``exc`` or its explicit causes saying the database cannot do the work right now (locked,
+    full, unreachable), which waiting cures; None when the work itself failed (a constraint, a bug)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        error = stack.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            return error
+        if isinstance(error, sqlite3.Error) and (getattr(error, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNAVAILABLE:
+            return error
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str) and (sqlstate in _SQLSTATE_UNAVAILABLE
+                                          or sqlstate.startswith(_SQLSTATE_UNAVAILABLE_CLASSES)):
+            return error
+        stack += [getattr(error, "orig", None), error.__cause__]
+    return None
+
+
+def fault_code(error: BaseException) -> str:
+    """The driver's code (SQLITE_FULL, 53100...) or the class name: an error's text can quote values."""
+    return getattr(error, "sqlite_errorname", None) or getattr(error, "sqlstate", None) or type(error).__name__
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -248,7 +248,8 @@ class OutboxRelay:
                 if self._stopping:
                     break
                 if failed_passes or self.broker_unreachable:
-                    await self._pause(self._backoff(max(failed_passes, self._outage_passes)))
+                    await self._pause(self._backoff(max(failed_passes, self._outage_passes)),
+                                      after_failure=failed_passes > 0)
                 else:
                     await self._waker.wait(self._fallback_poll_s)
             await self._drain()
@@ -274,10 +275,12 @@ class OutboxRelay:
             if not attempted or self.broker_unreachable:
                 return
 
-    async def _pause(self, delay_s: float) -> None:
-        """Sleep between passes while the broker does not answer; a settled delivery or stop() ends it."""
+    async def _pause(self, delay_s: float, *, after_failure: bool = False) -> None:
+        """Sleep between passes while the broker does not answer; a settled delivery or stop() ends it. After a
+        failed pass (the database full or locked), deliveries settled before it do not: they are what the pass
+        could not record, and retrying at once would spin."""
         self._resume.clear()
-        if self._stopping or any(f.done() for f in self._unacked.values()):
+        if self._stopping or (not after_failure and any(f.done() for f in self._unacked.values())):
             return
         try:
             await asyncio.wait_for(self._resume.wait(), timeout=delay_s)

@@ -9,11 +9,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from enlace_platform.db import database_fault, fault_code
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# What a client is told to wait when the database cannot serve (full, locked, unreachable).
+DATABASE_RETRY_AFTER_S = 5
 
 
 class FieldError(BaseModel):
@@ -42,7 +47,12 @@ def _problem_doc(description: str) -> dict[str, Any]:
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: _problem_doc("Missing, expired or invalid Bearer token"),
     404: _problem_doc("Not found, or not visible to your agency"),
+    # 413 and 429: answered for any route by enlace_platform.limits, before the route runs.
+    413: _problem_doc("The request body is larger than the service accepts (1 MiB unless configured)"),
     422: _problem_doc("Invalid input; `errors[].path` names each bad field"),
+    429: {**_problem_doc("Too many requests from your agency, or from your address without a valid token"),
+          "headers": {"Retry-After": {"description": "Seconds to wait before trying again",
+                                      "schema": {"type": "integer"}}}},
 }
 
 
@@ -101,6 +111,17 @@ def _phrase(status: int) -> str:
         return "Error"
 
 
+def database_unavailable(request: Request, fault: BaseException) -> JSONResponse:
+    """503 with Retry-After: the database cannot serve right now (a disk full, a lock held, a server gone).
+    A fault outside the request, not a bug: a warning with the driver's code, no traceback, no values."""
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, fault_code(fault))
+    return problem_response(
+        request, 503, _phrase(503),
+        "The service's database cannot serve this request right now (full, locked or unreachable). Try again "
+        "after Retry-After; a POST with an Idempotency-Key is safe to repeat.",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -122,8 +143,19 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(request, exc.status_code, _phrase(exc.status_code), detail,
                                 headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        # Answered here, inside the middleware, so the audit records the 503; any other database error is a bug.
+        fault = database_fault(exc)
+        if fault is None:
+            raise exc
+        return database_unavailable(request, fault)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        fault = database_fault(exc)  # e.g. from a middleware's own transaction
+        if fault is not None:
+            return database_unavailable(request, fault)
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return problem_response(request, 500, "Internal server error",
                                 "The error was logged with the request's trace id.")

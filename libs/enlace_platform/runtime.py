@@ -6,6 +6,8 @@ the relay and consumers start as soon as the broker answers. ``/readyz`` says wh
 
 import asyncio
 import logging
+import signal
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,8 +29,9 @@ from enlace_platform.consumer import ConsumerRunner, Handler
 from enlace_platform.contracts import published_contracts
 from enlace_platform.crypto import Keyring, SubjectKey, purge_freed_pages, rewrap_subject_keys
 from enlace_platform.db import (
-    create_tables, make_engine, make_read_session_factory, make_session_factory, ping,
+    create_tables, database_fault, fault_code, make_engine, make_read_session_factory, make_session_factory, ping,
 )
+from enlace_platform.limits import install_entry_limits
 from enlace_platform.migrations import migrate, service_tables
 from enlace_platform.metrics import ScrapeHook, ServiceMetrics
 from enlace_platform.outbox import OutboxRelay
@@ -183,14 +186,50 @@ class ServiceRuntime:
         ]
 
     async def start(self) -> None:
-        if self.migrations is not None:
-            await migrate(self.engine, self.migrations, self.tables)
-        else:
-            await create_tables(self.engine, self.tables)
+        await self._prepare_database()
         self._build_kafka_parts()
         for hook in self.on_startup:
             await hook(self)
         self._kafka_task = asyncio.create_task(self._start_kafka_parts(), name=f"{self.settings.service_name}-kafka")
+
+    async def _prepare_database(self) -> None:
+        """Migrate, or create the tables. A database that cannot work yet (a full disk, PostgreSQL still
+        starting) is waited for rather than ending the process, which a supervisor would only restart into
+        the same fault; SIGTERM or SIGINT still ends the wait at once."""
+        interrupted = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
+
+        def interrupt(sig: int, frame: object) -> None:
+            loop.call_soon_threadsafe(interrupted.set)
+            if callable(previous[sig]):
+                previous[sig](sig, frame)
+
+        for sig in previous:
+            signal.signal(sig, interrupt)
+        try:
+            delay = 0.5
+            while True:
+                try:
+                    if self.migrations is not None:
+                        await migrate(self.engine, self.migrations, self.tables)
+                    else:
+                        await create_tables(self.engine, self.tables)
+                    return
+                except Exception as exc:
+                    fault = database_fault(exc)
+                    if fault is None:
+                        raise
+                    log.warning("database cannot start yet (%s); retrying in %.1fs", fault_code(fault), delay)
+                try:
+                    await asyncio.wait_for(interrupted.wait(), delay)
+                    raise RuntimeError("stopped while waiting for the database")
+                except TimeoutError:
+                    delay = min(delay * 2, 10.0)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     async def _start_kafka_parts(self) -> None:
         delay = 0.5
@@ -368,6 +407,7 @@ def create_service_app(
     for router in [*routers, audit_router(lambda request: request.app.state.runtime.read_sessions, audit_scope)]:
         app.include_router(router, responses=PROBLEM_RESPONSES)
     app.add_middleware(AuditMiddleware, sessions=runtime.sessions)
+    install_entry_limits(app, runtime.settings)  # outside the audit: refused before any database work
     # No spans for the ASGI messages a request's body and response travel in (two to four a request):
     # the server span has the status and the timing, and a case stays at ~16 spans (docs/operations.md).
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics",

@@ -73,6 +73,18 @@ class ServiceSettings(BaseSettings):
     data_key_file: str | None = Field(None, description="Default: ./.run/<service>-data.key")
 
     log_json: bool = True
+    log_access: bool = Field(False, description="One line per request: method, route template, status, duration "
+                                                "(never the query string; uvicorn's own access log stays off)")
+
+    # Entry-point limits (enlace_platform.limits). Rates in the `limits` notation, moving windows that must all
+    # hold, e.g. "600/second;3000/10 seconds": bursts of 600 in a second, 300 a second sustained; empty: none.
+    # Counted per process: with N replicas a caller gets up to N times as much.
+    max_request_body_bytes: int = Field(1_048_576, gt=0, description="Larger bodies are refused with 413 unread")
+    rate_limit_per_agency: str = Field("600/second;3000/10 seconds",
+                                       description="Requests of one agency whose token verified")
+    rate_limit_per_address: str = Field("50/second;1000/minute",
+                                        description="Requests from one client address that no verified token "
+                                                    "speaks for (no token, a refused one, public paths)")
 
     def topic(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}{name}"

@@ -156,8 +156,14 @@ def setup_logging(service_name: str, json_lines: bool = True, level: int = loggi
     # Chatty clients: httpx logs every request URL at INFO, and webhook URLs can hold a token.
     for name in ("aiokafka", "httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         # uvicorn installs plain-text handlers of its own; its lines go through ours instead.
         server_log = logging.getLogger(name)
         server_log.handlers = []
         server_log.propagate = True
+    # uvicorn writes an access line whenever this logger has a handler, up the tree too, whatever
+    # --no-access-log said; and its line holds the URL, query string included (search terms). Off for good:
+    # ENLACE_LOG_ACCESS logs the route template instead (enlace_platform.limits).
+    access = logging.getLogger("uvicorn.access")
+    access.handlers = []
+    access.propagate = False

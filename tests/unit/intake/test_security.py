@@ -311,6 +311,33 @@ async def test_activity_restarts_the_retention_clock(intake, officer):
     assert await purge_expired(runtime) == 0, "a referral event is activity"
 
 
+async def test_the_events_of_one_transaction_restart_the_clock_of_every_case_they_touch(intake, officer):
+    """As a consumer's batch: the cases are updated together just before the commit, and a rolled-back
+    transaction touches nothing."""
+    client, runtime = intake
+    cases = [await _register(client, officer) for _ in range(3)]
+    async with runtime.sessions() as session:
+        for case in cases:
+            row = await session.get(CaseRow, case["id"])
+            row.last_activity_at = datetime.now(UTC) - timedelta(days=3000)
+        await session.commit()
+    first, second, untouched = cases
+    async with runtime.sessions() as session:
+        await HOLD_HANDLERS["protection_hold.placed.v1"](session, hold_placed(
+            case_id=untouched["id"], person_id=untouched["persons"][0]["id"], need_code="UNACCOMPANIED_CHILD"))
+        await session.rollback()
+        for case in (first, second):
+            await REFERRAL_HANDLERS["referral.requested.v1"](session, referral_event(
+                "requested", referral_id=str(uuid.uuid4()), case_id=case["id"], person_id=case["persons"][0]["id"],
+                need_code="MEDICAL_URGENT", status="requested", to_agency_id="MX-IMSS", to_agency_type="health"))
+        await session.commit()
+    async with runtime.sessions() as session:
+        stale = datetime.now(UTC) - timedelta(days=1)
+        clocks = {c["id"]: (await session.get(CaseRow, c["id"])).last_activity_at for c in cases}
+    assert clocks[first["id"]] > stale and clocks[second["id"]] > stale
+    assert clocks[untouched["id"]] < stale, "the rolled-back event changed nothing"
+
+
 async def test_two_replicas_purging_at_once_erase_each_person_once(intake, officer):
     client, runtime = intake
     case = await _register(client, officer)

@@ -123,3 +123,55 @@ def test_the_key_encryption_key_file_is_created_private_and_must_be_32_bytes(tmp
     assert load_key_encryption_key(base64.urlsafe_b64encode(key).decode(), "/nonexistent") == key
     with pytest.raises(ValueError, match="32 bytes"):
         load_key_encryption_key(base64.urlsafe_b64encode(b"short").decode(), "/nonexistent")
+
+
+def _key_reads(engine) -> list[str]:
+    """The SELECTs of subject_keys this engine runs from now on."""
+    from sqlalchemy import event
+
+    reads: list[str] = []
+
+    def count(_conn, _cursor, statement, *_):
+        if statement.lstrip().upper().startswith("SELECT") and "subject_keys" in statement:
+            reads.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    return reads
+
+
+async def test_a_key_is_read_once_per_transaction_and_never_kept_past_it(db):
+    engine, sessions, _ = db
+    ring = Keyring(KEK, namespace="svc")
+    async with sessions() as session:
+        sealed = (await ring.sealer(session, "p1", new=True)).seal("f", NAME)
+        assert (await ring.opener(session, "p1")).open("f", sealed) == NAME  # created here: no lookup
+        await session.commit()
+    reads = _key_reads(engine)
+    async with sessions() as session, sessions() as other_replica:
+        assert (await ring.opener(session, "p1")).open("f", sealed) == NAME
+        assert (await ring.sealer(session, "p1")).open("f", sealed) == NAME
+        assert (await ring.openers(session, ["p1", "p-unknown"]))["p-unknown"] is None
+        assert len(reads) == 2, "p1 once, then only the subject not yet known"
+        await session.commit()
+
+        assert await ring.shred(other_replica, "p1") is True  # erased elsewhere between two transactions
+        await other_replica.commit()
+        with pytest.raises(Erased):
+            await ring.opener(session, "p1")  # the next transaction reads the key again, and finds it gone
+        assert (await ring.openers(session, ["p1"])) == {"p1": None}
+
+
+async def test_a_shred_drops_the_key_from_its_transaction_at_once(db):
+    _, sessions, _ = db
+    ring = Keyring(KEK, namespace="svc")
+    async with sessions() as session:
+        await ring.sealer(session, "p1")
+        await session.commit()
+    async with sessions() as session:
+        await ring.opener(session, "p1")
+        assert await ring.shred(session, "p1") is True
+        with pytest.raises(Erased):
+            await ring.opener(session, "p1")
+        assert (await ring.openers(session, ["p1"])) == {"p1": None}
+        await session.rollback()
+        assert (await ring.opener(session, "p1")).subject_id == "p1", "rolled back: the key is there again"

@@ -74,12 +74,17 @@ class Vault:
         """The runtime's one vault (its keyring and key-encryption key)."""
         return runtime.shared(cls, lambda: cls(runtime.keyring, runtime.key_encryption_key))
 
-    async def sealer(self, session: AsyncSession, person_id: str) -> Sealer:
-        return await self.keyring.sealer(session, person_id)
+    async def sealer(self, session: AsyncSession, person_id: str, *, new: bool = False) -> Sealer:
+        """``new``: the person was created in this transaction (no key to look up yet)."""
+        return await self.keyring.sealer(session, person_id, new=new)
 
     async def opener(self, session: AsyncSession, person_id: str) -> Sealer:
         """Raises Erased once the person's key is gone."""
         return await self.keyring.opener(session, person_id)
+
+    async def openers(self, session: AsyncSession, person_ids: list[str]) -> dict[str, Sealer | None]:
+        """Openers of several persons with one query; None for an erased person."""
+        return await self.keyring.openers(session, person_ids)
 
     # --- the blind index ------------------------------------------------------------------------
 
@@ -92,9 +97,10 @@ class Vault:
     def document_token(self, number: str) -> str:
         return self.token("document", document_key(number))
 
-    async def index(self, session: AsyncSession, person: PersonRow, record: PersonRecord) -> None:
-        """Replace the person's search rows with those of this record."""
-        await self.unindex(session, person.id)
+    async def index(self, session: AsyncSession, person: PersonRow, record: PersonRecord, *, new: bool = False) -> None:
+        """Replace the person's search rows with those of this record (``new``: they have none yet)."""
+        if not new:
+            await self.unindex(session, person.id)
         tokens = set(self.name_tokens(f"{record.given_names} {record.family_names}"))
         tokens |= {self.document_token(d.number) for d in record.documents}
         session.add_all(SearchTokenRow(person_id=person.id, case_id=person.case_id, token=t) for t in sorted(tokens))
@@ -104,10 +110,11 @@ class Vault:
 
     # --- persons and their documents ------------------------------------------------------------
 
-    async def seal_person(self, session: AsyncSession, person: PersonRow,
-                          record: PersonRecord) -> list[PersonDocumentRow]:
-        """Write the record into the row, sealed; returns the new document rows (not yet added)."""
-        s = await self.sealer(session, person.id)
+    async def seal_person(self, session: AsyncSession, person: PersonRow, record: PersonRecord, *,
+                          new: bool = False) -> list[PersonDocumentRow]:
+        """Write the record into the row, sealed; returns the new document rows (not yet added). ``new``: the
+        person was created in this transaction, so their key is created without looking for one."""
+        s = await self.sealer(session, person.id, new=new)
         person.given_names = s.seal("given_names", record.given_names)
         person.family_names = s.seal("family_names", record.family_names)
         person.sex = s.seal("sex", record.sex)
@@ -126,6 +133,10 @@ class Vault:
                           documents: list[PersonDocumentRow]) -> PersonRecord:
         s = await self.opener(session, person.id)
         return open_person_with(s, person, documents)
+
+    async def open_age(self, session: AsyncSession, person: PersonRow) -> tuple[date | None, int | None]:
+        """(date_of_birth, estimated_age) alone; raises Erased once the person's key is gone."""
+        return _age_of(await self.opener(session, person.id), person)
 
     # --- other sealed values --------------------------------------------------------------------
 
@@ -158,13 +169,18 @@ class Vault:
         return json.loads((await self.opener(session, row.person_id)).open("snapshot", row.snapshot))
 
 
-def open_person_with(s: Sealer, person: PersonRow, documents: list[PersonDocumentRow]) -> PersonRecord:
+def _age_of(s: Sealer, person: PersonRow) -> tuple[date | None, int | None]:
     dob = s.open("date_of_birth", person.date_of_birth)
     age = s.open("estimated_age", person.estimated_age)
+    return date.fromisoformat(dob) if dob else None, None if age is None else int(age)
+
+
+def open_person_with(s: Sealer, person: PersonRow, documents: list[PersonDocumentRow]) -> PersonRecord:
+    date_of_birth, estimated_age = _age_of(s, person)
     return PersonRecord(
         given_names=s.open("given_names", person.given_names), family_names=s.open("family_names", person.family_names),
-        sex=s.open("sex", person.sex), date_of_birth=date.fromisoformat(dob) if dob else None,
-        estimated_age=None if age is None else int(age), age_disputed=person.age_disputed,
+        sex=s.open("sex", person.sex), date_of_birth=date_of_birth,
+        estimated_age=estimated_age, age_disputed=person.age_disputed,
         nationality=s.open("nationality", person.nationality),
         languages=json.loads(s.open("languages", person.languages)),
         documents=[Document(type=s.open("document.type", d.type), number=s.open("document.number", d.number),

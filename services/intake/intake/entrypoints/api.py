@@ -19,6 +19,7 @@ from enlace_platform.audit import Purpose, note_objects
 from enlace_platform.auth import Principal
 from enlace_platform.crypto import purge_freed_pages
 from enlace_platform.idempotency import Idempotency
+from enlace_platform.limits import EARLIEST, SINGLE_LINE, Id, IdPath, IdQuery
 from enlace_platform.problems import Problem, ProblemDetails
 from enlace_platform.runtime import DbSession, ReadSession
 from intake.adapters.orm import CaseRow, PersonRow, ProtectionHoldRow, ReferralViewRow, RelationshipRow
@@ -105,17 +106,21 @@ class PersonIn(_In):
         return self
 
 
+MAX_PERSONS = 50  # in one encounter
+
+
 class RelationshipIn(_In):
-    from_person: int = Field(ge=0, description="Index in `persons` of the person who is <kind> of to_person")
-    to_person: int = Field(ge=0, description="Index in `persons`")
+    from_person: int = Field(ge=0, le=MAX_PERSONS - 1,
+                             description="Index in `persons` of the person who is <kind> of to_person")
+    to_person: int = Field(ge=0, le=MAX_PERSONS - 1, description="Index in `persons`")
     kind: Literal[RELATIONSHIP_KINDS] = Field(  # type: ignore[valid-type]
         description="from_person is the parent / legal_guardian / other_relative / unrelated_adult of to_person")
 
 
 class CaseIn(_In):
     place: Line = Field(min_length=1, max_length=200, description="Where the encounter happened")
-    encountered_at: AwareDatetime
-    persons: list[PersonIn] = Field(min_length=1, max_length=50)
+    encountered_at: AwareDatetime = Field(ge=EARLIEST)
+    persons: list[PersonIn] = Field(min_length=1, max_length=MAX_PERSONS)
     relationships: list[RelationshipIn] = Field(default_factory=list, max_length=200,
                                                 description="How members of the group are related")
 
@@ -336,7 +341,21 @@ async def register_case(request: Request, body: CaseIn, principal: Writer, sessi
     note_objects(request, "case", [case.id])
     note_objects(request, "person", [person.id for person, _ in persons])
     await services.register_case(session, vault, principal, case, persons, relationships=relationships)
-    return await _case_out(request, session, vault, case)
+    return _registered_case_out(case, persons, relationships)
+
+
+def _registered_case_out(case: CaseRow, persons: list[tuple[PersonRow, PersonRecord]],
+                         relationships: list[RelationshipRow]) -> CaseOut:
+    """What registration wrote, from memory: reading it back would cost another turn at the write lock, and a
+    new case has no holds or referrals yet."""
+    return CaseOut(
+        id=case.id, agency_id=case.agency_id, jurisdiction=case.jurisdiction, place=case.place,
+        encountered_at=case.encountered_at,
+        persons=[_person_out(services.PersonView(row, record)) for row, record in persons],
+        relationships=[RelationshipOut(from_person_id=r.from_person_id, to_person_id=r.to_person_id, kind=r.kind)
+                       for r in relationships],
+        holds=[], referrals=[],
+    )
 
 
 def _record(p: PersonIn) -> PersonRecord:
@@ -347,9 +366,9 @@ def _record(p: PersonIn) -> PersonRecord:
 class CaseSearchIn(_In):
     """Search terms travel in the body: a name or a document number in a URL ends up in access logs and traces."""
 
-    name: str | None = Field(None, min_length=2, max_length=200,
+    name: str | None = Field(None, min_length=2, max_length=200, pattern=SINGLE_LINE,
                              description="Part of a person's names; case and accents are ignored")
-    document_number: str | None = Field(None, min_length=1, max_length=64,
+    document_number: str | None = Field(None, min_length=1, max_length=64, pattern=SINGLE_LINE,
                                         description="A whole document number; case is ignored")
     limit: int = Field(50, ge=1, le=200)
 
@@ -394,7 +413,7 @@ async def list_cases(request: Request, principal: Reader, session: DbSession, va
 
 @router.get("/cases/{case_id}", response_model=CaseOut,
             summary="Read a case registered by your agency, with its holds and referral outcomes")
-async def read_case(request: Request, case_id: str, principal: Reader, session: DbSession,
+async def read_case(request: Request, case_id: IdPath, principal: Reader, session: DbSession,
                     vault: PersonVault) -> CaseOut:
     try:
         case = await services.get_case_for(session, principal, case_id)
@@ -406,7 +425,7 @@ async def read_case(request: Request, case_id: str, principal: Reader, session: 
 @router.get("/cases/{case_id}/persons/{person_id}", response_model=PersonOut, responses=GONE,
             summary="Read one person: the registering agency, or a receiving agency with an open referral "
                     "about this person that the person's consent (or the child-protection override) covers")
-async def read_person(case_id: str, person_id: str, principal: Reader, session: DbSession,
+async def read_person(case_id: IdPath, person_id: IdPath, principal: Reader, session: DbSession,
                       vault: PersonVault) -> PersonOut:
     try:
         return _person_out(await services.person_for_reader(session, vault, principal, case_id, person_id))
@@ -418,7 +437,7 @@ async def read_person(case_id: str, person_id: str, principal: Reader, session: 
 
 @router.patch("/cases/{case_id}/persons/{person_id}", response_model=PersonOut, responses=GONE,
               summary="Correct or complete a person's record; every earlier version is kept")
-async def update_person(case_id: str, person_id: str, body: PersonPatch, principal: Writer,
+async def update_person(case_id: IdPath, person_id: IdPath, body: PersonPatch, principal: Writer,
                         session: DbSession, vault: PersonVault) -> PersonOut:
     changes = body.model_dump(exclude_unset=True)
     if "documents" in changes:
@@ -440,7 +459,7 @@ async def update_person(case_id: str, person_id: str, body: PersonPatch, princip
 
 @router.get("/cases/{case_id}/persons/{person_id}/history", response_model=list[PersonVersionOut], responses=GONE,
             summary="Every version of a person's record, oldest first")
-async def person_history(case_id: str, person_id: str, principal: Reader,
+async def person_history(case_id: IdPath, person_id: IdPath, principal: Reader,
                          session: DbSession, vault: PersonVault) -> list[PersonVersionOut]:
     try:
         versions = await services.person_history(session, vault, principal, case_id, person_id)
@@ -466,7 +485,7 @@ YesNo = bool | None
 class ScreeningIn(_In):
     """The questionnaire. Leave out (or null) what was not asked: unanswered is never read as "no"."""
 
-    person_id: str
+    person_id: Id
     fear_of_return: YesNo = Field(None, description="Fears harm if returned to the country of origin")
     wishes_to_seek_asylum: YesNo = None
     travelling_with_parent_or_guardian: YesNo = Field(
@@ -556,7 +575,7 @@ def _screening_out(view: services.ScreeningView) -> ScreeningOut:
              responses=GONE,
              summary="Screen one person: the rules turn the answers and the group's relationships into needs. "
                      "Each screening is a new result; earlier results are never recomputed")
-async def record_screening(request: Request, case_id: str, body: ScreeningIn, principal: Writer, session: DbSession,
+async def record_screening(request: Request, case_id: IdPath, body: ScreeningIn, principal: Writer, session: DbSession,
                            vault: PersonVault, idempotency: Idempotency) -> ScreeningOut:
     note_objects(request, "person", [body.person_id])
     try:
@@ -576,8 +595,8 @@ async def record_screening(request: Request, case_id: str, body: ScreeningIn, pr
 
 @router.get("/cases/{case_id}/screenings", response_model=list[ScreeningOut],
             summary="The case's screening results, oldest first, each as it was computed")
-async def list_screenings(request: Request, case_id: str, principal: Reader, session: DbSession, vault: PersonVault,
-                          person_id: str | None = None) -> list[ScreeningOut]:
+async def list_screenings(request: Request, case_id: IdPath, principal: Reader, session: DbSession, vault: PersonVault,
+                          person_id: IdQuery = None) -> list[ScreeningOut]:
     try:
         views = await services.list_screenings(session, vault, principal, case_id, person_id)
     except services.NotFound:
@@ -639,7 +658,7 @@ def _consent_out(view: services.ConsentView) -> ConsentOut:
                         **GONE},
              summary="Record a person's consent for a purpose and recipient agency type, or apply the "
                      "mandatory child-protection override")
-async def grant_consent(case_id: str, person_id: str, body: ConsentIn, principal: Writer,
+async def grant_consent(case_id: IdPath, person_id: IdPath, body: ConsentIn, principal: Writer,
                         session: DbSession, vault: PersonVault, idempotency: Idempotency,
                         response: Response) -> ConsentOut:
     if body.basis == MANDATORY_OVERRIDE:
@@ -666,7 +685,7 @@ async def grant_consent(case_id: str, person_id: str, body: ConsentIn, principal
 
 @router.get("/cases/{case_id}/persons/{person_id}/consents", response_model=ConsentsOut, responses=GONE,
             summary="A person's consents and overrides, and what they allow now")
-async def list_consents(case_id: str, person_id: str, principal: Reader, session: DbSession,
+async def list_consents(case_id: IdPath, person_id: IdPath, principal: Reader, session: DbSession,
                         vault: PersonVault) -> ConsentsOut:
     try:
         views = await services.list_consents(session, vault, principal, case_id, person_id)
@@ -680,7 +699,7 @@ async def list_consents(case_id: str, person_id: str, principal: Reader, session
 @router.post("/cases/{case_id}/persons/{person_id}/consents/{consent_id}/withdrawal", response_model=ConsentOut,
              responses=GONE,
              summary="Withdraw a consent (or an override applied in error); withdrawing twice changes nothing")
-async def withdraw_consent(request: Request, case_id: str, person_id: str, consent_id: str, principal: Writer,
+async def withdraw_consent(request: Request, case_id: IdPath, person_id: IdPath, consent_id: IdPath, principal: Writer,
                            session: DbSession, vault: PersonVault) -> ConsentOut:
     note_objects(request, "person", [person_id])
     try:
@@ -734,7 +753,7 @@ class RemovalRefused(ProblemDetails):
                               "description": "The person is under an active protection hold (non-refoulement)"},
                         **GONE},
              summary="Order a person's removal; refused while any protection hold on the person is active")
-async def request_removal(case_id: str, person_id: str, body: RemovalOrderIn, principal: RemovalOfficer,
+async def request_removal(case_id: IdPath, person_id: IdPath, body: RemovalOrderIn, principal: RemovalOfficer,
                           session: DbSession, idempotency: Idempotency) -> RemovalOrderOut:
     try:
         previous = await idempotency.previous_resource(session)
@@ -789,7 +808,7 @@ class ErasureRefused(ProblemDetails):
                                                                       "open referral: erasing would break them"}},
              summary="Erase a person (crypto-shredding: their key is destroyed, so every sealed copy of their data "
                      "is unreadable) and publish person.erased.v1. Erasing twice gives the same result")
-async def erase_person(request: Request, case_id: str, person_id: str, body: ErasureIn, principal: Eraser,
+async def erase_person(request: Request, case_id: IdPath, person_id: IdPath, body: ErasureIn, principal: Eraser,
                        session: DbSession, vault: PersonVault) -> ErasedPersonOut:
     try:
         person = await services.erase_person(session, vault, principal, case_id, person_id)

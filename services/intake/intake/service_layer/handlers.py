@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from sqlalchemy import event, update
+from sqlmodel import Session as SyncSession
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.consumer import PoisonMessage
@@ -81,15 +83,31 @@ async def _save(session: AsyncSession, row: ProtectionHoldRow | None, state: Hol
     for name, value in asdict(state).items():
         setattr(row, name, value)
     session.add(row)
-    await _touch_case(session, state.case_id)
+    _touch_case(session, state.case_id)
 
 
-async def _touch_case(session: AsyncSession, case_id: str) -> None:
-    """Work on the case elsewhere keeps it active: the retention clock restarts."""
-    case = await session.get(CaseRow, case_id)
-    if case is not None:
-        case.last_activity_at = datetime.now(UTC)
-        session.add(case)
+_TOUCHED_CASES = "intake_touched_cases"
+
+
+def _touch_case(session: AsyncSession, case_id: str) -> None:
+    """Work on the case elsewhere keeps it active: the retention clock restarts. The cases a transaction
+    touched are updated together by one UPDATE just before it commits (a consumer's batch: one statement)."""
+    session.info.setdefault(_TOUCHED_CASES, set()).add(case_id)
+    session_class = type(session.sync_session)
+    if not event.contains(session_class, "before_commit", _update_touched_cases):
+        event.listen(session_class, "before_commit", _update_touched_cases)
+        event.listen(session_class, "after_rollback", _forget_touched_cases)
+
+
+def _update_touched_cases(session: SyncSession) -> None:
+    touched = session.info.pop(_TOUCHED_CASES, None)
+    if touched:
+        cases = CaseRow.__table__  # Core: no case is loaded in a consumer's session, none to synchronise
+        session.exec(update(cases).where(cases.c.id.in_(sorted(touched))).values(last_activity_at=datetime.now(UTC)))
+
+
+def _forget_touched_cases(session: SyncSession) -> None:
+    session.info.pop(_TOUCHED_CASES, None)
 
 
 async def on_hold_placed(session: AsyncSession, envelope: Envelope) -> None:
@@ -124,7 +142,7 @@ async def on_referral_event(session: AsyncSession, envelope: Envelope) -> None:
     if p.outcome_code is not None:
         row.outcome_code = p.outcome_code
     session.add(row)
-    await _touch_case(session, p.case_id)
+    _touch_case(session, p.case_id)
 
 
 HOLD_HANDLERS = {events.HOLD_PLACED: on_hold_placed, events.HOLD_RELEASED: on_hold_released}

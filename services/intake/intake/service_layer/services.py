@@ -18,7 +18,7 @@ from intake.adapters.orm import (
     CaseRow, ConsentRow, PersonDocumentRow, PersonRow, PersonVersionRow, ProtectionHoldRow, ReferralViewRow,
     RelationshipRow, RemovalOrderRow, ScreeningRow, SearchTokenRow,
 )
-from intake.adapters.vault import Document, PersonRecord, Vault
+from intake.adapters.vault import Document, PersonRecord, Vault, open_person_with
 from intake.domain import consent as consent_rules
 from intake.domain import events
 from intake.domain.encounter import Relationship, person_facts, treated_as_child
@@ -96,12 +96,12 @@ async def register_case(session: AsyncSession, vault: Vault, principal: Principa
     for position, (person, record) in enumerate(persons):
         person.case_id = case.id
         person.position = position
-        documents[person.id] = await vault.seal_person(session, person, record)
+        documents[person.id] = await vault.seal_person(session, person, record, new=True)
         session.add(person)
     await session.flush()  # persons exist before their documents and relationships refer to them
     for person, record in persons:
         session.add_all(documents[person.id])
-        await vault.index(session, person, record)
+        await vault.index(session, person, record, new=True)
         version = PersonVersionRow(person_id=person.id, version=1, snapshot=None, changed_fields=[],
                                    changed_by=principal.subject, changed_by_agency_id=principal.agency_id)
         await vault.seal_snapshot(session, version, _snapshot(record))
@@ -146,6 +146,15 @@ async def _documents_of(session: AsyncSession, person_id: str) -> list[PersonDoc
     return list((await session.exec(query)).all())
 
 
+async def _documents_of_persons(session: AsyncSession, person_ids: list[str]) -> dict[str, list[PersonDocumentRow]]:
+    query = select(PersonDocumentRow).where(col(PersonDocumentRow.person_id).in_(person_ids)) \
+        .order_by(PersonDocumentRow.person_id, PersonDocumentRow.position)
+    documents: dict[str, list[PersonDocumentRow]] = {p: [] for p in person_ids}
+    for row in (await session.exec(query)).all():
+        documents[row.person_id].append(row)
+    return documents
+
+
 async def open_person(session: AsyncSession, vault: Vault, person: PersonRow) -> PersonRecord | None:
     """The person's record, or None once they are erased."""
     if person.erased_at is not None:
@@ -157,7 +166,19 @@ async def open_person(session: AsyncSession, vault: Vault, person: PersonRow) ->
 
 
 async def persons_of(session: AsyncSession, vault: Vault, case_id: str) -> list[PersonView]:
-    return [PersonView(p, await open_person(session, vault, p)) for p in await person_rows_of(session, case_id)]
+    """The case's persons, opened: three queries (persons, their documents, their keys) whatever their number."""
+    rows = await person_rows_of(session, case_id)
+    live = [p.id for p in rows if p.erased_at is None]
+    if not live:
+        return [PersonView(p, None) for p in rows]
+    documents = await _documents_of_persons(session, live)
+    openers = await vault.openers(session, live)
+    views = []
+    for person in rows:
+        opener = openers.get(person.id)  # None: erased, or shredded but erased_at not seen yet
+        views.append(PersonView(person, None if opener is None else open_person_with(opener, person,
+                                                                                      documents[person.id])))
+    return views
 
 
 async def relationships_of(session: AsyncSession, case_id: str) -> list[RelationshipRow]:
@@ -252,8 +273,7 @@ async def update_person(session: AsyncSession, vault: Vault, principal: Principa
                                    changed_by_agency_id=principal.agency_id)
         await vault.seal_snapshot(session, version, after)
         session.add(version)
-    await session.commit()
-    await session.refresh(person)
+    await session.commit()  # no refresh: every changed column was set here
     return PersonView(person, record)
 
 
@@ -277,11 +297,15 @@ async def person_history(session: AsyncSession, vault: Vault, principal: Princip
 # --- screening -------------------------------------------------------------------------------
 
 async def facts_for(session: AsyncSession, vault: Vault, case: CaseRow, person: PersonRow,
-                    record: PersonRecord) -> PersonFacts:
-    relationships = [Relationship(r.from_person_id, r.to_person_id, r.kind)
-                     for r in await relationships_of(session, case.id)]
+                    record: PersonRecord, *, persons: list[PersonView] | None = None) -> PersonFacts:
+    """``persons``: the case's persons when the caller has them already (persons_of)."""
+    if persons is None:
+        persons = await persons_of(session, vault, case.id)
+    # A relationship links two persons of the case, registered with it: a person alone has none to read.
+    relationships = [] if len(persons) < 2 else [Relationship(r.from_person_id, r.to_person_id, r.kind)
+                                                 for r in await relationships_of(session, case.id)]
     today = _today()
-    children = {v.row.id for v in await persons_of(session, vault, case.id) if v.record is not None
+    children = {v.row.id for v in persons if v.record is not None
                 and treated_as_child(v.record.date_of_birth, v.record.estimated_age, v.record.age_disputed, today)}
     return person_facts(person_id=person.id, date_of_birth=record.date_of_birth, estimated_age=record.estimated_age,
                         age_disputed=record.age_disputed, nationality=record.nationality,
@@ -298,20 +322,33 @@ class ScreeningView:
     needs: list[dict[str, Any]]
 
 
-async def _record_of(session: AsyncSession, vault: Vault, person: PersonRow) -> PersonRecord:
-    record = await open_person(session, vault, person)
+async def _treated_as_child(session: AsyncSession, vault: Vault, person: PersonRow) -> bool:
+    """As the screening's facts say (PersonFacts.treated_as_child), from the person's own age fields alone."""
+    try:
+        date_of_birth, estimated_age = await vault.open_age(session, person)
+    except Erased:
+        raise Gone(person) from None
+    return treated_as_child(date_of_birth, estimated_age, person.age_disputed, _today())
+
+
+async def _person_with_case(session: AsyncSession, vault: Vault, case: CaseRow,
+                            person_id: str) -> tuple[PersonRow, PersonRecord, list[PersonView]]:
+    """The person (NotFound, Gone as _person_in), their record and all of the case's persons, opened: the
+    case's persons are loaded first, so the person is then found in the session without another query."""
+    persons = await persons_of(session, vault, case.id)
+    person = await _person_in(session, case, person_id)
+    record = next((v.record for v in persons if v.row.id == person.id), None)
     if record is None:
         raise Gone(person)
-    return record
+    return person, record, persons
 
 
 async def record_screening(session: AsyncSession, vault: Vault, principal: Principal, case_id: str, person_id: str,
                            answers: ScreeningAnswers, *, screening_id: str | None = None) -> ScreeningView:
     """A new result every time; the result keeps its rules version, facts and reasons for good."""
     case = await get_case_for(session, principal, case_id)
-    person = await _person_in(session, case, person_id)
-    record = await _record_of(session, vault, person)
-    facts = await facts_for(session, vault, case, person, record)
+    person, record, persons = await _person_with_case(session, vault, case, person_id)
+    facts = await facts_for(session, vault, case, person, record, persons=persons)
     rule_set = current_rules()
     needs = evaluate(facts, answers, rule_set)
     consent_scope = [{"recipient_agency_type": g.recipient_agency_type, "purpose": g.purpose, "basis": g.basis}
@@ -408,10 +445,9 @@ async def grant_consent(session: AsyncSession, vault: Vault, principal: Principa
     case = await get_case_for(session, principal, case_id)
     person = await _person_in(session, case, person_id)
     if basis == consent_rules.MANDATORY_OVERRIDE:
-        facts = await facts_for(session, vault, case, person, await _record_of(session, vault, person))
         try:
             consent_rules.check_override(recipient_agency_type=recipient_agency_type,
-                                         treated_as_child=facts.treated_as_child)
+                                         treated_as_child=await _treated_as_child(session, vault, person))
         except consent_rules.OverrideNotAllowed as exc:
             raise Refused(str(exc)) from None
     existing = (await session.exec(select(ConsentRow).where(
@@ -432,8 +468,7 @@ async def grant_consent(session: AsyncSession, vault: Vault, principal: Principa
     _touch(case, consent.granted_at)
     session.add(case)
     _consent_changed(session, consent, consent.granted_at)
-    await session.commit()
-    await session.refresh(consent)
+    await session.commit()  # no refresh: every column was set here, and a reload would begin another transaction
     return ConsentView(consent, reason), True
 
 
@@ -453,9 +488,9 @@ async def withdraw_consent(session: AsyncSession, vault: Vault, principal: Princ
     _touch(case, consent.withdrawn_at)
     session.add(case)
     _consent_changed(session, consent, consent.withdrawn_at)
+    view = await _consent_view(session, vault, consent)  # opened now: after the commit it would take a new transaction
     await session.commit()
-    await session.refresh(consent)
-    return await _consent_view(session, vault, consent)
+    return view
 
 
 async def _row_of_case(session: AsyncSession, principal: Principal, case_id: str, row_class, row_id: str):
@@ -523,8 +558,7 @@ async def request_removal(session: AsyncSession, principal: Principal, case_id: 
     session.add(case)
     if refused:
         answer_status(session, 409)  # the refused attempt's audit row, written with it, says what the caller got
-    await session.commit()
-    await session.refresh(order)
+    await session.commit()  # no refresh: every column of the order was set here
     if refused:
         raise RemovalBlocked(order, holds, pending=pending, screening=latest if pending else None)
     return order

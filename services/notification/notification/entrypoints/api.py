@@ -14,6 +14,7 @@ from enlace_platform.auth import Principal
 from enlace_platform.crypto import CorruptValue
 from enlace_platform.db import CommitWaker
 from enlace_platform.idempotency import Idempotency
+from enlace_platform.limits import MAX_ID_LENGTH, SINGLE_LINE, IdPath, IdQuery
 from enlace_platform.problems import ProblemDetails, Problem
 from enlace_platform.runtime import DbSession
 from enlace_platform.timeutil import as_utc
@@ -46,10 +47,12 @@ DeliveryReader = Annotated[Principal, Allowed(Permission.READ_DELIVERIES)]
 
 # --- models ----------------------------------------------------------------------------------------
 
+EventTypeName = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=SINGLE_LINE)]
+
 
 class SubscriptionIn(BaseModel):
     url: AnyHttpUrl = Field(description="Your webhook endpoint (http or https); it receives signed POSTs")
-    event_types: list[str] = Field(
+    event_types: list[EventTypeName] = Field(
         min_length=1, max_length=len(WEBHOOK_EVENT_TYPES) + len(EVENT_TYPE_WILDCARDS),
         description=f"Any of {', '.join(WEBHOOK_EVENT_TYPES)}, or a family: {', '.join(EVENT_TYPE_WILDCARDS)}")
     email: EmailStr | None = Field(None, description="Also e-mailed about new inbound referrals and deadline "
@@ -58,7 +61,7 @@ class SubscriptionIn(BaseModel):
 
 class SubscriptionPatch(BaseModel):
     url: AnyHttpUrl | None = Field(None, description="A new endpoint; pending deliveries go there")
-    event_types: list[str] | None = Field(None, min_length=1,
+    event_types: list[EventTypeName] | None = Field(None, min_length=1,
                                           max_length=len(WEBHOOK_EVENT_TYPES) + len(EVENT_TYPE_WILDCARDS))
     email: EmailStr | None = Field(None, description="A new address; null removes it")
     active: Literal[True] | None = Field(None, description="true re-enables a deleted or gone (410) subscription")
@@ -197,14 +200,14 @@ async def list_subscriptions(principal: SubscriptionManager, session: DbSession)
 
 @router.get("/subscriptions/{subscription_id}", response_model=SubscriptionOut, tags=["subscriptions"],
             summary="One of your agency's subscriptions")
-async def get_subscription(subscription_id: str, principal: SubscriptionManager,
+async def get_subscription(subscription_id: IdPath, principal: SubscriptionManager,
                            session: DbSession) -> SubscriptionOut:
     return SubscriptionOut(**_subscription_out(await _own_subscription(session, principal, subscription_id)))
 
 
 @router.patch("/subscriptions/{subscription_id}", response_model=SubscriptionOut, tags=["subscriptions"],
               summary="Change the endpoint, event types or e-mail of a subscription, or re-enable it")
-async def update_subscription(subscription_id: str, body: SubscriptionPatch, principal: SubscriptionManager,
+async def update_subscription(subscription_id: IdPath, body: SubscriptionPatch, principal: SubscriptionManager,
                               session: DbSession, settings: Settings) -> SubscriptionOut:
     sub = await _own_subscription(session, principal, subscription_id)
     for name in ("url", "event_types", "active"):
@@ -229,7 +232,7 @@ async def update_subscription(subscription_id: str, body: SubscriptionPatch, pri
 
 @router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["subscriptions"],
                summary="Stop a subscription; its waiting deliveries are cancelled, its log is kept")
-async def delete_subscription(subscription_id: str, principal: SubscriptionManager, session: DbSession) -> None:
+async def delete_subscription(subscription_id: IdPath, principal: SubscriptionManager, session: DbSession) -> None:
     sub = await _own_subscription(session, principal, subscription_id)
     if sub.active:
         await disable_subscription(session, sub, "deleted")
@@ -239,7 +242,7 @@ async def delete_subscription(subscription_id: str, principal: SubscriptionManag
 @router.post("/subscriptions/{subscription_id}/secret/rotation", response_model=SecretRotated,
              tags=["subscriptions"],
              summary="Replace the signing secret; the old one keeps signing during the overlap window")
-async def rotate_subscription_secret(subscription_id: str, principal: SubscriptionManager, session: DbSession,
+async def rotate_subscription_secret(subscription_id: IdPath, principal: SubscriptionManager, session: DbSession,
                                      idempotency: Idempotency, settings: Settings,
                                      secrets: Secrets) -> SecretRotated:
     sub = await _own_subscription(session, principal, subscription_id)
@@ -257,7 +260,7 @@ async def rotate_subscription_secret(subscription_id: str, principal: Subscripti
 
 @router.get("/subscriptions/{subscription_id}/deliveries", response_model=list[DeliveryOut], tags=["deliveries"],
             summary="Deliveries to one of your subscriptions, newest first (at most 200)")
-async def list_subscription_deliveries(subscription_id: str, principal: DeliveryReader,
+async def list_subscription_deliveries(subscription_id: IdPath, principal: DeliveryReader,
                                        session: DbSession) -> list[DeliveryOut]:
     await _own_subscription(session, principal, subscription_id)
     rows = (await session.exec(select(DeliveryRow).where(DeliveryRow.subscription_id == subscription_id)
@@ -273,8 +276,8 @@ async def list_deliveries(
     principal: DeliveryReader, session: DbSession,
     status_: Annotated[Literal["pending", "delivered", "dead", "cancelled"] | None, Query(alias="status")] = None,
     channel: Literal["webhook", "email"] | None = None,
-    subscription_id: str | None = None,
-    event_type: str | None = None,
+    subscription_id: IdQuery = None,
+    event_type: IdQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> DeliveryPage:
     query = select(DeliveryRow).where(DeliveryRow.agency_id == principal.agency_id)
@@ -292,7 +295,7 @@ async def list_deliveries(
 
 @router.get("/deliveries/{delivery_id}", response_model=DeliveryDetail, tags=["deliveries"],
             summary="One delivery with every attempt: status code, latency and error")
-async def get_delivery(delivery_id: str, principal: DeliveryReader, session: DbSession) -> DeliveryDetail:
+async def get_delivery(delivery_id: IdPath, principal: DeliveryReader, session: DbSession) -> DeliveryDetail:
     row = await _own_delivery(session, principal, delivery_id)
     attempts = (await session.exec(select(DeliveryAttemptRow).where(DeliveryAttemptRow.delivery_id == delivery_id)
                                    .order_by(DeliveryAttemptRow.number))).all()
@@ -305,7 +308,7 @@ async def get_delivery(delivery_id: str, principal: DeliveryReader, session: DbS
              responses={409: {"model": ProblemDetails,
                               "description": "The subscription is disabled, or an attempt is in flight"}},
              summary="Send a delivery again by hand, under the same webhook-id, with a fresh retry schedule")
-async def redeliver(delivery_id: str, principal: SubscriptionManager, session: DbSession) -> DeliveryOut:
+async def redeliver(delivery_id: IdPath, principal: SubscriptionManager, session: DbSession) -> DeliveryOut:
     row = await _own_delivery(session, principal, delivery_id)
     sub = await session.get(SubscriptionRow, row.subscription_id)
     if not sub.active:

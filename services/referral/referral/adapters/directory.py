@@ -13,18 +13,25 @@ from referral.domain.lifecycle import OPEN
 from referral.domain.routing import DirectoryService
 
 
+_OPEN_STATUSES = [str(s) for s in OPEN]
+
+
 async def open_counts(session: AsyncSession, service_ids: list[str]) -> dict[str, int]:
     query = (select(ReferralRow.to_service_id, func.count())
-             .where(col(ReferralRow.to_service_id).in_(service_ids), col(ReferralRow.status).in_([str(s) for s in OPEN]))
+             .where(col(ReferralRow.to_service_id).in_(service_ids), col(ReferralRow.status).in_(_OPEN_STATUSES))
              .group_by(ReferralRow.to_service_id))
     return {sid: n for sid, n in (await session.exec(query)).all()}
 
 
 async def load_directory(session: AsyncSession, jurisdiction: str) -> list[DirectoryService]:
-    rows = (await session.exec(select(ServiceRow, AgencyRow.type).join(AgencyRow)
+    """The jurisdiction's services with their open referral counts: one query (the counts from the index on
+    to_service_id and status)."""
+    open_referrals = (select(func.count()).where(ReferralRow.to_service_id == ServiceRow.id,
+                                                 col(ReferralRow.status).in_(_OPEN_STATUSES))
+                      .correlate(ServiceRow).scalar_subquery())
+    rows = (await session.exec(select(ServiceRow, AgencyRow.type, open_referrals).join(AgencyRow)
                                .where(ServiceRow.area == jurisdiction))).all()
-    counts = await open_counts(session, [r.id for r, _ in rows])
-    return [to_directory_service(r, agency_type, counts.get(r.id, 0)) for r, agency_type in rows]
+    return [to_directory_service(r, agency_type, count) for r, agency_type, count in rows]
 
 
 def to_directory_service(r: ServiceRow, agency_type: str, open_referrals: int) -> DirectoryService:

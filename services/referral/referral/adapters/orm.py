@@ -4,7 +4,7 @@ history and notes, protection holds, and what routing needs to know about person
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 from enlace_platform.crypto import SubjectKey
 
@@ -45,7 +45,9 @@ class ServiceRow(SQLModel, table=True):
 class ReferralRow(SQLModel, table=True):
     __tablename__ = "referral_referral"
     # One open referral per person and need: open_key is "<person>|<need>" while open, NULL once closed.
-    __table_args__ = (UniqueConstraint("open_key"),)
+    # Routing counts each service's open referrals (capacity) from the index on (to_service_id, status) alone.
+    __table_args__ = (UniqueConstraint("open_key"),
+                      Index("ix_referral_referral_to_service_id_status", "to_service_id", "status"))
 
     id: str = Field(default_factory=_uuid, primary_key=True)
     case_id: str = Field(index=True)

@@ -18,6 +18,7 @@ from enlace_platform.audit import Purpose, note_objects
 from enlace_platform.auth import Principal
 from enlace_platform.crypto import Keyring
 from enlace_platform.idempotency import Idempotency
+from enlace_platform.limits import MAX_INT, Id, IdPath, IdQuery
 from enlace_platform.problems import Problem, ProblemDetails
 from enlace_platform.runtime import DbSession
 from enlace_platform.timeutil import as_utc
@@ -122,8 +123,8 @@ class ManualReferralIn(BaseModel):
     need_code: NeedCode
     urgency: Literal[tuple(sorted(URGENCIES))] = "standard"
     age_band: Literal[tuple(sorted(AGE_BANDS))]
-    languages: list[LanguageCode] = []
-    to_service_id: str | None = Field(None, description="A service of your jurisdiction; routed when absent")
+    languages: list[LanguageCode] = Field([], max_length=20)
+    to_service_id: Id | None = Field(None, description="A service of your jurisdiction; routed when absent")
 
 
 class ActionIn(BaseModel):
@@ -131,8 +132,9 @@ class ActionIn(BaseModel):
     reason_code: Literal[tuple(sorted(REASON_CODES))] | None = Field(None, description="reject, cancel, fail")
     reason_text: str | None = Field(None, max_length=2000, description="Stays in this service; never in events")
     outcome_code: Literal[tuple(sorted(OUTCOME_CODES))] | None = Field(None, description="complete")
-    to_service_id: str | None = Field(None, description="reassign: the service that takes it")
-    expected_version: int | None = Field(None, description="409 if the referral changed since you read it")
+    to_service_id: Id | None = Field(None, description="reassign: the service that takes it")
+    expected_version: int | None = Field(None, ge=0, le=MAX_INT,
+                                         description="409 if the referral changed since you read it")
 
 
 class NoteIn(BaseModel):
@@ -229,9 +231,9 @@ async def list_referrals(
     overdue: bool | None = Query(None, description="true: a running deadline has passed"),
     direction: Literal["to", "from", "queue", "escalated", "jurisdiction"] | None = Query(
         None, description="to / from your agency; coordinator also: queue, escalated, jurisdiction"),
-    case_id: str | None = None,
+    case_id: IdQuery = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> ReferralPage:
     conditions = [_visible(principal, direction)]
     if status:
@@ -308,14 +310,14 @@ async def create_referral(body: ManualReferralIn, request: Request, principal: R
 
 
 @router.get("/referrals/{referral_id}", response_model=ReferralOut, summary="One referral, with its routing reasons")
-async def read_referral(referral_id: str, principal: ReferralReader, session: DbSession) -> ReferralOut:
+async def read_referral(referral_id: IdPath, principal: ReferralReader, session: DbSession) -> ReferralOut:
     return await render(session, await visible_referral(session, referral_id, principal), principal)
 
 
 @router.post("/referrals/{referral_id}/actions", response_model=ReferralOut, responses=ACTION_ERRORS,
              summary="Act on a referral: receive, accept, reject, start, hold, resume, complete, fail "
                      "(receiving agency); cancel (sending agency or coordinator); reassign (coordinator)")
-async def act_on_referral(referral_id: str, body: ActionIn, request: Request, principal: ReferralActor,
+async def act_on_referral(referral_id: IdPath, body: ActionIn, request: Request, principal: ReferralActor,
                           session: DbSession) -> ReferralOut:
     command = Command(action=Action(body.action), reason_code=body.reason_code, reason_text=body.reason_text,
                       outcome_code=body.outcome_code, to_service_id=body.to_service_id,
@@ -327,7 +329,7 @@ async def act_on_referral(referral_id: str, body: ActionIn, request: Request, pr
 
 @router.get("/referrals/{referral_id}/history", response_model=list[HistoryOut],
             summary="The referral's full, ordered history: who did what, when, and why")
-async def referral_history(referral_id: str, request: Request, principal: ReferralReader,
+async def referral_history(referral_id: IdPath, request: Request, principal: ReferralReader,
                            session: DbSession) -> list[HistoryOut]:
     ref = await visible_referral(session, referral_id, principal)
     rows = list((await session.exec(select(HistoryRow).where(HistoryRow.referral_id == referral_id)
@@ -353,7 +355,7 @@ def _history_out(row: HistoryRow, text: HistoryText) -> HistoryOut:
 @router.post("/referrals/{referral_id}/notes", status_code=201, response_model=HistoryOut,
              summary="An interim progress note (the text stays here, sealed with the person's key; the event "
                      "carries ids only)")
-async def add_referral_note(referral_id: str, body: NoteIn, request: Request, principal: ReferralActor,
+async def add_referral_note(referral_id: IdPath, body: NoteIn, request: Request, principal: ReferralActor,
                             session: DbSession) -> HistoryOut:
     row = await add_note(session, referral_id, principal, body.text, keyring=_keyring(request))
     await session.commit()
@@ -373,8 +375,8 @@ def _hold_visible(principal: Principal):
 
 @router.get("/holds", response_model=list[HoldOut], summary="Protection holds of your referrals "
                                                            "(coordinator: its jurisdiction)")
-async def list_holds(request: Request, principal: ReferralReader, session: DbSession, case_id: str | None = None,
-                     person_id: str | None = None, active: bool | None = None,
+async def list_holds(request: Request, principal: ReferralReader, session: DbSession, case_id: IdQuery = None,
+                     person_id: IdQuery = None, active: bool | None = None,
                      open_referral: bool | None = Query(None, description="false: holds whose need has no open "
                                                         "referral (e.g. the sender cancelled it)")) -> list[HoldOut]:
     open_ref = aliased(ReferralRow)
@@ -397,7 +399,7 @@ async def list_holds(request: Request, principal: ReferralReader, session: DbSes
              responses={409: {"model": ProblemDetails, "description": "Already released, a referral for the need "
                                                                        "is still open, or the reflection period runs"}},
              summary="Release a hold whose need has no open referral left (coordinator of its jurisdiction)")
-async def release_hold(hold_id: str, principal: Coordinator, session: DbSession) -> HoldOut:
+async def release_hold(hold_id: IdPath, principal: Coordinator, session: DbSession) -> HoldOut:
     hold = await release_hold_by_coordinator(session, hold_id, principal)
     await session.commit()
     return HoldOut(**hold.model_dump(), active=hold.released_at is None, open_referral_id=None)

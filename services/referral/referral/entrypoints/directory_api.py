@@ -12,6 +12,7 @@ from enlace_platform.access import Allowed, Permission
 from enlace_platform.audit import Purpose
 from enlace_platform.auth import Principal
 from enlace_platform.idempotency import Idempotency
+from enlace_platform.limits import MAX_INT, SINGLE_LINE, Id, IdPath, IdQuery
 from enlace_platform.problems import Problem, ProblemDetails
 from enlace_platform.runtime import DbSession
 from referral.adapters.directory import open_counts
@@ -35,13 +36,13 @@ WRITE_ERRORS = {403: {"model": ProblemDetails, "description": "Only the coordina
 
 class AgencyIn(BaseModel):
     id: str = Field(min_length=2, max_length=64, pattern=r"^[A-Z]{2}-[A-Z0-9-]+$", examples=["MX-CASA"])
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=SINGLE_LINE)
     type: AgencyType
-    jurisdiction: str = Field(min_length=2, max_length=16, examples=["MX"])
+    jurisdiction: str = Field(min_length=2, max_length=16, pattern=SINGLE_LINE, examples=["MX"])
 
 
 class AgencyUpdate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=SINGLE_LINE)
 
 
 class AgencyOut(BaseModel):
@@ -52,13 +53,13 @@ class AgencyOut(BaseModel):
 
 
 class ServiceFields(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    need_codes: list[NeedCode] = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=200, pattern=SINGLE_LINE)
+    need_codes: list[NeedCode] = Field(min_length=1, max_length=len(NEED_CODES))
     age_min: int = Field(0, ge=0, le=120)
     age_max: int = Field(120, ge=0, le=120)
-    languages: list[LanguageCode] = Field(min_length=1)
-    opening_hours: str = Field("", max_length=200, examples=["Mo-Fr 08:00-17:00", "24/7"])
-    capacity: int = Field(ge=0, description="How many open referrals the service takes at once")
+    languages: list[LanguageCode] = Field(min_length=1, max_length=20)
+    opening_hours: str = Field("", max_length=200, pattern=SINGLE_LINE, examples=["Mo-Fr 08:00-17:00", "24/7"])
+    capacity: int = Field(ge=0, le=MAX_INT, description="How many open referrals the service takes at once")
     active: bool = True
 
     @model_validator(mode="after")
@@ -69,9 +70,11 @@ class ServiceFields(BaseModel):
 
 
 class ServiceIn(ServiceFields):
-    id: str | None = Field(None, min_length=2, max_length=64, description="Chosen by the server when absent")
-    agency_id: str
-    area: str = Field(min_length=2, max_length=16, description="Jurisdiction served; the agency's own")
+    id: str | None = Field(None, min_length=2, max_length=64, pattern=SINGLE_LINE,
+                           description="Chosen by the server when absent")
+    agency_id: Id
+    area: str = Field(min_length=2, max_length=16, pattern=SINGLE_LINE,
+                      description="Jurisdiction served; the agency's own")
 
 
 class ServiceOut(ServiceFields):
@@ -101,7 +104,7 @@ async def _service_out(session, row: ServiceRow) -> ServiceOut:
 
 
 @router.get("/agencies", response_model=list[AgencyOut], summary="Agencies of the directory (any agency)")
-async def list_agencies(principal: DirectoryReader, session: DbSession, jurisdiction: str | None = None,
+async def list_agencies(principal: DirectoryReader, session: DbSession, jurisdiction: IdQuery = None,
                         type: AgencyType | None = None) -> list[AgencyOut]:
     query = select(AgencyRow)
     if jurisdiction:
@@ -112,7 +115,7 @@ async def list_agencies(principal: DirectoryReader, session: DbSession, jurisdic
 
 
 @router.get("/agencies/{agency_id}", response_model=AgencyOut, summary="One agency (any agency)")
-async def read_agency(agency_id: str, principal: DirectoryReader, session: DbSession) -> AgencyOut:
+async def read_agency(agency_id: IdPath, principal: DirectoryReader, session: DbSession) -> AgencyOut:
     return AgencyOut(**(await _agency(session, agency_id)).model_dump())
 
 
@@ -135,7 +138,7 @@ async def create_agency(body: AgencyIn, principal: DirectoryManager, session: Db
 
 @router.patch("/agencies/{agency_id}", response_model=AgencyOut, responses=WRITE_ERRORS,
               summary="Rename an agency of your jurisdiction (coordinator)")
-async def update_agency(agency_id: str, body: AgencyUpdate, principal: DirectoryManager,
+async def update_agency(agency_id: IdPath, body: AgencyUpdate, principal: DirectoryManager,
                         session: DbSession) -> AgencyOut:
     row = await _agency(session, agency_id)
     _require_coordinator(principal, row.jurisdiction)
@@ -146,7 +149,7 @@ async def update_agency(agency_id: str, body: AgencyUpdate, principal: Directory
 
 @router.delete("/agencies/{agency_id}", status_code=204, responses=WRITE_ERRORS,
                summary="Remove an agency without services (coordinator)")
-async def delete_agency(agency_id: str, principal: DirectoryManager, session: DbSession) -> Response:
+async def delete_agency(agency_id: IdPath, principal: DirectoryManager, session: DbSession) -> Response:
     row = await _agency(session, agency_id)
     _require_coordinator(principal, row.jurisdiction)
     if (await session.exec(select(ServiceRow.id).where(ServiceRow.agency_id == agency_id).limit(1))).first():
@@ -157,8 +160,8 @@ async def delete_agency(agency_id: str, principal: DirectoryManager, session: Db
 
 
 @router.get("/services", response_model=list[ServiceOut], summary="Services of the directory (any agency)")
-async def list_services(principal: DirectoryReader, session: DbSession, jurisdiction: str | None = None,
-                        need_code: NeedCode | None = None, agency_id: str | None = None,
+async def list_services(principal: DirectoryReader, session: DbSession, jurisdiction: IdQuery = None,
+                        need_code: NeedCode | None = None, agency_id: IdQuery = None,
                         active: bool | None = None) -> list[ServiceOut]:
     query = select(ServiceRow)
     if jurisdiction:
@@ -180,7 +183,7 @@ async def _service(session, service_id: str) -> ServiceRow:
 
 
 @router.get("/services/{service_id}", response_model=ServiceOut, summary="One service (any agency)")
-async def read_service(service_id: str, principal: DirectoryReader, session: DbSession) -> ServiceOut:
+async def read_service(service_id: IdPath, principal: DirectoryReader, session: DbSession) -> ServiceOut:
     return await _service_out(session, await _service(session, service_id))
 
 
@@ -211,7 +214,7 @@ async def create_service(body: ServiceIn, principal: DirectoryManager, session: 
 
 @router.put("/services/{service_id}", response_model=ServiceOut, responses=WRITE_ERRORS,
             summary="Update a service of your jurisdiction (coordinator)")
-async def update_service(service_id: str, body: ServiceFields, principal: DirectoryManager,
+async def update_service(service_id: IdPath, body: ServiceFields, principal: DirectoryManager,
                          session: DbSession) -> ServiceOut:
     row = await _service(session, service_id)
     _require_coordinator(principal, row.area)
@@ -223,7 +226,7 @@ async def update_service(service_id: str, body: ServiceFields, principal: Direct
 
 @router.delete("/services/{service_id}", status_code=204, responses=WRITE_ERRORS,
                summary="Remove a service without open referrals (coordinator); otherwise deactivate it")
-async def delete_service(service_id: str, principal: DirectoryManager, session: DbSession) -> Response:
+async def delete_service(service_id: IdPath, principal: DirectoryManager, session: DbSession) -> Response:
     row = await _service(session, service_id)
     _require_coordinator(principal, row.area)
     busy = (await session.exec(select(ReferralRow.id).where(

@@ -27,7 +27,7 @@ from referral.domain.routing import LEAD_PRIORITY  # noqa: F401 (re-exported: te
 from referral.domain.routing import lead_rank
 from referral.service_layer.referrals import (
     SYSTEM, Policy, assign_from_queue, cancel_after_consent_withdrawal, decide_route, facts_for, now_utc,
-    open_referral, open_referral_for,
+    open_referral, open_referrals_around,
 )
 from referral.service_layer.sealing import erase_person_text
 
@@ -66,26 +66,29 @@ async def on_case_screened(session: AsyncSession, envelope: Envelope, policy: Po
     if await session.get(ScreeningRow, screening_id) is not None:
         return  # this screening was already routed
     session.add(ScreeningRow(screening_id=screening_id, case_id=case_id, person_id=person_id))
+    consented = None
     if scope is not None:  # the screening's snapshot of what consents allow replaces what we knew
         await session.exec(delete(ConsentRow).where(ConsentRow.person_id == person_id))
         allowed = {(agency_type, purpose): basis for agency_type, purpose, basis in scope}  # one row per pair
         for (agency_type, purpose), basis in allowed.items():
             session.add(ConsentRow(person_id=person_id, recipient_agency_type=agency_type, purpose=purpose,
                                    basis=basis, granted=True))
-    await session.flush()
+        # What routing reads back from those rows, known without reading them.
+        consented = frozenset(t for t, purpose in allowed if purpose == CONSENT_PURPOSE_REFERRAL)
 
     at = now_utc()
-    facts = await facts_for(session, jurisdiction, age_band, languages, person_id)
+    facts = await facts_for(session, jurisdiction, age_band, languages, person_id, consented=consented)
+    already_open, case_open_refs = await open_referrals_around(session, case_id, person_id, [c for c, _ in needs])
     new_needs = {}
     for code, urgency in needs:
-        if code not in new_needs and await open_referral_for(session, person_id, code) is None:
+        if code not in new_needs and code not in already_open:
             new_needs[code] = urgency  # re-screening never duplicates an open referral
     # Most protective first: it takes the lead (if it is the case's most protective) before the others open.
     for code, urgency in sorted(new_needs.items(), key=lambda item: lead_rank(item[0])):
         decision = await decide_route(session, code, facts)
         await open_referral(session, policy, case_id=case_id, person_id=person_id, need_code=code, urgency=urgency,
                             facts=facts, from_agency_id=from_agency, decision=decision, actor=SYSTEM, at=at,
-                            screening_id=screening_id)
+                            screening_id=screening_id, case_open_refs=case_open_refs)
 
 
 async def on_consent_changed(session: AsyncSession, envelope: Envelope, policy: Policy | None = None) -> None:

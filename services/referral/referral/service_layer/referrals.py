@@ -8,7 +8,7 @@ outbox events therefore commit together. Every status change is a conditional
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, update
+from sqlalchemy import and_, func, or_, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -34,6 +34,9 @@ from referral.domain.lifecycle import (
 )
 from referral.domain.routing import CaseFacts, RoutingDecision, ineligibility, lead_rank, route
 from referral.service_layer.sealing import sealed_text
+
+
+_OPEN_STATUSES = [str(s) for s in OPEN]
 
 
 def now_utc() -> datetime:
@@ -117,15 +120,18 @@ def publish(session: AsyncSession, ref: ReferralRow, event_type: str, actor: Act
 
 async def add_history(session: AsyncSession, ref: ReferralRow, action: str, from_status: str | None, actor: Actor,
                       at: datetime, *, keyring: Keyring | None = None, reason_text: str | None = None,
-                      note: str | None = None, **details) -> HistoryRow:
-    """One history row; free text (a reason's or a note) is sealed with the person's key, so it needs the keyring."""
-    last = (await session.exec(select(func.max(HistoryRow.seq)).where(HistoryRow.referral_id == ref.id))).one()
+                      note: str | None = None, seq: int | None = None, **details) -> HistoryRow:
+    """One history row; free text (a reason's or a note) is sealed with the person's key, so it needs the keyring.
+    ``seq``: the row's number when the caller knows it (a referral opened in this transaction), else the next one.
+    The row is flushed with the transaction's next statement or its commit."""
+    if seq is None:
+        last = (await session.exec(select(func.max(HistoryRow.seq)).where(HistoryRow.referral_id == ref.id))).one()
+        seq = (last or 0) + 1
     text = await sealed_text(session, keyring, ref.person_id, reason_text=reason_text, note=note)
-    row = HistoryRow(referral_id=ref.id, seq=(last or 0) + 1, at=at, action=action, from_status=from_status,
+    row = HistoryRow(referral_id=ref.id, seq=seq, at=at, action=action, from_status=from_status,
                      to_status=ref.status, actor_agency_id=actor.agency_id, actor_subject=actor.subject, **text,
                      **details)
     session.add(row)
-    await session.flush()
     return row
 
 
@@ -137,26 +143,49 @@ async def decide_route(session: AsyncSession, need_code: str, facts: CaseFacts,
 
 
 async def facts_for(session: AsyncSession, jurisdiction: str, age_band: str, languages: list[str],
-                    person_id: str) -> CaseFacts:
+                    person_id: str, *, consented: frozenset[str] | None = None) -> CaseFacts:
+    """``consented``: the agency types the person's consent covers, when the caller has just written them."""
+    if consented is None:
+        consented = await consented_agency_types(session, person_id)
     return CaseFacts(jurisdiction=jurisdiction, age_band=age_band, languages=tuple(languages),
-                     consented_agency_types=await consented_agency_types(session, person_id))
+                     consented_agency_types=consented)
 
 
 async def open_referral_for(session: AsyncSession, person_id: str, need_code: str) -> ReferralRow | None:
     return (await session.exec(select(ReferralRow).where(ReferralRow.open_key == open_key(person_id, need_code)))).first()
 
 
-async def settle_lead(session: AsyncSession, case_id: str, opened: ReferralRow | None = None) -> None:
+async def open_referrals_around(session: AsyncSession, case_id: str, person_id: str,
+                                need_codes: list[str]) -> tuple[dict[str, ReferralRow], list[ReferralRow]]:
+    """(the person's open referral of each of these needs that has one, by need; the case's open referrals),
+    with one query: what routing a screening needs to know before it opens referrals (see settle_lead)."""
+    keys = [open_key(person_id, code) for code in dict.fromkeys(need_codes)]
+    rows = (await session.exec(select(ReferralRow).where(or_(
+        and_(ReferralRow.case_id == case_id, col(ReferralRow.status).in_(_OPEN_STATUSES)),
+        col(ReferralRow.open_key).in_(keys))))).all()
+    of_person = {row.need_code: row for row in rows if row.open_key in keys}
+    return of_person, [row for row in rows if row.case_id == case_id and row.status in _OPEN_STATUSES]
+
+
+async def settle_lead(session: AsyncSession, case_id: str, opened: ReferralRow | None = None, *,
+                      open_refs: list[ReferralRow] | None = None) -> None:
     """Exactly one lead among the case's open referrals: the most protective one (LEAD_PRIORITY).
 
     The current lead keeps the role unless an open referral of a strictly more protective need exists
     (ties never move it, so a rejection's onward referral inherits the lead). With no open lead, the most
     protective open referral, oldest first, leads. A referral that gains or loses the role is changed
     here (version bumped, except for the referral being ``opened``), so its next event carries the new
-    ``is_lead``.
+    ``is_lead``. An ``opened`` referral not yet added to the session is counted in and given its role before
+    its INSERT, which then needs no UPDATE. ``open_refs``: the case's open referrals, when the caller holds
+    them (open_referrals_around) and nothing else changed them since.
     """
-    refs = (await session.exec(select(ReferralRow).where(
-        ReferralRow.case_id == case_id, col(ReferralRow.status).in_([str(s) for s in OPEN])))).all()
+    if open_refs is None:
+        open_refs = (await session.exec(select(ReferralRow).where(
+            ReferralRow.case_id == case_id, col(ReferralRow.status).in_(_OPEN_STATUSES)))).all()
+    refs = [r for r in open_refs if r.case_id == case_id and r.status in _OPEN_STATUSES]
+    pending = opened is not None and opened not in session
+    if pending:
+        refs.append(opened)
     if not refs:
         return
     by_protection = lambda r: (lead_rank(r.need_code), as_utc(r.created_at), r.id)  # noqa: E731
@@ -164,7 +193,9 @@ async def settle_lead(session: AsyncSession, case_id: str, opened: ReferralRow |
     current = min((r for r in refs if r.is_lead), key=by_protection, default=None)
     lead = current if current is not None and lead_rank(current.need_code) <= lead_rank(best.need_code) else best
     for r in refs:
-        if r.is_lead != (r is lead):
+        if r is opened and pending:
+            r.is_lead = r is lead
+        elif r.is_lead != (r is lead):
             bump = 0 if r is opened else 1
             await session.exec(update(ReferralRow).where(ReferralRow.id == r.id)
                                .values(is_lead=r is lead, version=ReferralRow.version + bump))
@@ -176,11 +207,13 @@ async def open_referral(session: AsyncSession, policy: Policy, *, case_id: str, 
                         urgency: str, facts: CaseFacts, from_agency_id: str, is_lead: bool = False,
                         decision: RoutingDecision, actor: Actor, at: datetime, screening_id: str | None = None,
                         previous: ReferralRow | None = None, escalation_reason: str | None = None,
-                        referral_id: str | None = None, accept_by: datetime | None = None) -> ReferralRow:
+                        referral_id: str | None = None, accept_by: datetime | None = None,
+                        case_open_refs: list[ReferralRow] | None = None) -> ReferralRow:
     """A new referral (status requested), routed or queued; publishes it, escalates a queued one, places a hold.
 
     ``is_lead`` only matters for an onward referral inheriting its rejected predecessor's lead; the case's
-    lead is settled by settle_lead."""
+    lead is settled by settle_lead. ``case_open_refs``: the case's open referrals when the caller holds them
+    (open_referrals_around); the new referral is appended to that list."""
     chosen = decision.service
     clock, due_at = policy.clock(Status.REQUESTED, need_code, at)
     if clock == ACCEPT_DEADLINE and due_at is not None and accept_by is not None:
@@ -199,16 +232,23 @@ async def open_referral(session: AsyncSession, policy: Policy, *, case_id: str, 
         ref.id = referral_id
     if chosen is None:
         ref.escalation_reason = escalation_reason or decision.escalation_reason
+    # Before publishing: the new referral's event says if it leads.
+    await settle_lead(session, case_id, opened=ref, open_refs=case_open_refs)
+    if case_open_refs is not None:
+        case_open_refs.append(ref)
+    # Looked up before anything is added, so the rows below (referral, history, events, hold) are written
+    # together by the next flush, the events in one statement.
+    hold_needed = need_code in HOLD_BEARING_NEEDS and await active_hold(session, person_id, need_code) is None
     session.add(ref)
-    await session.flush()
-    await settle_lead(session, case_id, opened=ref)  # before publishing: the new referral's event says if it leads
     await add_history(session, ref, "route", None, actor, at, to_agency_id=ref.to_agency_id,
-                      reason_code=ref.escalation_reason)
+                      reason_code=ref.escalation_reason, seq=1)
     publish(session, ref, events.REFERRAL_REQUESTED, actor, at)
     if ref.escalation_reason:
-        await add_history(session, ref, "escalate", ref.status, SYSTEM, at, reason_code=ref.escalation_reason)
+        await add_history(session, ref, "escalate", ref.status, SYSTEM, at, reason_code=ref.escalation_reason,
+                          seq=2)
         publish(session, ref, events.REFERRAL_ESCALATED, SYSTEM, at, reason_code=ref.escalation_reason)
-    await place_hold_if_needed(session, policy, ref, at)
+    if hold_needed:
+        place_hold(session, policy, ref, at)
     return ref
 
 
@@ -224,16 +264,14 @@ def hold_payload(hold: HoldRow) -> dict:
             "placed_at": _iso(hold.placed_at), "not_before": _iso(hold.not_before)}
 
 
-async def place_hold_if_needed(session: AsyncSession, policy: Policy, ref: ReferralRow, at: datetime) -> None:
-    """One hold per (person, need): placed by the first referral; onward referrals keep it."""
-    if ref.need_code not in HOLD_BEARING_NEEDS or await active_hold(session, ref.person_id, ref.need_code):
-        return
+def place_hold(session: AsyncSession, policy: Policy, ref: ReferralRow, at: datetime) -> None:
+    """One hold per (person, need): placed by the first referral of a hold-bearing need (the caller found no
+    active hold); onward referrals keep it."""
     hold = HoldRow(case_id=ref.case_id, person_id=ref.person_id, need_code=ref.need_code, referral_id=ref.id,
                    from_agency_id=ref.from_agency_id, to_agency_id=ref.to_agency_id, jurisdiction=ref.jurisdiction,
                    placed_at=at, active_key=open_key(ref.person_id, ref.need_code),
                    not_before=at + policy.reflection_period if ref.need_code == TRAFFICKING else None)
     session.add(hold)
-    await session.flush()
     add_event(session, topic=events.HOLD_TOPIC, case_id=ref.case_id, event_type=events.HOLD_PLACED,
               source=events.SOURCE, subject=hold.id, data=hold_payload(hold))
 
