@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enlace_platform.access import AuditReader
 from enlace_platform.auth import Principal
-from enlace_platform.db import database_fault
+from enlace_platform.db import database_fault, insert_at_commit, insert_staged_rows_on_commit
 from enlace_platform.limits import MAX_ID_LENGTH, MAX_INT, SINGLE_LINE, Moment
 from enlace_platform.problems import database_unavailable
 from enlace_platform.timeutil import as_utc
@@ -175,6 +175,7 @@ def _audit_rows(scope: Scope, status: int, *, skip: Mapping[ObjectKey, int]) -> 
 
 
 _INSERT_ROWS = insert(AuditRecord.__table__)
+_AUDIT_TABLE = AuditRecord.__table__
 
 
 def _request_id(state: dict) -> str:
@@ -217,8 +218,8 @@ def _add_rows_before_commit(session: OrmSession) -> None:
     pending: dict[ObjectKey, int] = session.info.setdefault(_PENDING_ROWS, {})
     recorded = {**scope["state"].get("audit_recorded", {}), **pending}
     rows = _audit_rows(scope, status, skip=recorded)
-    if rows:
-        session.exec(_INSERT_ROWS, params=rows)  # in the transaction now committing
+    for row in rows:
+        insert_at_commit(session, _AUDIT_TABLE, row)  # written by the transaction now committing, in one INSERT
     pending.update((_key(row), status) for row in rows)
 
 
@@ -237,10 +238,12 @@ def _after_rollback(session: OrmSession) -> None:
 
 def _listen_for_commits(sessions: async_sessionmaker) -> None:
     session_class = sessions.kw["sync_session_class"]
+    insert_staged_rows_on_commit(session_class)
     for name, listener in (("before_commit", _add_rows_before_commit), ("after_commit", _after_commit),
                            ("after_rollback", _after_rollback)):
         if not event.contains(session_class, name, listener):
-            event.listen(session_class, name, listener)
+            # First: the rows it stages are then written by the commit's insert of staged rows.
+            event.listen(session_class, name, listener, insert=name == "before_commit")
 
 
 # --- the middleware ----------------------------------------------------------------------------

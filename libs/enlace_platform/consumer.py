@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 import httpx
@@ -41,7 +42,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.producer import RenewableProducer, leaves_producer_unusable
-from enlace_platform.db import database_fault
+from enlace_platform.db import database_fault, insert_at_commit
 from enlace_platform.envelope import Envelope, MalformedEvent, from_kafka
 from enlace_platform.inbox import ProcessedMessage
 from enlace_platform.telemetry import current_event_id
@@ -62,6 +63,7 @@ _AFTER_COMMIT = "enlace.consumer.after_commit"
 # gets commit_timeout_s. One not done is tried again, or its records are redelivered and skipped by the inbox.
 RUNNING_COMMIT_TIMEOUT_S = 10.0
 _VERSIONED = re.compile(r"^(?P<name>.+)\.v\d+$")
+_INBOX_TABLE = ProcessedMessage.__table__
 
 
 class PoisonMessage(Exception):
@@ -525,7 +527,10 @@ class ConsumerRunner:
                         await item.handler(session, item.envelope)
                         if session.sync_session.get_transaction() is not transaction:
                             raise RuntimeError("the handler ended the consumer's transaction (use after_commit)")
-                        session.add(ProcessedMessage(consumer=self.name, message_id=item.envelope.id))
+                        # The batch's inbox rows go in one INSERT at the commit; its unique key still refuses a
+                        # record another consumer committed meanwhile (the batch then goes again one by one).
+                        insert_at_commit(session, _INBOX_TABLE, dict(consumer=self.name, message_id=item.envelope.id,
+                                                                     processed_at=datetime.now(UTC)))
                         await session.flush()  # its failures are its own; later handlers see its rows
                     except Exception as exc:
                         span.record_exception(exc)

@@ -31,7 +31,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import Field, SQLModel, col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from enlace_platform.db import CommitWaker
+from enlace_platform.db import CommitWaker, insert_at_commit
 from enlace_platform.producer import RenewableProducer, leaves_producer_unusable
 from enlace_platform.envelope import Envelope, to_kafka
 
@@ -84,6 +84,19 @@ class OutboxMessage(SQLModel, table=True):
                                                                      "any relay may claim the row again")
 
 
+_OUTBOX_TABLE = OutboxMessage.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class StagedEvent:
+    """An event :func:`add_event` staged: the values of its outbox row, which the transaction's commit inserts."""
+
+    id: str
+    aggregatetype: str
+    aggregateid: str
+    type: str
+
+
 def add_event(
     session: AsyncSession,
     *,
@@ -93,12 +106,16 @@ def add_event(
     data: dict[str, Any],
     source: str,
     subject: str | None = None,
-) -> OutboxMessage:
-    """Stage an event in the caller's transaction, with the current trace context."""
+) -> StagedEvent:
+    """Stage an event in the caller's transaction, with the current trace context.
+
+    The row is inserted by the commit, with the transaction's other events in one Core INSERT (an ORM object
+    per event cost more CPU than the rest of the outbox's work)."""
     carrier: dict[str, str] = {}
     inject(carrier)
-    row = OutboxMessage(
-        id=str(uuid.uuid4()),
+    event_id = str(uuid.uuid4())
+    insert_at_commit(session, _OUTBOX_TABLE, dict(
+        id=event_id,
         aggregatetype=topic,
         aggregateid=case_id,
         type=event_type,
@@ -107,11 +124,17 @@ def add_event(
         source=source,
         traceparent=carrier.get("traceparent"),
         tracestate=carrier.get("tracestate"),
+        created_at=_utcnow(),
         sequence=next(_sequence),
-    )
-    session.add(row)
+        sent_at=None,
+        attempts=0,
+        next_attempt_at=None,
+        last_error=None,
+        claimed_by=None,
+        claimed_until=None,
+    ))
     CommitWaker.mark(session, OUTBOX_FLAG)
-    return row
+    return StagedEvent(id=event_id, aggregatetype=topic, aggregateid=case_id, type=event_type)
 
 
 def envelope_of(row: OutboxMessage) -> Envelope:

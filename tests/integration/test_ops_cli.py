@@ -6,14 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import Field, SQLModel, select, update
 from typer.testing import CliRunner
 
 from enlace_ops import operations as ops
 from enlace_ops.cli import app
 from enlace_platform.consumer import ConsumerRunner, PoisonMessage
 from enlace_platform.envelope import Envelope
-from enlace_platform.outbox import add_event
+from enlace_platform.outbox import OutboxMessage, add_event
 from tests.support.harness import (
     eventually, provision_topics, publish_envelopes, service_database, unique_prefix,
 )
@@ -149,14 +149,14 @@ async def test_outbox_status_counts_unsent_rows_by_topic(tmp_path, sessions):
                            data={}, source="/t")
         await session.commit()
         # As the relay records a failed attempt: the error, and when it tries again.
-        failed.attempts, failed.last_error = 2, "_NoAck: no ack within 5s"
-        failed.next_attempt_at = datetime.now(UTC) + timedelta(seconds=30)
-        session.add(failed)
+        last_error = "_NoAck: no ack within 5s"
+        await session.exec(update(OutboxMessage).where(OutboxMessage.id == failed.id).values(
+            attempts=2, last_error=last_error, next_attempt_at=datetime.now(UTC) + timedelta(seconds=30)))
         await session.commit()
     status = await ops.outbox_status(f"sqlite+aiosqlite:///{tmp_path / 'ops.db'}")
     assert status.unsent == 3
     assert status.by_topic == {TOPIC: 2, "referral.referral": 1}
-    assert status.retrying == 1 and status.last_errors[0][:4] == (failed.id, failed.type, 2, failed.last_error)
+    assert status.retrying == 1 and status.last_errors[0][:4] == (failed.id, failed.type, 2, last_error)
     result = await _cli("outbox", "intake", "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'ops.db'}")
     assert result.exit_code == 0, result.output
     assert "3 unsent" in result.output and "1 retrying" in result.output
