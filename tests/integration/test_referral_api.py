@@ -65,6 +65,22 @@ async def test_redelivery_and_rescreening_never_duplicate_open_referrals(ref, au
     assert not any(r["is_lead"] for r in sent if r["need_code"] == "MEDICAL_URGENT"), "the case already has a lead"
 
 
+async def test_a_note_retried_with_its_idempotency_key_is_added_once(ref, auth):
+    await ref.deliver(screened("UNACCOMPANIED_CHILD", age_band="12-17"))
+    pfpnna = auth("MX-PFPNNA")
+    rid = (await _one(ref, pfpnna, direction="to"))["id"]
+    keyed = {**pfpnna, "Idempotency-Key": f"note-{uuid.uuid4()}"}
+    first = await ref.client.post(f"/referrals/{rid}/notes", headers=keyed, json={"text": "Llamada al albergue."})
+    again = await ref.client.post(f"/referrals/{rid}/notes", headers=keyed, json={"text": "Llamada al albergue."})
+    assert first.status_code == again.status_code == 201, again.text
+    assert again.json() == first.json(), "the retry answers with the note the key added"
+    other = await ref.client.post(f"/referrals/{rid}/notes", headers=keyed, json={"text": "Otra nota."})
+    assert _problem(other, 422)["detail"].startswith("Idempotency-Key")
+    history = (await ref.client.get(f"/referrals/{rid}/history", headers=pfpnna)).json()
+    assert [h["note"] for h in history if h["action"] == "note"] == ["Llamada al albergue."]
+    assert len([t for t, p in await ref.events("referral.note_added.v1") if p["referral_id"] == rid]) == 1
+
+
 async def test_full_closed_loop_with_notes_history_and_hold_release(ref, auth):
     event = screened("UNACCOMPANIED_CHILD", age_band="12-17")
     await ref.deliver(event)

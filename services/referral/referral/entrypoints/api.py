@@ -356,8 +356,16 @@ def _history_out(row: HistoryRow, text: HistoryText) -> HistoryOut:
              summary="An interim progress note (the text stays here, sealed with the person's key; the event "
                      "carries ids only)")
 async def add_referral_note(referral_id: IdPath, body: NoteIn, request: Request, principal: ReferralActor,
-                            session: DbSession) -> HistoryOut:
+                            session: DbSession, idempotency: Idempotency) -> HistoryOut:
+    previous = await idempotency.previous_resource(session)
+    if previous is not None:  # a retry: the note the key added, not a second one
+        ref = await visible_referral(session, referral_id, principal)
+        row = (await session.exec(select(HistoryRow).where(HistoryRow.id == previous,
+                                                          HistoryRow.referral_id == ref.id))).one()
+        [text] = await open_history_text(session, _keyring(request), ref.person_id, [row])
+        return _history_out(row, text)
     row = await add_note(session, referral_id, principal, body.text, keyring=_keyring(request))
+    idempotency.record(session, resource_id=row.id)
     await session.commit()
     return _history_out(row, HistoryText(None, body.text, False))
 
