@@ -401,3 +401,43 @@ async def test_an_orphaned_delivery_of_a_disabled_subscription_is_cancelled_not_
     await dispatcher.start_due()
     [row] = await _deliveries(api)
     assert row.status == "cancelled" and row.attempts == 0
+
+
+async def test_outcomes_recorded_together_decide_as_they_would_one_by_one(api, pfpnna, settings):
+    """A dispatch pass records every attempt that finished since the last one in one transaction, in order."""
+    from notification.adapters.webhook_sender import SendResult
+    from notification.domain.delivery import Outcome
+    from notification.service_layer.dispatcher import Dispatcher, Finished
+
+    sub = await _subscribe(api, pfpnna)
+    for _ in range(5):
+        await _handle(api, settings, event("referral.requested.v1", referral_data()))
+    late, retried, gone, after_gone, waiting = await _deliveries(api)
+    dispatcher = Dispatcher(api.runtime, settings)
+    now = datetime.now(UTC)
+    tokens = {d.id: await dispatcher.claim(d.id, now) for d in (late, retried, gone, after_gone)}
+    # The lease on ``late`` ran out and another dispatcher took the attempt over.
+    taken_over = await dispatcher.claim(late.id, now + timedelta(hours=1))
+    at = datetime.now(UTC)
+
+    def finished(delivery, token, status_code, outcome):
+        return Finished(delivery.id, token, SendResult(status_code, 2.0, None), outcome, at)
+
+    await dispatcher.record_all([
+        finished(late, tokens[late.id], 204, Outcome.OK),  # counted, decides nothing
+        finished(retried, tokens[retried.id], 503, Outcome.TRANSIENT),  # rescheduled, then cancelled by the 410
+        finished(gone, tokens[gone.id], 410, Outcome.GONE),
+        finished(after_gone, tokens[after_gone.id], 503, Outcome.TRANSIENT),  # its subscription is gone by now
+        finished(late, taken_over, 204, Outcome.OK),  # the holder's outcome decides
+    ])
+
+    rows = {d.id: d for d in await _deliveries(api)}
+    assert [(rows[d.id].status, rows[d.id].attempts) for d in (late, retried, gone, after_gone, waiting)] == [
+        ("delivered", 2), ("cancelled", 1), ("dead", 1), ("cancelled", 1), ("cancelled", 0)]
+    assert rows[gone.id].last_error == "410 Gone: the subscription was disabled"
+    assert rows[after_gone.id].last_error == rows[retried.id].last_error == "subscription disabled: gone"
+    assert all(row.lease_token is None and row.lease_expires_at is None for row in rows.values())
+    log = (await api.get(f"/deliveries/{late.id}", headers=pfpnna)).json()["attempts_log"]
+    assert [(a["number"], a["status_code"]) for a in log] == [(1, 204), (2, 204)]
+    shown = (await api.get(f"/subscriptions/{sub['id']}", headers=pfpnna)).json()
+    assert shown["active"] is False and shown["disabled_reason"] == "gone"

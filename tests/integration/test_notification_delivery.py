@@ -98,7 +98,8 @@ async def test_a_slow_receiver_does_not_delay_another(notification):
     slow = SigningReceiver(gate=asyncio.Event())  # answers only when the test opens the gate
     fast = SigningReceiver()
     events = [event("referral.requested.v1", referral_data()) for _ in range(5)]
-    async with slow.running(), fast.running(), notification.running(webhook_timeout_s=120) as client:
+    async with slow.running(), fast.running(), notification.running(
+            webhook_timeout_s=120, delivery_concurrency_per_endpoint=2) as client:
         await subscribe(client, notification, INM, slow)  # the sender hears about each referral...
         await subscribe(client, notification, PFPNNA, fast)  # ...and so does the receiving agency
         await notification.publish(*events)
@@ -124,6 +125,59 @@ async def test_a_slow_receiver_does_not_delay_another(notification):
         await eventually(slow_got_all, what="the slow receiver catching up")
     assert sorted(slow.ids()) == sorted(d["id"] for d in slow_now)
     assert all(r.verified for r in slow.received + fast.received)
+
+
+async def test_a_failing_endpoint_gets_two_attempts_in_flight_and_a_healthy_one_its_limit(notification):
+    receiver = SigningReceiver(gate=asyncio.Event())  # holds each request until the test opens its gate
+    clock = SigningReceiver()  # another agency's receiver: it shows how far the dispatcher has got
+    events = [event("referral.requested.v1", referral_data()) for _ in range(6)]
+    settings = dict(webhook_timeout_s=120, delivery_concurrency_per_endpoint=4, delivery_retry_base_s=0.05,
+                    delivery_retry_max_s=0.2)
+    async with receiver.running(), clock.running(), notification.running(**settings) as client:
+        await subscribe(client, notification, PFPNNA, receiver)
+        await subscribe(client, notification, INM, clock)
+        await notification.publish(*events)
+        await eventually(lambda: _async(len(receiver.received) == 4), what="the limit in flight to a healthy endpoint")
+
+        # Those four fail (503): the endpoint is failing, and what follows waits at a new gate.
+        receiver.status_code = 503
+        first_gate, receiver.gate = receiver.gate, asyncio.Event()
+        first_gate.set()
+        await eventually(lambda: _async(len(receiver.received) == 6), what="two attempts to the failing endpoint")
+        marker = event("referral.requested.v1", referral_data())
+        await notification.publish(marker)
+        await the_delivery(client, notification, INM,
+                           lambda d: d["event_id"] == marker.id and d["status"] == "delivered", "the marker")
+        assert len(receiver.received) == 6, "two in flight while the endpoint fails, not four"
+
+        # It answers again: the two in flight succeed, and the rest follow at the full limit.
+        receiver.status_code = 204
+        receiver.gate.set()
+
+        async def all_delivered():  # the marker too: it names this agency as well
+            return len(await deliveries(client, notification, PFPNNA, status="delivered")) == len(events) + 1
+
+        await eventually(all_delivered, what="every delivery once the endpoint recovers")
+        delivered = await deliveries(client, notification, PFPNNA)
+    assert set(receiver.ids()) == {d["id"] for d in delivered}
+    assert all(r.verified for r in receiver.received + clock.received)
+
+
+async def test_without_update_returning_claims_read_their_rows_back(notification):
+    # SQLite before 3.35 has no UPDATE … RETURNING: the dispatcher then reads what it claimed.
+    receiver = SigningReceiver()
+    events = [event("referral.requested.v1", referral_data()) for _ in range(3)]
+    async with receiver.running(), notification.running() as client:
+        client.runtime.engine.dialect.update_returning = False
+        await subscribe(client, notification, PFPNNA, receiver)
+        await notification.publish(*events)
+
+        async def all_delivered():
+            return len(await deliveries(client, notification, PFPNNA, status="delivered")) == len(events)
+
+        await eventually(all_delivered, what="every delivery")
+    assert len(receiver.ids()) == len(set(receiver.ids())) == len(events)
+    assert all(r.verified and r.headers["traceparent"] for r in receiver.received)
 
 
 async def test_410_disables_the_subscription_and_cancels_what_waits(notification):

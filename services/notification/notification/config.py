@@ -27,9 +27,10 @@ class NotificationSettings(ServiceSettings):
     delivery_retry_max_s: float = Field(900.0, validation_alias="NOTIFICATION_DELIVERY_RETRY_MAX_S")
 
     # Dispatch.
-    delivery_concurrency_per_endpoint: int = Field(2, validation_alias="NOTIFICATION_CONCURRENCY_PER_ENDPOINT",
-                                                   description="Attempts in flight per webhook URL (and for SMTP)")
-    delivery_concurrency_total: int = Field(32, validation_alias="NOTIFICATION_CONCURRENCY_TOTAL")
+    delivery_concurrency_per_endpoint: int = Field(
+        8, ge=1, validation_alias="NOTIFICATION_CONCURRENCY_PER_ENDPOINT",
+        description="Attempts in flight per webhook URL (and for SMTP); 2 while its last attempt failed")
+    delivery_concurrency_total: int = Field(64, ge=1, validation_alias="NOTIFICATION_CONCURRENCY_TOTAL")
     delivery_lease_margin_s: float = Field(30.0, validation_alias="NOTIFICATION_LEASE_MARGIN_S",
                                            description="A claimed attempt's lease is its timeout plus this")
     dispatcher_fallback_poll_s: float = Field(1.0, validation_alias="NOTIFICATION_DISPATCHER_POLL_S",

@@ -35,12 +35,14 @@ def signature_header(secrets: list[str] | str, message_id: str, when: datetime, 
 
 
 async def send_signed(client: httpx.AsyncClient, *, url: str, secret: str | list[str], message_id: str, payload: str,
-                      now: datetime | None = None, total_timeout_s: float | None = None) -> SendResult:
+                      now: datetime | None = None, total_timeout_s: float | None = None,
+                      trace_headers: dict[str, str] | None = None) -> SendResult:
     """``total_timeout_s`` bounds the whole exchange (httpx's timeouts are per read/write, so a receiver that
-    trickles bytes could otherwise outlast the dispatcher's lease)."""
+    trickles bytes could otherwise outlast the dispatcher's lease). ``trace_headers``: W3C trace context."""
     # The signing library treats the datetime as UTC, so hand it UTC.
     now = (now or datetime.now(UTC)).astimezone(UTC)
     headers = {
+        **(trace_headers or {}),
         "content-type": "application/json",
         "webhook-id": message_id,
         "webhook-timestamp": str(int(now.timestamp())),

@@ -1,10 +1,13 @@
 """Notification handlers: turn referral and hold events into durable delivery records, one transaction each."""
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry.propagate import inject
-from sqlmodel import select
+from sqlalchemy import bindparam, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.consumer import PoisonMessage
@@ -12,12 +15,21 @@ from enlace_platform.db import CommitWaker
 from enlace_platform.envelope import Envelope
 from notification.adapters.orm import DeliveryRow, SubscriptionRow
 from notification.config import NotificationSettings
+from notification.domain.delivery import PENDING
 from notification.domain.email import email_content
 from notification.domain.events import EMAIL_EVENT_TYPES, HOLD_EVENT_TYPES
 from notification.domain.webhooks import EMAIL, WEBHOOK, delivery_id, email_recipient_agency_ids, matches, \
     party_agency_ids, thin_payload
 
 DELIVERIES_FLAG = "deliveries_pending"
+DELIVERY = DeliveryRow.__table__
+SUBSCRIPTION = SubscriptionRow.__table__
+# Built once, so each reuses its compiled form.
+_ACTIVE_SUBSCRIPTIONS = (
+    select(SUBSCRIPTION.c.id, SUBSCRIPTION.c.agency_id, SUBSCRIPTION.c.event_types, SUBSCRIPTION.c.email)
+    .where(SUBSCRIPTION.c.agency_id.in_(bindparam("agencies", expanding=True)), SUBSCRIPTION.c.active))
+_INSERT_OR_IGNORE = {"sqlite": sqlite.insert(DELIVERY).on_conflict_do_nothing(),
+                     "postgresql": postgresql.insert(DELIVERY).on_conflict_do_nothing()}
 
 _AGENCY_FIELDS = ("from_agency_id", "to_agency_id", "coordinator_agency_id")
 
@@ -47,32 +59,46 @@ def make_referral_event_handler(settings: NotificationSettings):
             else set()
         if not parties:
             return
-        subscriptions = (await session.exec(
-            select(SubscriptionRow).where(SubscriptionRow.agency_id.in_(parties), SubscriptionRow.active))).all()
+        # Core statements on the consumer's transaction: no ORM objects per delivery.
+        conn = await session.connection()
+        subscriptions = (await conn.execute(_ACTIVE_SUBSCRIPTIONS, {"agencies": list(parties)})).all()
         carrier: dict[str, str] = {}
         inject(carrier)  # the later webhook POST continues this trace
-        body = json.dumps(thin_payload(envelope.type, envelope.id, envelope.time, data, settings.referral_api_url),
-                          sort_keys=True)
+        payload = thin_payload(envelope.type, envelope.id, envelope.time, data, settings.referral_api_url)
+        body = json.dumps(payload, sort_keys=True)
+        now = datetime.now(UTC)
+        rows = []
         for sub in subscriptions:
             if not matches(sub.event_types, envelope.type):
                 continue
-            await _add_delivery(session, sub, envelope, WEBHOOK, body, carrier)
+            rows.append(_delivery(sub, envelope, WEBHOOK, body, carrier, now))
             if sub.email and sub.agency_id in mail_to:
-                link = json.loads(body)["data"]["links"]["referral"]
-                content = email_content(envelope.type, data, link)
-                await _add_delivery(session, sub, envelope, EMAIL, json.dumps(
-                    {"to": sub.email, "subject": content.subject, "body": content.body}), carrier)
+                content = email_content(envelope.type, data, payload["data"]["links"]["referral"])
+                rows.append(_delivery(sub, envelope, EMAIL, json.dumps(
+                    {"to": sub.email, "subject": content.subject, "body": content.body}), carrier, now))
+        if rows:
+            await _insert_new(conn, rows)
+            CommitWaker.mark(session, DELIVERIES_FLAG)
 
     return on_referral_event
 
 
-async def _add_delivery(session: AsyncSession, sub: SubscriptionRow, envelope: Envelope, channel: str, payload: str,
-                        carrier: dict[str, Any]) -> None:
-    new_id = delivery_id(sub.id, envelope.id, channel)
-    if await session.get(DeliveryRow, new_id) is not None:
-        return  # the same event again (e.g. republished under its id): never a second delivery
-    session.add(DeliveryRow(
-        id=new_id, subscription_id=sub.id, agency_id=sub.agency_id, channel=channel, event_id=envelope.id,
-        event_type=envelope.type, payload=payload, traceparent=carrier.get("traceparent"),
-        tracestate=carrier.get("tracestate")))
-    CommitWaker.mark(session, DELIVERIES_FLAG)
+def _delivery(sub, envelope: Envelope, channel: str, payload: str, carrier: dict[str, Any], now: datetime) -> dict:
+    return {"id": delivery_id(sub.id, envelope.id, channel), "subscription_id": sub.id, "agency_id": sub.agency_id,
+            "channel": channel, "event_id": envelope.id, "event_type": envelope.type, "payload": payload,
+            "status": PENDING, "attempts": 0, "cycle_attempts": 0, "cycle_started_at": now, "next_attempt_at": now,
+            "traceparent": carrier.get("traceparent"), "tracestate": carrier.get("tracestate"), "created_at": now}
+
+
+async def _insert_new(conn: AsyncConnection, rows: list[dict]) -> None:
+    """Inserts the deliveries that do not exist yet: the same event again (e.g. republished under its id) never
+    makes a second delivery (the ids are derived from subscription, event and channel)."""
+    insert_or_ignore = _INSERT_OR_IGNORE.get(conn.dialect.name)
+    if insert_or_ignore is not None:
+        await conn.execute(insert_or_ignore, rows)
+        return
+    existing = set((await conn.execute(select(DELIVERY.c.id).where(
+        DELIVERY.c.id.in_([row["id"] for row in rows])))).scalars())
+    new = [row for row in rows if row["id"] not in existing]
+    if new:
+        await conn.execute(insert(DELIVERY), new)

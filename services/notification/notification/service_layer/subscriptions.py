@@ -27,13 +27,23 @@ async def disable_subscription(session: AsyncSession, sub: SubscriptionRow, reas
     sub.disabled_reason = reason
     sub.updated_at = _now()
     session.add(sub)
-    # An attempt in flight keeps its lease: its outcome is recorded (delivered, or cancelled if it failed).
-    await session.exec(
-        update(DeliveryRow)
-        .where(DeliveryRow.subscription_id == sub.id, DeliveryRow.status == PENDING,
-               or_(DeliveryRow.lease_expires_at.is_(None), DeliveryRow.lease_expires_at < sub.updated_at))
-        .values(status=CANCELLED, last_error=f"subscription disabled: {reason}", lease_token=None,
-                lease_expires_at=None))
+    await session.exec(cancel_waiting(sub.id, reason, sub.updated_at))
+
+
+def cancel_waiting(subscription_id: str, reason: str, now: datetime):
+    """The statement that cancels a disabled subscription's waiting deliveries. An attempt in flight keeps its
+    lease: its outcome is recorded (delivered, or cancelled if it failed)."""
+    return (update(DeliveryRow)
+            .where(DeliveryRow.subscription_id == subscription_id, DeliveryRow.status == PENDING,
+                   or_(DeliveryRow.lease_expires_at.is_(None), DeliveryRow.lease_expires_at < now))
+            .values(status=CANCELLED, last_error=f"subscription disabled: {reason}", lease_token=None,
+                    lease_expires_at=None))
+
+
+def disable_if_active(subscription_id: str, reason: str, now: datetime):
+    """The statement that disables an active subscription (rowcount 1 if it was active); then cancel_waiting."""
+    return (update(SubscriptionRow).where(SubscriptionRow.id == subscription_id, SubscriptionRow.active)
+            .values(active=False, disabled_reason=reason, updated_at=now))
 
 
 def create_secret(sub: SubscriptionRow, secrets: SigningSecrets) -> str:
