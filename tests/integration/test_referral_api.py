@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 
 from tests.support.referral_support import (  # noqa: F401 - ref and auth are fixtures
-    add_second_child_protection_service, auth, consent_changed, consent_scope, ref, screened,
+    add_second_child_protection_service, auth, consent_changed, consent_scope, ref, registered, screened,
 )
 
 
@@ -326,7 +326,10 @@ async def test_cancel_by_sender_keeps_the_hold_cancel_by_coordinator_releases_it
 
 async def test_manual_referral_with_idempotency_key(ref, auth):
     inm = auth("MX-INM") | {"Idempotency-Key": "manual-1"}
-    body = {"case_id": str(uuid.uuid4()), "person_id": str(uuid.uuid4()), "need_code": "UNACCOMPANIED_CHILD",
+    case = registered(*(str(uuid.uuid4()) for _ in range(3)))
+    await ref.deliver(case)
+    person, second, third = case.data["person_ids"]
+    body = {"case_id": case.data["case_id"], "person_id": person, "need_code": "UNACCOMPANIED_CHILD",
             "urgency": "immediate", "age_band": "12-17", "languages": ["es"]}
     first = await ref.client.post("/referrals", headers=inm, json=body)
     assert first.status_code == 201, first.text
@@ -340,32 +343,105 @@ async def test_manual_referral_with_idempotency_key(ref, auth):
     dup = _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json=body2), 409)
     assert dup["existing_referral_id"] == first.json()["id"]
     # A chosen service must be able to take it.
-    bad = {**body, "person_id": str(uuid.uuid4()), "to_service_id": "MX-COMAR-1"}
+    bad = {**body, "person_id": second, "to_service_id": "MX-COMAR-1"}
     assert _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json=bad), 422)[
         "errors"][0]["path"] == "body/to_service_id"
-    ok = {**body, "person_id": str(uuid.uuid4()), "need_code": "INTERNATIONAL_PROTECTION",
+    ok = {**body, "person_id": third, "need_code": "INTERNATIONAL_PROTECTION",
           "age_band": "18-59", "to_service_id": "MX-COMAR-1"}
     assert _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json=ok), 422)["detail"].endswith(
         "no consent to refer to a asylum_office agency")
     assert _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json={**body, "need_code": "X"}), 422)
 
 
-async def test_only_the_sending_agency_refers_a_person_known_here(ref, auth):
+def _refusal(r) -> tuple:
+    """A refusal as its caller sees it, without the instance (the request's own path)."""
+    body = _problem(r, r.status_code)
+    body.pop("instance", None)
+    return r.status_code, r.headers["content-type"], body
+
+
+async def test_only_the_registering_agency_or_the_coordinator_refer_a_person_nobody_took_on(ref, auth):
     event = screened("UNACCOMPANIED_CHILD", age_band="12-17", registering_agency_id="MX-INM")
     await ref.deliver(event)
     body = {"case_id": event.data["case_id"], "person_id": event.data["person_id"], "need_code": "MEDICAL_URGENT",
             "age_band": "12-17", "languages": ["es"]}
-    # The receiver, the coordinator, an unrelated agency and another jurisdiction: the person does not exist.
-    for agency in ("MX-PFPNNA", "MX-COORD", "MX-COMAR", "GT-IGM"):
-        problem = _problem(await ref.client.post("/referrals", headers=auth(agency), json=body), 404)
-        assert event.data["case_id"] not in problem["detail"]
+    unknown = {**body, "case_id": str(uuid.uuid4()), "person_id": str(uuid.uuid4())}
+    # The receiver that has not accepted, an unrelated agency, another migration authority, the coordinator's
+    # caseworker (not acting as coordinator) and another jurisdiction: the person does not exist for them.
+    for agency, role in (("MX-PFPNNA", None), ("MX-COMAR", None), ("MX-INM2", None), ("MX-COORD", "caseworker"),
+                         ("GT-IGM", None), ("GT-COORD", None)):
+        refused = await ref.client.post("/referrals", headers=auth(agency, role), json=body)
+        assert _refusal(refused) == _refusal(await ref.client.post("/referrals", headers=auth(agency, role),
+                                                                   json=unknown)), agency
+        assert refused.status_code == 404 and event.data["case_id"] not in refused.text
         # Nor does what they might guess about it: no 409 or 422 that would confirm the person.
-        _problem(await ref.client.post("/referrals", headers=auth(agency), json={**body, "case_id": str(uuid.uuid4()),
-                                                                                 "need_code": "UNACCOMPANIED_CHILD"}),
-                 404)
+        _problem(await ref.client.post("/referrals", headers=auth(agency, role), json={
+            **body, "need_code": "UNACCOMPANIED_CHILD"}), 404)
+        _problem(await ref.client.post("/referrals", headers=auth(agency, role), json={
+            **body, "to_service_id": "MX-COMAR-1"}), 404)
+    assert len(await ref.events("referral.requested.v1")) == 1
     r = await ref.client.post("/referrals", headers=auth("MX-INM"), json=body)
     assert r.status_code == 201 and r.json()["from_agency_id"] == "MX-INM" and r.json()["to_agency_id"] == "MX-SSA"
-    assert len(await ref.events("referral.requested.v1")) == 2
+    r = await ref.client.post("/referrals", headers=auth("MX-COORD"), json={**body, "need_code": "DISABILITY"})
+    assert r.status_code == 201, r.text
+    assert r.json()["from_agency_id"] == "MX-COORD" and r.json()["jurisdiction"] == "MX"
+    assert len(await ref.events("referral.requested.v1")) == 3
+
+
+async def test_a_caseworker_of_another_country_cannot_refer_a_child_it_learnt_of_from_the_bus(ref, auth):
+    """The attack of issue 12: a Guatemalan caseworker had a Mexican child's ids from case.registered.v1 and opened
+    a manual referral for them. Refused exactly like a person nobody ever registered, and nothing is written."""
+    case = registered(str(uuid.uuid4()), str(uuid.uuid4()), agency_id="MX-INM")
+    await ref.deliver(case)
+    child = {"case_id": case.data["case_id"], "person_id": case.data["person_ids"][1],
+             "need_code": "UNACCOMPANIED_CHILD", "urgency": "immediate", "age_band": "12-17", "languages": ["es"]}
+    nobody = {**child, "case_id": str(uuid.uuid4()), "person_id": str(uuid.uuid4())}
+    before = await ref.events()
+    for agency in ("GT-IGM", "GT-COORD"):
+        gt = auth(agency)
+        attack = await ref.client.post("/referrals", headers=gt, json=child)
+        assert attack.status_code == 404
+        assert _refusal(attack) == _refusal(await ref.client.post("/referrals", headers=gt, json=nobody))
+        # With an Idempotency-Key too: the key records nothing, so a retry is refused again.
+        keyed = gt | {"Idempotency-Key": f"attack-{agency}"}
+        assert _refusal(await ref.client.post("/referrals", headers=keyed, json=child)) == _refusal(attack)
+    assert await ref.events() == before, "no referral, no hold, no event"
+    assert (await ref.client.get("/holds", headers=auth("MX-INM"))).json() == []
+    # The registering agency refers the child: the hold is its own.
+    r = await ref.client.post("/referrals", headers=auth("MX-INM"), json=child)
+    assert r.status_code == 201, r.text
+    [hold] = (await ref.client.get("/holds", headers=auth("MX-INM"))).json()
+    assert hold["from_agency_id"] == "MX-INM" and hold["referral_id"] == r.json()["id"]
+
+
+async def test_an_agency_working_on_an_accepted_referral_may_refer_the_person_onward(ref, auth):
+    event = screened("UNACCOMPANIED_CHILD", age_band="12-17", registering_agency_id="MX-INM")
+    await ref.deliver(event)
+    pfpnna = auth("MX-PFPNNA")
+    [child] = await ref.referrals(pfpnna)
+    body = {"case_id": event.data["case_id"], "person_id": event.data["person_id"], "need_code": "MEDICAL_URGENT",
+            "age_band": "12-17", "languages": ["es"]}
+    unknown_body = {**body, "person_id": str(uuid.uuid4())}
+    assert (await ref.act(child["id"], pfpnna, "receive")).status_code == 200
+    received = await ref.client.post("/referrals", headers=pfpnna, json=body)
+    assert _refusal(received) == _refusal(await ref.client.post("/referrals", headers=pfpnna, json=unknown_body))
+    assert received.status_code == 404, "received is not accepted"
+    assert (await ref.act(child["id"], pfpnna, "accept")).status_code == 200
+    r = await ref.client.post("/referrals", headers=pfpnna, json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["from_agency_id"] == "MX-PFPNNA" and r.json()["to_agency_id"] == "MX-SSA"
+    # In progress it may still; once it has finished with the person, no more.
+    assert (await ref.act(child["id"], pfpnna, "start")).status_code == 200
+    r = await ref.client.post("/referrals", headers=pfpnna, json={**body, "need_code": "DISABILITY"})
+    assert r.status_code == 201, r.text
+    assert (await ref.act(child["id"], pfpnna, "complete", outcome_code="CHILD_PLACED_IN_CARE")).status_code == 200
+    done = await ref.client.post("/referrals", headers=pfpnna, json={**body, "need_code": "CRIME_VICTIM"})
+    assert done.status_code == 404
+    assert _refusal(done) == _refusal(await ref.client.post("/referrals", headers=pfpnna, json={
+        **unknown_body, "need_code": "CRIME_VICTIM"}))
+    # The agency it referred to has not accepted: it may not refer further.
+    ssa = await ref.client.post("/referrals", headers=auth("MX-SSA"), json={**body, "need_code": "CRIME_VICTIM"})
+    assert ssa.status_code == 404
 
 
 async def test_inbox_filters_and_pagination(ref, auth):
@@ -593,7 +669,8 @@ async def test_a_manual_referral_losing_the_race_for_its_person_and_need_gets_40
     """Two writers both saw no open referral (possible on PostgreSQL): the unique open_key decides."""
     import referral.entrypoints.api as api
 
-    body = {"case_id": str(uuid.uuid4()), "person_id": str(uuid.uuid4()), "need_code": "UNACCOMPANIED_CHILD",
+    case_id, person_id = await ref.registered_person()
+    body = {"case_id": case_id, "person_id": person_id, "need_code": "UNACCOMPANIED_CHILD",
             "urgency": "immediate", "age_band": "12-17", "languages": ["es"]}
     assert (await ref.client.post("/referrals", headers=auth("MX-INM"), json=body)).status_code == 201
 
@@ -625,8 +702,11 @@ async def test_a_manual_referral_cannot_move_a_known_person_to_another_case(ref,
     await ref.deliver(event)
     body = {"case_id": str(uuid.uuid4()), "person_id": event.data["person_id"], "need_code": "MEDICAL_URGENT",
             "age_band": "18-59", "languages": ["es"]}
-    body422 = _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json=body), 422)
-    assert body422["errors"][0]["path"] == "body/case_id" and event.data["case_id"] not in body422["detail"]
+    # Not the person's case: as unknown as a person nobody registered.
+    moved = await ref.client.post("/referrals", headers=auth("MX-INM"), json=body)
+    assert moved.status_code == 404 and event.data["case_id"] not in moved.text
+    assert _refusal(moved) == _refusal(await ref.client.post("/referrals", headers=auth("MX-INM"), json={
+        **body, "person_id": str(uuid.uuid4())}))
     r = await ref.client.post("/referrals", headers=auth("MX-INM"), json={**body, "case_id": event.data["case_id"]})
     assert r.status_code == 201, r.text
 

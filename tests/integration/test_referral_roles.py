@@ -2,8 +2,6 @@
 what the policy grants and 403 otherwise, the coordinator agency's part in a referral needs the role
 coordinator, and every access is in the audit log with its purpose."""
 
-import uuid
-
 from fastapi.routing import APIRoute
 
 from enlace_platform.access import Permission, required_permission
@@ -109,9 +107,9 @@ async def test_reads_and_writes_are_audited_with_the_referral_purpose(ref, auth)
     ids = {r["id"] for r in await ref.referrals(inm)}
     assert len(ids) == 2
     assert (await ref.client.get("/services", headers=inm)).status_code == 200
+    case_id, person_id = await ref.registered_person()
     r = await ref.client.post("/referrals", headers=inm, json={
-        "case_id": str(uuid.uuid4()), "person_id": str(uuid.uuid4()), "need_code": "MEDICAL_URGENT",
-        "age_band": "18-59"})
+        "case_id": case_id, "person_id": person_id, "need_code": "MEDICAL_URGENT", "age_band": "18-59"})
     assert r.status_code == 201
     page = (await ref.client.get("/audit", headers=auth("MX-INM", "auditor"), params={"limit": 500})).json()
     [created] = [e for e in page["items"] if e["route"] == "/referrals" and e["method"] == "POST"]

@@ -8,6 +8,7 @@ probes that change or destroy it. Every caller holds every role that grants the 
 without it are probed separately); callers that must succeed are probed last.
 """
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,6 +40,8 @@ DELIVERY = {"delivery_id": "delivery"}
 AGENCY = {"agency_id": "directory:agency"}
 SERVICE = {"service_id": "directory:service"}
 OF_THE_CASE = lambda w: {"case_id": w.ids["case"]}  # noqa: E731
+# Needs with no protection hold, none of them the mother's screening's (INTERNATIONAL_PROTECTION).
+MANUAL_NEEDS = itertools.cycle(["MEDICAL_URGENT", "DISABILITY", "CRIME_VICTIM", "STATELESSNESS_RISK"])
 
 SCENARIOS: dict[tuple[str, str, str], Scenario] = {
     # --- intake: a case belongs to MX-INM; MX-COMAR may read the mother while its referral is open, and ---
@@ -69,9 +72,11 @@ SCENARIOS: dict[tuple[str, str, str], Scenario] = {
 
     # --- referral: MX-INM sent the referral to MX-COMAR; MX-COORD coordinates MX -----------------------
     ("referral", "GET", "/referrals"): Scenario(expect(BLIND, inm=SEES, comar=SEES, coord=200), query=OF_THE_CASE),
+    # A manual referral: the case's registering agency and its jurisdiction's coordinator (the addressee has not
+    # accepted); each call asks for another need, so both succeed.
     ("referral", "POST", "/referrals"): Scenario(
-        expect(404, inm=201),
-        body=lambda w: {"case_id": w.ids["case"], "person_id": w.ids["mother"], "need_code": "MEDICAL_URGENT",
+        expect(404, inm=201, coord=201),
+        body=lambda w: {"case_id": w.ids["case"], "person_id": w.ids["mother"], "need_code": next(MANUAL_NEEDS),
                         "age_band": "18-59", "languages": ["es"]}),
     ("referral", "GET", "/referrals/{referral_id}"): Scenario(expect(404, inm=200, comar=200, coord=200), REFERRAL),
     # Only the addressee receives: the sender and the coordinator see the referral, so they get 403.

@@ -203,3 +203,24 @@ async def test_permissions_that_depend_on_the_body_are_refused_to_roles_without_
         refused = await world.client("referral").post(f"/referrals/{world.ids['referral']}/actions", json=reassign,
                                                       headers=world.tokens.of("coord", *roles))
         assert refused.status_code == 403, f"{roles}: {refused.text}"
+
+
+@pytest.mark.kafka
+async def test_a_manual_referral_for_a_person_not_yours_to_refer_answers_as_for_nobody(world: World):
+    """Issue 12: ids learnt from case.registered.v1 open nothing. Known or unknown, the same 404 (no oracle), and
+    nothing reaches intake: the Guatemalan agency still reads nothing of the son."""
+    referral, ids = world.client("referral"), world.ids
+    son = {"case_id": ids["case"], "person_id": ids["son"], "need_code": "UNACCOMPANIED_CHILD",
+           "age_band": "12-17", "languages": ["es"]}
+    for caller in ("comar", "inm2", "comar2", "gt", "gtcoord"):
+        headers = world.tokens.for_permission(caller, Permission.ACT_ON_REFERRALS)
+        known = await referral.post("/referrals", headers=headers, json=son)
+        fake = {**son, "case_id": str(uuid.uuid4()), "person_id": str(uuid.uuid4())}
+        nobody = await referral.post("/referrals", headers=headers, json=fake)
+        assert known.status_code == 404, f"{caller}: {known.text}"
+        assert refusal_problems(world, known, {ids["case"], ids["son"]}) == [], caller
+        assert normalised(known, [ids["case"], ids["son"]]) == normalised(nobody, [fake["case_id"],
+                                                                                   fake["person_id"]]), caller
+    read = await world.client("intake").get(f"/cases/{ids['case']}/persons/{ids['son']}",
+                                            headers=world.tokens.of("gt"))
+    assert read.status_code == 404 and refusal_problems(world, read, {ids["case"], ids["son"]}) == []

@@ -9,6 +9,7 @@ import pytest
 
 from enlace_platform.access import Role
 from tests.security.probing import read_audit
+from tests.support.harness import eventually
 from tests.security.world import World
 
 pytestmark = pytest.mark.kafka
@@ -141,9 +142,16 @@ async def test_after_a_reassignment_the_earlier_addressee_still_sees_who_touches
     """MX-INM2 refers a child to MX-PFPNNA; the coordinator reassigns it to a new agency. MX-PFPNNA keeps the file
     it received, so it sees the new addressee's reads; MX-INM, unrelated to this referral, sees nothing of it."""
     referral, tokens = world.client("referral"), world.tokens
-    created = await referral.post("/referrals", headers=tokens.of("inm2"), json={
-        "case_id": str(uuid.uuid4()), "person_id": str(uuid.uuid4()), "need_code": "UNACCOMPANIED_CHILD",
-        "age_band": "12-17", "languages": ["es"], "to_service_id": "MX-PFPNNA-1"})
+    registered = await world.client("intake").post("/cases", headers=tokens.of("inm2"), json=world.probe_case())
+    assert registered.status_code == 201, registered.text
+    manual = {"case_id": registered.json()["id"], "person_id": registered.json()["persons"][0]["id"],
+              "need_code": "UNACCOMPANIED_CHILD", "age_band": "12-17", "languages": ["es"],
+              "to_service_id": "MX-PFPNNA-1"}
+
+    async def referred_once_referral_knows_the_case():  # it learns who registered it from case.registered.v1
+        response = await referral.post("/referrals", headers=tokens.of("inm2"), json=manual)
+        return response if response.status_code != 404 else None
+    created = await eventually(referred_once_referral_knows_the_case, timeout=60, what="the case known to referral")
     assert created.status_code == 201, created.text
     ref = created.json()
     assert ref["to_agency_id"] == "MX-PFPNNA", ref

@@ -66,13 +66,15 @@ def family_group() -> dict:
 
 
 def hold_placed(*, case_id: str, person_id: str, need_code: str, hold_id: str | None = None,
-                referral_id: str | None = None, not_before: datetime | None = None) -> Envelope:
+                referral_id: str | None = None, not_before: datetime | None = None,
+                from_agency_id: str = "MX-INM", to_agency_id: str = "MX-COMAR") -> Envelope:
     hold_id = hold_id or str(uuid.uuid4())
     now = datetime.now(UTC)
     return Envelope(type="protection_hold.placed.v1", source="/enlace/referral", key=case_id, subject=hold_id,
                     data={"hold_id": hold_id, "case_id": case_id, "person_id": person_id,
                           "referral_id": referral_id or str(uuid.uuid4()), "need_code": need_code,
-                          "from_agency_id": "MX-INM", "to_agency_id": "MX-COMAR", "placed_at": now.isoformat(),
+                          "from_agency_id": from_agency_id, "to_agency_id": to_agency_id,
+                          "placed_at": now.isoformat(),
                           "not_before": not_before.isoformat() if not_before else None})
 
 
@@ -90,14 +92,17 @@ def hold_released(placed: Envelope, *, release_reason: str = "COMPLETED_FINAL",
 
 def referral_event(kind: str, *, referral_id: str, case_id: str, person_id: str, need_code: str, status: str,
                    to_agency_id: str | None, to_agency_type: str | None, outcome_code: str | None = None,
-                   reason_code: str | None = None, occurred_at: datetime | None = None) -> Envelope:
+                   reason_code: str | None = None, occurred_at: datetime | None = None,
+                   from_agency_id: str = "MX-INM", previous_referral_id: str | None = None) -> Envelope:
+    """As referral publishes it; from MX-INM, the agency that registers the test cases, unless said."""
     return Envelope(type=f"referral.{kind}.v1", source="/enlace/referral", key=case_id, subject=referral_id,
                     data={"referral_id": referral_id, "case_id": case_id, "person_id": person_id,
                           "need_code": need_code, "urgency": "high", "status": status, "is_lead": True,
-                          "from_agency_id": "MX-INM", "to_agency_id": to_agency_id,
+                          "from_agency_id": from_agency_id, "to_agency_id": to_agency_id,
                           "to_agency_type": to_agency_type,
                           "to_service_id": f"{to_agency_id}-1" if to_agency_id else None,
-                          "coordinator_agency_id": "MX-COORD", "due_at": None, "previous_referral_id": None,
+                          "coordinator_agency_id": "MX-COORD", "due_at": None,
+                          "previous_referral_id": previous_referral_id,
                           "actor_agency_id": to_agency_id, "reason_code": reason_code, "outcome_code": outcome_code,
                           "occurred_at": (occurred_at or datetime.now(UTC)).isoformat()})
 

@@ -67,6 +67,16 @@ def screened(*needs: tuple[str, str] | str, case_id: str | None = None, person_i
     return Envelope(type="case.screened.v1", source="/enlace/intake", key=case_id, subject=screening_id, data=data)
 
 
+def registered(*person_ids: str, case_id: str | None = None, jurisdiction: str = "MX",
+               agency_id: str | None = None) -> Envelope:
+    """A case.registered.v1 event exactly as intake publishes it (one new person unless given)."""
+    case_id = case_id or str(uuid.uuid4())
+    data = {"case_id": case_id, "agency_id": agency_id or migration_authority(jurisdiction),
+            "jurisdiction": jurisdiction, "person_ids": list(person_ids) or [str(uuid.uuid4())],
+            "encountered_at": datetime.now(UTC).isoformat()}
+    return Envelope(type="case.registered.v1", source="/enlace/intake", key=case_id, subject=case_id, data=data)
+
+
 def consent_changed(case_id: str, person_id: str, agency_type: str, status: str = "granted",
                     purpose: str = "referral") -> Envelope:
     data = {"case_id": case_id, "person_id": person_id, "consent_id": str(uuid.uuid4()),
@@ -104,6 +114,12 @@ class ReferralHarness:
             await self.handlers[envelope.type](session, envelope)
             await session.commit()
             await run_after_commit(session)  # as the consumer runner does (e.g. the purge after an erasure)
+
+    async def registered_person(self, jurisdiction: str = "MX", agency_id: str | None = None) -> tuple[str, str]:
+        """(case id, person id) of a new case intake registered: a person a manual referral may be about."""
+        event = registered(jurisdiction=jurisdiction, agency_id=agency_id)
+        await self.deliver(event)
+        return event.data["case_id"], event.data["person_ids"][0]
 
     async def events(self, *types: str) -> list[tuple[str, dict]]:
         """Outbox rows in commit order, as (type, payload)."""

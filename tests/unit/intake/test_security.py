@@ -412,3 +412,123 @@ async def test_a_withdrawal_ends_the_receivers_access_but_not_the_child_protecti
     withdrawn = [json.loads(e.payload) for e in await outbox_rows(runtime, "consent.changed.v1")
                  if json.loads(e.payload)["status"] == "withdrawn"]
     assert {(w["person_id"], w["basis"]) for w in withdrawn} == {(mother["id"], "consent"), (teen["id"], "consent")}
+
+
+# --- referrals intake did not see coming: who may refer is decided by intake's own records ---------------
+
+async def test_a_referral_from_an_agency_not_entitled_to_refer_the_person_grants_no_read_and_holds_nothing(
+        intake, officer, supervisor, dev_issuer_dir):
+    """Issue 12: a Guatemalan caseworker opened a referral for a Mexican case's child (and another agency made one
+    up on the bus). Intake checks the sender against who registered the case and which referrals it knows were
+    accepted, not against the event: the receiver reads nothing, and the hold blocks neither removal nor erasure."""
+    client, runtime = intake
+    case = await _register(client, officer)
+    _, _, teen, adult, _ = case["persons"]
+    base = f"/cases/{case['id']}/persons"
+    await client.post(f"{base}/{teen['id']}/consents", headers=supervisor, json={
+        "recipient_agency_type": "child_protection", "purpose": "referral", "basis": "mandatory_override",
+        "reason": "LGDNNA art. 89"})
+    made_up = []
+    for sender, receiver in (("GT-IGM", "GT-PGN"), ("MX-COMAR", "MX-PFPNNA"), ("MX-PFPNNA", "MX-PFPNNA")):
+        referral_id = str(uuid.uuid4())
+        made_up.append(referral_id)
+        await deliver(runtime, REFERRAL_HANDLERS, referral_event(
+            "requested", referral_id=referral_id, case_id=case["id"], person_id=teen["id"],
+            need_code="UNACCOMPANIED_CHILD", status="requested", to_agency_id=receiver,
+            to_agency_type="child_protection", from_agency_id=sender))
+        await deliver(runtime, REFERRAL_HANDLERS, referral_event(
+            "accepted", referral_id=referral_id, case_id=case["id"], person_id=teen["id"],
+            need_code="UNACCOMPANIED_CHILD", status="accepted", to_agency_id=receiver,
+            to_agency_type="child_protection", from_agency_id=sender))
+        await deliver(runtime, HOLD_HANDLERS, hold_placed(
+            case_id=case["id"], person_id=teen["id"], need_code="UNACCOMPANIED_CHILD", referral_id=referral_id,
+            from_agency_id=sender, to_agency_id=receiver))
+    for receiver in ("GT-PGN", "MX-PFPNNA"):
+        reader = bearer(dev_issuer_dir, receiver, "child_protection", receiver[:2])
+        refused = await client.get(f"{base}/{teen['id']}", headers=reader)
+        nobody = await client.get(f"{base}/{uuid.uuid4()}", headers=reader)
+        assert refused.status_code == nobody.status_code == 404, refused.text
+        assert _without_ids(refused, teen["id"]) == _without_ids(nobody, nobody.url.path.rsplit("/", 1)[-1])
+        assert not _leaks(refused.content, SECRETS)
+    # Not an onward referral either: an agency whose own referral is not entitled refers nobody.
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event(
+        "requested", referral_id=str(uuid.uuid4()), case_id=case["id"], person_id=teen["id"],
+        need_code="MEDICAL_URGENT", status="requested", to_agency_id="MX-SSA", to_agency_type="health",
+        from_agency_id="MX-PFPNNA", previous_referral_id=made_up[2]))
+    await client.post(f"{base}/{teen['id']}/consents", headers=officer,
+                      json={"recipient_agency_type": "health", "purpose": "referral"})
+    assert (await client.get(f"{base}/{teen['id']}", headers=bearer(dev_issuer_dir, "MX-SSA", "health"))
+            ).status_code == 404
+    # The registering agency is not blocked by those holds, nor shown them as its own.
+    view = (await client.get(f"/cases/{case['id']}", headers=officer)).json()
+    assert view["holds"] == [] and view["referrals"] == []
+    order = await client.post(f"{base}/{teen['id']}/removal-orders", headers=supervisor,
+                              json={"destination_country": "HND"})
+    assert order.status_code == 201, order.text
+    erased = await client.post(f"{base}/{adult['id']}/erasure", headers=supervisor,
+                               json={"reason_code": "ERASURE_REQUEST"})
+    assert erased.status_code == 200, erased.text
+
+
+async def test_the_registering_agency_the_coordinator_and_an_agency_working_on_the_person_refer_with_effect(
+        intake, officer, supervisor, dev_issuer_dir):
+    client, runtime = intake
+    case = await _register(client, officer)
+    mother, _, teen, _, _ = case["persons"]
+    base = f"/cases/{case['id']}/persons"
+    for agency_type in ("child_protection", "health", "psychosocial"):
+        await client.post(f"{base}/{teen['id']}/consents", headers=officer,
+                          json={"recipient_agency_type": agency_type, "purpose": "referral"})
+    pfpnna = bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection")
+    ssa = bearer(dev_issuer_dir, "MX-SSA", "health")
+    psi = bearer(dev_issuer_dir, "MX-PSI", "psychosocial")
+    child_referral = str(uuid.uuid4())
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event(
+        "requested", referral_id=child_referral, case_id=case["id"], person_id=teen["id"],
+        need_code="UNACCOMPANIED_CHILD", status="requested", to_agency_id="MX-PFPNNA",
+        to_agency_type="child_protection"))
+    hold = hold_placed(case_id=case["id"], person_id=teen["id"], need_code="UNACCOMPANIED_CHILD",
+                       referral_id=child_referral, to_agency_id="MX-PFPNNA")
+    await deliver(runtime, HOLD_HANDLERS, hold)
+    assert (await client.get(f"{base}/{teen['id']}", headers=pfpnna)).status_code == 200
+
+    # Before it accepts, the child-protection agency's own referral onward grants nothing.
+    early = str(uuid.uuid4())
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event(
+        "requested", referral_id=early, case_id=case["id"], person_id=teen["id"], need_code="MEDICAL_URGENT",
+        status="requested", to_agency_id="MX-SSA", to_agency_type="health", from_agency_id="MX-PFPNNA"))
+    assert (await client.get(f"{base}/{teen['id']}", headers=ssa)).status_code == 404
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event(
+        "accepted", referral_id=child_referral, case_id=case["id"], person_id=teen["id"],
+        need_code="UNACCOMPANIED_CHILD", status="accepted", to_agency_id="MX-PFPNNA",
+        to_agency_type="child_protection"))
+    # Once it works on the child, it refers onward with effect; so does the coordinator.
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event(
+        "requested", referral_id=str(uuid.uuid4()), case_id=case["id"], person_id=teen["id"],
+        need_code="DISABILITY", status="requested", to_agency_id="MX-SSA", to_agency_type="health",
+        from_agency_id="MX-PFPNNA"))
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event(
+        "requested", referral_id=str(uuid.uuid4()), case_id=case["id"], person_id=teen["id"],
+        need_code="CRIME_VICTIM", status="requested", to_agency_id="MX-PSI", to_agency_type="psychosocial",
+        from_agency_id="MX-COORD"))
+    assert (await client.get(f"{base}/{teen['id']}", headers=ssa)).status_code == 200
+    assert (await client.get(f"{base}/{teen['id']}", headers=psi)).status_code == 200
+    # Only the person the referrals are about.
+    assert (await client.get(f"{base}/{mother['id']}", headers=ssa)).status_code == 404
+    # The hold of the registering agency's referral blocks the removal, as it always did.
+    refused = await client.post(f"{base}/{teen['id']}/removal-orders", headers=supervisor,
+                                json={"destination_country": "HND"})
+    assert refused.status_code == 409 and refused.json()["holds"][0]["hold_id"] == hold.data["hold_id"]
+    view = (await client.get(f"/cases/{case['id']}", headers=officer)).json()
+    assert [h["hold_id"] for h in view["holds"]] == [hold.data["hold_id"]]
+    # The early referral stays without effect: it was not entitled when it was made.
+    assert early not in {r["referral_id"] for r in view["referrals"]} and len(view["referrals"]) == 3
+
+
+def _without_ids(response, *ids: str) -> tuple:
+    text = response.text
+    for value in ids:
+        text = text.replace(value, "<id>")
+    body = json.loads(text)
+    body.pop("instance", None)
+    return response.status_code, response.headers["content-type"], body

@@ -165,7 +165,7 @@ class ProtectionHoldRow(SQLModel, table=True):
 
 
 class ReferralViewRow(SQLModel, table=True):
-    """What intake knows of a referral: its status, receiver and outcome code; never its notes."""
+    """What intake knows of a referral: its status, sender, receiver and outcome code; never its notes."""
 
     __tablename__ = "intake_referral"
 
@@ -174,6 +174,12 @@ class ReferralViewRow(SQLModel, table=True):
     person_id: str = Field(index=True)
     need_code: str
     status: str
+    from_agency_id: str | None = Field(default=None, description="None: recorded before intake kept the sender")
+    sender_entitled: bool | None = Field(
+        default=None, description="Whether the sender might refer this person, by intake's own records (it "
+                                  "registered the case, coordinates its jurisdiction, or works on an entitled "
+                                  "referral for the person), decided when intake first learnt the sender. False: "
+                                  "the referral grants nothing and its hold blocks nothing. None: not decided yet")
     to_agency_id: str | None = Field(default=None, index=True)
     to_agency_type: str | None = None
     outcome_code: str | None = None

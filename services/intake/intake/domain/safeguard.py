@@ -13,6 +13,8 @@ from enlace_platform.timeutil import as_utc
 ACTIVE = "active"
 RELEASED = "released"
 CLOSED_REFERRAL_STATUSES = frozenset({"completed", "cancelled", "failed", "rejected"})
+# The receiver took the person on and has not finished: it may refer them onward.
+WORKING_REFERRAL_STATUSES = frozenset({"accepted", "in-progress", "on-hold"})
 # The needs for which the referral service always holds the person (docs/event-catalog.md).
 HOLD_BEARING_NEEDS = ("INTERNATIONAL_PROTECTION", "UNACCOMPANIED_CHILD", "SEPARATED_CHILD", "TRAFFICKING_PRESUMED")
 
@@ -51,6 +53,11 @@ def on_released(current: HoldState | None, *, hold_id: str, case_id: str, person
     return replace(base, status=RELEASED, released_at=released_at, release_reason=release_reason,
                    release_referral_id=referral_id, outcome_code=outcome_code,
                    need_code=base.need_code or need_code)
+
+
+def coordinator_of(jurisdiction: str) -> str:
+    """Each jurisdiction has one coordinator agency, <CC>-COORD (docs/event-catalog.md)."""
+    return f"{jurisdiction}-COORD"
 
 
 def referral_is_open(status: str) -> bool:

@@ -2,7 +2,12 @@
 
 Each is idempotent beyond the inbox: the same fact arriving twice (or out of order) ends in the same rows.
 A payload that breaks its contract is a PoisonMessage and goes to the dead-letter topic.
+
+What arrives on the bus is not an authority: a referral grants a read, and its hold blocks a removal, only
+if its sender might refer the person by intake's own records (sender_entitled, docs/security.md).
 """
+
+import logging
 
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -10,6 +15,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 from sqlalchemy import event, update
+from sqlmodel import col, select
 from sqlmodel import Session as SyncSession
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -18,7 +24,11 @@ from enlace_platform.envelope import Envelope
 from intake.adapters.orm import CaseRow, ProtectionHoldRow, ReferralViewRow
 from intake.domain import events
 from intake.domain.rules import NEED_CODES
-from intake.domain.safeguard import HoldState, is_newer, on_placed, on_released
+from intake.domain.safeguard import (
+    WORKING_REFERRAL_STATUSES, HoldState, coordinator_of, is_newer, on_placed, on_released,
+)
+
+log = logging.getLogger(__name__)
 
 
 class _Payload(BaseModel):
@@ -52,6 +62,8 @@ class ReferralChanged(_Payload):
     person_id: str
     need_code: str
     status: str
+    from_agency_id: str | None = None
+    previous_referral_id: str | None = None
     to_agency_id: str | None = None
     to_agency_type: str | None = None
     outcome_code: str | None = None
@@ -137,12 +149,39 @@ async def on_referral_event(session: AsyncSession, envelope: Envelope) -> None:
     row = row or ReferralViewRow(referral_id=p.referral_id, case_id=p.case_id, person_id=p.person_id,
                                  need_code=p.need_code, status=p.status, last_event_type=envelope.type,
                                  occurred_at=occurred_at)
+    if row.sender_entitled is None and p.from_agency_id:  # decided once, as things stood when the referral came
+        row.from_agency_id = p.from_agency_id
+        row.sender_entitled = await _sender_entitled(session, p)
+        if not row.sender_entitled:
+            log.warning("referral %s from an agency not entitled to refer the person: it grants nothing and its "
+                        "hold blocks nothing", p.referral_id)
     row.status, row.need_code, row.last_event_type, row.occurred_at = p.status, p.need_code, envelope.type, occurred_at
     row.to_agency_id, row.to_agency_type = p.to_agency_id, p.to_agency_type
     if p.outcome_code is not None:
         row.outcome_code = p.outcome_code
     session.add(row)
     _touch_case(session, p.case_id)
+
+
+async def _sender_entitled(session: AsyncSession, p: ReferralChanged) -> bool:
+    """By intake's own records: the agency that registered the case, the coordinator of its jurisdiction, an
+    agency working on an entitled referral for the person, or the sender of the entitled referral this one
+    continues (routed onward after a rejection keeps its sender)."""
+    case = await session.get(CaseRow, p.case_id)
+    if case is None:
+        return False
+    if p.from_agency_id in (case.agency_id, coordinator_of(case.jurisdiction)):
+        return True
+    if p.previous_referral_id:
+        previous = await session.get(ReferralViewRow, p.previous_referral_id)
+        if previous is not None and previous.sender_entitled and previous.person_id == p.person_id \
+                and previous.from_agency_id == p.from_agency_id:
+            return True
+    working = await session.exec(select(ReferralViewRow.referral_id).where(
+        ReferralViewRow.case_id == p.case_id, ReferralViewRow.person_id == p.person_id,
+        ReferralViewRow.to_agency_id == p.from_agency_id, ReferralViewRow.sender_entitled == True,  # noqa: E712
+        col(ReferralViewRow.status).in_(sorted(WORKING_REFERRAL_STATUSES))).limit(1))
+    return working.first() is not None
 
 
 HOLD_HANDLERS = {events.HOLD_PLACED: on_hold_placed, events.HOLD_RELEASED: on_hold_released}

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -185,13 +185,27 @@ async def relationships_of(session: AsyncSession, case_id: str) -> list[Relation
     return list((await session.exec(select(RelationshipRow).where(RelationshipRow.case_id == case_id))).all())
 
 
+# A referral whose sender was not entitled to refer the person (by intake's own records, see handlers.py) is
+# kept on record but counts for nothing: no read, no hold that blocks a removal or an erasure, not in the case
+# view. Referrals recorded before intake kept senders (sender_entitled None) still hold the person.
+def _counts():
+    return or_(col(ReferralViewRow.sender_entitled).is_(None), ReferralViewRow.sender_entitled == True)  # noqa: E712
+
+
+def _hold_counts():
+    unentitled = select(ReferralViewRow.referral_id).where(ReferralViewRow.sender_entitled == False)  # noqa: E712
+    return or_(col(ProtectionHoldRow.referral_id).is_(None), col(ProtectionHoldRow.referral_id).not_in(unentitled))
+
+
 async def holds_of(session: AsyncSession, case_id: str) -> list[ProtectionHoldRow]:
-    query = select(ProtectionHoldRow).where(ProtectionHoldRow.case_id == case_id).order_by(ProtectionHoldRow.hold_id)
+    query = select(ProtectionHoldRow).where(ProtectionHoldRow.case_id == case_id, _hold_counts()) \
+        .order_by(ProtectionHoldRow.hold_id)
     return list((await session.exec(query)).all())
 
 
 async def referrals_of(session: AsyncSession, case_id: str) -> list[ReferralViewRow]:
-    query = select(ReferralViewRow).where(ReferralViewRow.case_id == case_id).order_by(ReferralViewRow.occurred_at)
+    query = select(ReferralViewRow).where(ReferralViewRow.case_id == case_id, _counts()) \
+        .order_by(ReferralViewRow.occurred_at)
     return list((await session.exec(query)).all())
 
 
@@ -221,7 +235,8 @@ async def search_cases(session: AsyncSession, vault: Vault, principal: Principal
 async def person_for_reader(session: AsyncSession, vault: Vault, principal: Principal, case_id: str,
                             person_id: str) -> PersonView:
     """The registering agency always; a receiving agency only with an open referral about this person
-    addressed to it, and consent (or the child-protection override) for its agency type."""
+    addressed to it from a sender entitled to refer them, and consent (or the child-protection override) for
+    its agency type."""
     case = await session.get(CaseRow, case_id)
     person = await session.get(PersonRow, person_id)
     if case is None or person is None or person.case_id != case.id:
@@ -235,9 +250,11 @@ async def person_for_reader(session: AsyncSession, vault: Vault, principal: Prin
 
 
 async def _receiver_may_read(session: AsyncSession, principal: Principal, person: PersonRow) -> bool:
+    # Only a referral whose sender intake found entitled to refer the person: not one made up elsewhere.
     query = select(ReferralViewRow).where(ReferralViewRow.case_id == person.case_id,
                                           ReferralViewRow.person_id == person.id,
-                                          ReferralViewRow.to_agency_id == principal.agency_id)
+                                          ReferralViewRow.to_agency_id == principal.agency_id,
+                                          ReferralViewRow.sender_entitled == True)  # noqa: E712
     if not any(referral_is_open(r.status) for r in (await session.exec(query)).all()):
         return False
     return consent_rules.covers(await _active_grants(session, person.id),
@@ -528,7 +545,7 @@ async def _holds_on(session: AsyncSession, person: PersonRow) -> tuple[list[Prot
                                                                           ScreeningRow | None]:
     """(active holds, hold-bearing needs of the latest screening whose hold has not arrived, that screening)."""
     every_hold = list((await session.exec(select(ProtectionHoldRow).where(
-        ProtectionHoldRow.person_id == person.id).order_by(ProtectionHoldRow.hold_id))).all())
+        ProtectionHoldRow.person_id == person.id, _hold_counts()).order_by(ProtectionHoldRow.hold_id))).all())
     holds = [h for h in every_hold if h.status == ACTIVE]
     latest = (await session.exec(select(ScreeningRow).where(ScreeningRow.person_id == person.id)
                                  .order_by(col(ScreeningRow.created_at).desc()).limit(1))).first()
@@ -585,7 +602,7 @@ async def erasure_blockers(session: AsyncSession, person: PersonRow) -> ErasureB
     """What forbids erasing the person now: holds (active or pending) and open referrals."""
     holds, pending, _ = await _holds_on(session, person)
     referrals = [r for r in (await session.exec(select(ReferralViewRow).where(
-        ReferralViewRow.person_id == person.id).order_by(ReferralViewRow.referral_id))).all()
+        ReferralViewRow.person_id == person.id, _counts()).order_by(ReferralViewRow.referral_id))).all()
         if referral_is_open(r.status)]
     if holds or pending or referrals:
         return ErasureBlocked(holds, pending, referrals)

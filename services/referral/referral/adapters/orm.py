@@ -139,6 +139,18 @@ class ConsentRow(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=_now)
 
 
+class CasePersonRow(SQLModel, table=True):
+    """Who registered each person's case, and where: what decides who may open a manual referral for them.
+    Learnt from intake's case.registered.v1 and case.screened.v1; a person not here does not exist for referral."""
+    __tablename__ = "referral_case_person"
+
+    person_id: str = Field(primary_key=True)
+    case_id: str = Field(index=True)
+    registering_agency_id: str
+    jurisdiction: str
+    learnt_at: datetime = Field(default_factory=_now)
+
+
 class ScreeningRow(SQLModel, table=True):
     """Screenings already routed: the same screening arriving again changes nothing."""
     __tablename__ = "referral_screening"
@@ -150,4 +162,4 @@ class ScreeningRow(SQLModel, table=True):
 
 
 TABLES = [SubjectKey.__table__, AgencyRow.__table__, ServiceRow.__table__, ReferralRow.__table__, HistoryRow.__table__,
-          HoldRow.__table__, ConsentRow.__table__, ScreeningRow.__table__]
+          HoldRow.__table__, ConsentRow.__table__, ScreeningRow.__table__, CasePersonRow.__table__]

@@ -41,6 +41,7 @@ ACTION_EVENTS = {
 }
 
 # Consumed
+CASE_REGISTERED = "case.registered.v1"
 CASE_SCREENED = "case.screened.v1"
 CONSENT_CHANGED = "consent.changed.v1"
 PERSON_ERASED = "person.erased.v1"

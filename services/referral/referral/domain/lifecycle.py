@@ -55,7 +55,9 @@ class Rule:
 
 
 _R, _S, _C = Role.RECEIVER, Role.SENDER, Role.COORDINATOR
-_WORKING = frozenset({Status.ACCEPTED, Status.IN_PROGRESS, Status.ON_HOLD})
+# The receiver took the person on and has not finished: it may refer them onward (a manual referral).
+WORKING = frozenset({Status.ACCEPTED, Status.IN_PROGRESS, Status.ON_HOLD})
+_WORKING = WORKING
 
 RULES: dict[Action, Rule] = {
     Action.RECEIVE: Rule(frozenset({_R}), frozenset({Status.REQUESTED}), Status.RECEIVED),

@@ -31,7 +31,8 @@ from referral.adapters.directory import load_directory, withdrawn_agency_types
 from referral.entrypoints.directory_api import LanguageCode
 from referral.service_layer.referrals import (
     Actor, Command, Policy, act, agency_roles, add_note, decide_route, eligible_problem, facts_for,
-    now_utc, open_referral, open_referral_for, release_hold_by_coordinator, roles_of, visible_referral,
+    now_utc, open_referral, open_referral_for, referable_person, release_hold_by_coordinator, roles_of,
+    visible_referral,
 )
 from referral.service_layer.sealing import HistoryText, open_history_text
 
@@ -255,12 +256,14 @@ async def list_referrals(
 
 
 @router.post("/referrals", status_code=201, response_model=ReferralOut,
-             responses={404: {"model": ProblemDetails, "description": "The person is known here, but another agency "
-                                                                      "sends their referrals"},
+             responses={404: {"model": ProblemDetails, "description": "No such person in that case among those your "
+                                                                      "agency may refer: the same answer whether the "
+                                                                      "person is unknown here or not yours to refer"},
                         409: {"model": ProblemDetails, "description": "An open referral for this person and need "
                                                                       "exists"}},
-             summary="A manual referral by a caseworker of your agency (sent from your agency; for a person "
-                     "already known here, only by the agency that sends their referrals)")
+             summary="A manual referral by a caseworker of your agency, sent from your agency, for a person whose "
+                     "case intake registered: by the case's registering agency, an agency working on an accepted "
+                     "referral for the person, or the coordinator of the case's jurisdiction; never across borders")
 async def create_referral(body: ManualReferralIn, request: Request, principal: ReferralActor, session: DbSession,
                           idempotency: Idempotency) -> ReferralOut:
     previous = await idempotency.previous_resource(session)
@@ -268,23 +271,14 @@ async def create_referral(body: ManualReferralIn, request: Request, principal: R
         note_objects(request, "referral", [previous])
         return await render(session, await visible_referral(session, previous, principal), principal)
     person_id, case_id = str(body.person_id), str(body.case_id)
-    known = (await session.exec(select(ReferralRow.case_id, ReferralRow.from_agency_id)
-                                .where(ReferralRow.person_id == person_id))).all()
-    # A person known here is referred only by the agency that sends their referrals (registered their case);
-    # to anyone else they do not exist, as an unrelated agency's referral does not.
-    if known and principal.agency_id not in {sender for _, sender in known}:
-        raise Problem(404, detail="No such person among those whose referrals your agency sends.")
-    known_case = known[0][0] if known else None
-    if known_case is not None and known_case != case_id:
-        raise Problem(422, detail="This person belongs to another case.",
-                      errors=[{"path": "body/case_id", "message": "not the person's case"}])
+    case = await referable_person(session, principal, case_id, person_id)
     existing = await open_referral_for(session, person_id, body.need_code)
     if existing is not None:
         raise Problem(409, detail=f"Person already has an open referral for {body.need_code}.",
                       existing_referral_id=existing.id if agency_roles(principal, existing) else None)
-    facts = await facts_for(session, principal.jurisdiction, body.age_band, body.languages, person_id)
+    facts = await facts_for(session, case.jurisdiction, body.age_band, body.languages, person_id)
     if body.to_service_id:
-        directory = {s.service_id: s for s in await load_directory(session, principal.jurisdiction)}
+        directory = {s.service_id: s for s in await load_directory(session, case.jurisdiction)}
         service = directory.get(body.to_service_id)
         why = "not a service of your jurisdiction" if service is None else eligible_problem(service, body.need_code, facts)
         if why:

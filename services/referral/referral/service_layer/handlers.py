@@ -1,8 +1,8 @@
 """Referral event handlers. Each runs inside the consumer's transaction (with its inbox row).
 
 Idempotent beyond the inbox: a screening already routed is skipped, an open referral for the same
-person and need is never duplicated, consent changes are upserts, and a withdrawal cancels only what is
-still open.
+person and need is never duplicated, consent changes are upserts, a case's registering agency is recorded
+once, and a withdrawal cancels only what is still open.
 """
 
 import logging
@@ -16,7 +16,7 @@ from enlace_platform.consumer import PoisonMessage, after_commit
 from enlace_platform.crypto import SubjectKey, purge_freed_pages
 from enlace_platform.envelope import Envelope
 from enlace_platform.runtime import ServiceRuntime
-from referral.adapters.orm import ConsentRow, HistoryRow, ReferralRow, ScreeningRow
+from referral.adapters.orm import CasePersonRow, ConsentRow, HistoryRow, ReferralRow, ScreeningRow
 from referral.config import ReferralSettings
 from referral.domain import events
 from referral.domain.codes import (
@@ -44,6 +44,27 @@ def _consent_entry(entry: dict) -> tuple[str, str, str]:
     return agency_type, purpose, basis
 
 
+async def _learn_case_persons(session: AsyncSession, case_id: str, person_ids: list[str], registering_agency_id: str,
+                              jurisdiction: str) -> None:
+    """Who registered the case, and where: the first word stands (intake never moves a person to another case)."""
+    for person_id in dict.fromkeys(person_ids):
+        if await session.get(CasePersonRow, person_id) is None:
+            session.add(CasePersonRow(person_id=person_id, case_id=case_id, registering_agency_id=registering_agency_id,
+                                      jurisdiction=jurisdiction))
+
+
+async def on_case_registered(session: AsyncSession, envelope: Envelope) -> None:
+    data = envelope.data
+    try:
+        case_id, agency_id, jurisdiction = str(data["case_id"]), str(data["agency_id"]), str(data["jurisdiction"])
+        person_ids = [str(p) for p in data["person_ids"]]
+        if not person_ids or not agency_id or not jurisdiction:
+            raise ValueError("a case without persons, agency or jurisdiction")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _contract_error(events.CASE_REGISTERED, exc) from exc
+    await _learn_case_persons(session, case_id, person_ids, agency_id, jurisdiction)
+
+
 async def on_case_screened(session: AsyncSession, envelope: Envelope, policy: Policy | None = None) -> None:
     policy = policy or Policy.from_settings(ReferralSettings())
     data = envelope.data
@@ -63,6 +84,8 @@ async def on_case_screened(session: AsyncSession, envelope: Envelope, policy: Po
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise _contract_error(events.CASE_SCREENED, exc) from exc
 
+    # Also for cases registered before referral recorded case.registered.v1.
+    await _learn_case_persons(session, case_id, [person_id], from_agency, jurisdiction)
     if await session.get(ScreeningRow, screening_id) is not None:
         return  # this screening was already routed
     session.add(ScreeningRow(screening_id=screening_id, case_id=case_id, person_id=person_id))
@@ -153,6 +176,7 @@ async def on_person_erased(session: AsyncSession, envelope: Envelope, runtime: S
 
 
 def consumer_handlers(policy: Policy, runtime: ServiceRuntime) -> dict:
-    return {events.CASE_SCREENED: partial(on_case_screened, policy=policy),
+    return {events.CASE_REGISTERED: on_case_registered,
+            events.CASE_SCREENED: partial(on_case_screened, policy=policy),
             events.CONSENT_CHANGED: partial(on_consent_changed, policy=policy),
             events.PERSON_ERASED: partial(on_person_erased, runtime=runtime)}

@@ -20,7 +20,7 @@ from enlace_platform.outbox import add_event
 from enlace_platform.problems import Problem
 from enlace_platform.timeutil import as_utc
 from referral.adapters.directory import consented_agency_types, load_directory, open_counts, to_directory_service
-from referral.adapters.orm import AgencyRow, HistoryRow, HoldRow, ReferralRow, ServiceRow
+from referral.adapters.orm import AgencyRow, CasePersonRow, HistoryRow, HoldRow, ReferralRow, ServiceRow
 from referral.domain import events
 from referral.domain.clocks import NeedClocks, clock_for
 from referral.domain.codes import (
@@ -30,7 +30,7 @@ from referral.domain.codes import (
 )
 from referral.domain.consent import cancelled_by_withdrawal
 from referral.domain.lifecycle import (
-    OPEN, TERMINAL, Action, Allowed, Conflict, Role, Status, allowed_actions, decide,
+    OPEN, TERMINAL, WORKING, Action, Allowed, Conflict, Role, Status, allowed_actions, decide,
 )
 from referral.domain.routing import CaseFacts, RoutingDecision, ineligibility, lead_rank, route
 from referral.service_layer.sealing import sealed_text
@@ -136,6 +136,28 @@ async def add_history(session: AsyncSession, ref: ReferralRow, action: str, from
 
 
 # --- opening referrals -----------------------------------------------------------------------
+
+_WORKING_STATUSES = [str(s) for s in WORKING]
+NOT_REFERABLE = "No such person in that case among the persons your agency may refer."
+
+
+async def referable_person(session: AsyncSession, principal: Principal, case_id: str,
+                           person_id: str) -> CasePersonRow:
+    """The person's case as intake registered it, if the caller may open a manual referral for them: the
+    registering agency, an agency working on an accepted referral for them, or the coordinator of the case's
+    jurisdiction (with the role coordinator), always inside that jurisdiction (no cross-border agreement
+    exists yet). Every refusal is the 404 of a person referral never heard of, after the same one query."""
+    taken_on = select(ReferralRow.id).where(
+        ReferralRow.person_id == person_id, ReferralRow.to_agency_id == principal.agency_id,
+        col(ReferralRow.status).in_(_WORKING_STATUSES)).exists()
+    found = (await session.exec(select(CasePersonRow, taken_on).where(CasePersonRow.person_id == person_id))).first()
+    if found is not None:
+        case, works_on_them = found
+        in_jurisdiction = case.case_id == case_id and case.jurisdiction == principal.jurisdiction
+        coordinates = principal.agency_type == COORDINATOR and may(principal, Permission.COORDINATE)
+        if in_jurisdiction and (principal.agency_id == case.registering_agency_id or works_on_them or coordinates):
+            return case
+    raise Problem(404, detail=NOT_REFERABLE)
 
 async def decide_route(session: AsyncSession, need_code: str, facts: CaseFacts,
                        excluded_agencies: frozenset[str] = frozenset()) -> RoutingDecision:
