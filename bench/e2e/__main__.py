@@ -158,7 +158,8 @@ def main() -> int:
 
     async def guarded() -> dict:
         task = asyncio.current_task()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)  # tear the stack down
+        for sig in (signal.SIGTERM, signal.SIGINT):  # either tears the stack down
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
         return await run(args, console)
     results = asyncio.run(guarded())
     results["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]

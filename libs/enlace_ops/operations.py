@@ -14,6 +14,7 @@ from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy import func
 from sqlmodel import select
 
+from enlace_platform.consumer import REDRIVE_FOR_HEADER
 from enlace_platform.db import make_engine, make_read_session_factory
 from enlace_platform.outbox import OutboxMessage
 from enlace_platform.timeutil import age_seconds
@@ -104,9 +105,11 @@ async def redrive(bootstrap: str, topic: str, *, partition: int | None = None, o
     try:
         for done, letter in enumerate(chosen, 1):
             original = letter.headers.get("dlq_original_topic", topic)
+            headers = [(k, v) for k, v in letter.original_headers() if k != REDRIVE_FOR_HEADER]
+            if letter.headers.get("dlq_consumer"):  # only the consumer that failed takes it again
+                headers.append((REDRIVE_FOR_HEADER, letter.headers["dlq_consumer"].encode()))
             await (await producer.send(original, value=letter.value,
-                                       key=letter.key.encode() if letter.key else None,
-                                       headers=letter.original_headers()))
+                                       key=letter.key.encode() if letter.key else None, headers=headers))
             if progress:
                 progress(done, len(chosen))
     finally:

@@ -64,6 +64,9 @@ _AFTER_COMMIT = "enlace.consumer.after_commit"
 RUNNING_COMMIT_TIMEOUT_S = 10.0
 _VERSIONED = re.compile(r"^(?P<name>.+)\.v\d+$")
 _INBOX_TABLE = ProcessedMessage.__table__
+# Set by a redrive (enlace-ops dlq redrive) to the consumer whose dead letter it was: the topic's other
+# consumers handled their copy, or dead-lettered it themselves and get a redrive of their own.
+REDRIVE_FOR_HEADER = "enlace_redrive_for"
 
 
 class PoisonMessage(Exception):
@@ -146,6 +149,7 @@ class _Item:
     envelope: Envelope | None = None
     handler: Handler | None = None
     poison: Exception | None = None  # dead-letter at once; neither handler nor poison: skip
+    redriven_for_another: bool = False
     seconds: float = 0.0  # handling time so far, retries included
 
 
@@ -387,6 +391,10 @@ class ConsumerRunner:
             log.warning("malformed record at %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
             item.poison = exc
             return item
+        addressee = dict(record.headers or ()).get(REDRIVE_FOR_HEADER)
+        if addressee is not None and addressee.decode("utf-8", "replace") != self.name:
+            item.redriven_for_another = True
+            return item
         item.handler = self._handlers.get(envelope.type)
         if item.handler is None:
             if envelope.type not in self._known_types or _event_name(envelope.type) in self._handled_names:
@@ -447,7 +455,7 @@ class ConsumerRunner:
                     await self._dead_letter(head.record, head.poison, attempts=1)
                 self._finished(tp, items, 1, "dead-lettered")
             else:
-                if self._metrics is not None:
+                if self._metrics is not None and not head.redriven_for_another:
                     self._metrics.consumer_skipped.labels(self.name, head.envelope.type).inc()
                 self._finished(tp, items, 1, None)
 
@@ -628,6 +636,8 @@ class ConsumerRunner:
                     "consumer %s: dead letter for %s[%d]@%d not acknowledged (%s); the record is held", self.name,
                     record.topic, record.partition, record.offset, _fault_name(failure))
             raise _Fault(failure) from failure
+        log.warning("consumer %s: %s[%d]@%d dead-lettered to %s: %s: %s", self.name, record.topic, record.partition,
+                    record.offset, dlq(record.topic), type(exc).__name__, _safe_message(exc))
         if self._metrics is not None:
             self._metrics.dead_letters.labels(self.name, record.topic).inc()
 

@@ -243,3 +243,50 @@ async def test_an_unknown_version_is_dead_lettered_with_its_reason_then_redriven
 
 async def _flag(value: bool) -> bool:
     return value
+
+
+async def test_a_redrive_goes_only_to_the_consumer_whose_dead_letter_it_was(kafka_bootstrap, database, dlq_producer):
+    prefix = unique_prefix()
+    await provision_topics(kafka_bootstrap, prefix)
+    contracts = EventContracts()
+    from_the_future = Envelope(type="case.screened.v9", source="/test", key="case-1", data={"shape": "new"})
+    await publish_envelopes(kafka_bootstrap, prefix + TOPIC, [from_the_future])
+    metrics = ServiceMetrics("test-svc")
+
+    def bystander() -> ConsumerRunner:  # another service's consumer of the topic, never upgraded
+        return ConsumerRunner(name="test.other", group_id=prefix + "other", topics=[prefix + TOPIC], handlers={},
+                              session_factory=database.sessions, bootstrap_servers=kafka_bootstrap,
+                              dlq_producer=dlq_producer, service_name="other-svc", metrics=metrics,
+                              retry_base_s=0.01, validate=contracts.check, known_event_types=contracts.event_types)
+
+    async def consume(*runners: ConsumerRunner, records: int) -> None:
+        tasks = [asyncio.create_task(r.run()) for r in runners]
+        try:
+            await eventually(lambda: _flag(all(r.records_seen >= records for r in runners)),
+                             what=f"{records} record(s) consumed by each")
+        finally:
+            for runner in runners:
+                runner.stop()
+            await asyncio.gather(*tasks)
+
+    pages = _runner(prefix, kafka_bootstrap, database.sessions, dlq_producer, metrics, handlers={},
+                    validate=contracts.check, known_event_types=contracts.event_types)
+    await consume(pages, bystander(), records=1)
+    letters = await ops.read_dead_letters(kafka_bootstrap, prefix + TOPIC)
+    assert sorted(d.headers["dlq_consumer"] for d in letters) == ["test.other", "test.pages"], "each its own"
+
+    # test.pages is upgraded; the operator redrives its dead letter only. The bystander must not take the
+    # redriven record for a new one and dead-letter it a second time.
+    [mine] = [d for d in letters if d.headers["dlq_consumer"] == "test.pages"]
+    await ops.redrive(kafka_bootstrap, prefix + TOPIC, partition=mine.partition, offsets=[mine.offset])
+
+    async def screened_v9(session, envelope):
+        session.add(Page(event_id=envelope.id, text=envelope.data["shape"]))
+
+    upgraded = _runner(prefix, kafka_bootstrap, database.sessions, dlq_producer, metrics,
+                       handlers={"case.screened.v9": screened_v9}, validate=contracts.check,
+                       known_event_types=contracts.event_types)
+    other = bystander()
+    await consume(upgraded, other, records=1)
+    assert await database.pages() == [from_the_future.id]
+    assert len(await ops.read_dead_letters(kafka_bootstrap, prefix + TOPIC)) == 2, "no new dead letter"
