@@ -193,7 +193,7 @@ class OutboxRelay:
         batch_size: int = 200,
         fallback_poll_s: float = 2.0,
         retry_base_s: float = 0.5,
-        retry_max_s: float = 30.0,
+        retry_max_s: float = 10.0,
         send_timeout_s: float = 5.0,
         lease_s: float = 60.0,
         drain_timeout_s: float = 5.0,

@@ -23,7 +23,8 @@ class ServiceSettings(BaseSettings):
     outbox_batch_size: int = 200
     outbox_fallback_poll_s: float = Field(2.0, description="Safety net; commits wake the relay at once")
     outbox_retry_base_s: float = 0.5
-    outbox_retry_max_s: float = 30.0
+    outbox_retry_max_s: float = Field(10.0, description="Longest wait between attempts of a failing row: once the "
+                                                        "broker is back, the backlog starts within it")
     outbox_send_timeout_s: float = Field(5.0, description="The producer's request_timeout_ms, and how long the "
                                                           "relay waits for acks; an event not acked by then counts "
                                                           "a failed attempt and stays with the producer, never "
