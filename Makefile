@@ -43,6 +43,7 @@ topics: venv
 services-up: venv
 	@$(PY) -m enlace_platform.dev_issuer --agency MX-INM >/dev/null  # creates the dev issuer key first
 	@OTEL_TRACES_EXPORTER=$${OTEL_TRACES_EXPORTER:-zipkin} \
+	 NOTIFICATION_WEBHOOK_ALLOW_LOOPBACK=$${NOTIFICATION_WEBHOOK_ALLOW_LOOPBACK:-true} \
 	 OTEL_EXPORTER_ZIPKIN_ENDPOINT=$${OTEL_EXPORTER_ZIPKIN_ENDPOINT:-http://127.0.0.1:9411/api/v2/spans} \
 	 deploy/services.sh start
 

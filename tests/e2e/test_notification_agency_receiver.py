@@ -173,16 +173,17 @@ async def test_an_agency_receiver_taken_down_slow_and_replaying_loses_nothing_an
 
     # Child protection: each webhook-id reached it once per attempt that reached it, and never after the
     # attempt it answered in time. The only repeats are attempts the sender timed out on while the receiver
-    # was still slow; the receiver's deduplication absorbed them.
+    # was still slow; the receiver's deduplication absorbed them. (The log records timeouts and refusals alike,
+    # so it bounds the repeats: each is an attempt without an HTTP answer.)
     originals = pfpnna.received[:len(pfpnna.received) // 2]
     repeats = 0
     for delivery_id, attempts in details.items():
         statuses = [a["status_code"] for a in attempts]
         assert statuses[-1] == 204 and statuses.count(204) == 1, (delivery_id, attempts)
-        timed_out = sum(1 for a in attempts if a["error"] and a["error"].startswith("TimeoutError"))
+        unanswered = statuses.count(None)
         arrivals = [r for r in originals if r.webhook_id == delivery_id]
-        assert len(arrivals) == 1 + timed_out, (delivery_id, attempts, len(arrivals))
-        repeats += timed_out
+        assert 1 <= len(arrivals) <= 1 + unanswered, (delivery_id, attempts, len(arrivals))
+        repeats += len(arrivals) - 1
     assert repeats >= 1, "the slow start made the sender give up on at least one attempt"
     assert len(originals) == len(events) + repeats
 

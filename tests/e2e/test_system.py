@@ -70,6 +70,7 @@ async def system(kafka_bootstrap, zipkin, dev_issuer_dir, tmp_path_factory):
         "ENLACE_KAFKA_TOPIC_PREFIX": prefix,
         "ENLACE_AUTH_DEV_PUBLIC_KEY_PATH": str(dev_issuer_dir / "public.pem"),
         "ENLACE_OUTBOX_FALLBACK_POLL_S": "0.5",
+        "NOTIFICATION_WEBHOOK_ALLOW_LOOPBACK": "true",  # as make up sets it: the demo's receiver is on loopback
         "OTEL_TRACES_EXPORTER": "zipkin",
         "OTEL_EXPORTER_ZIPKIN_ENDPOINT": f"{zipkin}/api/v2/spans",
         "OTEL_BSP_SCHEDULE_DELAY": "200",

@@ -55,6 +55,8 @@ def fast_settings(cls, *, tmp_path: Path, bootstrap: str, prefix: str, dev_issue
     """Service settings for tests: own database (SQLite in tmp_path unless a URL is given), isolated topics,
     quick retries."""
     name = cls.model_fields["service_name"].default
+    if "webhook_allow_loopback" in cls.model_fields:
+        extra.setdefault("webhook_allow_loopback", True)  # the tests' webhook receivers listen on loopback
     return cls(
         database_url=database_url or f"sqlite+aiosqlite:///{tmp_path / f'{name}.db'}",
         kafka_bootstrap_servers=bootstrap,

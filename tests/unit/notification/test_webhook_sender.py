@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from notification.adapters.webhook_sender import SendResult, send_signed
+from notification.adapters.webhook_sender import NO_ANSWER, SendResult, send_signed
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
@@ -218,8 +218,7 @@ async def test_connection_refused_gives_no_status_and_an_error(client):
                                message_id="msg_refused", payload=PAYLOAD)
     assert result.status_code is None
     assert not result.ok
-    assert result.error and "ConnectError" in result.error
-    assert len(result.error) <= 500
+    assert result.error == NO_ANSWER and result.cause == "ConnectError"
 
 
 async def test_timeout_gives_no_status_and_an_error(receiver):
@@ -228,7 +227,7 @@ async def test_timeout_gives_no_status_and_an_error(receiver):
                                    message_id="msg_slow", payload=PAYLOAD)
     assert result.status_code is None
     assert not result.ok
-    assert "Timeout" in result.error
+    assert result.error == NO_ANSWER and "Timeout" in result.cause
 
 
 async def test_non_utc_now_still_verifies(receiver, client):
@@ -261,7 +260,7 @@ async def test_the_total_timeout_bounds_the_whole_exchange(receiver, client):
     result = await send_signed(client, url=f"{receiver.base_url}/hooks/main?slow=1", secret=SECRET,
                                message_id="msg_total", payload=PAYLOAD, total_timeout_s=0.1)
     assert result.status_code is None and not result.ok
-    assert result.error.startswith("TimeoutError")
+    assert result.error == NO_ANSWER and result.cause == "TimeoutError"
 
 
 @pytest.mark.parametrize(("reply", "header", "expected"), [

@@ -1,12 +1,21 @@
 """Sends one signed webhook (Standard Webhooks) over HTTP."""
 
 import asyncio
+import ipaddress
+import socket
 import time
+import typing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import httpcore
 import httpx
+from httpcore import AsyncNetworkBackend, AsyncNetworkStream
 from standardwebhooks.webhooks import Webhook
+
+# What the delivery log records for any attempt that got no HTTP answer: refused, reset, timed out, or refused
+# by the address check alike, so that the log cannot tell an open port from a closed one (no port scanning).
+NO_ANSWER = "no HTTP answer: could not connect to the endpoint, or the connection failed"
 
 
 @dataclass(frozen=True)
@@ -15,6 +24,7 @@ class SendResult:
     latency_ms: float
     error: str | None
     retry_after_s: float | None = None  # the receiver's Retry-After (429/503), in seconds
+    cause: str | None = None  # the exception's name, for the operator's trace only; never recorded
 
     @property
     def ok(self) -> bool:
@@ -54,8 +64,60 @@ async def send_signed(client: httpx.AsyncClient, *, url: str, secret: str | list
             response = await client.post(url, content=payload.encode(), headers=headers)
         return SendResult(response.status_code, (time.perf_counter() - started) * 1000, None,
                           _retry_after(response) if response.status_code in (429, 503) else None)
-    except TimeoutError:
-        error = f"TimeoutError: no answer within {total_timeout_s}s"
-        return SendResult(None, (time.perf_counter() - started) * 1000, error)
-    except httpx.HTTPError as exc:
-        return SendResult(None, (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}"[:500])
+    except (TimeoutError, httpx.HTTPError) as exc:
+        return SendResult(None, (time.perf_counter() - started) * 1000, NO_ANSWER, cause=type(exc).__name__)
+
+
+# --- the address check, made when the connection is -----------------------------------------------------
+
+class AddressRefused(httpcore.ConnectError):
+    """The endpoint's name resolved to an address webhooks may not reach."""
+
+
+def is_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone index is no part of the address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
+                                 or ip.is_reserved or ip.is_unspecified)
+
+
+class PublicAddressesOnly(AsyncNetworkBackend):
+    """Resolves each host itself, refuses the connection unless every address it resolves to is public, then
+    connects to the address it checked: a name cannot resolve to one address for the check and another for the
+    connection (DNS rebinding). TLS still names the origin host, which httpcore hands to start_tls apart."""
+
+    def __init__(self, inner: AsyncNetworkBackend | None = None) -> None:
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options: typing.Iterable[typing.Any] | None = None) -> AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        addresses = [info[4][0] for info in found]
+        if not addresses or not all(is_public_address(a) for a in addresses):
+            raise AddressRefused("the endpoint does not resolve to public addresses only")
+        return await self._inner.connect_tcp(addresses[0], port, timeout=timeout, local_address=local_address,
+                                             socket_options=socket_options)
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: typing.Iterable[typing.Any] | None = None) -> AsyncNetworkStream:
+        raise AddressRefused("webhooks go over TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def webhook_transport(*, limits: httpx.Limits, public_only: bool) -> httpx.AsyncHTTPTransport:
+    """The dispatcher's transport. ``public_only`` False (development) lets webhooks reach loopback and
+    private receivers."""
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    if public_only:
+        # httpx 0.28 takes no network backend, so the pool it built is given one (its settings kept).
+        transport._pool._network_backend = PublicAddressesOnly(transport._pool._network_backend)
+    return transport

@@ -36,7 +36,7 @@ from enlace_platform.timeutil import as_utc
 from notification.adapters.email_sender import send_email
 from notification.adapters.orm import DeliveryAttemptRow, DeliveryRow, SubscriptionRow
 from notification.adapters.signing_secrets import SigningSecrets
-from notification.adapters.webhook_sender import SendResult, send_signed
+from notification.adapters.webhook_sender import SendResult, send_signed, webhook_transport
 from notification.config import NotificationSettings
 from notification.domain.delivery import CANCELLED, DEAD, DELIVERED, PENDING, Outcome, RetryPolicy, decide, \
     outcome_of_http
@@ -134,7 +134,7 @@ def _http_outcome(span, result: SendResult) -> None:
             span.set_attribute("error.type", str(result.status_code))
             span.set_status(trace.StatusCode.ERROR)
     elif result.error:  # the exception's name only: its message may quote the URL
-        span.set_attribute("error.type", result.error.partition(":")[0])
+        span.set_attribute("error.type", result.cause or result.error.partition(":")[0])
         span.set_status(trace.StatusCode.ERROR)
 
 
@@ -199,10 +199,12 @@ class Dispatcher:
     async def run(self) -> None:
         s = self._settings
         # One client for the process: connections to a receiver are kept alive between its webhooks.
+        # Each connection checks the addresses it goes to (loopback and private ones only in development).
+        limits = httpx.Limits(max_connections=s.delivery_concurrency_total,
+                              max_keepalive_connections=s.delivery_concurrency_total)
         self._client = httpx.AsyncClient(
             timeout=s.webhook_timeout_s, follow_redirects=False,
-            limits=httpx.Limits(max_connections=s.delivery_concurrency_total,
-                                max_keepalive_connections=s.delivery_concurrency_total))
+            transport=webhook_transport(limits=limits, public_only=not s.webhook_allow_loopback))
         try:
             while not self._stopping.is_set():
                 wait_s = s.dispatcher_fallback_poll_s
