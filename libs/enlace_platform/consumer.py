@@ -25,7 +25,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,7 +42,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from enlace_platform.producer import RenewableProducer, leaves_producer_unusable
-from enlace_platform.db import database_fault, insert_at_commit
+from enlace_platform.db import causes, database_fault, insert_at_commit
 from enlace_platform.envelope import Envelope, MalformedEvent, from_kafka
 from enlace_platform.inbox import ProcessedMessage
 from enlace_platform.telemetry import current_event_id
@@ -100,7 +100,7 @@ def is_transient(exc: BaseException) -> bool:
     broker gone, a timeout. Looks through the exception's causes (SQLAlchemy wraps the driver's error)."""
     if isinstance(exc, PoisonMessage):
         return False
-    for error in _causes(exc):
+    for error in causes(exc):
         if isinstance(error, (TimeoutError, OSError, KafkaTimeoutError, httpx.TimeoutException, httpx.NetworkError)):
             return True
         if isinstance(error, KafkaError) and error.retriable:
@@ -109,22 +109,9 @@ def is_transient(exc: BaseException) -> bool:
     return database_fault(exc) is not None
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        error = stack.pop()
-        if error is None or id(error) in seen:
-            continue
-        seen.add(id(error))
-        yield error
-        # Explicit causes only: an error raised while handling another (its __context__) is its own.
-        stack += [getattr(error, "orig", None), error.__cause__]
-
-
 def _fault_name(exc: BaseException) -> str:
     """Class and driver code only: an exception's text can quote SQL or payload values."""
-    for error in _causes(exc):
+    for error in causes(exc):
         code = getattr(error, "sqlite_errorname", None) or getattr(error, "sqlstate", None)
         if code:
             return f"{type(exc).__name__} ({code})"

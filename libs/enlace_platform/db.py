@@ -2,7 +2,7 @@
 
 import asyncio
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from sqlalchemy import Table, event, insert, inspect, text
@@ -235,9 +235,8 @@ _SQLSTATE_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
 _SQLSTATE_UNAVAILABLE = {"40001", "40P01", "55P03"}
 
 
-def database_fault(exc: BaseException) -> BaseException | None:
-    """The error in ``exc`` or its explicit causes saying the database cannot do the work right now (locked,
-    full, unreachable), which waiting cures; None when the work itself failed (a constraint, a bug)."""
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its explicit causes (``__cause__``, a DBAPIError's driver error ``orig``), each once."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -245,6 +244,15 @@ def database_fault(exc: BaseException) -> BaseException | None:
         if error is None or id(error) in seen:
             continue
         seen.add(id(error))
+        yield error
+        # Explicit causes only: an error raised while handling another (its __context__) is its own.
+        stack += [getattr(error, "orig", None), error.__cause__]
+
+
+def database_fault(exc: BaseException) -> BaseException | None:
+    """The error in ``exc`` or its explicit causes saying the database cannot do the work right now (locked,
+    full, unreachable), which waiting cures; None when the work itself failed (a constraint, a bug)."""
+    for error in causes(exc):
         if isinstance(error, DBAPIError) and error.connection_invalidated:
             return error
         if isinstance(error, sqlite3.Error) and (getattr(error, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNAVAILABLE:
@@ -253,7 +261,6 @@ def database_fault(exc: BaseException) -> BaseException | None:
         if isinstance(sqlstate, str) and (sqlstate in _SQLSTATE_UNAVAILABLE
                                           or sqlstate.startswith(_SQLSTATE_UNAVAILABLE_CLASSES)):
             return error
-        stack += [getattr(error, "orig", None), error.__cause__]
     return None
 
 

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Annotated
@@ -239,31 +240,25 @@ class RateLimit:
         await self.app(scope, receive, charge_unverified)
 
 
-def _rates_of(request: Request) -> RequestRates | None:
-    return getattr(request.app.state, "request_rates", None)  # None: an app without install_entry_limits
-
-
 def enforce_agency_rate(request: Request, agency_id: str) -> None:
     """For the auth dependency, once the token verified: charge its agency; 429 past the agency's limit."""
-    rates = _rates_of(request)
-    if rates is None:
-        return
-    setattr(request.state, _CHARGED, True)
-    wait_s = rates.charge_agency(agency_id)
-    if wait_s is not None:
-        raise Problem(429, detail=_too_many(wait_s, "for your agency"), headers=_retry_after(wait_s))
+    _enforce(request, lambda rates: rates.charge_agency(agency_id), "for your agency")
 
 
 def enforce_address_rate(request: Request) -> None:
     """For the auth dependency, when the token was refused: charge the client address; 429 past its limit
     (the caller then learns nothing more about its token)."""
-    rates = _rates_of(request)
+    _enforce(request, lambda rates: rates.charge_address(_client_address(request.scope)), "from your address")
+
+
+def _enforce(request: Request, charge: Callable[[RequestRates], int | None], whose: str) -> None:
+    rates = getattr(request.app.state, "request_rates", None)  # None: an app without install_entry_limits
     if rates is None:
         return
-    setattr(request.state, _CHARGED, True)
-    wait_s = rates.charge_address(_client_address(request.scope))
+    setattr(request.state, _CHARGED, True)  # the middleware then does not charge the address again
+    wait_s = charge(rates)
     if wait_s is not None:
-        raise Problem(429, detail=_too_many(wait_s, "from your address"), headers=_retry_after(wait_s))
+        raise Problem(429, detail=_too_many(wait_s, whose), headers=_retry_after(wait_s))
 
 
 # --- access lines -----------------------------------------------------------------------------------------

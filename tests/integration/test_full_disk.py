@@ -200,6 +200,9 @@ async def _failed_passes(caplog) -> None:
     await eventually(failing, what="the relay's passes failing on the full disk")
 
 
+async def _every_row_marked_sent(disk: SmallFilesystem) -> bool:
+    return all(sent_at is not None for sent_at, _ in _outbox(disk).values())
+
 async def test_the_outbox_relay_publishes_what_was_committed_before_the_disk_filled(
         kafka_bootstrap, producer, disk, caplog):
     prefix = unique_prefix()
@@ -215,10 +218,7 @@ async def test_the_outbox_relay_publishes_what_was_committed_before_the_disk_fil
             assert all(sent_at is None for sent_at, _ in _outbox(disk).values())
             disk.free()
 
-            async def all_sent():
-                return all(sent_at is not None for sent_at, _ in _outbox(disk).values())
-
-            await eventually(all_sent, what="the rows sent once space came back")
+            await eventually(lambda: _every_row_marked_sent(disk), what="the rows sent once space came back")
         finally:
             relay.stop()
             await task
@@ -243,10 +243,7 @@ async def test_acks_the_relay_could_not_record_on_a_full_disk_are_recorded_later
             assert all(sent_at is None for sent_at, _ in _outbox(disk).values()), "not recorded: no room"
             disk.free()
 
-            async def all_recorded():
-                return all(sent_at is not None for sent_at, _ in _outbox(disk).values())
-
-            await eventually(all_recorded, what="the acks recorded once space came back")
+            await eventually(lambda: _every_row_marked_sent(disk), what="the acks recorded once space came back")
         finally:
             relay.stop()
             await task
