@@ -39,6 +39,7 @@ class Principal:
     agency_type: str
     jurisdiction: str
     roles: tuple[str, ...]
+    enforcement: bool | None = None  # the directory's mark; None: the agency type's default (firewall.py)
 
 
 class InvalidToken(Exception):
