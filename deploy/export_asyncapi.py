@@ -21,7 +21,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "libs"))
-from enlace_platform.topics import CATALOG, TOPIC_OWNERS, dlq, topic_of  # noqa: E402
+from enlace_platform.topics import (  # noqa: E402
+    CATALOG, REFERRAL_AGENCY, TOPIC_CONFIGS, TOPIC_OWNERS, UNCONSUMED, dlq, topic_of,
+)
 
 BASE = REPO / "deploy" / "asyncapi" / "base.yaml"
 OUT = REPO / "contracts" / "asyncapi.yaml"
@@ -72,7 +74,8 @@ def _message(event_type: str, schema: dict[str, Any]) -> dict[str, Any]:
                                               "ce_source": {"const": f"/enlace/{owner}"}}},
         ]},
         "payload": {"schemaFormat": SCHEMA_FORMAT, "schema": {"$ref": f"./events/{event_type}.schema.json"}},
-        "bindings": {"$ref": "#/components/messageBindings/caseKey"},
+        "bindings": {"$ref": "#/components/messageBindings/"
+                             + ("agencyKey" if topic_of(event_type) == REFERRAL_AGENCY else "caseKey")},
     }
     examples = schema.get("examples") or []
     if examples:
@@ -95,18 +98,22 @@ def build() -> dict[str, Any]:
         readers = sorted({name for _, name, topics, _ in consumers if topic in topics})
         channels[channel] = {
             "address": topic, "title": topic,
-            "description": f"Owned by the {TOPIC_OWNERS[topic]} service. Keyed by case id.",
+            "description": f"Owned by the {TOPIC_OWNERS[topic]} service. "
+                           + ("Keyed by agency id; compacted." if topic == REFERRAL_AGENCY else "Keyed by case id."),
             "servers": [{"$ref": "#/servers/local"}],
             "messages": {_camel(t): {"$ref": f"#/components/messages/{_camel(t)}"} for t in types},
-            "bindings": {"kafka": {"topic": topic, **binding["kafka"]}},
+            "bindings": {"kafka": {"topic": topic, **binding["kafka"], **(
+                {"topicConfiguration": {k: [v] for k, v in TOPIC_CONFIGS[topic].items()}}
+                if topic in TOPIC_CONFIGS else {})}},
         }
-        channels[dead] = {
-            "address": dlq(topic), "title": dlq(topic),
-            "description": f"Dead letters of {topic} consumers ({', '.join(readers) or 'none yet'}).",
-            "servers": [{"$ref": "#/servers/local"}],
-            "messages": {"deadLetter": {"$ref": "#/components/messages/deadLetter"}},
-            "bindings": {"kafka": {"topic": dlq(topic), **binding["kafka"]}},
-        }
+        if topic not in UNCONSUMED:
+            channels[dead] = {
+                "address": dlq(topic), "title": dlq(topic),
+                "description": f"Dead letters of {topic} consumers ({', '.join(readers) or 'none yet'}).",
+                "servers": [{"$ref": "#/servers/local"}],
+                "messages": {"deadLetter": {"$ref": "#/components/messages/deadLetter"}},
+                "bindings": {"kafka": {"topic": dlq(topic), **binding["kafka"]}},
+            }
         owner = TOPIC_OWNERS[topic]
         operations[_camel(f"{owner}-publishes-{topic}")] = {
             "action": "send", "title": f"{owner} publishes {topic}",

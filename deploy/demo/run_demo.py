@@ -184,9 +184,11 @@ async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) 
         screened.add_row(FAMILY["persons"][index]["given_names"], ", ".join(codes) or "none")
     console.print(screened)
 
+    coordinator = headers["MX-COORD"]  # the migration authority sees status and hold only (docs/security.md)
+
     async def referrals_of_case():
-        page = ok(await http.get(f"{REFERRAL}/referrals", headers=inm,
-                                 params={"case_id": case_id, "direction": "from", "limit": 100}))
+        page = ok(await http.get(f"{REFERRAL}/referrals", headers=coordinator,
+                                 params={"case_id": case_id, "direction": "jurisdiction", "limit": 100}))
         return page["items"] if len(page["items"]) >= expected_referrals else None
     referrals = await until("the referrals", referrals_of_case)
     by_person = {(r["person_id"], r["need_code"]): r for r in referrals}
@@ -231,16 +233,24 @@ async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) 
                       hold["release_reason"] or "", hold["outcome_code"] or "")
     console.print(holds)
 
-    final = ok(await http.get(f"{REFERRAL}/referrals", headers=inm,
-                              params={"case_id": case_id, "direction": "from", "limit": 100}))["items"]
-    table = Table(title="7. Referrals (from MX-INM)")
-    for column in ("referral", "person", "need", "to agency", "lead", "status", "outcome"):
+    final = ok(await http.get(f"{REFERRAL}/referrals", headers=coordinator,
+                              params={"case_id": case_id, "direction": "jurisdiction", "limit": 100}))["items"]
+    seen_by_inm = {r["id"]: r for r in ok(await http.get(f"{REFERRAL}/referrals", headers=inm, params={
+        "case_id": case_id, "direction": "from", "limit": 100}))["items"]}
+    table = Table(title="7. Referrals: the coordinator's view, and what MX-INM (enforcement) sees of the need, "
+                        "the receiver and the outcome")
+    for column in ("referral", "person", "need", "to agency", "lead", "status", "outcome", "MX-INM sees"):
         table.add_column(column)
     for ref in final:
+        inm_view = seen_by_inm.get(ref["id"], {})
         table.add_row(ref["id"], names.get(ref["person_id"], "?"), ref["need_code"],
                       ref["to_agency_id"] or "(coordinator queue)", _lead(ref), ref["status"],
-                      ref["outcome_code"] or "")
+                      ref["outcome_code"] or "", " / ".join(str(inm_view.get(k) or "withheld")
+                                                          for k in ("need_code", "to_agency_id", "outcome_code")))
     console.print(table)
+    if any(seen_by_inm.get(r["id"], {}).get("need_code") for r in final
+           if r["need_code"] in ("INTERNATIONAL_PROTECTION", "TRAFFICKING_PRESUMED", "SGBV_SURVIVOR")):
+        raise DemoFailed("the migration authority sees the need code of a protection referral")
 
     mother_details = ok(await http.get(f"{base}/{person[MOTHER]}", headers=comar))
     console.print(f"[bold]8.[/bold] MX-COMAR reads the mother's record (its open referral and her consent allow it): "

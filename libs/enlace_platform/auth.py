@@ -1,9 +1,16 @@
-"""Agency identity: Bearer JWTs whose claims name the agency and the user's roles.
+"""Agency identity: a Bearer JWT names the agency and the user's roles; the directory says what the agency is.
 
-Claims: ``sub`` (user), ``agency`` = {``id``, ``type``, ``jurisdiction``}, ``roles`` (list),
-plus ``iss``, ``aud``, ``exp`` and ``iat``. Production verifies against an OIDC JWKS URL
-(``ENLACE_AUTH_JWKS_URL``); local runs use the development issuer's public key file.
+Claims: ``sub`` (user), ``agency`` = {``id``}, ``roles`` (list), plus ``iss``, ``aud``, ``exp`` and ``iat``.
+The agency's type, jurisdiction, coordinator and enforcement marks come from the directory
+(:class:`enlace_platform.agencies.AgencyRegistry`); ``type`` or ``jurisdiction`` claims in the token are
+ignored. In a federation each agency's identity provider mints its own tokens, so a claim is never an authority.
 
+Which issuer may speak for an agency is configuration (``auth_trusted_issuers``): by agency id, else by the
+agency's jurisdiction, else ``*``. A token is refused with 401 when its issuer is not configured at all, when
+its signature does not verify with that issuer's keys, when the directory does not know its agency, or when
+its issuer is not the one trusted for that agency (the last two answer alike: no oracle of the directory).
+
+Key sources: a JWKS URL (production) or a PEM public key file (the development issuer).
 JWKS mode: the key set is fetched once and used for ``auth_jwks_cache_s``; a token naming a kid the
 set does not hold makes one refetch (the IdP has just added a key), but fetches are at least
 ``auth_jwks_refetch_interval_s`` apart, so random kids cannot make us hammer the IdP. A key the IdP
@@ -23,9 +30,10 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from enlace_platform.agencies import COORDINATOR, Agency, AgencyRegistry
 from enlace_platform.limits import enforce_address_rate, enforce_agency_rate
 from enlace_platform.problems import Problem
-from enlace_platform.settings import ServiceSettings
+from enlace_platform.settings import ANY_AGENCY, ServiceSettings, TrustedIssuer
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,11 @@ class Principal:
     jurisdiction: str
     roles: tuple[str, ...]
     enforcement: bool | None = None  # the directory's mark; None: the agency type's default (firewall.py)
+
+    @property
+    def coordinator(self) -> bool:
+        """The directory's word: a coordinator agency (the token's claims never say so)."""
+        return self.agency_type == COORDINATOR
 
 
 class InvalidToken(Exception):
@@ -110,19 +123,19 @@ class JwksKeys:
         return keys
 
 
-class TokenVerifier:
-    def __init__(self, settings: ServiceSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._issuer = settings.auth_issuer
-        self._audience = settings.auth_audience
-        self._dev_key_path = Path(settings.auth_dev_public_key_path)
+class _IssuerKeys:
+    """Where one issuer's signing keys come from: its JWKS, or its PEM public key file."""
+
+    def __init__(self, trusted: TrustedIssuer, settings: ServiceSettings, clock: Callable[[], float]) -> None:
+        self._pem_path = Path(trusted.public_key_path) if trusted.public_key_path else None
         self._jwks = JwksKeys(
-            settings.auth_jwks_url,
+            trusted.jwks_url,
             cache_s=settings.auth_jwks_cache_s,
             refetch_interval_s=settings.auth_jwks_refetch_interval_s,
             clock=clock,
-        ) if settings.auth_jwks_url else None
+        ) if trusted.jwks_url else None
 
-    def _key_for(self, token: str):
+    def key_for(self, token: str):
         if self._jwks is not None:
             try:
                 kid = jwt.get_unverified_header(token).get("kid")
@@ -133,27 +146,59 @@ class TokenVerifier:
             # A PyJWK, not the bare key: decode then accepts only that key's own algorithm.
             return self._jwks.key(kid)
         try:
-            return self._dev_key_path.read_bytes()
+            return self._pem_path.read_bytes()
         except OSError as exc:
             raise InvalidToken("no development issuer key; run `make token` once") from exc
 
+
+class TokenVerifier:
+    """Verifies a token with its issuer's keys, then takes the agency from the directory."""
+
+    def __init__(self, settings: ServiceSettings, *, agencies: AgencyRegistry,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._audience = settings.auth_audience
+        self._agencies = agencies
+        self._trusted = settings.trusted_issuers()  # agency id, jurisdiction or "*" -> issuer
+        by_issuer: dict[str, TrustedIssuer] = {}
+        for trusted in self._trusted.values():
+            if by_issuer.setdefault(trusted.issuer, trusted) != trusted:
+                raise ValueError(f"issuer {trusted.issuer!r} is configured with two key sources")
+        self._keys = {issuer: _IssuerKeys(trusted, settings, clock) for issuer, trusted in by_issuer.items()}
+
+    def issuer_for(self, agency: Agency) -> str | None:
+        """The one issuer that may speak for the agency: by its id, else its jurisdiction, else everyone's."""
+        trusted = self._trusted.get(agency.id) or self._trusted.get(agency.jurisdiction) \
+            or self._trusted.get(ANY_AGENCY)
+        return trusted.issuer if trusted else None
+
     def verify(self, token: str) -> Principal:
         try:
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            keys = self._keys.get(issuer) if isinstance(issuer, str) else None
+            if keys is None:
+                raise InvalidToken("its issuer is not trusted here")
             claims = jwt.decode(
                 token,
-                self._key_for(token),
+                keys.key_for(token),
                 algorithms=ALGORITHMS,
                 audience=self._audience,
-                issuer=self._issuer,
+                issuer=issuer,
                 options={"require": ["exp", "iat", "sub", "iss", "aud"], "enforce_minimum_key_length": True},
             )
-            agency = claims["agency"]
+            agency_id = claims["agency"]["id"]
+            if not isinstance(agency_id, str):
+                raise InvalidToken("the agency claim names no agency id")
+            agency = self._agencies.get(agency_id)
+            # One answer for both: which agencies the directory holds is not told to a stranger.
+            if agency is None or self.issuer_for(agency) != issuer:
+                raise InvalidToken("its agency is not in the directory, or its issuer may not speak for it")
             return Principal(
                 subject=str(claims["sub"]),
-                agency_id=str(agency["id"]),
-                agency_type=str(agency["type"]),
-                jurisdiction=str(agency["jurisdiction"]),
+                agency_id=agency.id,
+                agency_type=agency.type,
+                jurisdiction=agency.jurisdiction,
                 roles=tuple(str(r) for r in claims.get("roles", [])),
+                enforcement=agency.enforcement,
             )
         except KeyError as exc:
             raise InvalidToken(f"missing claim {exc}") from exc
@@ -185,7 +230,8 @@ async def current_principal(
         log.error("identity provider unreachable: %s", exc)
         raise Problem(503, detail="The identity provider's keys cannot be fetched right now.",
                       headers={"Retry-After": "5"}) from exc
-    enforce_agency_rate(request, principal.agency_id)  # keyed by what verified, never by a mere claim
+    # After the directory check: keyed only by a verified agency the directory knows, never by a mere claim.
+    enforce_agency_rate(request, principal.agency_id)
     request.state.principal = principal  # the audit log names the actor of every request
     return principal
 

@@ -3,7 +3,8 @@
 ``python -m enlace_platform.dev_issuer --agency MX-COMAR`` prints a signed token and nothing
 else. The ES256 key pair is created on first use under ``.run/dev-issuer/``; services read the
 public half (``ENLACE_AUTH_DEV_PUBLIC_KEY_PATH``). The agency's type and jurisdiction come from
-the demo roster unless given.
+the demo roster unless given; the services ignore them (the directory decides, enlace_platform.auth), and
+refuse a token for an agency their directory does not hold.
 """
 
 import json

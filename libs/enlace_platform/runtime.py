@@ -23,6 +23,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from sqlalchemy import Table
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from enlace_platform.agencies import AgencyRegistry
 from enlace_platform.audit import READ_METHODS, AuditMiddleware, AuditScope, audit_router, record_in_transaction
 from enlace_platform.auth import TokenVerifier
 from enlace_platform.consumer import ConsumerRunner, Handler
@@ -32,6 +33,7 @@ from enlace_platform.db import (
     create_tables, database_fault, fault_code, make_engine, make_read_session_factory, make_session_factory, ping,
 )
 from enlace_platform.limits import install_entry_limits
+from enlace_platform.openapi_statuses import DATABASE, document_statuses
 from enlace_platform.migrations import migrate, service_tables
 from enlace_platform.metrics import ScrapeHook, ServiceMetrics
 from enlace_platform.outbox import OutboxRelay
@@ -96,6 +98,9 @@ class ServiceRuntime:
     # The service's Alembic script directory: start() migrates the database to head. Without one
     # (ad-hoc runtimes in tests and benchmarks) the tables are created with create_all.
     migrations: Path | None = None
+    # The directory's agencies, which the token check reads (enlace_platform.agencies): each service fills it
+    # at start and keeps it current; left empty, every token is refused.
+    agencies: AgencyRegistry = field(default_factory=AgencyRegistry)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -364,7 +369,7 @@ def health_router(runtime: ServiceRuntime) -> APIRouter:
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": runtime.settings.service_name}
 
-    @router.get("/readyz", summary="The database and Kafka are reachable")
+    @router.get("/readyz", summary="The database and Kafka are reachable", responses=DATABASE)
     async def readyz(request: Request) -> JSONResponse:
         checks = await runtime.readiness()
         if all(v == "ok" for v in checks.values()):
@@ -373,7 +378,7 @@ def health_router(runtime: ServiceRuntime) -> APIRouter:
                                 checks=checks)
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-                responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+                responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **DATABASE})
     async def metrics() -> Response:
         await runtime.metrics.refresh(runtime, runtime.scrape_hooks)
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -401,13 +406,14 @@ def create_service_app(
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
     use_problem_json_in_openapi(app)
     app.state.runtime = runtime
-    app.state.token_verifier = TokenVerifier(runtime.settings)
+    app.state.token_verifier = TokenVerifier(runtime.settings, agencies=runtime.agencies)
     install_problem_handlers(app)
     app.include_router(health_router(runtime))
     for router in [*routers, audit_router(lambda request: request.app.state.runtime.read_sessions, audit_scope)]:
         app.include_router(router, responses=PROBLEM_RESPONSES)
     app.add_middleware(AuditMiddleware, sessions=runtime.sessions)
     install_entry_limits(app, runtime.settings)  # outside the audit: refused before any database work
+    document_statuses(app)  # every error status each operation can answer, in its OpenAPI document
     # No spans for the ASGI messages a request's body and response travel in (two to four a request):
     # the server span has the status and the timing, and a case stays at ~16 spans (docs/operations.md).
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics",

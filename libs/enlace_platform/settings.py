@@ -4,8 +4,25 @@ Each service subclasses :class:`ServiceSettings` and adds its own fields with it
 prefix (for example ``INTAKE_DATABASE_URL``).
 """
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TrustedIssuer(BaseModel):
+    """An identity provider that may speak for an agency, and where its signing keys are found: a JWKS URL
+    (production) or a PEM public key file (the development issuer)."""
+    issuer: str = Field(min_length=1, description="The tokens' iss")
+    jwks_url: str | None = None
+    public_key_path: str | None = None
+
+    @model_validator(mode="after")
+    def _one_key_source(self):
+        if (self.jwks_url is None) == (self.public_key_path is None):
+            raise ValueError("an issuer needs exactly one key source: jwks_url or public_key_path")
+        return self
+
+
+ANY_AGENCY = "*"  # the key of auth_trusted_issuers that stands for every agency and jurisdiction
 
 
 class ServiceSettings(BaseSettings):
@@ -67,6 +84,17 @@ class ServiceSettings(BaseSettings):
                                                         "removed verifies at most this long")
     auth_jwks_refetch_interval_s: float = Field(10.0, description="Least time between JWKS fetches for an "
                                                                   "unknown kid or after a failed fetch")
+    # Which issuer may speak for which agency (enlace_platform.auth): agency id, else the agency's jurisdiction
+    # code, else "*" -> issuer. JSON in ENLACE_AUTH_TRUSTED_ISSUERS, e.g. {"MX": {"issuer": "https://idp.gob.mx",
+    # "jwks_url": "https://idp.gob.mx/jwks"}}. Empty: auth_issuer, with auth_jwks_url or else the development
+    # key file, is trusted for every agency (local runs).
+    auth_trusted_issuers: dict[str, TrustedIssuer] = Field(default_factory=dict)
+
+    # The directory's seed file (the referral service's agencies), read at a service's first start so that its
+    # copy of the directory is never empty (enlace_platform.agencies); the referral service has its own setting.
+    directory_seed_path: str | None = "deploy/demo/agencies.json"
+    agency_refresh_s: float = Field(5.0, gt=0, description="How often each replica reloads its copy of the "
+                                                           "directory: the longest a change takes to reach it")
 
     # Key-encryption key for the per-person data keys (enlace_platform.crypto): base64 of 32 bytes from the
     # secret store in production; local runs create a key file beside the database on first use.
@@ -86,6 +114,13 @@ class ServiceSettings(BaseSettings):
     rate_limit_per_address: str = Field("50/second;1000/minute",
                                         description="Requests from one client address that no verified token "
                                                     "speaks for (no token, a refused one, public paths)")
+
+    def trusted_issuers(self) -> dict[str, TrustedIssuer]:
+        if self.auth_trusted_issuers:
+            return dict(self.auth_trusted_issuers)
+        source = {"jwks_url": self.auth_jwks_url} if self.auth_jwks_url else \
+            {"public_key_path": self.auth_dev_public_key_path}
+        return {ANY_AGENCY: TrustedIssuer(issuer=self.auth_issuer, **source)}
 
     def topic(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}{name}"

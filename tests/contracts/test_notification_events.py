@@ -11,12 +11,14 @@ from sqlmodel import select
 
 from enlace_platform.contracts import FORMATS, published_contracts
 from enlace_platform.db import create_tables, make_engine, make_session_factory
+from enlace_platform.firewall import ENFORCEMENT_EVENT_TYPES
 from enlace_platform.inbox import ProcessedMessage
 from enlace_platform.outbox import OutboxMessage
 from notification.adapters import orm
 from notification.config import NotificationSettings
 from notification.domain.events import WEBHOOK_EVENT_TYPES
 from notification.service_layer.handlers import make_referral_event_handler
+from tests.support.harness import directory_for_tests
 from tests.support.notification_support import referral_data, sample_event
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +43,7 @@ async def written(tmp_path):
     await create_tables(engine, [OutboxMessage.__table__, ProcessedMessage.__table__, *orm.TABLES])
     sessions = make_session_factory(engine, "contractnotification")
     settings = NotificationSettings(database_url="sqlite+aiosqlite:///:memory:", smtp_host="127.0.0.1")
-    handler = make_referral_event_handler(settings)
+    handler = make_referral_event_handler(settings, directory_for_tests())
     try:
         async with sessions() as session:
             for agency in PARTIES:
@@ -73,9 +75,12 @@ async def test_webhook_bodies_follow_the_contract(written):
         assert [e.message for e in validator.iter_errors(body)] == [], body
         assert body["type"] == delivery.event_type and body["data"]["event_id"] == delivery.event_id
         by_event.setdefault(delivery.event_type, set()).add(delivery.agency_id)
-    # Every type reaches every agency the event names (holds name no coordinator).
+    # Every type reaches every agency the event names (holds name no coordinator), except that the migration
+    # authority, an enforcement agency, hears of status changes and holds only (enlace_platform.firewall).
     for event_type in WEBHOOK_EVENT_TYPES:
         expected = {"MX-INM", "MX-PFPNNA"} if event_type.startswith("protection_hold.") else set(PARTIES)
+        if event_type not in ENFORCEMENT_EVENT_TYPES:
+            expected -= {"MX-INM"}
         assert by_event[event_type] == expected, event_type
     holds = [json.loads(d.payload)["data"] for d in webhooks if d.event_type.startswith("protection_hold.")]
     assert all(h["hold_id"] and h["status"] is None for h in holds)

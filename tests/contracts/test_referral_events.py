@@ -28,10 +28,11 @@ FREE_TEXT = ["Sin cupo hoy", "No contesta", "Entrevista realizada", "Duplicado p
 async def produced(tmp_path, dev_issuer_dir):
     auth = lambda agency: token(dev_issuer_dir, agency)  # noqa: E731
     async with referral_harness(referral_settings(tmp_path, dev_issuer_dir)) as ref:
-        inm, coord = auth("MX-INM"), auth("MX-COORD")
+        coord = auth("MX-COORD")
         await ref.deliver(screened("UNACCOMPANIED_CHILD", "INTERNATIONAL_PROTECTION", "TRAFFICKING_PRESUMED",
                                    age_band="12-17"))
-        sent = {r["need_code"]: r for r in await ref.referrals(inm)}
+        # From the outbox: the sender, an enforcement agency, no longer sees the needs (the firewall).
+        sent = {p["need_code"]: {**p, "id": p["referral_id"]} for _, p in await ref.events("referral.requested.v1")}
         child, asylum, trafficking = (sent[c] for c in ("UNACCOMPANIED_CHILD", "INTERNATIONAL_PROTECTION",
                                                         "TRAFFICKING_PRESUMED"))
         pfpnna, comar = auth("MX-PFPNNA"), auth("MX-COMAR")

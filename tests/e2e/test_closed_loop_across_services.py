@@ -14,7 +14,9 @@ from intake.config import IntakeSettings
 from intake.entrypoints.app import create_app as intake_app
 from referral.config import ReferralSettings
 from referral.entrypoints.app import create_app as referral_app
-from tests.support.harness import REPO, bearer, eventually, fast_settings, provision_topics, running_app, unique_prefix
+from tests.support.harness import (
+    TEST_DIRECTORY, bearer, eventually, fast_settings, provision_topics, running_app, unique_prefix,
+)
 from tests.support.referral_support import add_second_child_protection_service
 
 pytestmark = pytest.mark.kafka
@@ -29,7 +31,7 @@ async def test_rejected_referral_routed_onward_completes_and_its_outcome_reaches
     coord = bearer(dev_issuer_dir, "MX-COORD", "coordinator", roles=["coordinator"])
     pfpnna = bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection")
     dif = bearer(dev_issuer_dir, "MX-SNDIF", "child_protection")
-    seed = str(REPO / "deploy/demo/agencies.json")
+    seed = str(TEST_DIRECTORY)
 
     async with running_app(intake_app(fast_settings(IntakeSettings, **common))) as intake, \
             running_app(referral_app(fast_settings(ReferralSettings, directory_seed_path=seed, **common))) as referral:
@@ -52,8 +54,10 @@ async def test_rejected_referral_routed_onward_completes_and_its_outcome_reaches
         assert r.status_code == 201, r.text
         assert {n["code"] for n in r.json()["needs"]} == {"UNACCOMPANIED_CHILD", "INTERNATIONAL_PROTECTION"}
 
+        # Where the referrals went is protection work: read as the coordinator (MX-INM is behind the barrier).
         async def two_referrals():
-            items = (await referral.get("/referrals", headers=inm, params={"case_id": case_id})).json()["items"]
+            items = (await referral.get("/referrals", headers=coord, params={
+                "case_id": case_id, "direction": "jurisdiction"})).json()["items"]
             return len(items) == 2 and {i["need_code"]: i for i in items}
         sent = await eventually(two_referrals, what="two referrals")
         child, asylum = sent["UNACCOMPANIED_CHILD"], sent["INTERNATIONAL_PROTECTION"]
@@ -69,6 +73,10 @@ async def test_rejected_referral_routed_onward_completes_and_its_outcome_reaches
         refused = await intake.post(f"{persons}/removal-orders", headers=inm, json={"destination_country": "GTM"})
         assert refused.status_code == 409
         assert child["id"] in refused.text and asylum["id"] in refused.text
+        # The migration authority learns that the asylum hold stands, not the need behind it (the firewall).
+        assert {h["referral_id"]: h["need_code"] for h in refused.json()["holds"]} == {
+            child["id"]: "UNACCOMPANIED_CHILD", asylum["id"]: None}
+        assert "INTERNATIONAL_PROTECTION" not in refused.text
 
         r = await referral.post(f"/referrals/{child['id']}/actions", headers=pfpnna,
                                 json={"action": "reject", "reason_code": "NO_CAPACITY", "reason_text": "Sin plazas"})
@@ -92,7 +100,9 @@ async def test_rejected_referral_routed_onward_completes_and_its_outcome_reaches
         view = await case_view(closed)
         statuses = {r["referral_id"]: r["status"] for r in view["referrals"]}
         assert statuses[child["id"]] == "rejected" and statuses[onward_id] == "completed"
-        assert [h["status"] for h in view["holds"] if h["need_code"] == "INTERNATIONAL_PROTECTION"] == ["active"]
+        # Intake's case view is MX-INM's: the asylum hold shows as active, its need withheld (the firewall).
+        assert [(h["status"], h["need_code"]) for h in view["holds"] if h["referral_id"] == asylum["id"]] == [
+            ("active", None)]
 
         async def dif_access_ended():
             return (await intake.get(persons, headers=dif)).status_code == 404

@@ -19,7 +19,7 @@ from intake.entrypoints.app import create_app as intake_app
 from referral.config import ReferralSettings
 from referral.entrypoints.app import create_app as referral_app
 from tests.support.harness import (
-    REPO, database_bytes, envelopes, eventually, fast_settings, provision_topics, running_app, unique_prefix,
+    TEST_DIRECTORY, database_bytes, envelopes, eventually, fast_settings, provision_topics, running_app, unique_prefix,
 )
 from tests.support.intake_support import inm, inm_supervisor
 
@@ -65,7 +65,7 @@ async def test_an_erased_person_is_nowhere_in_the_database_files_nor_on_the_bus(
     await provision_topics(kafka_bootstrap, prefix)
     common = dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir)
     intake_settings = fast_settings(IntakeSettings, **common)
-    seed = str(REPO / "deploy/demo/agencies.json")
+    seed = str(TEST_DIRECTORY)
     officer, supervisor = inm(dev_issuer_dir), inm_supervisor(dev_issuer_dir)
 
     tag = uuid.uuid4().hex[:8]

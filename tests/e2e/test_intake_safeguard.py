@@ -4,16 +4,18 @@ the hold is released. The hold events are published as the referral service publ
 
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from enlace_platform.envelope import Envelope, to_kafka
+from enlace_platform.firewall import SENSITIVE_NEEDS
 from enlace_platform.topics import INTAKE_CASE, REFERRAL_PROTECTION_HOLD, REFERRAL_REFERRAL
 from intake.config import IntakeSettings
 from intake.entrypoints.app import create_app
 from tests.support.harness import (
-    envelopes, eventually, fast_settings, provision_topics, read_topic, running_app, unique_prefix,
+    bearer, envelopes, eventually, fast_settings, provision_topics, read_topic, running_app, unique_prefix,
 )
 from tests.support.intake_support import (
     family_group, hold_placed, hold_released, inm, inm_supervisor, referral_event,
@@ -118,16 +120,20 @@ async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(inta
     view = await eventually(await case_view(lambda v: len(v["holds"]) == 3 and v["referrals"]),
                             what="the holds and the referral reach intake")
     assert {h["status"] for h in view["holds"]} == {"active"}
-    assert [(r["referral_id"], r["status"], r["to_agency_id"]) for r in view["referrals"]] == [
-        (placed[mother["id"]].data["referral_id"], "accepted", "MX-COMAR")]
+    # The migration authority sees that the asylum referral exists, its status and its hold; not who took it
+    # or its need (the firewall, enlace_platform.firewall).
+    assert [(r["referral_id"], r["status"], r["need_code"], r["to_agency_id"]) for r in view["referrals"]] == [
+        (placed[mother["id"]].data["referral_id"], "accepted", None, None)]
+    assert sorted(h["need_code"] or "" for h in view["holds"]) == ["", "UNACCOMPANIED_CHILD", "UNACCOMPANIED_CHILD"]
 
     for person in (mother, teen, disputed):
         r = await client.post(f"/cases/{case['id']}/persons/{person['id']}/removal-orders", headers=supervisor,
                               json={"destination_country": "HND"})
         assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json", r.text
         hold = placed[person["id"]].data
+        shown_need = None if hold["need_code"] in SENSITIVE_NEEDS else hold["need_code"]
         assert r.json()["holds"] == [{"hold_id": hold["hold_id"], "referral_id": hold["referral_id"],
-                                      "need_code": hold["need_code"], "not_before": None}]
+                                      "need_code": shown_need, "not_before": None}]
         assert hold["hold_id"] in r.json()["detail"] and hold["referral_id"] in r.json()["detail"]
     r = await client.post(f"/cases/{case['id']}/persons/{unrelated_adult['id']}/removal-orders", headers=supervisor,
                           json={"destination_country": "GTM"})
@@ -143,9 +149,11 @@ async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(inta
             else "CHILD_REUNIFIED_WITH_FAMILY"
         await publish(REFERRAL_PROTECTION_HOLD, hold_released(envelope, outcome_code=outcome))
     view = await eventually(await case_view(lambda v: {h["status"] for h in v["holds"]} == {"released"}
-                                            and v["referrals"][0]["outcome_code"]),
+                                            and v["referrals"][0]["status"] == "completed"),
                             what="the releases and the outcome reach intake")
-    assert view["referrals"][0]["outcome_code"] == "ASYLUM_CLAIM_REJECTED_FINAL"
+    # An asylum outcome is not on the public list: the migration authority learns only that it completed.
+    assert view["referrals"][0]["outcome_code"] is None
+    assert {h["outcome_code"] for h in view["holds"]} == {None, "CHILD_REUNIFIED_WITH_FAMILY"}
     for person in (mother, teen, disputed):
         r = await client.post(f"/cases/{case['id']}/persons/{person['id']}/removal-orders", headers=supervisor,
                               json={"destination_country": "HND"})
@@ -169,7 +177,70 @@ async def test_a_release_published_before_its_placement_still_releases(intake, d
         return holds if holds and holds[0]["placed_at"] else None
 
     [hold] = await eventually(placement_arrived, what="both hold events reach intake")
-    assert hold["status"] == "released" and hold["release_reason"] == "REFLECTION_PERIOD_ENDED"
+    # Released; why is the protection side's business (firewall: a release reason is never shown to enforcement).
+    assert hold["status"] == "released" and hold["release_reason"] is None
     r = await client.post(f"/cases/{case['id']}/persons/{teen['id']}/removal-orders", headers=supervisor,
                           json={"destination_country": "HND"})
     assert r.status_code == 201, r.text
+
+
+async def test_the_case_view_passes_the_firewall_for_an_enforcement_agency(intake, dev_issuer_dir):
+    """A survivor of sexual violence referred to health care, and a trafficking hold: the migration authority's
+    case view shows that they exist, their status and the hold, never the need, the receiver or the reflection
+    period; a protection agency that registered the same kind of case still sees everything."""
+    client, publish, _ = intake
+    officer = inm(dev_issuer_dir)
+    asylum_office = bearer(dev_issuer_dir, "MX-COMAR", "asylum_office")
+    views = {}
+    for who, headers in (("enforcement", officer), ("protection", asylum_office)):
+        r = await client.post("/cases", headers=headers, json=family_group())
+        assert r.status_code == 201, r.text
+        case = r.json()
+        mother, teen = case["persons"][0], case["persons"][2]
+        r = await client.post(f"/cases/{case['id']}/screenings", headers=headers, json={
+            "person_id": mother["id"], "sexual_violence_disclosed": True, "sexual_violence_within_72h": True})
+        assert r.status_code == 201, r.text
+        # What the agency recorded itself stays visible to it: its own screening's needs.
+        assert "SGBV_SURVIVOR" in {n["code"] for n in r.json()["needs"]}
+        sender = {"from_agency_id": "MX-INM" if who == "enforcement" else "MX-COMAR"}
+        sgbv, child = str(uuid.uuid4()), str(uuid.uuid4())
+        await publish(REFERRAL_REFERRAL, referral_event(
+            "accepted", referral_id=sgbv, case_id=case["id"], person_id=mother["id"], need_code="SGBV_SURVIVOR",
+            status="accepted", to_agency_id="MX-SSA", to_agency_type="health", **sender))
+        await publish(REFERRAL_REFERRAL, referral_event(
+            "completed", referral_id=child, case_id=case["id"], person_id=teen["id"],
+            need_code="UNACCOMPANIED_CHILD", status="completed", to_agency_id="MX-PFPNNA",
+            to_agency_type="child_protection", outcome_code="CHILD_PLACED_IN_CARE", **sender))
+        await publish(REFERRAL_PROTECTION_HOLD, hold_placed(
+            case_id=case["id"], person_id=mother["id"], need_code="TRAFFICKING_PRESUMED",
+            to_agency_id="MX-FEVIMTRA", not_before=datetime.now(UTC) + timedelta(days=30), **sender))
+
+        async def arrived(case_id=case["id"], headers=headers):
+            view = (await client.get(f"/cases/{case_id}", headers=headers)).json()
+            return view if len(view["referrals"]) == 2 and view["holds"] else None
+        views[who] = await eventually(arrived, what="the referrals and the hold reach intake")
+
+    seen = views["enforcement"]
+    by_need = {r["status"]: r for r in seen["referrals"]}  # the sensitive one is accepted, the child's completed
+    assert by_need["accepted"] | {"updated_at": None} == {
+        "referral_id": by_need["accepted"]["referral_id"], "person_id": by_need["accepted"]["person_id"],
+        "need_code": None, "status": "accepted", "to_agency_id": None, "to_agency_type": None, "outcome_code": None,
+        "updated_at": None}
+    assert (by_need["completed"]["need_code"], by_need["completed"]["to_agency_id"],
+            by_need["completed"]["outcome_code"]) == ("UNACCOMPANIED_CHILD", "MX-PFPNNA", "CHILD_PLACED_IN_CARE")
+    [hold] = seen["holds"]
+    assert (hold["status"], hold["need_code"], hold["not_before"], hold["release_reason"]) == (
+        "active", None, None, None)
+    leaked = json.dumps({"referrals": seen["referrals"], "holds": seen["holds"]})
+    for secret in ("SGBV_SURVIVOR", "TRAFFICKING_PRESUMED", "MX-SSA", "MX-FEVIMTRA", "health"):
+        assert secret not in leaked
+    # Removal and erasure refusals name the hold, not its need.
+    r = await client.post(f"/cases/{seen['id']}/persons/{hold['person_id']}/removal-orders",
+                          headers=inm_supervisor(dev_issuer_dir), json={"destination_country": "HND"})
+    assert r.status_code == 409 and r.json()["holds"][0]["need_code"] is None, r.text
+    assert "TRAFFICKING" not in r.json()["detail"] and "MX-FEVIMTRA" not in r.text
+
+    full = views["protection"]
+    assert {r["need_code"] for r in full["referrals"]} == {"SGBV_SURVIVOR", "UNACCOMPANIED_CHILD"}
+    assert {r["to_agency_id"] for r in full["referrals"]} == {"MX-SSA", "MX-PFPNNA"}
+    assert full["holds"][0]["need_code"] == "TRAFFICKING_PRESUMED" and full["holds"][0]["not_before"]

@@ -46,14 +46,21 @@ async def test_screening_to_completed_outcome_with_onward_routing(kafka_bootstra
         finally:
             await producer.stop()
 
+        # The routing is protection work: read as the coordinator (the sender, MX-INM, is behind the barrier).
         async def two_referrals():
-            items = await ref.referrals(inm, case_id=case_id)
+            items = await ref.referrals(coord, case_id=case_id, direction="jurisdiction")
             return len(items) == 2 and {i["need_code"]: i for i in items}
 
         sent = await eventually(two_referrals, timeout=60, what="two referrals from the screening")
         child, asylum = sent["UNACCOMPANIED_CHILD"], sent["INTERNATIONAL_PROTECTION"]
         assert child["to_agency_id"] == "MX-PFPNNA" and child["is_lead"]
         assert asylum["to_agency_id"] == "MX-COMAR" and not asylum["is_lead"]
+        # The sender learns that the asylum referral exists and holds the person, nothing of its content.
+        seen_by_inm = {i["id"]: i for i in await ref.referrals(inm, case_id=case_id)}
+        assert seen_by_inm.keys() == {child["id"], asylum["id"]}
+        assert seen_by_inm[child["id"]]["need_code"] == "UNACCOMPANIED_CHILD"
+        assert seen_by_inm[asylum["id"]]["status"] == "requested" and seen_by_inm[asylum["id"]]["hold_active"]
+        assert (seen_by_inm[asylum["id"]]["need_code"], seen_by_inm[asylum["id"]]["to_agency_id"]) == (None, None)
 
         r = await ref.act(child["id"], pfpnna, "reject", reason_code="NO_CAPACITY", reason_text="Sin plazas hoy")
         assert r.status_code == 200, r.text
@@ -107,7 +114,7 @@ async def test_person_erased_on_the_broker_shreds_the_free_text(kafka_bootstrap,
     await provision_topics(kafka_bootstrap, prefix)
     settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix)
     secret_note, secret_reason = "Nota-e2e-3c1f: su hermano la busca", "Motivo-e2e-8d2a: no la aceptan"
-    inm, comar, pfpnna = (token(dev_issuer_dir, a) for a in ("MX-INM", "MX-COMAR", "MX-PFPNNA"))
+    coord, comar, pfpnna = (token(dev_issuer_dir, a) for a in ("MX-COORD", "MX-COMAR", "MX-PFPNNA"))
 
     async with referral_harness(settings) as ref:
         screening = screened("UNACCOMPANIED_CHILD", "INTERNATIONAL_PROTECTION", age_band="12-17",
@@ -122,8 +129,10 @@ async def test_person_erased_on_the_broker_shreds_the_free_text(kafka_bootstrap,
 
             await send(screening)
 
+            # Read as the coordinator, who sees the notes and reasons (the sender, MX-INM, never does).
             async def both():
-                items = {i["need_code"]: i for i in await ref.referrals(inm, case_id=case_id)}
+                items = {i["need_code"]: i for i in await ref.referrals(coord, case_id=case_id,
+                                                                       direction="jurisdiction")}
                 return len(items) == 2 and items
 
             sent = await eventually(both, timeout=60, what="the two referrals")
@@ -138,12 +147,12 @@ async def test_person_erased_on_the_broker_shreds_the_free_text(kafka_bootstrap,
             await producer.stop()
 
         async def note_erased():
-            history = (await ref.client.get(f"/referrals/{child['id']}/history", headers=inm)).json()
+            history = (await ref.client.get(f"/referrals/{child['id']}/history", headers=coord)).json()
             return [h for h in history if h["action"] == "note" and h["text_erased"]]
 
         [note] = await eventually(note_erased, timeout=60, what="the erasure handled")
         assert note["note"] is None
-        [rejection] = [h for h in (await ref.client.get(f"/referrals/{asylum['id']}/history", headers=inm)).json()
+        [rejection] = [h for h in (await ref.client.get(f"/referrals/{asylum['id']}/history", headers=coord)).json()
                        if h["action"] == "reject"]
         assert rejection["reason_text"] is None and rejection["text_erased"]
         assert rejection["reason_code"] == "OUT_OF_MANDATE"

@@ -31,7 +31,9 @@ async def test_withdrawn_consent_cancels_its_referrals_and_the_child_protection_
     withdraw_asylum = consent_changed(case_id, person_id, "asylum_office", status="withdrawn")
     # Last on the case's partition: once it has routed the queued referral, everything before it was handled.
     grant_anti_trafficking = consent_changed(case_id, person_id, "anti_trafficking")
-    inm = token(dev_issuer_dir, "MX-INM")
+    # The routing and the cancellations' reasons are protection work, read as the coordinator; MX-INM, the
+    # sender, is behind the barrier and is asked only what it may see.
+    coord, inm = token(dev_issuer_dir, "MX-COORD"), token(dev_issuer_dir, "MX-INM")
 
     async with referral_harness(settings) as ref:
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
@@ -45,12 +47,14 @@ async def test_withdrawn_consent_cancels_its_referrals_and_the_child_protection_
             await producer.stop()
 
         async def trafficking_routed():
-            items = {i["need_code"]: i for i in await ref.referrals(inm, case_id=case_id)}
+            items = {i["need_code"]: i for i in await ref.referrals(coord, case_id=case_id, direction="jurisdiction")}
             trafficking = items.get("TRAFFICKING_PRESUMED")
             return trafficking is not None and trafficking["to_agency_id"] == "MX-FEVIMTRA" and items
 
         after = await eventually(trafficking_routed, timeout=60, what="the last consent event handled")
-        holds = (await ref.client.get("/holds", headers=inm, params={"case_id": case_id})).json()
+        holds = (await ref.client.get("/holds", headers=coord, params={"case_id": case_id})).json()
+        seen_by_inm = await ref.referrals(inm, case_id=case_id)
+        holds_seen_by_inm = (await ref.client.get("/holds", headers=inm, params={"case_id": case_id})).json()
         referral_topic = envelopes(await read_topic(kafka_bootstrap, f"{prefix}referral.referral", expected=8,
                                                     timeout=60))
         hold_topic = envelopes(await read_topic(kafka_bootstrap, f"{prefix}referral.protection_hold", expected=3,
@@ -75,3 +79,10 @@ async def test_withdrawn_consent_cancels_its_referrals_and_the_child_protection_
     assert sorted(e.type for e in hold_topic) == ["protection_hold.placed.v1"] * 3
     assert sorted((h["need_code"], h["active"]) for h in holds) == [
         ("INTERNATIONAL_PROTECTION", True), ("TRAFFICKING_PRESUMED", True), ("UNACCOMPANIED_CHILD", True)]
+    # The sender sees each referral's status and that every hold stands; never a sensitive need, nor why a
+    # referral was cancelled.
+    assert sorted((r["need_code"] or "", r["status"], r["reason_code"]) for r in seen_by_inm) == [
+        ("", "cancelled", None), ("", "requested", None), ("STRANDED_ASSISTED_RETURN", "cancelled", None),
+        ("UNACCOMPANIED_CHILD", "requested", None)]
+    assert sorted((h["need_code"] or "", h["active"]) for h in holds_seen_by_inm) == [
+        ("", True), ("", True), ("UNACCOMPANIED_CHILD", True)]

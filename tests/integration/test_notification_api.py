@@ -53,7 +53,7 @@ async def _subscribe(api, headers, **body):
 
 
 async def _handle(api, settings, envelope: Envelope) -> None:
-    handler = make_referral_event_handler(settings)
+    handler = make_referral_event_handler(settings, api.runtime.agencies)
     async with api.runtime.sessions() as session:
         await handler(session, envelope)
         await session.commit()

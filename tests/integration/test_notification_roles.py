@@ -62,7 +62,8 @@ async def world(api, settings, dev_issuer_dir):
     assert r.status_code == 201, r.text
     sub = r.json()
     async with api.runtime.sessions() as session:
-        await make_referral_event_handler(settings)(session, event("referral.requested.v1", referral_data()))
+        await make_referral_event_handler(settings, api.runtime.agencies)(
+            session, event("referral.requested.v1", referral_data()))
         await session.commit()
         [delivery] = (await session.exec(select(DeliveryRow))).all()
         # Dead, so that a permitted redelivery would change it.

@@ -14,17 +14,20 @@ from referral.service_layer.referrals import now_utc
 from tests.support.harness import envelopes, eventually, provision_topics, read_topic, unique_prefix
 from tests.support.referral_support import referral_harness, referral_settings, screened, token
 
+# A protection agency as the sender: an enforcement sender may not cancel a protection referral (docs/security.md).
+SENDER = "MX-PSI"
+
 
 async def test_two_clock_passes_at_once_fire_each_breach_once(tmp_path, dev_issuer_dir):
     """No broker: two runtimes on one SQLite file run their clock pass at the same moment."""
     settings = referral_settings(tmp_path, dev_issuer_dir, clock_interval_s=3600)
     async with referral_harness(settings) as one, referral_harness(settings) as two:
         for _ in range(5):
-            await one.deliver(screened("SGBV_SURVIVOR", "TRAFFICKING_PRESUMED"))
+            await one.deliver(screened("SGBV_SURVIVOR", "TRAFFICKING_PRESUMED", registering_agency_id=SENDER))
         # The sender withdraws the trafficking referrals: their holds end with the reflection period.
-        inm = token(dev_issuer_dir, "MX-INM")
-        for item in await one.referrals(inm, need_code="TRAFFICKING_PRESUMED"):
-            r = await one.act(item["id"], inm, "cancel", reason_code="REFERRED_IN_ERROR", reason_text="x")
+        sender = token(dev_issuer_dir, SENDER)
+        for item in await one.referrals(sender, need_code="TRAFFICKING_PRESUMED"):
+            r = await one.act(item["id"], sender, "cancel", reason_code="REFERRED_IN_ERROR", reason_text="x")
             assert r.status_code == 200
         later = now_utc() + timedelta(days=40)
         fired = await asyncio.gather(run_clocks(one.runtime.sessions, later), run_clocks(two.runtime.sessions, later),
@@ -87,7 +90,7 @@ async def test_two_replicas_on_the_real_broker_publish_each_breach_once(kafka_bo
     settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix,
                                  clock_interval_s=0.05, reflection_period=timedelta(seconds=2),
                                  deadlines={"SGBV_SURVIVOR": {"accept_within": 1}})
-    screenings = [screened("SGBV_SURVIVOR", "TRAFFICKING_PRESUMED") for _ in range(4)]
+    screenings = [screened("SGBV_SURVIVOR", "TRAFFICKING_PRESUMED", registering_agency_id=SENDER) for _ in range(4)]
     async with AsyncExitStack() as stack:
         one = await stack.enter_async_context(referral_harness(settings))
         two = await stack.enter_async_context(referral_harness(settings))
@@ -101,14 +104,14 @@ async def test_two_replicas_on_the_real_broker_publish_each_breach_once(kafka_bo
             await producer.stop()
 
         # The sender withdraws the trafficking referrals, so their holds end with the (2 s) reflection period.
-        inm = token(dev_issuer_dir, "MX-INM")
+        sender = token(dev_issuer_dir, SENDER)
 
         async def trafficking_referrals():
-            items = await one.referrals(inm, need_code="TRAFFICKING_PRESUMED")
+            items = await one.referrals(sender, need_code="TRAFFICKING_PRESUMED")
             return len(items) == 4 and items
 
         for item in await eventually(trafficking_referrals, timeout=30, what="4 trafficking referrals"):
-            r = await one.act(item["id"], inm, "cancel", reason_code="REFERRED_IN_ERROR", reason_text="x")
+            r = await one.act(item["id"], sender, "cancel", reason_code="REFERRED_IN_ERROR", reason_text="x")
             assert r.status_code == 200, r.text
 
         async def all_fired():

@@ -21,6 +21,13 @@ from tests.security.world import (
 )
 
 ROUTES = all_routes()
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def world(request, world: World) -> World:
+    """The whole matrix on each database the services run on (issue 12): the same world on SQLite, then on
+    PostgreSQL. Only this module takes both; the other security tests use the SQLite world."""
+    return world if request.param == "sqlite" else request.getfixturevalue("postgres_world")
 PROTECTED = [r for r in ROUTES if r.path not in PUBLIC_PATHS]
 MOTHER_DOCUMENT = MOTHER["documents"][0]["number"]
 

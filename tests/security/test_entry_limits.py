@@ -263,11 +263,13 @@ async def served(kafka_bootstrap, dev_issuer_dir, tmp_path_factory):
     await provision_topics(kafka_bootstrap, prefix)
     limits = dict(rate_limit_per_agency=f"{AGENCY_LIMIT}/{WINDOW_S} seconds",
                   rate_limit_per_address=f"{ADDRESS_LIMIT}/{WINDOW_S} seconds", log_access=True)
-    common = dict(tmp_path=data_dir, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir, **limits)
+    tokens = Tokens(dev_issuer_dir, data_dir)
+    common = dict(tmp_path=data_dir, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir,
+                  auth_trusted_issuers=tokens.trusted_issuers(), **limits)
     builders = {"intake": (intake_app, IntakeSettings, {}),
                 "referral": (referral_app, ReferralSettings, {"directory_seed_path": DIRECTORY_SEED}),
                 "notification": (notification_app, NotificationSettings, {})}
-    world = Served(Tokens(dev_issuer_dir, data_dir))
+    world = Served(tokens)
     async with AsyncExitStack() as stack:
         for name, (create, settings_class, extra) in builders.items():
             settings = fast_settings(settings_class, **common, **extra)

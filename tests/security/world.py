@@ -25,13 +25,14 @@ from notification.config import NotificationSettings
 from notification.entrypoints.app import create_app as notification_app
 from referral.config import ReferralSettings
 from referral.entrypoints.app import create_app as referral_app
-from tests.support.harness import REPO, eventually, fast_settings
+from tests.security.statuses import StatusLog
+from tests.support.harness import TEST_DIRECTORY, eventually, fast_settings
 
 SERVICES = {"intake": (intake_app, IntakeSettings), "referral": (referral_app, ReferralSettings),
             "notification": (notification_app, NotificationSettings)}
 PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics"}
 DOCS_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-DIRECTORY_SEED = str(REPO / "deploy/demo/agencies.json")
+DIRECTORY_SEED = str(TEST_DIRECTORY)
 
 # The callers: (agency id, agency type, jurisdiction). MX-INM2 and MX-ASYL2 are unrelated agencies of the
 # same type as MX-INM and MX-COMAR, known only by their tokens.
@@ -93,16 +94,39 @@ def all_routes() -> tuple[RouteInfo, ...]:
     return tuple(routes)
 
 
+# Guatemala's identity provider: the one issuer trusted for GT's agencies (the development issuer for the others).
+GT_ISSUER = "https://idp.gt.example"
+DEV_ISSUER = "enlace-dev-issuer"
+# An agency no directory holds, whose token claims to coordinate Mexico.
+PHANTOM = ("MX-FANTASMA", "coordinator", "MX")
+
+
 class Tokens:
-    """Tokens for every caller, and the kinds the services must refuse."""
+    """Tokens for every caller, and the kinds the services must refuse. GT's agencies get their tokens from
+    Guatemala's identity provider (a key pair of its own), the others from the development issuer."""
 
     def __init__(self, issuer_dir: Path, tmp: Path) -> None:
         self._key = (issuer_dir / "private.pem").read_bytes()
+        self._dev_public = issuer_dir / "public.pem"
         self._foreign_key = ensure_keypair(tmp / "foreign-issuer").read_bytes()
+        self._gt_dir = tmp / "gt-issuer"
+        self._gt_key = ensure_keypair(self._gt_dir).read_bytes()
 
-    def _mint(self, key: bytes, caller: str | tuple[str, str, str], roles, subject: str | None = None,
-              **extra) -> dict[str, str]:
+    def trusted_issuers(self) -> dict[str, dict[str, str]]:
+        """The services' auth_trusted_issuers: Guatemala's IdP for GT, the development issuer for every other."""
+        return {"*": {"issuer": DEV_ISSUER, "public_key_path": str(self._dev_public)},
+                "GT": {"issuer": GT_ISSUER, "public_key_path": str(self._gt_dir / "public.pem")}}
+
+    def _mint(self, key: bytes | None, caller: str | tuple[str, str, str], roles, subject: str | None = None,
+              claims: tuple[str, str] | None = None, **extra) -> dict[str, str]:
+        """``key`` None: the issuer trusted for the agency's jurisdiction signs. ``claims``: the (type,
+        jurisdiction) the token claims instead of the agency's own."""
         agency_id, agency_type, jurisdiction = CALLERS[caller] if isinstance(caller, str) else caller
+        if key is None:
+            key = self._gt_key if jurisdiction == "GT" else self._key
+            extra.setdefault("issuer", GT_ISSUER if jurisdiction == "GT" else DEV_ISSUER)
+        if claims is not None:
+            agency_type, jurisdiction = claims
         roles = sorted(str(r) for r in roles)
         token = mint(key, agency_id=agency_id, agency_type=agency_type, jurisdiction=jurisdiction, roles=roles,
                      subject=subject or f"{agency_id.lower()}-{'-'.join(roles)}", **extra)
@@ -113,18 +137,25 @@ class Tokens:
         return CALLERS[caller][0]
 
     def of(self, caller: str, *roles: Role | str, subject: str | None = None) -> dict[str, str]:
-        return self._mint(self._key, caller, roles or (Role.CASEWORKER,), subject)
+        return self._mint(None, caller, roles or (Role.CASEWORKER,), subject)
 
     def of_agency(self, agency: tuple[str, str, str], *roles: Role | str, subject: str | None = None) -> dict[str, str]:
         """A token of an agency the matrix does not probe: (agency id, agency type, jurisdiction)."""
-        return self._mint(self._key, agency, roles or (Role.CASEWORKER,), subject)
+        return self._mint(None, agency, roles or (Role.CASEWORKER,), subject)
 
     def for_permission(self, caller: str, permission: Permission | None, subject: str | None = None) -> dict[str, str]:
         """Every role that grants the route's permission: the strongest token the agency can hold for it."""
         return self.of(caller, *(GRANTS[permission] if permission else (Role.CASEWORKER,)), subject=subject)
 
+    def claiming(self, caller: str, permission: Permission | None, agency_type: str,
+                 jurisdiction: str) -> dict[str, str]:
+        """A token of the caller's own agency, from its own issuer, that claims another type and jurisdiction,
+        with every role that grants the permission."""
+        roles = GRANTS[permission] if permission else (Role.CASEWORKER,)
+        return self._mint(None, caller, roles, claims=(agency_type, jurisdiction))
+
     def expired(self, caller: str = "inm") -> dict[str, str]:
-        return self._mint(self._key, caller, tuple(Role), ttl_s=60, now=1_700_000_000)
+        return self._mint(None, caller, tuple(Role), ttl_s=60, now=1_700_000_000)
 
     def wrong_key(self, caller: str = "inm") -> dict[str, str]:
         return self._mint(self._foreign_key, caller, tuple(Role))
@@ -132,9 +163,16 @@ class Tokens:
     def invalid(self) -> dict[str, dict[str, str]]:
         every_role = tuple(Role)
         return {"no token": {}, "expired token": self.expired(), "token signed with another key": self.wrong_key(),
-                "token for another audience": self._mint(self._key, "inm", every_role, audience="other-system"),
+                "token for another audience": self._mint(None, "inm", every_role, audience="other-system"),
                 "token of another issuer": self._mint(self._key, "inm", every_role, issuer="someone-else"),
-                "malformed token": {"authorization": "Bearer not.a.jwt"}}
+                "malformed token": {"authorization": "Bearer not.a.jwt"},
+                # Agency identity is the directory's (enlace_platform.auth): each of these is validly signed.
+                "token for an agency the directory does not know, claiming to coordinate MX":
+                    self._mint(None, PHANTOM, every_role),
+                "token for a known agency from the issuer trusted for another jurisdiction":
+                    self._mint(self._gt_key, "inm", every_role, issuer=GT_ISSUER),
+                "token for a known agency from an untrusted issuer with a key pair of its own":
+                    self._mint(self._foreign_key, "gt", every_role, issuer="https://idp.rogue.example")}
 
 
 # Personal data of the seeded persons, and free text that stays in its service.
@@ -156,6 +194,7 @@ class World:
     data_dir: Path
     ids: dict[str, str] = field(default_factory=dict)  # the seeded objects that belong to an agency
     directory: dict[str, str] = field(default_factory=dict)  # the public directory's: anyone may see them
+    statuses: StatusLog = field(default_factory=StatusLog)  # every answer the services gave, by operation
     _serial: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def serial(self) -> str:
@@ -269,8 +308,9 @@ async def seed(world: World) -> None:
     assert r.status_code == 201, r.text
     ids["screening"] = r.json()["id"]
 
-    async def asylum_referral():
-        page = (await referral.get("/referrals", headers=inm, params={"case_id": ids["case"]})).json()
+    async def asylum_referral():  # read by the coordinator: the barrier withholds the need from MX-INM
+        page = (await referral.get("/referrals", headers=t.of("coord", Role.COORDINATOR),
+                                   params={"case_id": ids["case"], "direction": "jurisdiction"})).json()
         return [i for i in page["items"] if i["need_code"] == "INTERNATIONAL_PROTECTION"]
     # On a fresh broker the first consumer group join waits for __consumer_offsets: a generous liveness bound.
     (ref,) = await eventually(asylum_referral, timeout=120, what="the asylum referral")

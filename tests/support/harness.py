@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from enlace_platform.agencies import AgencyRegistry, seed_agencies
 from enlace_platform.db import create_tables, make_engine, make_session_factory
 from enlace_platform.dev_issuer import mint
 from enlace_platform.envelope import Envelope, from_kafka, to_kafka
@@ -23,6 +24,8 @@ from enlace_platform.migrations import service_tables
 from enlace_platform.topics import all_topics, provision
 
 REPO = Path(__file__).resolve().parents[2]
+# The test stack's directory: the demo's plus the agencies only tests use (a token's agency must be in it).
+TEST_DIRECTORY = REPO / "tests" / "support" / "agencies.json"
 
 
 @asynccontextmanager
@@ -55,6 +58,7 @@ def fast_settings(cls, *, tmp_path: Path, bootstrap: str, prefix: str, dev_issue
     """Service settings for tests: own database (SQLite in tmp_path unless a URL is given), isolated topics,
     quick retries."""
     name = cls.model_fields["service_name"].default
+    extra.setdefault("directory_seed_path", str(TEST_DIRECTORY))  # every service's copy of the directory
     if "webhook_allow_loopback" in cls.model_fields:
         extra.setdefault("webhook_allow_loopback", True)  # the tests' webhook receivers listen on loopback
     return cls(
@@ -68,6 +72,11 @@ def fast_settings(cls, *, tmp_path: Path, bootstrap: str, prefix: str, dev_issue
         log_json=False,
         **extra,
     )
+
+
+def directory_for_tests() -> AgencyRegistry:
+    """The test directory's agencies, for a runtime built without a service's own copy of the directory."""
+    return AgencyRegistry(seed_agencies(TEST_DIRECTORY))
 
 
 def bearer(dev_issuer_dir: Path, agency_id: str, agency_type: str, jurisdiction: str = "MX",

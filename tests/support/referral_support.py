@@ -18,16 +18,15 @@ from referral.config import ReferralSettings
 from referral.entrypoints.app import create_app
 from referral.service_layer.handlers import consumer_handlers
 from referral.service_layer.referrals import Policy
-from tests.support.harness import REPO, bearer, fast_settings, free_port, running_app
+from tests.support.harness import TEST_DIRECTORY, bearer, fast_settings, free_port, running_app
 
-DEMO_DIRECTORY = REPO / "deploy" / "demo" / "agencies.json"
 ALL_TYPES = ["migration_authority", "asylum_office", "child_protection", "anti_trafficking", "health",
              "psychosocial", "return_assistance"]
 
 
 @cache
 def _agencies() -> dict[str, dict]:
-    return {a["id"]: a for a in json.loads(DEMO_DIRECTORY.read_text())["agencies"]}
+    return {a["id"]: a for a in json.loads(TEST_DIRECTORY.read_text())["agencies"]}
 
 
 def migration_authority(jurisdiction: str) -> str:
@@ -97,7 +96,7 @@ def referral_settings(tmp_path: Path, dev_issuer_dir: Path, bootstrap: str | Non
                       **extra) -> ReferralSettings:
     """Own database and the demo directory; without a bootstrap, Kafka points at a closed port."""
     return fast_settings(ReferralSettings, tmp_path=tmp_path, bootstrap=bootstrap or f"127.0.0.1:{free_port()}",
-                         prefix=prefix, dev_issuer_dir=dev_issuer_dir, directory_seed_path=str(DEMO_DIRECTORY),
+                         prefix=prefix, dev_issuer_dir=dev_issuer_dir, directory_seed_path=str(TEST_DIRECTORY),
                          **extra)
 
 

@@ -11,7 +11,7 @@ from notification.config import NotificationSettings
 from notification.entrypoints.app import create_app as notification_app
 from referral.config import ReferralSettings
 from referral.entrypoints.app import create_app as referral_app
-from tests.support.harness import REPO, WebhookReceiver, bearer, eventually, fast_settings
+from tests.support.harness import TEST_DIRECTORY, WebhookReceiver, bearer, eventually, fast_settings
 
 
 def three_apps(common: dict, database_urls: dict[str, str] | None = None) -> tuple:
@@ -23,7 +23,7 @@ def three_apps(common: dict, database_urls: dict[str, str] | None = None) -> tup
         return fast_settings(cls, database_url=urls.get(cls.model_fields["service_name"].default), **common, **extra)
 
     return (intake_app(settings(IntakeSettings)),
-            referral_app(settings(ReferralSettings, directory_seed_path=str(REPO / "deploy/demo/agencies.json"))),
+            referral_app(settings(ReferralSettings, directory_seed_path=str(TEST_DIRECTORY))),
             notification_app(settings(NotificationSettings)))
 
 

@@ -4,6 +4,7 @@ consumes, and the dispatcher."""
 import logging
 from pathlib import Path
 
+from enlace_platform.agencies import AgencyRegistry, follow_directory
 from enlace_platform.runtime import ConsumerSpec, ServiceRuntime
 from notification.adapters.orm import TABLES
 from notification.adapters.signing_secrets import KEY_ROTATION, seal_legacy_secrets
@@ -19,14 +20,15 @@ MIGRATIONS = Path(__file__).parent / "adapters" / "migrations"  # Alembic: start
 
 
 def build_runtime(settings: NotificationSettings) -> ServiceRuntime:
-    on_event = make_referral_event_handler(settings)
+    agencies = AgencyRegistry()  # the directory: whose subscriptions hear what, and every token's agency
+    on_event = make_referral_event_handler(settings, agencies)
     if not settings.smtp_host:
         log.info("NOTIFICATION_SMTP_HOST is not set: e-mail is off (webhooks only)")
 
     async def dispatch_deliveries(runtime: ServiceRuntime) -> None:
         await Dispatcher(runtime, settings).run()
 
-    return ServiceRuntime(
+    runtime = ServiceRuntime(
         settings=settings,
         tables=TABLES,
         migrations=MIGRATIONS,
@@ -38,4 +40,8 @@ def build_runtime(settings: NotificationSettings) -> ServiceRuntime:
         on_startup=[seal_legacy_secrets],
         scrape_hooks=[delivery_gauges],
         key_rotation=[KEY_ROTATION],
+        agencies=agencies,
     )
+    # Whose subscriptions hear what, and a token's agency, are the directory's word (enlace_platform.agencies).
+    follow_directory(runtime, seed_path=settings.directory_seed_path, refresh_s=settings.agency_refresh_s)
+    return runtime

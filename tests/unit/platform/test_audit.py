@@ -17,7 +17,7 @@ from enlace_platform.audit import Purpose, answer_status, note_objects
 from enlace_platform.problems import Problem
 from enlace_platform.runtime import DbSession, ServiceRuntime, create_service_app
 from enlace_platform.settings import ServiceSettings
-from tests.support.harness import bearer, free_port, running_app
+from tests.support.harness import bearer, free_port, running_app, directory_for_tests
 
 SECRET_NAME = "Xochitl Quispe-Audit"
 
@@ -68,7 +68,7 @@ async def world(tmp_path: Path, dev_issuer_dir: Path):
     settings = ServiceSettings(service_name="audited", database_url=f"sqlite+aiosqlite:///{tmp_path / 'a.db'}",
                                kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",  # nothing listens: API only
                                auth_dev_public_key_path=str(dev_issuer_dir / "public.pem"), log_json=False)
-    runtime = ServiceRuntime(settings=settings, tables=[Jotting.__table__])
+    runtime = ServiceRuntime(settings=settings, tables=[Jotting.__table__], agencies=directory_for_tests())
     app = create_service_app(title="t", description="t", runtime=runtime, routers=[_router()])
     async with running_app(app) as client:
         yield client, runtime, tmp_path / "a.db"

@@ -14,7 +14,7 @@ from enlace_platform.audit import Owner, Purpose
 from enlace_platform.auth import Principal
 from enlace_platform.runtime import ServiceRuntime, create_service_app
 from enlace_platform.settings import ServiceSettings
-from tests.support.harness import bearer, free_port, running_app
+from tests.support.harness import bearer, free_port, running_app, directory_for_tests
 
 METADATA = MetaData()  # not SQLModel's: these tables belong to no service
 THINGS = Table("owned_thing", METADATA, Column("id", String, primary_key=True), Column("agency_id", String),
@@ -56,7 +56,7 @@ async def client(tmp_path: Path, dev_issuer_dir: Path):
     settings = ServiceSettings(service_name="scoped", database_url=f"sqlite+aiosqlite:///{tmp_path / 's.db'}",
                                kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",  # nothing listens: API only
                                auth_dev_public_key_path=str(dev_issuer_dir / "public.pem"), log_json=False)
-    runtime = ServiceRuntime(settings=settings, tables=[THINGS, GADGETS])
+    runtime = ServiceRuntime(settings=settings, tables=[THINGS, GADGETS], agencies=directory_for_tests())
     app = create_service_app(title="t", description="t", runtime=runtime, routers=[_router()], audit_scope=SCOPE)
     async with running_app(app) as client:
         async with runtime.sessions() as session:

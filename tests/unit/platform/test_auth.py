@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from enlace_platform.agencies import Agency, AgencyRegistry
 from enlace_platform.auth import CurrentPrincipal, TokenVerifier
 from enlace_platform.dev_issuer import ensure_keypair, mint
 from enlace_platform.problems import PROBLEM_JSON, install_problem_handlers
@@ -36,16 +37,28 @@ def _settings(**overrides) -> ServiceSettings:
     return ServiceSettings(**fields)
 
 
-def _app(settings: ServiceSettings, clock=time.monotonic) -> FastAPI:
+# The directory: what each agency is, whatever its tokens claim.
+DIRECTORY = AgencyRegistry([
+    Agency(id="MX-DIF", type="child-protection", jurisdiction="MX-CHP", enforcement=False),
+    Agency(id="MX-COMAR", type="asylum_office", jurisdiction="MX", enforcement=False),
+    Agency(id="MX-INM", type="migration_authority", jurisdiction="MX", enforcement=True),
+    Agency(id="GT-PGN", type="child-protection", jurisdiction="GT", enforcement=False),
+])
+
+
+def _app(settings: ServiceSettings, clock=time.monotonic, agencies: AgencyRegistry = DIRECTORY) -> FastAPI:
     app = FastAPI()
     install_problem_handlers(app)
-    app.state.token_verifier = TokenVerifier(settings, clock=clock)
+    app.state.token_verifier = TokenVerifier(settings, agencies=agencies, clock=clock)
 
     @app.get("/me")
     async def me(principal: CurrentPrincipal):
-        return {"subject": principal.subject, "agency_id": principal.agency_id,
-                "agency_type": principal.agency_type, "jurisdiction": principal.jurisdiction,
-                "roles": list(principal.roles)}
+        identity = {"subject": principal.subject, "agency_id": principal.agency_id,
+                    "agency_type": principal.agency_type, "jurisdiction": principal.jurisdiction,
+                    "roles": list(principal.roles)}
+        if principal.enforcement:
+            identity["enforcement"] = True
+        return identity
 
     return app
 
@@ -152,6 +165,67 @@ def test_wrong_issuer_is_401(dev_client, dev_keys):
     private, _ = dev_keys
     body = _assert_unauthorized(_get(dev_client, mint(private, issuer="https://evil.example", **AGENCY)))
     assert "issuer" in body["detail"].lower()
+
+
+# --- the directory decides who the agency is; configuration decides which issuer speaks for it -----------------
+
+def test_the_directory_not_the_token_says_what_the_agency_is(dev_client, dev_keys):
+    private, _ = dev_keys
+    token = mint(private, agency_id="MX-INM", agency_type="coordinator", jurisdiction="GT", roles=["coordinator"])
+    response = _get(dev_client, token)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"subject": "mx-inm-user", "agency_id": "MX-INM", "agency_type": "migration_authority",
+                               "jurisdiction": "MX", "roles": ["coordinator"], "enforcement": True}
+
+
+def test_a_token_for_an_agency_the_directory_does_not_know_is_401(dev_client, dev_keys):
+    private, _ = dev_keys
+    token = mint(private, agency_id="MX-NOWHERE", agency_type="coordinator", jurisdiction="MX", roles=["coordinator"])
+    body = _assert_unauthorized(_get(dev_client, token))
+    assert "directory" in body["detail"]
+
+
+def test_a_change_of_the_directory_applies_to_the_next_request(dev_keys):
+    private, public_path = dev_keys
+    directory = AgencyRegistry()
+    token = mint(private, **AGENCY)
+    with TestClient(_app(_settings(auth_dev_public_key_path=str(public_path)), agencies=directory)) as client:
+        _assert_unauthorized(_get(client, token))
+        directory.put(Agency(id="MX-DIF", type="health", jurisdiction="MX", enforcement=False))
+        assert _get(client, token).json()["agency_type"] == "health"
+        directory.remove("MX-DIF")
+        _assert_unauthorized(_get(client, token))
+
+
+def test_an_issuer_speaks_only_for_the_agencies_it_is_trusted_for(dev_keys, tmp_path):
+    """Mexico's identity provider for MX, Guatemala's for GT, and MX-DIF has one of its own: each token verifies
+    with its issuer's key, and is refused for an agency another issuer speaks for, signature valid or not."""
+    mx_private, mx_public = dev_keys
+    gt_private = ensure_keypair(tmp_path / "gt").read_bytes()
+    dif_private = ensure_keypair(tmp_path / "dif").read_bytes()
+    trusted = {"MX": {"issuer": "https://idp.mx", "public_key_path": str(mx_public)},
+               "GT": {"issuer": "https://idp.gt", "public_key_path": str(tmp_path / "gt" / "public.pem")},
+               "MX-DIF": {"issuer": "https://idp.dif", "public_key_path": str(tmp_path / "dif" / "public.pem")}}
+    comar = dict(agency_id="MX-COMAR", agency_type="asylum_office", jurisdiction="MX", roles=["caseworker"])
+    pgn = dict(agency_id="GT-PGN", agency_type="child_protection", jurisdiction="GT", roles=["caseworker"])
+    with TestClient(_app(_settings(auth_trusted_issuers=trusted))) as client:
+        assert _get(client, mint(mx_private, issuer="https://idp.mx", **comar)).status_code == 200
+        assert _get(client, mint(gt_private, issuer="https://idp.gt", **pgn)).status_code == 200
+        assert _get(client, mint(dif_private, issuer="https://idp.dif", **AGENCY)).status_code == 200
+        # Validly signed by its own issuer, but that issuer does not speak for the agency named.
+        _assert_unauthorized(_get(client, mint(gt_private, issuer="https://idp.gt", **comar)))
+        _assert_unauthorized(_get(client, mint(mx_private, issuer="https://idp.mx", **AGENCY)))
+        # The development issuer is not trusted at all once issuers are configured.
+        _assert_unauthorized(_get(client, mint(mx_private, **comar)))
+        # A trusted issuer's name with another issuer's key.
+        _assert_unauthorized(_get(client, mint(gt_private, issuer="https://idp.mx", **comar)))
+
+
+def test_an_issuer_with_two_key_sources_is_a_configuration_error(tmp_path):
+    trusted = {"MX": {"issuer": "https://idp.mx", "public_key_path": "/a.pem"},
+               "GT": {"issuer": "https://idp.mx", "jwks_url": "https://idp.mx/jwks"}}
+    with pytest.raises(ValueError, match="two key sources"):
+        TokenVerifier(_settings(auth_trusted_issuers=trusted), agencies=DIRECTORY)
 
 
 @pytest.mark.parametrize("garbage", ["garbage", "a.b.c", "eyJhbGciOiJFUzI1NiJ9.e30.", ""])

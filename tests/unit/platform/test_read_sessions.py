@@ -16,7 +16,7 @@ from enlace_platform.audit import Purpose
 from enlace_platform.db import WriteInReadSession, make_engine, make_read_session_factory, make_session_factory
 from enlace_platform.runtime import DbSession, ReadSession, ServiceRuntime, create_service_app
 from enlace_platform.settings import ServiceSettings
-from tests.support.harness import bearer, free_port, running_app
+from tests.support.harness import bearer, free_port, running_app, directory_for_tests
 
 
 class Scribble(SQLModel, table=True):
@@ -119,7 +119,7 @@ async def app_and_db(tmp_path: Path, dev_issuer_dir: Path):
     settings = ServiceSettings(service_name="reader", database_url=f"sqlite+aiosqlite:///{path}",
                                kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",  # nothing listens: API only
                                auth_dev_public_key_path=str(dev_issuer_dir / "public.pem"), log_json=False)
-    runtime = ServiceRuntime(settings=settings, tables=[])
+    runtime = ServiceRuntime(settings=settings, tables=[], agencies=directory_for_tests())
     seen: dict[str, bool] = {}
     app = create_service_app(title="t", description="t", runtime=runtime, routers=[_router(path, seen)])
     async with running_app(app) as client:

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 from enlace_platform.crypto import SubjectKey
+from enlace_platform.agencies import KnownAgency
 
 
 def _id() -> str:
@@ -205,4 +206,4 @@ class RemovalOrderRow(SQLModel, table=True):
 
 TABLES = [SubjectKey.__table__, CaseRow.__table__, PersonRow.__table__, PersonDocumentRow.__table__, PersonVersionRow.__table__,
           RelationshipRow.__table__, ScreeningRow.__table__, ConsentRow.__table__, ProtectionHoldRow.__table__,
-          ReferralViewRow.__table__, RemovalOrderRow.__table__, SearchTokenRow.__table__]
+          ReferralViewRow.__table__, RemovalOrderRow.__table__, SearchTokenRow.__table__, KnownAgency.__table__]

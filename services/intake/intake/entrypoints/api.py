@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from enlace_platform import firewall
 from enlace_platform.access import Allowed, Permission, check
 from enlace_platform.audit import Purpose, note_objects
 from enlace_platform.auth import Principal
@@ -168,7 +169,7 @@ class HoldOut(BaseModel):
 class ReferralOut(BaseModel):
     referral_id: str
     person_id: str
-    need_code: str
+    need_code: str | None = Field(description="Null for an enforcement agency when the need is sensitive (firewall)")
     status: str
     to_agency_id: str | None
     to_agency_type: str | None
@@ -261,19 +262,39 @@ def _gone(exc: services.Gone) -> Problem:
                    person_id=exc.person_id, erased_at=exc.erased_at.isoformat() if exc.erased_at else None)
 
 
-def _hold_out(h: ProtectionHoldRow) -> HoldOut:
-    return HoldOut(hold_id=h.hold_id, person_id=h.person_id, referral_id=h.referral_id, need_code=h.need_code,
-                   status=h.status, placed_at=h.placed_at, not_before=h.not_before, released_at=h.released_at,
-                   release_reason=h.release_reason, outcome_code=h.outcome_code)
+# What the referral events told intake passes the firewall (enlace_platform.firewall) on its way out: an
+# enforcement agency sees a referral's existence, status, hold and public outcome, never a sensitive need or
+# its receiver. What the agency recorded itself (persons, screenings and the needs its rules derived) stays.
+
+def _hold_out(h: ProtectionHoldRow, viewer: firewall.Viewer) -> HoldOut:
+    return HoldOut(**firewall.project("hold", {
+        "hold_id": h.hold_id, "person_id": h.person_id, "referral_id": h.referral_id, "need_code": h.need_code,
+        "status": h.status, "placed_at": h.placed_at, "not_before": h.not_before, "released_at": h.released_at,
+        "release_reason": h.release_reason, "outcome_code": h.outcome_code}, viewer, need_code=h.need_code))
 
 
-def _referral_out(r: ReferralViewRow) -> ReferralOut:
-    return ReferralOut(referral_id=r.referral_id, person_id=r.person_id, need_code=r.need_code, status=r.status,
-                       to_agency_id=r.to_agency_id, to_agency_type=r.to_agency_type, outcome_code=r.outcome_code,
-                       updated_at=r.occurred_at)
+def _referral_out(r: ReferralViewRow, viewer: firewall.Viewer) -> ReferralOut:
+    return ReferralOut(**firewall.project("case_referral", {
+        "referral_id": r.referral_id, "person_id": r.person_id, "need_code": r.need_code, "status": r.status,
+        "to_agency_id": r.to_agency_id, "to_agency_type": r.to_agency_type, "outcome_code": r.outcome_code,
+        "updated_at": r.occurred_at}, viewer, need_code=r.need_code))
 
 
-async def _case_out(request: Request, session, vault: Vault, case: CaseRow) -> CaseOut:
+def _blocking_hold(h: ProtectionHoldRow, viewer: firewall.Viewer) -> dict[str, Any]:
+    return BlockingHold(**firewall.project("hold", {
+        "hold_id": h.hold_id, "referral_id": h.referral_id, "need_code": h.need_code, "not_before": h.not_before},
+        viewer, need_code=h.need_code)).model_dump(mode="json")
+
+
+def _named_hold(h: dict[str, Any], *, with_referral: bool) -> str:
+    about = [h["need_code"]] if h["need_code"] else []
+    if with_referral:
+        about.append(f"referral {h['referral_id']}")
+    return f"hold {h['hold_id']}" + (f" ({', '.join(about)})" if about else "")
+
+
+async def _case_out(request: Request, session, vault: Vault, case: CaseRow, principal: Principal) -> CaseOut:
+    viewer = firewall.viewer_for(principal)
     persons = await services.persons_of(session, vault, case.id)
     note_objects(request, "person", [p.row.id for p in persons])
     return CaseOut(
@@ -282,8 +303,8 @@ async def _case_out(request: Request, session, vault: Vault, case: CaseRow) -> C
         persons=[_person_out(p) for p in persons],
         relationships=[RelationshipOut(from_person_id=r.from_person_id, to_person_id=r.to_person_id, kind=r.kind)
                        for r in await services.relationships_of(session, case.id)],
-        holds=[_hold_out(h) for h in await services.holds_of(session, case.id)],
-        referrals=[_referral_out(r) for r in await services.referrals_of(session, case.id)],
+        holds=[_hold_out(h, viewer) for h in await services.holds_of(session, case.id)],
+        referrals=[_referral_out(r, viewer) for r in await services.referrals_of(session, case.id)],
     )
 
 
@@ -329,7 +350,7 @@ async def register_case(request: Request, body: CaseIn, principal: Writer, sessi
     if previous is not None:
         case = await services.get_case_for(session, principal, previous)
         note_objects(request, "case", [case.id])
-        return await _case_out(request, session, vault, case)
+        return await _case_out(request, session, vault, case, principal)
     _check_relationships(body)
     case = CaseRow(id=str(uuid.uuid4()), agency_id="", jurisdiction="", place=body.place,
                    encountered_at=body.encountered_at)
@@ -419,7 +440,7 @@ async def read_case(request: Request, case_id: IdPath, principal: Reader, sessio
         case = await services.get_case_for(session, principal, case_id)
     except services.NotFound:
         raise _not_found("case", case_id) from None
-    return await _case_out(request, session, vault, case)
+    return await _case_out(request, session, vault, case, principal)
 
 
 @router.get("/cases/{case_id}/persons/{person_id}", response_model=PersonOut, responses=GONE,
@@ -730,7 +751,7 @@ class RemovalOrderOut(BaseModel):
 class BlockingHold(BaseModel):
     hold_id: str
     referral_id: str | None
-    need_code: str | None
+    need_code: str | None = Field(description="Null for an enforcement agency when the need is sensitive (firewall)")
     not_before: AwareDatetime | None
 
 
@@ -768,13 +789,12 @@ async def request_removal(case_id: IdPath, person_id: IdPath, body: RemovalOrder
     except services.Gone as exc:
         raise _gone(exc) from None
     except services.RemovalBlocked as blocked:
-        holds = [BlockingHold(hold_id=h.hold_id, referral_id=h.referral_id, need_code=h.need_code,
-                              not_before=h.not_before).model_dump(mode="json") for h in blocked.holds]
+        holds = [_blocking_hold(h, firewall.viewer_for(principal)) for h in blocked.holds]
         pending = [PendingHold(need_code=code, screening_id=blocked.screening.id).model_dump()
                    for code in blocked.pending]
         reasons = []
         if holds:
-            named = "; ".join(f"hold {h['hold_id']} ({h['need_code']}, referral {h['referral_id']})" for h in holds)
+            named = "; ".join(_named_hold(h, with_referral=True) for h in holds)
             reasons.append(f"the person is under active protection hold(s): {named}")
         if pending:
             reasons.append(f"screening {blocked.screening.id} found {', '.join(blocked.pending)}, for which the "
@@ -792,7 +812,7 @@ class ErasureIn(_In):
 
 class OpenReferral(BaseModel):
     referral_id: str
-    need_code: str
+    need_code: str | None = Field(description="Null for an enforcement agency when the need is sensitive (firewall)")
     status: str
     to_agency_id: str | None
 
@@ -815,13 +835,15 @@ async def erase_person(request: Request, case_id: IdPath, person_id: IdPath, bod
     except services.NotFound:
         raise _not_found("person", person_id) from None
     except services.ErasureBlocked as blocked:
-        holds = [BlockingHold(hold_id=h.hold_id, referral_id=h.referral_id, need_code=h.need_code,
-                              not_before=h.not_before).model_dump(mode="json") for h in blocked.holds]
-        referrals = [OpenReferral(referral_id=r.referral_id, need_code=r.need_code, status=r.status,
-                                  to_agency_id=r.to_agency_id).model_dump() for r in blocked.referrals]
-        named = [f"hold {h['hold_id']} ({h['need_code']})" for h in holds]
+        viewer = firewall.viewer_for(principal)
+        holds = [_blocking_hold(h, viewer) for h in blocked.holds]
+        referrals = [OpenReferral(**firewall.project("case_referral", {
+            "referral_id": r.referral_id, "need_code": r.need_code, "status": r.status,
+            "to_agency_id": r.to_agency_id}, viewer, need_code=r.need_code)).model_dump() for r in blocked.referrals]
+        named = [_named_hold(h, with_referral=False) for h in holds]
         named += [f"a pending hold for {code}" for code in blocked.pending]
-        named += [f"open referral {r['referral_id']} ({r['need_code']}, {r['status']})" for r in referrals]
+        named += [f"open referral {r['referral_id']} ({', '.join(filter(None, (r['need_code'], r['status'])))})"
+                  for r in referrals]
         raise Problem(409, detail=f"Erasure refused while the person has {'; '.join(named)}: erasing would break "
                                   "the removal safeguard or the receiving agency's work.",
                       holds=holds, pending_holds=blocked.pending, open_referrals=referrals) from None

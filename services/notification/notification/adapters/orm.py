@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from enlace_platform.agencies import KnownAgency
 from notification.domain.delivery import PENDING
 
 
@@ -72,4 +73,4 @@ class DeliveryAttemptRow(SQLModel, table=True):
     error: str | None = None
 
 
-TABLES = [SubscriptionRow.__table__, DeliveryRow.__table__, DeliveryAttemptRow.__table__]
+TABLES = [KnownAgency.__table__, SubscriptionRow.__table__, DeliveryRow.__table__, DeliveryAttemptRow.__table__]

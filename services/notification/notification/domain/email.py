@@ -28,7 +28,11 @@ class EmailContent:
     body: str
 
 
-def email_content(event_type: str, data: dict[str, Any], link: str) -> EmailContent:
+def email_content(event_type: str, data: dict[str, Any], link: str, *, enforcement: bool = False) -> EmailContent:
+    """``enforcement``: to an enforcement agency (enlace_platform.firewall), which learns that the referral exists
+    and where to read its status, and nothing of its urgency, deadline, reason or routing."""
+    if enforcement:
+        data = {"referral_id": data.get("referral_id")}
     urgency = data.get("urgency") if data.get("urgency") in _URGENCIES else None
     subject = f"[Enlace] {_SUBJECTS.get(event_type, 'Referral update')}"
     if urgency in ("immediate", "high"):
@@ -45,7 +49,7 @@ def email_content(event_type: str, data: dict[str, Any], link: str) -> EmailCont
         lines.append(f"Deadline: {data['due_at']}")
     if event_type in (REFERRAL_OVERDUE, REFERRAL_ESCALATED) and isinstance(data.get("reason_code"), str):
         lines.append(f"Reason: {data['reason_code']}")
-    if event_type == REFERRAL_REQUESTED and not data.get("to_agency_id"):
+    if event_type == REFERRAL_REQUESTED and not data.get("to_agency_id") and not enforcement:
         lines.append("It waits in the coordinator's queue: no receiving agency was found.")
     lines += ["", f"Open it with your agency's login: {link}", "",
               "This message carries no personal data by design; the details are in Enlace."]

@@ -1,4 +1,8 @@
-"""Notification handlers: turn referral and hold events into durable delivery records, one transaction each."""
+"""Notification handlers: turn referral and hold events into durable delivery records, one transaction each.
+
+The information barrier (enlace_platform.firewall): an agency the directory marks as enforcement hears only of
+firewall.ENFORCEMENT_EVENT_TYPES, by webhook and e-mail alike, whatever its subscription asks for; an agency the
+directory does not know (any more) hears nothing. The directory decides, never a token."""
 
 import json
 from datetime import UTC, datetime
@@ -10,9 +14,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from enlace_platform.agencies import AgencyRegistry
 from enlace_platform.consumer import PoisonMessage
 from enlace_platform.db import CommitWaker
 from enlace_platform.envelope import Envelope
+from enlace_platform.firewall import ENFORCEMENT_EVENT_TYPES
 from notification.adapters.orm import DeliveryRow, SubscriptionRow
 from notification.config import NotificationSettings
 from notification.domain.delivery import PENDING
@@ -48,8 +54,17 @@ def _check_contract(envelope: Envelope) -> None:
         raise PoisonMessage(f"{envelope.type} payload lacks from_agency_id")
 
 
-def make_referral_event_handler(settings: NotificationSettings):
+def make_referral_event_handler(settings: NotificationSettings, agencies: AgencyRegistry):
     email_on = bool(settings.smtp_host)
+
+    def may_hear(agency_id: str, event_type: str) -> bool | None:
+        """Whether the agency may hear of this event; None: it may, as an enforcement agency."""
+        agency = agencies.get(agency_id)
+        if agency is None:
+            return False
+        if agency.enforcement:
+            return None if event_type in ENFORCEMENT_EVENT_TYPES else False
+        return True
 
     async def on_referral_event(session: AsyncSession, envelope: Envelope) -> None:
         _check_contract(envelope)
@@ -69,11 +84,13 @@ def make_referral_event_handler(settings: NotificationSettings):
         now = datetime.now(UTC)
         rows = []
         for sub in subscriptions:
-            if not matches(sub.event_types, envelope.type):
+            hears = may_hear(sub.agency_id, envelope.type)
+            if hears is False or not matches(sub.event_types, envelope.type):
                 continue
             rows.append(_delivery(sub, envelope, WEBHOOK, body, carrier, now))
             if sub.email and sub.agency_id in mail_to:
-                content = email_content(envelope.type, data, payload["data"]["links"]["referral"])
+                content = email_content(envelope.type, data, payload["data"]["links"]["referral"],
+                                        enforcement=hears is None)
                 rows.append(_delivery(sub, envelope, EMAIL, json.dumps(
                     {"to": sub.email, "subject": content.subject, "body": content.body}), carrier, now))
         if rows:

@@ -1,4 +1,5 @@
-"""Reads the directory for routing (with each service's open referral count), and seeds the demo directory."""
+"""Reads the directory for routing (with each service's open referral count), seeds the demo directory, and tells
+the other services of each agency change (agency.changed.v1, enlace_platform.agencies)."""
 
 import json
 from pathlib import Path
@@ -7,8 +8,12 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from enlace_platform.agencies import AGENCY_CHANGED, Agency, agency_changed_data, default_enforcement
+from enlace_platform.outbox import OutboxMessage, add_event
+from enlace_platform.topics import REFERRAL_AGENCY
 from referral.adapters.orm import AgencyRow, ConsentRow, ReferralRow, ServiceRow
 from referral.domain.codes import CONSENT_PURPOSE_REFERRAL
+from referral.domain.events import SOURCE
 from referral.domain.lifecycle import OPEN
 from referral.domain.routing import DirectoryService
 
@@ -62,10 +67,41 @@ async def seed_if_empty(session: AsyncSession, seed_path: Path) -> int:
     doc = json.loads(seed_path.read_text())
     for agency in doc["agencies"]:
         session.add(AgencyRow(id=agency["id"], name=agency["name"], type=agency["type"],
-                              jurisdiction=agency["jurisdiction"]))
+                              jurisdiction=agency["jurisdiction"],
+                              enforcement=bool(agency.get("enforcement", default_enforcement(agency["type"])))))
     await session.flush()
     for agency in doc["agencies"]:
         for svc in agency["services"]:
             session.add(ServiceRow(agency_id=agency["id"], **svc))
     await session.commit()
     return len(doc["agencies"])
+
+
+# --- the directory's agencies, for the token check of every service ---------------------------------------------
+
+def agency_of(row: AgencyRow) -> Agency:
+    return Agency(id=row.id, type=row.type, jurisdiction=row.jurisdiction, enforcement=row.enforcement)
+
+
+async def load_agencies(session: AsyncSession) -> list[Agency]:
+    return [agency_of(r) for r in (await session.exec(select(AgencyRow))).all()]
+
+
+def stage_agency_changed(session: AsyncSession, row: AgencyRow, *, removed: bool = False) -> None:
+    """agency.changed.v1 in the change's transaction (the outbox): the agency's full snapshot, keyed by its id."""
+    add_event(session, topic=REFERRAL_AGENCY, case_id=row.id, event_type=AGENCY_CHANGED, source=SOURCE,
+              subject=row.id, data=agency_changed_data(agency_id=row.id, name=row.name, agency_type=row.type,
+                                                       jurisdiction=row.jurisdiction, enforcement=row.enforcement,
+                                                       removed=removed))
+
+
+async def publish_directory_once(session: AsyncSession) -> int:
+    """Every agency's snapshot, unless the directory was ever published (a seeded directory, or one from before
+    agency.changed.v1): the other services' copies then start from the directory as it is."""
+    if (await session.exec(select(OutboxMessage.id).where(OutboxMessage.type == AGENCY_CHANGED).limit(1))).first():
+        return 0
+    rows = (await session.exec(select(AgencyRow).order_by(AgencyRow.id))).all()
+    for row in rows:
+        stage_agency_changed(session, row)
+    await session.commit()
+    return len(rows)

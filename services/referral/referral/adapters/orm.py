@@ -24,6 +24,9 @@ class AgencyRow(SQLModel, table=True):
     name: str
     type: str
     jurisdiction: str = Field(index=True)
+    # On the enforcement side of the information barrier (enlace_platform.firewall); by default a migration
+    # authority is, and the jurisdiction's coordinator may mark any agency.
+    enforcement: bool = False
 
 
 class ServiceRow(SQLModel, table=True):

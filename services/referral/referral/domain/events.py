@@ -1,9 +1,10 @@
 """Events the referral service publishes and consumes (docs/event-catalog.md). Codes and ids only."""
 
-from enlace_platform.topics import REFERRAL_PROTECTION_HOLD, REFERRAL_REFERRAL
+from enlace_platform.topics import REFERRAL_PROTECTION_HOLD, REFERRAL_REFERRAL, REFERRAL_STATUS
 
 TOPIC = REFERRAL_REFERRAL
 HOLD_TOPIC = REFERRAL_PROTECTION_HOLD
+STATUS_TOPIC = REFERRAL_STATUS  # the firewall's topic: what an enforcement agency may see (docs/integrators.md)
 SOURCE = "/enlace/referral"
 
 REFERRAL_REQUESTED = "referral.requested.v1"
@@ -30,7 +31,13 @@ HOLD_PLACED = "protection_hold.placed.v1"
 HOLD_RELEASED = "protection_hold.released.v1"
 HOLD_EVENT_TYPES = (HOLD_PLACED, HOLD_RELEASED)
 
-PUBLISHED = REFERRAL_EVENT_TYPES + HOLD_EVENT_TYPES
+# Mirrors each lifecycle change and hold change (firewall.ENFORCEMENT_EVENT_TYPES) on STATUS_TOPIC.
+STATUS_CHANGED = "referral.status_changed.v1"
+
+# The directory's agencies, for the other services' token checks (enlace_platform.agencies).
+AGENCY_CHANGED = "agency.changed.v1"
+
+PUBLISHED = REFERRAL_EVENT_TYPES + HOLD_EVENT_TYPES + (STATUS_CHANGED, AGENCY_CHANGED)
 
 # The event each lifecycle action publishes. Resume returns to in-progress: a referral.started.v1 again.
 ACTION_EVENTS = {

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
+from enlace_platform import firewall
 from enlace_platform.access import Allowed, Permission
 from enlace_platform.audit import Purpose, note_objects
 from enlace_platform.auth import Principal
@@ -23,14 +24,16 @@ from enlace_platform.problems import Problem, ProblemDetails
 from enlace_platform.runtime import DbSession
 from enlace_platform.timeutil import as_utc
 from referral.adapters.orm import HistoryRow, HoldRow, ReferralRow
-from referral.domain.codes import AGE_BANDS, COORDINATOR, NEED_CODES, OUTCOME_CODES, REASON_CODES, URGENCIES
+from referral.domain.codes import (
+    AGE_BANDS, COORDINATOR, HOLD_BEARING_NEEDS, NEED_CODES, OUTCOME_CODES, REASON_CODES, URGENCIES,
+)
 from referral.domain.consent import withheld_from_receiver
 from referral.domain.lifecycle import OPEN, TERMINAL, Action, Role, Status, allowed_actions
 from referral.domain.routing import route
 from referral.adapters.directory import load_directory, withdrawn_agency_types
 from referral.entrypoints.directory_api import LanguageCode
 from referral.service_layer.referrals import (
-    Actor, Command, Policy, act, agency_roles, add_note, decide_route, eligible_problem, facts_for,
+    Actor, Command, Policy, act, active_hold, agency_roles, add_note, decide_route, eligible_problem, facts_for,
     now_utc, open_referral, open_referral_for, referable_person, release_hold_by_coordinator, roles_of,
     visible_referral,
 )
@@ -48,8 +51,12 @@ NeedCode = Literal[tuple(sorted(NEED_CODES))]
 StatusCode = Literal[tuple(s.value for s in Status)]
 OPEN_VALUES = [s.value for s in OPEN]
 
+# Every field the information barrier may withhold says so (docs/security.md, "The information barrier").
+WITHHELD = "null when withheld by the information barrier (docs/security.md)"
+
 ACTION_ERRORS = {
-    403: {"model": ProblemDetails, "description": "Your agency's role on this referral does not allow the action"},
+    403: {"model": ProblemDetails, "description": "Your agency's role on this referral does not allow the action, "
+                                                  "or an enforcement agency tried to cancel a protection referral"},
     409: {"model": ProblemDetails, "description": "Not allowed from the current status (names `current_status` "
                                                   "and `allowed_actions`), or lost a race with another user"},
 }
@@ -83,31 +90,34 @@ class ReferralOut(BaseModel):
     id: str
     case_id: str
     person_id: str
-    need_code: str
-    urgency: str
+    need_code: str | None = Field(description=WITHHELD)
+    urgency: str | None = Field(description=WITHHELD)
     status: str
-    version: int = Field(description="Send it back as expected_version to act only on what you saw")
-    is_lead: bool
+    version: int | None = Field(description=f"Send it back as expected_version to act only on what you saw; "
+                                            f"{WITHHELD}")
+    is_lead: bool | None = Field(description=WITHHELD)
     jurisdiction: str
     from_agency_id: str
-    to_agency_id: str | None = Field(description="null while in the coordinator's queue")
-    to_agency_type: str | None
-    to_service_id: str | None
+    to_agency_id: str | None = Field(description=f"null while in the coordinator's queue; {WITHHELD}")
+    to_agency_type: str | None = Field(description=WITHHELD)
+    to_service_id: str | None = Field(description=WITHHELD)
     coordinator_agency_id: str
-    previous_referral_id: str | None
-    next_referral_id: str | None = Field(description="The referral this one was routed onward to after a rejection")
-    routing: Routing
-    routing_reasons: list[str]
-    escalation_reason: str | None = Field(description="Why the coordinator must act, while it must")
-    clock: str | None
-    due_at: datetime | None
-    overdue: bool
-    reason_code: str | None
-    outcome_code: str | None
+    previous_referral_id: str | None = Field(description=WITHHELD)
+    next_referral_id: str | None = Field(description="The referral this one was routed onward to after a rejection; "
+                                                     f"{WITHHELD}")
+    routing: Routing | None = Field(description=WITHHELD)
+    routing_reasons: list[str] | None = Field(description=WITHHELD)
+    escalation_reason: str | None = Field(description=f"Why the coordinator must act, while it must; {WITHHELD}")
+    clock: str | None = Field(description=WITHHELD)
+    due_at: datetime | None = Field(description=WITHHELD)
+    overdue: bool | None = Field(description=WITHHELD)
+    reason_code: str | None = Field(description=WITHHELD)
+    outcome_code: str | None = Field(description=f"{WITHHELD}; an enforcement agency sees only the public outcomes")
     created_at: datetime
-    updated_at: datetime
-    accepted_at: datetime | None
+    updated_at: datetime | None = Field(description=WITHHELD)
+    accepted_at: datetime | None = Field(description=WITHHELD)
     closed_at: datetime | None
+    hold_active: bool = Field(description="A protection hold is active for this person and need: no removal")
     allowed_actions: list[str] = Field(description="What your agency may do now")
 
 
@@ -143,42 +153,42 @@ class NoteIn(BaseModel):
 
 
 class HistoryOut(BaseModel):
-    seq: int
+    seq: int | None = Field(description=WITHHELD)
     at: datetime
     action: str
     from_status: str | None
     to_status: str
-    actor_agency_id: str | None
-    actor_subject: str | None
-    reason_code: str | None
-    reason_text: str | None = Field(description="Free text, only ever in this service; null once erased")
-    outcome_code: str | None
-    note: str | None = Field(description="Free text, only ever in this service; null once erased")
-    to_agency_id: str | None
-    text_erased: bool = Field(description="The person was erased (person.erased.v1): this row's free text is "
-                                          "gone for good; its codes remain")
-    text_withheld: bool = Field(False, description="This row has free text, but your agency, the receiver, may no "
-                                                   "longer read it: the person withdrew their consent to share "
-                                                   "with your agency type")
+    actor_agency_id: str | None = Field(description=f"null: the system; {WITHHELD}")
+    actor_subject: str | None = Field(description=WITHHELD)
+    reason_code: str | None = Field(description=WITHHELD)
+    reason_text: str | None = Field(description=f"Free text, only ever in this service; null once erased; {WITHHELD}")
+    outcome_code: str | None = Field(description=WITHHELD)
+    note: str | None = Field(description=f"Free text, only ever in this service; null once erased; {WITHHELD}")
+    to_agency_id: str | None = Field(description=WITHHELD)
+    text_erased: bool | None = Field(description="The person was erased (person.erased.v1): this row's free text is "
+                                                 f"gone for good; its codes remain; {WITHHELD}")
+    text_withheld: bool | None = Field(False, description="This row has free text, but your agency, the receiver, "
+                                                          "may no longer read it: the person withdrew their consent "
+                                                          f"to share with your agency type; {WITHHELD}")
 
 
 class HoldOut(BaseModel):
     id: str
     case_id: str
     person_id: str
-    need_code: str
+    need_code: str | None = Field(description=WITHHELD)
     referral_id: str
     from_agency_id: str
-    to_agency_id: str | None
+    to_agency_id: str | None = Field(description=WITHHELD)
     placed_at: datetime
-    not_before: datetime | None
+    not_before: datetime | None = Field(description=WITHHELD)
     active: bool
     open_referral_id: str | None = Field(description="The open referral for this person and need; null when none "
                                                      "is open (an active hold without one awaits the coordinator)")
     released_at: datetime | None
-    release_reason: str | None
-    released_by_referral_id: str | None
-    outcome_code: str | None
+    release_reason: str | None = Field(description=WITHHELD)
+    released_by_referral_id: str | None = Field(description=WITHHELD)
+    outcome_code: str | None = Field(description=WITHHELD)
 
 
 class Kpis(BaseModel):
@@ -195,13 +205,30 @@ def _is_overdue(ref: ReferralRow, now: datetime) -> bool:
     return ref.status in OPEN_VALUES and ref.due_at is not None and as_utc(ref.due_at) <= now
 
 
+def _viewer(principal: Principal, ref: ReferralRow) -> firewall.Viewer:
+    return firewall.viewer_in(principal, agency_roles(principal, ref))
+
+
+def _cancel_barred(viewer: firewall.Viewer, ref: ReferralRow) -> bool:
+    """A removal authority may not withdraw a protection referral: cancelling one ends the work that keeps a hold
+    (or a survivor's care). Decided only on what it may see (a withheld need is a sensitive one), so the refusal
+    tells it nothing new."""
+    return viewer is firewall.Viewer.ENFORCEMENT and (
+        ref.need_code in firewall.SENSITIVE_NEEDS or ref.need_code in HOLD_BEARING_NEEDS)
+
+
 async def render(session, ref: ReferralRow, principal: Principal) -> ReferralOut:
+    """The referral as the caller's agency may see it (enlace_platform.firewall)."""
+    viewer = _viewer(principal, ref)
     nxt = (await session.exec(select(ReferralRow.id).where(ReferralRow.previous_referral_id == ref.id))).first()
-    actions = allowed_actions(Status(ref.status), roles_of(principal, ref), has_receiver=ref.to_agency_id is not None)
-    return ReferralOut(**ref.model_dump(exclude={"open_key", "age_band", "languages", "screening_id", "routing",
-                                                 "clock_fired_at"}),
-                       routing=Routing(**ref.routing), next_referral_id=nxt,
-                       overdue=_is_overdue(ref, now_utc()), allowed_actions=[str(a) for a in actions])
+    actions = [str(a) for a in allowed_actions(Status(ref.status), roles_of(principal, ref),
+                                               has_receiver=ref.to_agency_id is not None)]
+    if _cancel_barred(viewer, ref):
+        actions = [a for a in actions if a != Action.CANCEL]
+    record = {**ref.model_dump(exclude={"open_key", "age_band", "languages", "screening_id", "clock_fired_at"}),
+              "next_referral_id": nxt, "overdue": _is_overdue(ref, now_utc()), "allowed_actions": actions,
+              "hold_active": await active_hold(session, ref.person_id, ref.need_code) is not None}
+    return ReferralOut(**firewall.project("referral", record, viewer, need_code=ref.need_code))
 
 
 def _visible(principal: Principal, direction: str | None):
@@ -222,6 +249,24 @@ def _visible(principal: Principal, direction: str | None):
     return options[direction]
 
 
+def _protection_part(principal: Principal):
+    """Referrals the caller's agency sees whole: those it receives, and its jurisdiction's as coordinator."""
+    received = and_(col(ReferralRow.to_agency_id).is_not(None), ReferralRow.to_agency_id == principal.agency_id)
+    if principal.agency_type == COORDINATOR:
+        return or_(received, ReferralRow.jurisdiction == principal.jurisdiction)
+    return received
+
+
+def _seen(principal: Principal, field: str, condition, *, need_code: str | None = None):
+    """A filter on a field the barrier may withhold matches only referrals whose field the caller sees: a
+    referral whose field is withheld never matches, whatever its value, so the filter is no oracle."""
+    if firewall.viewer_for(principal) is firewall.Viewer.PROTECTION:
+        return condition
+    if firewall.visible("referral", field, firewall.Viewer.ENFORCEMENT, need_code=need_code):
+        return condition
+    return and_(condition, _protection_part(principal))
+
+
 @router.get("/referrals", response_model=ReferralPage, summary="Referrals sent to or from your agency")
 async def list_referrals(
     request: Request,
@@ -236,17 +281,19 @@ async def list_referrals(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> ReferralPage:
+    # Every filter goes through the barrier (_seen): status and case_id are always visible, need_code only when not
+    # sensitive, overdue never; direction and paging only name the caller's own part.
     conditions = [_visible(principal, direction)]
     if status:
-        conditions.append(ReferralRow.status == status)
+        conditions.append(_seen(principal, "status", ReferralRow.status == status))
     if need_code:
-        conditions.append(ReferralRow.need_code == need_code)
+        conditions.append(_seen(principal, "need_code", ReferralRow.need_code == need_code, need_code=need_code))
     if case_id:
-        conditions.append(ReferralRow.case_id == case_id)
+        conditions.append(_seen(principal, "case_id", ReferralRow.case_id == case_id))
     if overdue is not None:
         late = and_(col(ReferralRow.status).in_(OPEN_VALUES), col(ReferralRow.due_at).is_not(None),
                     col(ReferralRow.due_at) <= now_utc())
-        conditions.append(late if overdue else ~late)
+        conditions.append(_seen(principal, "overdue", late if overdue else ~late))
     total = (await session.exec(select(func.count()).select_from(ReferralRow).where(*conditions))).one()
     rows = (await session.exec(select(ReferralRow).where(*conditions)
                                .order_by(ReferralRow.created_at, ReferralRow.id).offset(offset).limit(limit))).all()
@@ -316,6 +363,11 @@ async def act_on_referral(referral_id: IdPath, body: ActionIn, request: Request,
     command = Command(action=Action(body.action), reason_code=body.reason_code, reason_text=body.reason_text,
                       outcome_code=body.outcome_code, to_service_id=body.to_service_id,
                       expected_version=body.expected_version)
+    if command.action == Action.CANCEL:
+        seen = await visible_referral(session, referral_id, principal)
+        if _cancel_barred(_viewer(principal, seen), seen):
+            raise Problem(403, detail="An enforcement agency may not cancel a protection referral; ask the "
+                                      "coordinator of its jurisdiction.")
     ref = await act(session, _policy(request), referral_id, principal, command, keyring=_keyring(request))
     await session.commit()
     return await render(session, ref, principal)
@@ -328,6 +380,16 @@ async def referral_history(referral_id: IdPath, request: Request, principal: Ref
     ref = await visible_referral(session, referral_id, principal)
     rows = list((await session.exec(select(HistoryRow).where(HistoryRow.referral_id == referral_id)
                                     .order_by(HistoryRow.seq))).all())
+    viewer = _viewer(principal, ref)
+    if viewer is firewall.Viewer.ENFORCEMENT:
+        # Only status changes and what its agency wrote; nobody else's text is even opened.
+        own = [firewall.is_own_record(row.action, row.actor_agency_id, principal.agency_id) for row in rows]
+        shown = [(row, mine) for row, mine in zip(rows, own, strict=True)
+                 if firewall.history_row_visible(row.action, viewer, own=mine)]
+        texts = iter(await open_history_text(session, _keyring(request), ref.person_id,
+                                             [row for row, mine in shown if mine]))
+        return [_history_out(row, next(texts) if mine else HistoryText(None, None, row.text_erased),
+                             viewer=viewer, need_code=ref.need_code, own=mine) for row, mine in shown]
     if agency_roles(principal, ref) == {Role.RECEIVER} and withheld_from_receiver(
             ref.need_code, ref.to_agency_type, await withdrawn_agency_types(session, ref.person_id)):
         # Nothing of the person is even opened.
@@ -341,9 +403,11 @@ def _has_text(row: HistoryRow) -> bool:
     return row.reason_text is not None or row.note is not None
 
 
-def _history_out(row: HistoryRow, text: HistoryText) -> HistoryOut:
-    return HistoryOut(**{**row.model_dump(), "reason_text": text.reason_text, "note": text.note,
-                         "text_erased": text.text_erased, "text_withheld": text.text_withheld})
+def _history_out(row: HistoryRow, text: HistoryText, *, viewer: firewall.Viewer = firewall.Viewer.PROTECTION,
+                 need_code: str | None = None, own: bool = False) -> HistoryOut:
+    record = {**row.model_dump(exclude={"id", "referral_id", "text_sealed"}), "reason_text": text.reason_text,
+              "note": text.note, "text_erased": text.text_erased, "text_withheld": text.text_withheld}
+    return HistoryOut(**firewall.project("history", record, viewer, need_code=need_code, own=own))
 
 
 @router.post("/referrals/{referral_id}/notes", status_code=201, response_model=HistoryOut,
@@ -357,22 +421,36 @@ async def add_referral_note(referral_id: IdPath, body: NoteIn, request: Request,
         row = (await session.exec(select(HistoryRow).where(HistoryRow.id == previous,
                                                           HistoryRow.referral_id == ref.id))).one()
         [text] = await open_history_text(session, _keyring(request), ref.person_id, [row])
-        return _history_out(row, text)
+        return _history_out(row, text, viewer=_viewer(principal, ref), need_code=ref.need_code, own=True)
     row = await add_note(session, referral_id, principal, body.text, keyring=_keyring(request))
     idempotency.record(session, resource_id=row.id)
     await session.commit()
-    return _history_out(row, HistoryText(None, body.text, False))
+    ref = await visible_referral(session, referral_id, principal)
+    # The caller's own note: an enforcement agency sees what it wrote, not where the referral stands.
+    return _history_out(row, HistoryText(None, body.text, False), viewer=_viewer(principal, ref),
+                        need_code=ref.need_code, own=True)
 
 
-def _hold_visible(principal: Principal):
-    # A receiver of any referral of the need (also an onward one) sees the hold.
+def _hold_received(principal: Principal):
+    """The caller's agency does the protection work on the hold: it received a referral of the need (also an onward
+    one), or coordinates its jurisdiction."""
     received = select(ReferralRow.id).where(ReferralRow.person_id == HoldRow.person_id,
                                             ReferralRow.need_code == HoldRow.need_code,
                                             ReferralRow.to_agency_id == principal.agency_id).exists()
-    mine = or_(HoldRow.from_agency_id == principal.agency_id, HoldRow.to_agency_id == principal.agency_id, received)
+    received = or_(HoldRow.to_agency_id == principal.agency_id, received)
     if principal.agency_type == COORDINATOR:
-        return or_(mine, HoldRow.jurisdiction == principal.jurisdiction)
-    return mine
+        return or_(received, HoldRow.jurisdiction == principal.jurisdiction)
+    return received
+
+
+def _hold_visible(principal: Principal):
+    return or_(HoldRow.from_agency_id == principal.agency_id, _hold_received(principal))
+
+
+def _hold_out(hold: HoldRow, open_referral_id: str | None, viewer: firewall.Viewer) -> HoldOut:
+    record = {**hold.model_dump(exclude={"jurisdiction", "active_key"}), "active": hold.released_at is None,
+              "open_referral_id": open_referral_id}
+    return HoldOut(**firewall.project("hold", record, viewer, need_code=hold.need_code))
 
 
 @router.get("/holds", response_model=list[HoldOut], summary="Protection holds of your referrals "
@@ -382,8 +460,8 @@ async def list_holds(request: Request, principal: ReferralReader, session: DbSes
                      open_referral: bool | None = Query(None, description="false: holds whose need has no open "
                                                         "referral (e.g. the sender cancelled it)")) -> list[HoldOut]:
     open_ref = aliased(ReferralRow)
-    query = select(HoldRow, open_ref.id).outerjoin(open_ref, open_ref.open_key == HoldRow.active_key) \
-        .where(_hold_visible(principal))
+    query = select(HoldRow, open_ref.id, _hold_received(principal)) \
+        .outerjoin(open_ref, open_ref.open_key == HoldRow.active_key).where(_hold_visible(principal))
     if open_referral is not None:
         query = query.where(open_ref.id.is_not(None) if open_referral else open_ref.id.is_(None))
     if case_id:
@@ -393,8 +471,10 @@ async def list_holds(request: Request, principal: ReferralReader, session: DbSes
     if active is not None:
         query = query.where(col(HoldRow.released_at).is_(None) if active else col(HoldRow.released_at).is_not(None))
     rows = (await session.exec(query.order_by(HoldRow.placed_at))).all()
-    note_objects(request, "hold", [hold.id for hold, _ in rows])
-    return [HoldOut(**r.model_dump(), active=r.released_at is None, open_referral_id=open_id) for r, open_id in rows]
+    note_objects(request, "hold", [hold.id for hold, _, _ in rows])
+    # Filters here are on fields always visible (case, person, active, open referral): none is an oracle.
+    return [_hold_out(hold, open_id, firewall.Viewer.PROTECTION if received else firewall.viewer_for(principal))
+            for hold, open_id, received in rows]
 
 
 @router.post("/holds/{hold_id}/release", response_model=HoldOut,
@@ -404,7 +484,7 @@ async def list_holds(request: Request, principal: ReferralReader, session: DbSes
 async def release_hold(hold_id: IdPath, principal: Coordinator, session: DbSession) -> HoldOut:
     hold = await release_hold_by_coordinator(session, hold_id, principal)
     await session.commit()
-    return HoldOut(**hold.model_dump(), active=hold.released_at is None, open_referral_id=None)
+    return _hold_out(hold, None, firewall.Viewer.PROTECTION)  # the coordinator sees it all
 
 
 @router.get("/kpis", response_model=Kpis, summary="Your agency's referral KPIs (coordinator: its jurisdiction)")
@@ -421,10 +501,14 @@ async def kpis(principal: KpiReader, session: DbSession) -> Kpis:
     by_status = {s.value: 0 for s in Status}
     for r in rows:
         by_status[r.status] += 1
-    waits = [(as_utc(r.accepted_at) - as_utc(r.created_at)).total_seconds() for r in rows if r.accepted_at]
+
+    def seen(r: ReferralRow, field: str) -> bool:  # a figure counts a referral only by what the barrier shows
+        return firewall.visible("referral", field, _viewer(principal, r), need_code=r.need_code)
+    waits = [(as_utc(r.accepted_at) - as_utc(r.created_at)).total_seconds() for r in rows
+             if r.accepted_at and seen(r, "accepted_at")]
     ended = [r for r in rows if r.status in {s.value for s in TERMINAL} and r.id not in succeeded]
     closed = [r for r in ended if r.status == Status.COMPLETED and r.outcome_code]
     return Kpis(scope=scope, total=len(rows), by_status=by_status,
                 median_time_to_accept_s=statistics.median(waits) if waits else None,
-                overdue=sum(_is_overdue(r, now) for r in rows),
+                overdue=sum(_is_overdue(r, now) and seen(r, "overdue") for r in rows),
                 closed_loop_share=len(closed) / len(ended) if ended else None)

@@ -1,21 +1,25 @@
 """The service directory (Open Referral HSDS style): any agency reads it; the coordinator of a
-jurisdiction creates, updates and deletes the agencies and services of that jurisdiction."""
+jurisdiction creates, updates and deletes the agencies and services of that jurisdiction.
+
+The directory is also every service's word on who an agency is (enlace_platform.agencies): each change of an
+agency reaches this replica's token check at once, and the other services by agency.changed.v1."""
 
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, model_validator
 from sqlmodel import col, select
 
 from enlace_platform.access import Allowed, Permission
+from enlace_platform.agencies import default_enforcement
 from enlace_platform.audit import Purpose
 from enlace_platform.auth import Principal
 from enlace_platform.idempotency import Idempotency
 from enlace_platform.limits import MAX_INT, SINGLE_LINE, Id, IdPath, IdQuery
 from enlace_platform.problems import Problem, ProblemDetails
 from enlace_platform.runtime import DbSession
-from referral.adapters.directory import open_counts
+from referral.adapters.directory import agency_of, open_counts, stage_agency_changed
 from referral.adapters.orm import AgencyRow, ReferralRow, ServiceRow
 from referral.domain.codes import AGENCY_TYPES, COORDINATOR, NEED_CODES
 from referral.domain.lifecycle import OPEN
@@ -39,10 +43,14 @@ class AgencyIn(BaseModel):
     name: str = Field(min_length=1, max_length=200, pattern=SINGLE_LINE)
     type: AgencyType
     jurisdiction: str = Field(min_length=2, max_length=16, pattern=SINGLE_LINE, examples=["MX"])
+    enforcement: bool | None = Field(None, description="On the enforcement side of the information barrier "
+                                                        "(docs/security.md); default: true for a migration "
+                                                        "authority, else false")
 
 
 class AgencyUpdate(BaseModel):
-    name: str = Field(min_length=1, max_length=200, pattern=SINGLE_LINE)
+    name: str | None = Field(None, min_length=1, max_length=200, pattern=SINGLE_LINE)
+    enforcement: bool | None = Field(None, description="Mark or unmark the agency as enforcement")
 
 
 class AgencyOut(BaseModel):
@@ -50,6 +58,7 @@ class AgencyOut(BaseModel):
     name: str
     type: str
     jurisdiction: str
+    enforcement: bool
 
 
 class ServiceFields(BaseModel):
@@ -122,7 +131,7 @@ async def read_agency(agency_id: IdPath, principal: DirectoryReader, session: Db
 @router.post("/agencies", status_code=201, response_model=AgencyOut, responses=WRITE_ERRORS,
              summary="Add an agency to your jurisdiction (coordinator)")
 async def create_agency(body: AgencyIn, principal: DirectoryManager, session: DbSession,
-                        idempotency: Idempotency) -> AgencyOut:
+                        idempotency: Idempotency, request: Request) -> AgencyOut:
     _require_coordinator(principal, body.jurisdiction)
     previous = await idempotency.previous_resource(session)
     if previous is not None:
@@ -130,32 +139,43 @@ async def create_agency(body: AgencyIn, principal: DirectoryManager, session: Db
     if await session.get(AgencyRow, body.id) is not None:
         raise Problem(409, detail=f"Agency {body.id} already exists.")
     idempotency.record(session, resource_id=body.id)
-    row = AgencyRow(**body.model_dump())
+    enforcement = default_enforcement(body.type) if body.enforcement is None else body.enforcement
+    row = AgencyRow(**body.model_dump(exclude={"enforcement"}), enforcement=enforcement)
     session.add(row)
+    stage_agency_changed(session, row)
     await session.commit()
+    request.app.state.runtime.agencies.put(agency_of(row))  # this replica's token check, at once
     return AgencyOut(**row.model_dump())
 
 
 @router.patch("/agencies/{agency_id}", response_model=AgencyOut, responses=WRITE_ERRORS,
-              summary="Rename an agency of your jurisdiction (coordinator)")
+              summary="Rename an agency of your jurisdiction, or mark it as enforcement (coordinator)")
 async def update_agency(agency_id: IdPath, body: AgencyUpdate, principal: DirectoryManager,
-                        session: DbSession) -> AgencyOut:
+                        session: DbSession, request: Request) -> AgencyOut:
     row = await _agency(session, agency_id)
     _require_coordinator(principal, row.jurisdiction)
-    row.name = body.name
+    if body.name is not None:
+        row.name = body.name
+    if body.enforcement is not None:
+        row.enforcement = body.enforcement
+    stage_agency_changed(session, row)
     await session.commit()
+    request.app.state.runtime.agencies.put(agency_of(row))
     return AgencyOut(**row.model_dump())
 
 
 @router.delete("/agencies/{agency_id}", status_code=204, responses=WRITE_ERRORS,
                summary="Remove an agency without services (coordinator)")
-async def delete_agency(agency_id: IdPath, principal: DirectoryManager, session: DbSession) -> Response:
+async def delete_agency(agency_id: IdPath, principal: DirectoryManager, session: DbSession,
+                        request: Request) -> Response:
     row = await _agency(session, agency_id)
     _require_coordinator(principal, row.jurisdiction)
     if (await session.exec(select(ServiceRow.id).where(ServiceRow.agency_id == agency_id).limit(1))).first():
         raise Problem(409, detail=f"Agency {agency_id} still offers services; delete them first.")
+    stage_agency_changed(session, row, removed=True)
     await session.delete(row)
     await session.commit()
+    request.app.state.runtime.agencies.remove(agency_id)  # its tokens are refused from now on
     return Response(status_code=204)
 
 

@@ -38,9 +38,9 @@ async def fire_overdue(session: AsyncSession, referral_id: str, at: datetime) ->
         return False  # another replica fired it, or the referral moved on
     await session.refresh(ref)
     await add_history(session, ref, "overdue", ref.status, SYSTEM, at, reason_code=ref.clock)
-    publish(session, ref, events.REFERRAL_OVERDUE, SYSTEM, at, reason_code=ref.clock)
+    await publish(session, ref, events.REFERRAL_OVERDUE, SYSTEM, at, reason_code=ref.clock)
     await add_history(session, ref, "escalate", ref.status, SYSTEM, at, reason_code=OVERDUE)
-    publish(session, ref, events.REFERRAL_ESCALATED, SYSTEM, at, reason_code=OVERDUE)
+    await publish(session, ref, events.REFERRAL_ESCALATED, SYSTEM, at, reason_code=OVERDUE)
     return True
 
 

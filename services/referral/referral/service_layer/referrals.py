@@ -13,6 +13,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from enlace_platform import firewall
 from enlace_platform.access import Permission, may
 from enlace_platform.auth import Principal
 from enlace_platform.crypto import Keyring
@@ -111,11 +112,57 @@ def referral_payload(ref: ReferralRow, event_type: str, actor: Actor, at: dateti
     return payload
 
 
-def publish(session: AsyncSession, ref: ReferralRow, event_type: str, actor: Actor, at: datetime,
-            *, reason_code: str | None = None, previous_to_agency_id: str | None = None) -> None:
+async def publish(session: AsyncSession, ref: ReferralRow, event_type: str, actor: Actor, at: datetime,
+                  *, reason_code: str | None = None, previous_to_agency_id: str | None = None) -> None:
+    """The event on referral.referral and, for a status change of a referral an enforcement agency sent, its
+    mirror on referral.status, in the caller's transaction. Hold changes are mirrored whoever sent the referral
+    (place_hold, release_hold): a hold is what stops a removal."""
     add_event(session, topic=events.TOPIC, case_id=ref.case_id, event_type=event_type, source=events.SOURCE,
               subject=ref.id, data=referral_payload(ref, event_type, actor, at, reason_code=reason_code,
                                                     previous_to_agency_id=previous_to_agency_id))
+    if event_type in firewall.ENFORCEMENT_EVENT_TYPES and await _sent_by_enforcement(session, ref):
+        publish_status(session, ref, event_type, at, hold_active=await _hold_active(session, ref))
+
+
+async def _sent_by_enforcement(session: AsyncSession, ref: ReferralRow) -> bool:
+    """By the directory's mark: the status topic's readers learn nothing of other agencies' referrals. An agency
+    gone from the directory counts as not: no one reads a mirror on its behalf any more."""
+    with session.no_autoflush:
+        sender = await session.get(AgencyRow, ref.from_agency_id)
+    return sender is not None and sender.enforcement
+
+
+async def _hold_active(session: AsyncSession, ref: ReferralRow) -> bool:
+    """Whether a hold for the referral's need is active on the person now. Without a flush, so the rows the
+    caller added are still written by one flush; a hold placed in this transaction is mirrored by place_hold."""
+    if ref.need_code not in HOLD_BEARING_NEEDS:
+        return False
+    with session.no_autoflush:
+        found = await session.exec(select(HoldRow.id).where(HoldRow.active_key == open_key(ref.person_id,
+                                                                                            ref.need_code)))
+        return found.first() is not None
+
+
+def status_payload(ref: ReferralRow, cause_type: str, at: datetime, *, hold_active: bool) -> dict:
+    """referral.status_changed.v1: the referral as the firewall lets an enforcement agency see it (kind
+    "referral"), when the change happened and the event type that caused it."""
+    if not firewall.event_visible(cause_type, firewall.Viewer.ENFORCEMENT):
+        raise ValueError(f"{cause_type} is not an event an enforcement agency hears about")
+    seen = firewall.project("referral", {
+        "id": ref.id, "case_id": ref.case_id, "person_id": ref.person_id, "from_agency_id": ref.from_agency_id,
+        "status": ref.status, "hold_active": hold_active, "outcome_code": ref.outcome_code,
+    }, firewall.Viewer.ENFORCEMENT, need_code=ref.need_code)
+    # Not in firewall.TABLE yet (a kind "status_event" would hold them): the change's time, which the event's
+    # arrival discloses anyway, and its cause, one of firewall.ENFORCEMENT_EVENT_TYPES (checked above).
+    return {"referral_id": seen["id"], "case_id": seen["case_id"], "person_id": seen["person_id"],
+            "from_agency_id": seen["from_agency_id"], "status": seen["status"], "hold_active": seen["hold_active"],
+            "outcome_code": seen["outcome_code"], "occurred_at": _iso(at), "cause_type": cause_type}
+
+
+def publish_status(session: AsyncSession, ref: ReferralRow, cause_type: str, at: datetime, *,
+                   hold_active: bool) -> None:
+    add_event(session, topic=events.STATUS_TOPIC, case_id=ref.case_id, event_type=events.STATUS_CHANGED,
+              source=events.SOURCE, subject=ref.id, data=status_payload(ref, cause_type, at, hold_active=hold_active))
 
 
 async def add_history(session: AsyncSession, ref: ReferralRow, action: str, from_status: str | None, actor: Actor,
@@ -264,11 +311,11 @@ async def open_referral(session: AsyncSession, policy: Policy, *, case_id: str, 
     session.add(ref)
     await add_history(session, ref, "route", None, actor, at, to_agency_id=ref.to_agency_id,
                       reason_code=ref.escalation_reason, seq=1)
-    publish(session, ref, events.REFERRAL_REQUESTED, actor, at)
+    await publish(session, ref, events.REFERRAL_REQUESTED, actor, at)
     if ref.escalation_reason:
         await add_history(session, ref, "escalate", ref.status, SYSTEM, at, reason_code=ref.escalation_reason,
                           seq=2)
-        publish(session, ref, events.REFERRAL_ESCALATED, SYSTEM, at, reason_code=ref.escalation_reason)
+        await publish(session, ref, events.REFERRAL_ESCALATED, SYSTEM, at, reason_code=ref.escalation_reason)
     if hold_needed:
         place_hold(session, policy, ref, at)
     return ref
@@ -296,6 +343,7 @@ def place_hold(session: AsyncSession, policy: Policy, ref: ReferralRow, at: date
     session.add(hold)
     add_event(session, topic=events.HOLD_TOPIC, case_id=ref.case_id, event_type=events.HOLD_PLACED,
               source=events.SOURCE, subject=hold.id, data=hold_payload(hold))
+    publish_status(session, ref, events.HOLD_PLACED, at, hold_active=True)
 
 
 async def release_hold(session: AsyncSession, hold: HoldRow, *, reason: str, ref: ReferralRow,
@@ -313,6 +361,7 @@ async def release_hold(session: AsyncSession, hold: HoldRow, *, reason: str, ref
                     "referral_id": ref.id, "need_code": hold.need_code, "from_agency_id": hold.from_agency_id,
                     "to_agency_id": ref.to_agency_id, "release_reason": reason, "outcome_code": outcome_code,
                     "released_at": _iso(at)})
+    publish_status(session, ref, events.HOLD_RELEASED, at, hold_active=False)
     return True
 
 
@@ -461,7 +510,7 @@ async def act(session: AsyncSession, policy: Policy, referral_id: str, principal
     await add_history(session, ref, str(cmd.action), from_status, actor, at, keyring=keyring,
                       reason_code=cmd.reason_code, reason_text=cmd.reason_text, outcome_code=cmd.outcome_code,
                       to_agency_id=ref.to_agency_id if cmd.action == Action.REASSIGN else None)
-    publish(session, ref, events.ACTION_EVENTS[cmd.action], actor, at, reason_code=cmd.reason_code,
+    await publish(session, ref, events.ACTION_EVENTS[cmd.action], actor, at, reason_code=cmd.reason_code,
             previous_to_agency_id=previous_to_agency_id)
 
     if target in TERMINAL and cmd.action != Action.REJECT:  # a rejection's onward referral settles it
@@ -495,7 +544,7 @@ async def cancel_after_consent_withdrawal(session: AsyncSession, person_id: str,
         await conditional_update(session, ref, {"status": str(Status.CANCELLED), "updated_at": at,
                                                 **_closing(at, CONSENT_WITHDRAWN, None)})
         await add_history(session, ref, str(Action.CANCEL), from_status, SYSTEM, at, reason_code=CONSENT_WITHDRAWN)
-        publish(session, ref, events.REFERRAL_CANCELLED, SYSTEM, at, reason_code=CONSENT_WITHDRAWN)
+        await publish(session, ref, events.REFERRAL_CANCELLED, SYSTEM, at, reason_code=CONSENT_WITHDRAWN)
     for case_id in dict.fromkeys(ref.case_id for ref in refs):
         await settle_lead(session, case_id)
     return refs
@@ -560,7 +609,7 @@ async def assign_from_queue(session: AsyncSession, policy: Policy, ref: Referral
         "routing": decision.explanation(), "routing_reasons": list(decision.reasons), "escalation_reason": None,
         "clock": clock, "due_at": due_at, "clock_fired_at": None, "updated_at": at})
     await add_history(session, ref, "reassign", ref.status, SYSTEM, at, to_agency_id=service.agency_id)
-    publish(session, ref, events.REFERRAL_REASSIGNED, SYSTEM, at)
+    await publish(session, ref, events.REFERRAL_REASSIGNED, SYSTEM, at)
 
 
 async def add_note(session: AsyncSession, referral_id: str, principal: Principal, text: str,
@@ -570,7 +619,7 @@ async def add_note(session: AsyncSession, referral_id: str, principal: Principal
     ref = await visible_referral(session, referral_id, principal)
     actor = Actor.of(principal)
     row = await add_history(session, ref, "note", ref.status, actor, at, keyring=keyring, note=text)
-    publish(session, ref, events.REFERRAL_NOTE_ADDED, actor, at)
+    await publish(session, ref, events.REFERRAL_NOTE_ADDED, actor, at)
     return row
 
 
