@@ -33,7 +33,10 @@ CONTRACTS = REPO / "contracts"
 SERVICES = ("intake", "referral", "notification")
 # ce_subject names the thing an event is about (docs/event-catalog.md).
 SUBJECT_FIELDS = {"case.registered.v1": "case_id", "case.screened.v1": "screening_id",
-                  "consent.changed.v1": "consent_id", "person.erased.v1": "person_id", "referral": "referral_id", "protection_hold": "hold_id"}
+                  "consent.changed.v1": "consent_id", "person.erased.v1": "person_id", "referral": "referral_id",
+                  "protection_hold": "hold_id", "agency": "agency_id"}
+# Every topic is keyed by case id except the directory's, keyed by agency id (compacted).
+KEY_FIELDS = {"agency.changed.v1": "agency_id"}
 
 
 def _get_json(url: str):
@@ -129,14 +132,17 @@ def test_kcat_reads_every_event_of_the_demo_and_each_matches_the_published_contr
             validator = Draft202012Validator(json.loads(schema_path.read_text()), format_checker=FORMATS)
             problems += [f"{where} {event_type} {'/'.join(map(str, e.absolute_path))}: {e.message}"
                          for e in validator.iter_errors(payload)]
-            if record["key"] != payload.get("case_id"):
-                problems.append(f"{where}: key {record['key']!r} is not the payload's case_id")
+            key_field = KEY_FIELDS.get(event_type, "case_id")
+            if record["key"] != payload.get(key_field):
+                problems.append(f"{where}: key {record['key']!r} is not the payload's {key_field}")
             subject_field = SUBJECT_FIELDS.get(event_type) or SUBJECT_FIELDS[event_type.split(".")[0]]
             if headers.get("ce_subject") != payload.get(subject_field):
                 problems.append(f"{where}: ce_subject is not the payload's {subject_field}")
             seen_types[event_type] += 1
     assert problems == []
     assert set(demo["event_types"]) <= set(seen_types), f"kcat saw {dict(seen_types)}"
+    # The enforcement side's redacted mirror and the directory's snapshots are on the bus too.
+    assert {"referral.status_changed.v1", "agency.changed.v1"} <= set(seen_types), f"kcat saw {dict(seen_types)}"
 
 
 def _find_journey_trace(zipkin: str, deadline_s: float = 60) -> tuple[list[dict], list]:
