@@ -123,8 +123,11 @@ async def test_full_closed_loop_with_notes_history_and_hold_release(ref, auth):
     assert "Entrevista" not in str(note)
     [(_, released)] = await ref.events("protection_hold.released.v1")
     assert released["release_reason"] == "COMPLETED_FINAL" and released["outcome_code"] == "CHILD_PLACED_IN_CARE"
-    [hold] = (await ref.client.get("/holds", headers=inm, params={"case_id": event.data["case_id"]})).json()
+    [hold] = (await ref.client.get("/holds", headers=auth("MX-COORD"), params={"case_id": event.data["case_id"]})).json()
     assert hold["active"] is False and hold["release_reason"] == "COMPLETED_FINAL"
+    # The sender, a migration authority, learns that the hold ended and the (public) outcome, never why.
+    [seen] = (await ref.client.get("/holds", headers=inm, params={"case_id": event.data["case_id"]})).json()
+    assert seen["active"] is False and seen["release_reason"] is None and seen["outcome_code"] == "CHILD_PLACED_IN_CARE"
 
 
 async def test_a_non_final_outcome_keeps_the_hold(ref, auth):

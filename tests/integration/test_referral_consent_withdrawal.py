@@ -10,8 +10,10 @@ NEEDS = ("UNACCOMPANIED_CHILD", "STRANDED_ASSISTED_RETURN", "INTERNATIONAL_PROTE
          "TRAFFICKING_PRESUMED")
 
 
-async def _by_need(ref, headers, case_id: str) -> dict[str, dict]:
-    return {r["need_code"]: r for r in await ref.referrals(headers, case_id=case_id)}
+async def _by_need(ref, coordinator, case_id: str) -> dict[str, dict]:
+    """The case's referrals by need, as the coordinator sees them: the sender (MX-INM, an enforcement agency)
+    is behind the information barrier and sees neither a sensitive need nor why a referral was cancelled."""
+    return {r["need_code"]: r for r in await ref.referrals(coordinator, case_id=case_id, direction="jurisdiction")}
 
 
 async def test_withdrawal_cancels_what_depended_on_it_and_nothing_else(ref, auth):
@@ -19,19 +21,19 @@ async def test_withdrawal_cancels_what_depended_on_it_and_nothing_else(ref, auth
     event = screened(*NEEDS, age_band="12-17", scope=consent_scope("child_protection", "asylum_office", "health"))
     case_id, person_id = event.data["case_id"], event.data["person_id"]
     await ref.deliver(event)
-    inm, ssa = auth("MX-INM"), auth("MX-SSA")
-    before = await _by_need(ref, inm, case_id)
+    inm, ssa, coord = auth("MX-INM"), auth("MX-SSA"), auth("MX-COORD")
+    before = await _by_need(ref, coord, case_id)
     assert before["STRANDED_ASSISTED_RETURN"]["to_agency_id"] == "MX-PFPNNA"
     assert before["TRAFFICKING_PRESUMED"]["escalation_reason"] == "CONSENT_MISSING"
     assert (await ref.act(before["MEDICAL_URGENT"]["id"], ssa, "accept")).status_code == 200
-    holds_before = (await ref.client.get("/holds", headers=inm, params={"active": "true"})).json()
+    holds_before = (await ref.client.get("/holds", headers=coord, params={"active": "true"})).json()
     assert {h["need_code"] for h in holds_before} == {"UNACCOMPANIED_CHILD", "INTERNATIONAL_PROTECTION",
                                                       "TRAFFICKING_PRESUMED"}
 
     for agency_type in ("child_protection", "asylum_office", "health"):
         await ref.deliver(consent_changed(case_id, person_id, agency_type, status="withdrawn"))
 
-    after = await _by_need(ref, inm, case_id)
+    after = await _by_need(ref, coord, case_id)
     cancelled = {n for n, r in after.items() if r["status"] == "cancelled"}
     assert cancelled == {"STRANDED_ASSISTED_RETURN", "INTERNATIONAL_PROTECTION", "MEDICAL_URGENT"}
     assert after["UNACCOMPANIED_CHILD"]["status"] == "requested", "mandatory child protection goes on"
@@ -41,9 +43,18 @@ async def test_withdrawal_cancels_what_depended_on_it_and_nothing_else(ref, auth
     assert queued["escalation_reason"] == "CONSENT_MISSING"
     for need in cancelled:
         assert after[need]["reason_code"] == "CONSENT_WITHDRAWN" and after[need]["closed_at"]
-        last = (await ref.client.get(f"/referrals/{after[need]['id']}/history", headers=inm)).json()[-1]
+        last = (await ref.client.get(f"/referrals/{after[need]['id']}/history", headers=coord)).json()[-1]
         assert (last["action"], last["actor_agency_id"], last["reason_code"]) == ("cancel", None, "CONSENT_WITHDRAWN")
     assert after["MEDICAL_URGENT"]["allowed_actions"] == []
+    # The sender learns which referrals ended, never why, nor which of them was the asylum one.
+    seen_by_inm = await ref.referrals(inm, case_id=case_id)
+    assert sorted((r["need_code"] or "", r["status"], r["reason_code"]) for r in seen_by_inm) == [
+        ("", "cancelled", None), ("", "requested", None), ("MEDICAL_URGENT", "cancelled", None),
+        ("STRANDED_ASSISTED_RETURN", "cancelled", None), ("UNACCOMPANIED_CHILD", "requested", None)]
+    for seen in seen_by_inm:
+        if seen["status"] == "cancelled":
+            last = (await ref.client.get(f"/referrals/{seen['id']}/history", headers=inm)).json()[-1]
+            assert (last["action"], last["to_status"], last["reason_code"]) == ("cancel", "cancelled", None)
 
     events = [p for _, p in await ref.events("referral.cancelled.v1")]
     assert sorted(p["need_code"] for p in events) == sorted(cancelled)
@@ -61,7 +72,7 @@ async def test_withdrawal_cancels_what_depended_on_it_and_nothing_else(ref, auth
     await ref.deliver(consent_changed(case_id, person_id, "health", status="withdrawn"))
     await ref.deliver(consent_changed(case_id, person_id, "psychosocial", status="withdrawn"))  # nothing open there
     assert len(await ref.events()) == count
-    assert await _by_need(ref, inm, case_id) == after
+    assert await _by_need(ref, coord, case_id) == after
 
 
 async def test_a_withdrawn_type_is_no_longer_offered_by_routing(ref, auth):
@@ -76,7 +87,9 @@ async def test_a_withdrawn_type_is_no_longer_offered_by_routing(ref, auth):
     r = await ref.client.post("/referrals", headers=inm, json={
         "case_id": case_id, "person_id": person_id, "need_code": "MEDICAL_URGENT", "age_band": "18-59"})
     assert r.status_code == 201, r.text
-    manual = r.json()
+    # The migration authority learns that it waits for a receiver; why, and the routing, are the protection side's.
+    assert (r.json()["to_agency_id"], r.json()["escalation_reason"], r.json()["routing"]) == (None, None, None)
+    manual = (await ref.client.get(f"/referrals/{r.json()['id']}", headers=auth("MX-COORD"))).json()
     assert manual["to_agency_id"] is None and manual["escalation_reason"] == "CONSENT_MISSING"
     assert "CONSENT" in {e["code"] for e in manual["routing"]["excluded"]}
     # Given again, the consent routes the waiting referral to health.
@@ -113,7 +126,10 @@ async def test_the_receiver_loses_read_access_to_the_free_text_until_consent_is_
     for agency_type in ("health", "child_protection"):
         await ref.deliver(consent_changed(case_id, person_id, agency_type, status="withdrawn"))
     assert await notes(medical, ssa) == [(None, True)]  # the receiver: withheld
-    assert await notes(medical, inm) == [("Alergia a penicilina", False)]  # the sender keeps its record
+    # The record keeps it: the coordinator reads it. The sender, an enforcement agency, never reads another
+    # agency's note (the information barrier), withdrawal or not.
+    assert await notes(medical, auth("MX-COORD")) == [("Alergia a penicilina", False)]
+    assert await notes(medical, inm) == []
     assert await notes(child, pfpnna) == [("Pregunta por su madre", False)], "mandatory: shared by law"
     await ref.deliver(consent_changed(case_id, person_id, "health"))
     assert await notes(medical, ssa) == [("Alergia a penicilina", False)]
