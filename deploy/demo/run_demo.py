@@ -14,8 +14,8 @@ screens everyone. Then:
   code comes back to intake's case view;
 * MX-COMAR reads the mother's record (allowed by its open referral and her consent); MX-INM's
   supervisor erases the unrelated adult (crypto-shredding; reading him then answers 410); MX-INM's
-  own auditor lists who read the mother's record in intake's audit log (MX-COMAR included: her
-  record is INM's);
+  own auditor lists who read the mother's record in intake's audit log (MX-COMAR's read included, its
+  agency withheld by the information barrier: her record is INM's, the protection work is not);
 * every agency's webhook receiver (run here) gets signed webhooks and verifies them with the
   Standard Webhooks reference library.
 
@@ -268,15 +268,21 @@ async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) 
     inm_auditor = token("MX-INM", "auditor")
     entries = ok(await http.get(f"{INTAKE}/audit", headers=inm_auditor,
                                 params={"object_id": person[MOTHER], "limit": 500}))["items"]
-    audit = Table(title="10. Intake's audit log for the mother (read by MX-INM's auditor: its staff, and anyone on its records)")
+    audit = Table(title="10. Intake's audit log for the mother (read by MX-INM's auditor: its staff, and anyone on its "
+                        "records, another agency's actor withheld)")
     for column in ("at", "agency", "user", "action", "route", "purpose", "status", "trace"):
         audit.add_column(column)
     for entry in entries:
-        audit.add_row(entry["at"][11:19], entry["agency_id"], entry["user_id"], entry["action"], entry["route"],
+        audit.add_row(entry["at"][11:19], entry["agency_id"] or "(withheld)", entry["user_id"] or "(withheld)",
+                      entry["action"], entry["route"],
                       entry["purpose"], str(entry["status"]), (entry["trace_id"] or "")[:12])
     console.print(audit)
-    if not {"MX-INM", "MX-COMAR"} <= {e["agency_id"] for e in entries}:
-        raise DemoFailed("the audit log does not show both agencies that read the mother's record")
+    # The information barrier: MX-INM, an enforcement agency, sees that another agency read her record, not which.
+    if "MX-INM" not in {e["agency_id"] for e in entries} or not any(
+            e["agency_id"] is None and e["user_id"] is None and e["action"] == "read" for e in entries):
+        raise DemoFailed("the audit log does not show MX-INM's reads and another agency's read, its actor withheld")
+    if any(e["agency_id"] not in ("MX-INM", None) for e in entries):
+        raise DemoFailed("the audit log names another agency to MX-INM's auditor")
 
     wanted = {"referral.requested.v1", "referral.accepted.v1", "referral.completed.v1",
               "protection_hold.placed.v1", "protection_hold.released.v1"}

@@ -27,6 +27,8 @@ class Permission(StrEnum):
     READ_CASES = "cases:read"
     WRITE_CASES = "cases:write"
     OVERRIDE_CONSENT = "consent:override"
+    READ_CONSENTS = "consent:read"
+    WITHDRAW_CONSENT = "consent:withdraw"
     ORDER_REMOVAL = "removal:order"
     ERASE_PERSON = "person:erase"
     READ_REFERRALS = "referrals:read"
@@ -47,6 +49,9 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.READ_CASES: frozenset({_C, _S}),
     Permission.WRITE_CASES: frozenset({_C, _S}),
     Permission.OVERRIDE_CONSENT: frozenset({_S}),
+    # Also the coordinator's: a person withdraws consent through it too (intake checks the agency).
+    Permission.READ_CONSENTS: frozenset({_C, _S, _K}),
+    Permission.WITHDRAW_CONSENT: frozenset({_C, _S, _K}),
     Permission.ORDER_REMOVAL: frozenset({_S}),
     Permission.ERASE_PERSON: frozenset({_S}),
     Permission.READ_REFERRALS: frozenset({_C, _S, _K}),

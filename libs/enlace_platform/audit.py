@@ -17,6 +17,12 @@ Auditors read it through ``GET /audit``: an agency's auditor sees what its own s
 anyone did to the objects the service holds for its agency; the coordinator's auditor sees what anyone
 in its jurisdiction did, plus what anyone did to objects held for agencies of its jurisdiction. Which
 objects belong to whom only the service knows: it gives its :data:`AuditScope` to create_service_app.
+
+The information barrier (enlace_platform.firewall) holds here too: an enforcement agency's auditor never
+learns who of another agency touched its objects. Such entries show the action, route, status and time, with
+the actor's agency, user, roles and trace withheld (null); filtering by agency, user or trace matches only
+its own staff's entries. A protection-side service hides others' entries from it altogether
+(:func:`hidden_from_enforcement`), since even their routes tell of the protection work.
 """
 
 import logging
@@ -30,7 +36,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from opentelemetry import trace
 from pydantic import BaseModel
-from sqlalchemy import DDL, ColumnElement, Select, and_, event, insert, or_
+from pydantic import Field as ModelField
+from sqlalchemy import DDL, ColumnElement, Select, and_, event, false, insert, or_
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Field, SQLModel, col, select
@@ -38,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enlace_platform.access import AuditReader
 from enlace_platform.auth import Principal
+from enlace_platform.firewall import Viewer, viewer_for
 from enlace_platform.db import database_fault, insert_at_commit, insert_staged_rows_on_commit
 from enlace_platform.limits import MAX_ID_LENGTH, MAX_INT, SINGLE_LINE, Moment
 from enlace_platform.problems import database_unavailable
@@ -313,13 +321,17 @@ def _collection(route_path: str) -> str:
 @dataclass(frozen=True)
 class Owner:
     """Whose objects an auditor follows: one agency's (``agency_id``), or, for the coordinator's auditor,
-    those of every agency of a jurisdiction (``jurisdiction``). Exactly one is set."""
+    those of every agency of a jurisdiction (``jurisdiction``). Exactly one is set. ``enforcement``: the
+    agency is on the enforcement side of the information barrier (always one agency, never a jurisdiction)."""
 
     agency_id: str | None = None
     jurisdiction: str | None = None
+    enforcement: bool = False
 
     @classmethod
     def of(cls, principal: Principal) -> "Owner":
+        if viewer_for(principal) is Viewer.ENFORCEMENT:
+            return cls(agency_id=principal.agency_id, enforcement=True)
         if principal.agency_type == COORDINATOR:
             return cls(jurisdiction=principal.jurisdiction)
         return cls(agency_id=principal.agency_id)
@@ -343,6 +355,18 @@ OwnedIds = Callable[[Owner], Select]
 AuditScope = Mapping[str, OwnedIds]
 
 
+def hidden_from_enforcement(scope: AuditScope) -> AuditScope:
+    """A scope whose objects an enforcement agency's auditor does not follow: it sees its own staff's entries
+    only. For a protection-side service, where even the route another agency used tells of the protection work
+    (who received a referral, that notes were written), and wherever others' entries have nothing to tell it."""
+    def followed_by_protection_only(owned_ids: OwnedIds) -> OwnedIds:
+        def ids(owner: Owner) -> Select:
+            return owned_ids(owner).where(false()) if owner.enforcement else owned_ids(owner)
+        return ids
+
+    return {object_type: followed_by_protection_only(owned_ids) for object_type, owned_ids in scope.items()}
+
+
 def visible_to(principal: Principal, scope: AuditScope) -> ColumnElement[bool]:
     """The rows an auditor may read: what its own staff did (the coordinator's auditor: anyone of its
     jurisdiction), and what anyone, of any agency or jurisdiction, did to an object held for its owner.
@@ -359,14 +383,17 @@ def visible_to(principal: Principal, scope: AuditScope) -> ColumnElement[bool]:
 
 # --- the auditors' API -------------------------------------------------------------------------
 
+_WITHHELD = "null for an enforcement agency's auditor when another agency acted (the information barrier)"
+
+
 class AuditEntry(BaseModel):
     seq: int
     request_id: str
     at: datetime
-    agency_id: str
+    agency_id: str | None = ModelField(description=f"The actor's agency; {_WITHHELD}")
     jurisdiction: str
-    user_id: str
-    roles: list[str]
+    user_id: str | None = ModelField(description=f"The token's subject; {_WITHHELD}")
+    roles: list[str] = ModelField(description="The actor's roles; empty when the agency is withheld")
     action: str
     method: str
     route: str
@@ -374,7 +401,7 @@ class AuditEntry(BaseModel):
     object_id: str | None
     purpose: str
     status: int
-    trace_id: str | None
+    trace_id: str | None = ModelField(description=f"The request's trace; {_WITHHELD}")
 
 
 class AuditPage(BaseModel):
@@ -403,6 +430,10 @@ def audit_router(sessions_of, scope: AuditScope | None = None) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> AuditPage:
         query = select(AuditRecord).where(AuditRecord.seq > after, visible_to(principal, scope))
+        enforcement = Owner.of(principal).enforcement
+        if enforcement and (agency_id, user_id, trace_id) != (None, None, None):
+            # What it cannot see it cannot search for: no filter tells whether another agency acted.
+            query = query.where(AuditRecord.agency_id == principal.agency_id)
         for column, value in ((AuditRecord.object_id, object_id), (AuditRecord.object_type, object_type),
                               (AuditRecord.agency_id, agency_id), (AuditRecord.user_id, user_id),
                               (AuditRecord.trace_id, trace_id)):
@@ -414,14 +445,17 @@ def audit_router(sessions_of, scope: AuditScope | None = None) -> APIRouter:
             query = query.where(AuditRecord.at < as_utc(until))
         async with sessions_of(request)() as session:
             rows = (await session.exec(query.order_by(col(AuditRecord.seq)).limit(limit + 1))).all()
-        items = [_entry(r) for r in rows[:limit]]
+        items = [_entry(r, withhold_actor=enforcement and r.agency_id != principal.agency_id)
+                 for r in rows[:limit]]
         return AuditPage(items=items, next_after=items[-1].seq if len(rows) > limit else None)
 
     return router
 
 
-def _entry(row: AuditRecord) -> AuditEntry:
+def _entry(row: AuditRecord, *, withhold_actor: bool) -> AuditEntry:
     data = row.model_dump()
     data["roles"] = [r for r in row.roles.split(",") if r]
     data["at"] = as_utc(row.at)
+    if withhold_actor:  # another agency's act on an enforcement agency's object: what, not who
+        data.update(agency_id=None, user_id=None, roles=[], trace_id=None)
     return AuditEntry(**data)

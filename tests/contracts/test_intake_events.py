@@ -29,6 +29,9 @@ from tests.support.harness import service_database
 EVENTS = Path(__file__).resolve().parents[2] / "contracts" / "events"
 INM = Principal(subject="officer-7", agency_id="MX-INM", agency_type="migration_authority", jurisdiction="MX",
                 roles=("caseworker",))
+# The migration authority may not withdraw a consent to a protection agency (docs/security.md): the coordinator does.
+COORD = Principal(subject="coord-1", agency_id="MX-COORD", agency_type="coordinator", jurisdiction="MX",
+                  roles=("coordinator",))
 SECRETS = ("María", "Pérez", "Kevin", "Ramírez", "HN1234567", "Ciudad Hidalgo", "1990-02-14", "officer-7",
            "LGDNNA", "HND")
 
@@ -89,7 +92,7 @@ async def outbox(tmp_path):
             async with sessions() as session:
                 await services.record_screening(session, vault, INM, case.id, person.id, answers)
         async with sessions() as session:
-            await services.withdraw_consent(session, vault, INM, case.id, mother.id, granted.row.id)
+            await services.withdraw_consent(session, vault, COORD, case.id, mother.id, granted.row.id)
         async with sessions() as session:  # no hold and no referral: erasable
             await services.erase_person(session, vault, INM, case.id, elder.id)
         async with sessions() as session:

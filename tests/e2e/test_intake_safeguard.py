@@ -244,3 +244,51 @@ async def test_the_case_view_passes_the_firewall_for_an_enforcement_agency(intak
     assert {r["need_code"] for r in full["referrals"]} == {"SGBV_SURVIVOR", "UNACCOMPANIED_CHILD"}
     assert {r["to_agency_id"] for r in full["referrals"]} == {"MX-SSA", "MX-PFPNNA"}
     assert full["holds"][0]["need_code"] == "TRAFFICKING_PRESUMED" and full["holds"][0]["not_before"]
+
+
+async def test_an_enforcement_agency_is_shown_only_the_referrals_it_sent(intake, dev_issuer_dir):
+    """Issue 12 (F5): the migration authority's case view listed the asylum office's onward referrals (trafficking,
+    sexual violence) with their status, and a protected referral without a hold narrowed its need. Now it is shown
+    the referrals it sent, and the holds (a hold is what stops a removal); a refused erasure names no other."""
+    client, publish, _ = intake
+    officer = inm(dev_issuer_dir)
+    case = (await client.post("/cases", headers=officer, json=family_group())).json()
+    mother = case["persons"][0]
+    about_mother = dict(case_id=case["id"], person_id=mother["id"])
+    asylum, trafficking, sgbv = (str(uuid.uuid4()) for _ in range(3))
+    await publish(REFERRAL_REFERRAL, referral_event(
+        "accepted", referral_id=asylum, need_code="INTERNATIONAL_PROTECTION", status="accepted",
+        to_agency_id="MX-COMAR", to_agency_type="asylum_office", **about_mother))
+    # The asylum office, working on the mother, refers her onward: with effect, but not the authority's business.
+    await publish(REFERRAL_REFERRAL, referral_event(
+        "accepted", referral_id=trafficking, need_code="TRAFFICKING_PRESUMED", status="accepted",
+        to_agency_id="MX-FEVIMTRA", to_agency_type="anti_trafficking", from_agency_id="MX-COMAR", **about_mother))
+    await publish(REFERRAL_PROTECTION_HOLD, hold_placed(
+        need_code="TRAFFICKING_PRESUMED", referral_id=trafficking, from_agency_id="MX-COMAR",
+        to_agency_id="MX-FEVIMTRA", **about_mother))
+    await publish(REFERRAL_REFERRAL, referral_event(
+        "accepted", referral_id=sgbv, need_code="SGBV_SURVIVOR", status="accepted", to_agency_id="MX-SSA",
+        to_agency_type="health", from_agency_id="MX-COMAR", **about_mother))
+    # Last on the case's partition: once it is in, everything before it is too.
+    await publish(REFERRAL_REFERRAL, referral_event(
+        "started", referral_id=asylum, need_code="INTERNATIONAL_PROTECTION", status="in-progress",
+        to_agency_id="MX-COMAR", to_agency_type="asylum_office", **about_mother))
+
+    async def arrived():
+        view = (await client.get(f"/cases/{case['id']}", headers=officer)).json()
+        return view if view["referrals"] and view["referrals"][0]["status"] == "in-progress" else None
+    view = await eventually(arrived, what="the referral events reach intake")
+    assert [(r["referral_id"], r["status"], r["need_code"], r["to_agency_id"]) for r in view["referrals"]] == [
+        (asylum, "in-progress", None, None)]
+    [hold] = view["holds"]  # the trafficking hold stays: it stops a removal
+    assert (hold["referral_id"], hold["status"], hold["need_code"]) == (trafficking, "active", None)
+    text = json.dumps(view)
+    for withheld in (sgbv, "MX-SSA", "MX-FEVIMTRA", "SGBV", "TRAFFICKING"):
+        assert withheld not in text
+
+    r = await client.post(f"/cases/{case['id']}/persons/{mother['id']}/erasure",
+                          headers=inm_supervisor(dev_issuer_dir), json={"reason_code": "ERASURE_REQUEST"})
+    assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json", r.text
+    assert [o["referral_id"] for o in r.json()["open_referrals"]] == [asylum]
+    for withheld in (sgbv, "MX-SSA", "MX-FEVIMTRA", "SGBV", "TRAFFICKING"):
+        assert withheld not in r.text

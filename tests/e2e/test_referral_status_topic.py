@@ -130,5 +130,7 @@ async def test_a_referral_a_protection_agency_sent_is_mirrored_only_for_its_hold
         outbox = await ref.events()
     lifecycle = [t for t, p in outbox if t in firewall.ENFORCEMENT_EVENT_TYPES and t.startswith("referral.")]
     assert len(lifecycle) >= 5  # both requested, the asylum's received, accepted and completed
-    causes = [p["cause_type"] for t, p in outbox if t == "referral.status_changed.v1"]
-    assert causes == ["protection_hold.placed.v1", "protection_hold.released.v1"]
+    mirrors = [p for t, p in outbox if t == "referral.status_changed.v1"]
+    assert [p["cause_type"] for p in mirrors] == ["protection_hold.placed.v1", "protection_hold.released.v1"]
+    # Nor who sent it, nor how it ended: those are the protection agency's to tell.
+    assert all(p["from_agency_id"] is None and p["outcome_code"] is None for p in mirrors), mirrors

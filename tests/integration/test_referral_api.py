@@ -357,8 +357,10 @@ async def test_manual_referral_with_idempotency_key(ref, auth):
         "errors"][0]["path"] == "body/to_service_id"
     ok = {**body, "person_id": third, "need_code": "INTERNATIONAL_PROTECTION",
           "age_band": "18-59", "to_service_id": "MX-COMAR-1"}
-    assert _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json=ok), 422)["detail"].endswith(
+    assert _problem(await ref.client.post("/referrals", headers=auth("MX-COORD"), json=ok), 422)["detail"].endswith(
         "no consent to refer to a asylum_office agency")
+    # The migration authority refers a sensitive need only through a screening (the information barrier).
+    assert _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json=ok), 403)
     assert _problem(await ref.client.post("/referrals", headers=auth("MX-INM"), json={**body, "need_code": "X"}), 422)
 
 

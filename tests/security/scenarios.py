@@ -61,9 +61,12 @@ SCENARIOS: dict[tuple[str, str, str], Scenario] = {
     ("intake", "GET", "/cases/{case_id}/screenings"): Scenario(expect(404, inm=200), CASE),
     ("intake", "POST", "/cases/{case_id}/persons/{person_id}/consents"): Scenario(
         expect(404, inm=201), SON, body={"recipient_agency_type": "health", "purpose": "referral"}),
-    ("intake", "GET", "/cases/{case_id}/persons/{person_id}/consents"): Scenario(expect(404, inm=200), MOTHER),
+    # A person withdraws consent through the registering agency or the jurisdiction's coordinator (follow_up here:
+    # the migration authority may withdraw it, as it cancels no protection referral).
+    ("intake", "GET", "/cases/{case_id}/persons/{person_id}/consents"): Scenario(expect(404, inm=200, coord=200),
+                                                                                MOTHER),
     ("intake", "POST", "/cases/{case_id}/persons/{person_id}/consents/{consent_id}/withdrawal"): Scenario(
-        expect(404, inm=200), World.fresh_consent),
+        expect(404, inm=200, coord=200), World.fresh_consent),
     ("intake", "POST", "/cases/{case_id}/persons/{person_id}/removal-orders"): Scenario(
         expect(404, inm=201), World.fresh_person, body={"destination_country": "HND"}),
     ("intake", "POST", "/cases/{case_id}/persons/{person_id}/erasure"): Scenario(

@@ -1,7 +1,13 @@
 """An agency's auditor sees who touched its agency's objects, whoever the actor (any agency, any jurisdiction,
 any outcome), besides what its own staff did; and nothing of other agencies' activity on objects it does not
 own. The coordinator's auditor sees the same for its whole jurisdiction. Each request below carries a subject
-of its own, so the test finds exactly its rows (filter user_id)."""
+of its own, so the test finds exactly its rows (filter user_id).
+
+The information barrier: MX-INM and MX-INM2 are enforcement agencies. Their auditors never learn who of another
+agency acted: at intake they see others' acts on their objects with agency, user, roles and trace withheld
+(null), at the referral service (the protection side) and at notification only their own staff's rows, and no
+filter finds another agency's rows for them. The coordinator's auditor, a protection actor, names every actor:
+the tests find a row there and check what the enforcement auditor sees of the same row (by seq)."""
 
 import uuid
 
@@ -15,6 +21,8 @@ from tests.security.world import World
 pytestmark = pytest.mark.kafka
 
 PFPNNA = ("MX-PFPNNA", "child_protection", "MX")  # in the directory; the matrix never probes it
+FEVIMTRA = ("MX-FEVIMTRA", "anti_trafficking", "MX")  # the anti-trafficking prosecutor: its interest must not leak
+WITHHELD_ACTOR = {"agency_id": None, "user_id": None, "roles": [], "trace_id": None}
 
 
 def subject(what: str) -> str:
@@ -32,25 +40,44 @@ def actor_object_status(entries: list[dict]) -> set[tuple]:
     return {(e["agency_id"], e["object_type"], e["object_id"], e["status"]) for e in entries}
 
 
+async def as_enforcement_sees(world: World, service: str, auditor: str, named: list[dict], **filters) -> list[dict]:
+    """The rows the enforcement ``auditor`` reads (with ``filters``) that are the rows ``named`` (as a protection
+    auditor read them): matched by seq."""
+    seqs = {e["seq"] for e in named}
+    assert seqs, "the protection auditor sees the rows"
+    return [e for e in await seen_by(world, service, auditor, **filters) if e["seq"] in seqs]
+
+
+def withheld(entry: dict) -> bool:
+    return all(entry[field] == value for field, value in WITHHELD_ACTOR.items())
+
+
 # --- intake: a case and its persons belong to the registering agency ----------------------------------
 
-async def test_inms_auditor_sees_the_addressee_reading_its_person_and_another_jurisdiction_probing_its_case(
-        world: World):
+async def test_inms_auditor_sees_that_others_read_its_person_and_probed_its_case_but_not_who(world: World):
     intake, ids = world.client("intake"), world.ids
     reader, prober = subject("comar-reader"), subject("gt-prober")
     mother = f"/cases/{ids['case']}/persons/{ids['mother']}"
     assert (await intake.get(mother, headers=world.tokens.of("comar", subject=reader))).status_code == 200
     assert (await intake.get(f"/cases/{ids['case']}", headers=world.tokens.of("gt", subject=prober))).status_code == 404
 
-    read = await seen_by(world, "intake", "inm", user_id=reader)
+    # The coordinator of MX, a protection actor, follows MX's cases and names both actors.
+    read = await seen_by(world, "intake", "coord", user_id=reader)
     assert actor_object_status(read) == {("MX-COMAR", "person", ids["mother"], 200)}
-    assert read[0]["route"] == "/cases/{case_id}/persons/{person_id}" and read[0]["action"] == "read"
-    probe = await seen_by(world, "intake", "inm", user_id=prober)
+    probe = await seen_by(world, "intake", "coord", user_id=prober)
     assert actor_object_status(probe) == {("GT-IGM", "case", ids["case"], 404)}
-    assert probe[0]["jurisdiction"] == "GT"
+    # MX-INM registered the case: its auditor sees both acts (its accountability as controller), not who did them.
+    [inm_read] = await as_enforcement_sees(world, "intake", "inm", read, object_id=ids["mother"])
+    assert withheld(inm_read), inm_read
+    assert (inm_read["route"], inm_read["action"], inm_read["status"], inm_read["at"]) == (
+        "/cases/{case_id}/persons/{person_id}", "read", 200, read[0]["at"])
+    [inm_probe] = await as_enforcement_sees(world, "intake", "inm", probe, object_id=ids["case"])
+    assert withheld(inm_probe) and inm_probe["status"] == 404 and inm_probe["jurisdiction"] == "GT", inm_probe
+    # Naming the actor finds nothing.
+    for filters in ({"user_id": reader}, {"user_id": prober}, {"agency_id": "MX-COMAR"}, {"agency_id": "GT-IGM"}):
+        assert await seen_by(world, "intake", "inm", **filters) == [], filters
 
-    # The coordinator of MX follows MX's cases, so it sees the GT probe too; GT's sees its agency's probe only.
-    assert [e["seq"] for e in await seen_by(world, "intake", "coord", user_id=prober)] == [probe[0]["seq"]]
+    # GT's coordinator sees its agency's probe only.
     assert [e["seq"] for e in await seen_by(world, "intake", "gtcoord", user_id=prober)] == [probe[0]["seq"]]
     assert await seen_by(world, "intake", "gtcoord", user_id=reader) == []
     # Unrelated agencies see neither.
@@ -95,15 +122,19 @@ async def test_an_erased_persons_trail_stays_with_the_owners_auditor(world: Worl
     assert erased.status_code == 200, erased.text
     assert (await intake.get(path, headers=world.tokens.of("comar2", subject=after))).status_code == 404
 
-    trail = await seen_by(world, "intake", "inm", object_id=person["person_id"])
+    trail = await seen_by(world, "intake", "coord", object_id=person["person_id"])
     assert {(e["user_id"], e["status"]) for e in trail} >= {(before, 404), (after, 404)}
-    assert "erasure" in {e["route"].rsplit("/", 1)[-1] for e in trail}
+    others = [e for e in trail if e["user_id"] in (before, after)]
+    inm_trail = await seen_by(world, "intake", "inm", object_id=person["person_id"])
+    assert {e["seq"] for e in inm_trail} == {e["seq"] for e in trail}, "MX-INM's auditor keeps the whole trail"
+    assert all(withheld(e) for e in inm_trail if e["seq"] in {o["seq"] for o in others})
+    assert "erasure" in {e["route"].rsplit("/", 1)[-1] for e in inm_trail if e["agency_id"] == "MX-INM"}
     assert await seen_by(world, "intake", "inm2", object_id=person["person_id"]) == []
 
 
 # --- referral: the sender and every addressee --------------------------------------------------------
 
-async def test_the_sender_and_the_addressee_see_each_others_reads_of_their_referral_and_no_one_else_does(
+async def test_the_addressee_sees_the_senders_reads_and_the_enforcement_sender_sees_none_of_the_addressees(
         world: World):
     referral, ids = world.client("referral"), world.ids
     by_comar, by_inm = subject("comar-ref"), subject("inm-ref")
@@ -115,9 +146,15 @@ async def test_the_sender_and_the_addressee_see_each_others_reads_of_their_refer
     assert holds.status_code == 200 and ids["hold"] in holds.text
 
     comar_rows = {("MX-COMAR", "referral", ids["referral"], 200), ("MX-COMAR", "hold", ids["hold"], 200)}
-    assert actor_object_status(await seen_by(world, "referral", "inm", user_id=by_comar)) == comar_rows
+    assert actor_object_status(await seen_by(world, "referral", "coord", user_id=by_comar)) == comar_rows
     assert actor_object_status(await seen_by(world, "referral", "comar", user_id=by_inm)) == \
         {("MX-INM", "referral", ids["referral"], 200)}
+    # The referral service is the protection side: MX-INM, an enforcement agency, sees its own staff's rows only.
+    assert await seen_by(world, "referral", "inm", user_id=by_comar) == []
+    for object_id in (ids["referral"], ids["hold"]):
+        assert {e["agency_id"] for e in await seen_by(world, "referral", "inm", object_id=object_id)} == {"MX-INM"}
+    assert actor_object_status(await seen_by(world, "referral", "inm", user_id=by_inm)) == \
+        {("MX-INM", "referral", ids["referral"], 200)}, "its own staff's rows stay"
     for unrelated in ("inm2", "comar2", "gt", "gtcoord"):
         for user in (by_comar, by_inm):
             assert await seen_by(world, "referral", unrelated, user_id=user) == [], unrelated
@@ -173,11 +210,14 @@ async def test_after_a_reassignment_the_earlier_addressee_still_sees_who_touches
     assert (await referral.get(path, headers=tokens.of_agency(PFPNNA, subject=earlier_again))).status_code == 404
 
     later = {(new_agency[0], "referral", ref["id"], 200), (new_agency[0], "hold", hold_id, 200)}
-    # The earlier addressee, the sender and the new addressee all hold the file: each sees the later reads.
-    for owner in (PFPNNA, "inm2", new_agency):
+    # The earlier and the new addressee both hold the file: each sees the later reads. The sender, MX-INM2, is an
+    # enforcement agency: at the referral service it sees its own staff's rows only.
+    for owner in (PFPNNA, new_agency):
         assert actor_object_status(await seen_by(world, "referral", owner, user_id=later_read)) == later, owner
+    for object_id in (ref["id"], hold_id):
+        assert {e["agency_id"] for e in await seen_by(world, "referral", "inm2", object_id=object_id)} <= {"MX-INM2"}
     # ... and the earlier reads, the refused ones included (ownership is decided when the auditor reads).
-    for owner in ("inm2", new_agency):
+    for owner in (new_agency,):
         assert actor_object_status(await seen_by(world, "referral", owner, user_id=first_read)) == \
             {("MX-PFPNNA", "referral", ref["id"], 200)}, owner
         assert actor_object_status(await seen_by(world, "referral", owner, user_id=earlier_again)) == \
@@ -200,7 +240,7 @@ async def test_after_a_reassignment_the_earlier_addressee_still_sees_who_touches
     assert await seen_by(world, "referral", PFPNNA, object_id=world.ids["referral"]) == []
 
 
-async def test_filters_give_inms_auditor_only_the_actors_rows_on_inms_objects(world: World):
+async def test_filters_give_a_protection_auditor_the_actors_rows_and_are_no_oracle_for_inms(world: World):
     intake, ids = world.client("intake"), world.ids
     on_mother, elsewhere = subject("comar-mother"), subject("comar-elsewhere")
     mother = f"/cases/{ids['case']}/persons/{ids['mother']}"
@@ -208,14 +248,72 @@ async def test_filters_give_inms_auditor_only_the_actors_rows_on_inms_objects(wo
     created = await intake.post("/cases", headers=world.tokens.of("comar", subject=elsewhere), json=World.probe_case())
     assert created.status_code == 201, created.text
 
-    comar_rows = await seen_by(world, "intake", "inm", agency_id="MX-COMAR")
+    comar_rows = await seen_by(world, "intake", "coord", agency_id="MX-COMAR")
     assert {e["agency_id"] for e in comar_rows} == {"MX-COMAR"}
-    assert on_mother in {e["user_id"] for e in comar_rows}
-    assert elsewhere not in {e["user_id"] for e in comar_rows}
-    assert created.json()["id"] not in {e["object_id"] for e in comar_rows}
-    assert all(e["object_id"] is not None for e in comar_rows), "another agency's rows on no object of INM's"
+    assert {on_mother, elsewhere} <= {e["user_id"] for e in comar_rows}
     # Another jurisdiction's auditor gets nothing of MX-COMAR's by naming it.
     assert await seen_by(world, "intake", "gtcoord", agency_id="MX-COMAR") == []
+
+    # MX-INM's auditor sees the read of its person, unnamed; naming the actor, by agency, user or trace, finds
+    # none of another agency's rows; naming itself finds its own staff's rows only.
+    [on_mother_row] = [e for e in comar_rows if e["user_id"] == on_mother]
+    assert all(withheld(e) for e in await as_enforcement_sees(world, "intake", "inm", [on_mother_row]))
+    for filters in ({"agency_id": "MX-COMAR"}, {"user_id": on_mother}, {"trace_id": on_mother_row["trace_id"]},
+                    {"agency_id": "MX-COMAR", "object_id": ids["mother"]}):
+        assert await seen_by(world, "intake", "inm", **filters) == [], filters
+    assert {e["agency_id"] for e in await seen_by(world, "intake", "inm", agency_id="MX-INM",
+                                                  object_id=ids["mother"])} == {"MX-INM"}
+
+
+# --- the information barrier: what the outside attack found (F3) -------------------------------------
+
+async def test_inms_auditor_does_not_learn_that_the_asylum_office_works_on_its_referral(world: World):
+    """MX-COMAR writes a note on the asylum referral MX-INM sent and tries an action on it: MX-INM's auditor sees
+    neither, by any filter; MX-COMAR's and the coordinator's auditors see both, named."""
+    referral, ids = world.client("referral"), world.ids
+    worker = subject("comar-worker")
+    comar = world.tokens.of("comar", subject=worker)
+    path = f"/referrals/{ids['referral']}"
+    noted = await referral.post(f"{path}/notes", headers=comar, json={"text": "Entrevista de elegibilidad agendada"})
+    assert noted.status_code == 201, noted.text
+    tried = await referral.post(f"{path}/actions", headers=comar, json={"action": "resume"})
+    assert tried.status_code in (409, 422), tried.text  # not on hold: refused, and kept on record
+
+    for protection in ("comar", "coord"):
+        rows = await seen_by(world, "referral", protection, user_id=worker)
+        assert {(e["agency_id"], e["route"]) for e in rows} >= {
+            ("MX-COMAR", "/referrals/{referral_id}/notes")}, (protection, rows)
+    named = await seen_by(world, "referral", "coord", user_id=worker)
+    assert [e for e in await seen_by(world, "referral", "inm") if e["seq"] in {n["seq"] for n in named}] == []
+    for filters in ({"object_id": ids["referral"]}, {"agency_id": "MX-COMAR"}, {"user_id": worker},
+                    {"object_type": "referral"}):
+        rows = await seen_by(world, "referral", "inm", **filters)
+        assert {e["agency_id"] for e in rows} <= {"MX-INM"}, filters
+        assert not {"/referrals/{referral_id}/notes", "/referrals/{referral_id}/actions"} & \
+            {e["route"] for e in rows if e["user_id"] == worker}, filters
+
+
+async def test_inms_auditor_does_not_learn_that_the_anti_trafficking_prosecutor_tried_to_read_its_person(
+        world: World):
+    intake, ids = world.client("intake"), world.ids
+    attempt = subject("fevimtra")
+    mother = f"/cases/{ids['case']}/persons/{ids['mother']}"
+    response = await intake.get(mother, headers=world.tokens.of_agency(FEVIMTRA, subject=attempt))
+    assert response.status_code == 404, response.text
+
+    named = await seen_by(world, "intake", "coord", user_id=attempt)
+    assert actor_object_status(named) == {("MX-FEVIMTRA", "person", ids["mother"], 404)}
+    [unnamed] = await as_enforcement_sees(world, "intake", "inm", named, object_id=ids["mother"])
+    assert withheld(unnamed) and (unnamed["route"], unnamed["status"]) == (
+        "/cases/{case_id}/persons/{person_id}", 404), unnamed
+    every_row = await seen_by(world, "intake", "inm", object_id=ids["mother"])
+    assert "MX-FEVIMTRA" not in str(every_row) and attempt not in str(every_row)
+    for filters in ({"agency_id": "MX-FEVIMTRA"}, {"user_id": attempt},
+                    {"agency_id": "MX-FEVIMTRA", "object_id": ids["mother"]}):
+        assert await seen_by(world, "intake", "inm", **filters) == [], filters
+    # Protection agencies' auditors keep what they see: MX-FEVIMTRA's own auditor sees its attempt, named.
+    assert actor_object_status(await seen_by(world, "intake", FEVIMTRA, user_id=attempt)) == \
+        {("MX-FEVIMTRA", "person", ids["mother"], 404)}
 
 
 # --- notification: subscriptions and deliveries belong to their agency -------------------------------

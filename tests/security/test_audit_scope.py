@@ -56,10 +56,11 @@ async def test_the_scope_runs_on_the_services_schema_for_an_agency_and_a_jurisdi
     try:
         await create_tables(engine, service_tables(tables))
         async with engine.connect() as conn:
-            for owner in (Owner(agency_id="MX-INM"), Owner(jurisdiction="MX")):
+            for owner in (Owner(agency_id="MX-INM"), Owner(jurisdiction="MX"),
+                          Owner(agency_id="MX-INM", enforcement=True)):
                 for object_type, owned_ids in scope.items():
                     assert (await conn.execute(owned_ids(owner))).all() == [], (object_type, owner)
-            for agency_type in ("migration_authority", "coordinator"):
+            for agency_type in ("migration_authority", "coordinator", "asylum_office"):
                 auditor = Principal(subject="a", agency_id="MX-X", agency_type=agency_type, jurisdiction="MX",
                                     roles=("auditor",))
                 assert (await conn.execute(select(AuditRecord).where(visible_to(auditor, scope)))).all() == []

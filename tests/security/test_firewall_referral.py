@@ -1,8 +1,9 @@
 """The information barrier on the referral service's API, against the real stack (three services, real broker).
 
-MX-INM (the migration authority) registers a woman and refers her, by hand, for four needs: sexual violence
-(accepted by the psychosocial service, with notes), trafficking (rejected with a reason), asylum (completed
-with a non-public outcome) and urgent medical care (completed with a public one). Every field of every answer
+MX-INM (the migration authority) registers a woman and screens her; the screening refers her for four needs:
+sexual violence (accepted, with notes), trafficking (rejected with a reason), asylum (completed with a
+non-public outcome) and urgent medical care (completed with a public one). By hand it may not refer a
+sensitive need at all (403, whatever exists). Every field of every answer
 MX-INM gets is checked against firewall.TABLE, iterating the table; nothing of a sensitive referral's receiver,
 need, notes or reasons may appear in any body it gets. The receivers and the coordinator still see it all.
 """
@@ -19,12 +20,11 @@ from tests.security.world import World
 from tests.support.harness import eventually
 
 INM_NOTE = "Nota de INM: la persona pidió hablar con alguien de confianza"
-SECRETS = {  # per need: (receiving agency, its service)
-    "SGBV_SURVIVOR": ("MX-PSI", "MX-PSI-1"),
-    "TRAFFICKING_PRESUMED": ("MX-FEVIMTRA", "MX-FEVIMTRA-1"),
-    "INTERNATIONAL_PROTECTION": ("MX-COMAR", "MX-COMAR-1"),
-    "MEDICAL_URGENT": ("MX-SSA", "MX-SSA-1"),
-}
+NEEDS = ("SGBV_SURVIVOR", "TRAFFICKING_PRESUMED", "INTERNATIONAL_PROTECTION", "MEDICAL_URGENT")
+# Answers whose rules find exactly those four needs (rules v3): fear of return, one strong trafficking
+# indicator, sexual violence not known to be recent, an urgent medical need.
+SCREENING = {"fear_of_return": True, "trafficking_indicators": ["DEBT_BONDAGE"], "sexual_violence_disclosed": True,
+             "urgent_medical_need": True}
 CONSENTED_TYPES = ("asylum_office", "anti_trafficking", "health", "psychosocial")
 
 
@@ -33,18 +33,15 @@ class Barrier:
     case_id: str
     person_id: str
     referrals: dict[str, str] = field(default_factory=dict)  # need -> referral id
+    receivers: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # need -> (agency, type, service)
     texts: dict[str, list[str]] = field(default_factory=dict)  # need -> free text only its receiver may read
-    created: dict[str, dict] = field(default_factory=dict)  # need -> INM's POST /referrals answer
+    created: dict[str, dict] = field(default_factory=dict)  # need -> INM's first GET /referrals/{id} answer
     acted: list[dict] = field(default_factory=list)  # INM's answers to its own actions
 
 
-def _receiver(world: World, need: str, *roles) -> dict[str, str]:
-    agency = SECRETS[need][0]
-    return world.tokens.of_agency((agency, _TYPES[agency], "MX"), *(roles or (Role.CASEWORKER,)))
-
-
-_TYPES = {"MX-PSI": "psychosocial", "MX-FEVIMTRA": "anti_trafficking", "MX-COMAR": "asylum_office",
-          "MX-SSA": "health"}
+def _receiver(world: World, state: "Barrier", need: str, *roles) -> dict[str, str]:
+    agency, agency_type, _ = state.receivers[need]
+    return world.tokens.of_agency((agency, agency_type, "MX"), *(roles or (Role.CASEWORKER,)))
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +60,31 @@ async def barrier(world: World) -> Barrier:
                               json={"recipient_agency_type": agency_type, "purpose": "referral"})
         assert r.status_code == 201, r.text
 
-    for need, (_, service) in SECRETS.items():
-        async def opened(need=need, service=service):
-            r = await referral.post("/referrals", headers=inm, json={
-                "case_id": state.case_id, "person_id": state.person_id, "need_code": need, "urgency": "high",
-                "age_band": "18-59", "languages": ["es"], "to_service_id": service})
-            return r.json() if r.status_code == 201 else None  # 404/422 until the case and consent arrive
-        state.created[need] = await eventually(opened, timeout=120, what=f"INM's {need} referral")
-        state.referrals[need] = state.created[need]["id"]
+    r = await intake.post(f"/cases/{state.case_id}/screenings", headers=inm,
+                          json={"person_id": state.person_id, **SCREENING})
+    assert r.status_code == 201, r.text
+    assert sorted(n["code"] for n in r.json()["needs"]) == sorted(NEEDS)
+    coordinator = t.of("coord", Role.COORDINATOR)
+
+    async def routed():
+        r = await referral.get("/referrals", headers=coordinator,
+                               params={"case_id": state.case_id, "direction": "jurisdiction"})
+        items = {i["need_code"]: i for i in r.json()["items"]} if r.status_code == 200 else {}
+        return items if set(NEEDS) <= set(items) and all(items[n]["to_agency_id"] for n in NEEDS) else None
+    items = await eventually(routed, timeout=120, what="the screening's four routed referrals")
+    if items["SGBV_SURVIVOR"]["to_agency_id"] == items["MEDICAL_URGENT"]["to_agency_id"]:
+        # Health comes first for sexual violence; the coordinator hands it to the psychosocial service, so the
+        # survivor's receiver is not also the (visible) receiver of the medical referral.
+        r = await referral.post(f"/referrals/{items['SGBV_SURVIVOR']['id']}/actions", headers=coordinator,
+                                json={"action": "reassign", "to_service_id": "MX-PSI-1"})
+        assert r.status_code == 200, r.text
+        items["SGBV_SURVIVOR"] = r.json()
+    for need, item in items.items():
+        state.referrals[need] = item["id"]
+        state.receivers[need] = (item["to_agency_id"], item["to_agency_type"], item["to_service_id"])
+        r = await referral.get(f"/referrals/{item['id']}", headers=inm)
+        assert r.status_code == 200, r.text
+        state.created[need] = r.json()
 
     async def act(need, headers, action, **body):
         r = await referral.post(f"/referrals/{state.referrals[need]}/actions", headers=headers,
@@ -83,18 +97,18 @@ async def barrier(world: World) -> Barrier:
         assert r.status_code == 201, r.text
         state.texts.setdefault(need, []).append(text)
 
-    sgbv = _receiver(world, "SGBV_SURVIVOR")
+    sgbv = _receiver(world, state, "SGBV_SURVIVOR")
     await act("SGBV_SURVIVOR", sgbv, "accept")
     await note("SGBV_SURVIVOR", sgbv, "Albergue Colibrí, calle Oculta 9: la persona está a salvo")
-    trafficking = _receiver(world, "TRAFFICKING_PRESUMED")
+    trafficking = _receiver(world, state, "TRAFFICKING_PRESUMED")
     await act("TRAFFICKING_PRESUMED", trafficking, "reject", reason_code="OTHER",
               reason_text="Derivada a la red de casas seguras de la fiscalía")
     state.texts["TRAFFICKING_PRESUMED"] = ["Derivada a la red de casas seguras de la fiscalía"]
-    asylum = _receiver(world, "INTERNATIONAL_PROTECTION")
+    asylum = _receiver(world, state, "INTERNATIONAL_PROTECTION")
     await act("INTERNATIONAL_PROTECTION", asylum, "accept")
     await note("INTERNATIONAL_PROTECTION", asylum, "Entrevista: teme a la pandilla que controla su barrio")
     await act("INTERNATIONAL_PROTECTION", asylum, "complete", outcome_code="ASYLUM_CLAIM_REGISTERED")
-    medical = _receiver(world, "MEDICAL_URGENT")
+    medical = _receiver(world, state, "MEDICAL_URGENT")
     await act("MEDICAL_URGENT", medical, "accept")
     await note("MEDICAL_URGENT", medical, "Profilaxis iniciada en el centro de salud")
     await act("MEDICAL_URGENT", medical, "complete", outcome_code="MEDICAL_CARE_PROVIDED")
@@ -112,7 +126,7 @@ def _inm(world: World) -> dict[str, str]:
 
 def _forbidden_strings(state: Barrier, need: str) -> list[str]:
     """What a body for MX-INM must never contain about a sensitive referral."""
-    agency, service = SECRETS[need]
+    agency, _, service = state.receivers[need]
     return [agency, service, need, *state.texts.get(need, [])]
 
 
@@ -173,7 +187,7 @@ async def test_every_referral_answer_to_the_sender_follows_the_table(world: Worl
     bodies: list[tuple[str, str]] = []
     for need, created in barrier.created.items():
         _check_referral(created, need)
-        bodies.append((f"POST /referrals {need}", json.dumps(created)))
+        bodies.append((f"GET /referrals/{{id}} {need}", json.dumps(created)))
     page = await referral.get("/referrals", headers=inm, params={"case_id": barrier.case_id, "limit": 200})
     assert page.status_code == 200
     items = {i["id"]: i for i in page.json()["items"]}
@@ -239,16 +253,18 @@ async def test_filters_on_withheld_fields_are_no_oracle(world: World, barrier: B
 async def test_the_sender_cannot_cancel_a_protection_referral(world: World, barrier: Barrier):
     referral, inm = world.client("referral"), _inm(world)
     fresh = await world.fresh_person()
-    body = {"case_id": fresh["case_id"], "person_id": fresh["person_id"], "need_code": "INTERNATIONAL_PROTECTION",
-            "age_band": "18-59", "to_service_id": "MX-COMAR-1"}
     person = f"/cases/{fresh['case_id']}/persons/{fresh['person_id']}"
     r = await world.client("intake").post(f"{person}/consents", headers=inm,
                                           json={"recipient_agency_type": "asylum_office", "purpose": "referral"})
     assert r.status_code == 201, r.text
+    r = await world.client("intake").post(f"/cases/{fresh['case_id']}/screenings", headers=inm,
+                                          json={"person_id": fresh["person_id"], "fear_of_return": True})
+    assert r.status_code == 201, r.text
 
     async def opened():
-        r = await referral.post("/referrals", headers=inm, json=body)
-        return r.json() if r.status_code == 201 else None
+        r = await referral.get("/referrals", headers=inm, params={"case_id": fresh["case_id"], "direction": "from"})
+        items = r.json()["items"] if r.status_code == 200 else []
+        return items[0] if len(items) == 1 and items[0]["hold_active"] else None
     asylum = await eventually(opened, timeout=120, what="a fresh asylum referral")
     assert asylum["hold_active"] is True and "cancel" not in asylum["allowed_actions"]
     r = await referral.post(f"/referrals/{asylum['id']}/actions", headers=inm,
@@ -264,9 +280,9 @@ async def test_the_receivers_and_the_coordinator_still_see_everything(world: Wor
     referral = world.client("referral")
     coordinator = world.tokens.of("coord", Role.COORDINATOR)
     for need, rid in barrier.referrals.items():
-        for headers in (_receiver(world, need), coordinator):
+        for headers in (_receiver(world, barrier, need), coordinator):
             one = (await referral.get(f"/referrals/{rid}", headers=headers)).json()
-            assert one["need_code"] == need and one["to_agency_id"] == SECRETS[need][0]
+            assert one["need_code"] == need and one["to_agency_id"] == barrier.receivers[need][0]
             assert one["routing"] is not None and one["version"] is not None and one["overdue"] is not None
             history = (await referral.get(f"/referrals/{rid}/history", headers=headers)).json()
             assert [h["seq"] for h in history] == list(range(1, len(history) + 1))
@@ -274,3 +290,16 @@ async def test_the_receivers_and_the_coordinator_still_see_everything(world: Wor
             assert set(barrier.texts.get(need, [])) <= written, need
     holds = (await referral.get("/holds", headers=coordinator, params={"case_id": barrier.case_id})).json()
     assert {h["need_code"] for h in holds} == {"INTERNATIONAL_PROTECTION", "TRAFFICKING_PRESUMED"}
+
+
+async def test_a_sensitive_need_by_hand_is_refused_alike_whether_or_not_one_is_open(world: World, barrier: Barrier):
+    """A 409 for an open referral would tell the migration authority that a sensitive need is in hand: the
+    refusal comes from the request alone, so every sensitive need gets the same 403, open or not."""
+    referral, inm = world.client("referral"), _inm(world)
+    answers = []
+    for need in sorted(firewall.SENSITIVE_NEEDS):  # SGBV open, asylum completed, crime victim never referred
+        r = await referral.post("/referrals", headers=inm, json={
+            "case_id": barrier.case_id, "person_id": barrier.person_id, "need_code": need, "age_band": "18-59"})
+        assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json", r.text
+        answers.append(r.json()["detail"].replace(need, "<need>"))
+    assert len(set(answers)) == 1, answers

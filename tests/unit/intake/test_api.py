@@ -318,8 +318,9 @@ async def test_screening_post_is_idempotent(intake, officer):
 
 # --- consent ---------------------------------------------------------------------------------
 
-async def test_consent_is_granted_withdrawn_and_published(intake, officer):
+async def test_consent_is_granted_withdrawn_and_published(intake, officer, dev_issuer_dir):
     client, runtime = intake
+    coordinator = bearer(dev_issuer_dir, "MX-COORD", "coordinator", roles=["coordinator"])
     case = await _register(client, officer)
     adult = case["persons"][0]
     url = f"/cases/{case['id']}/persons/{adult['id']}/consents"
@@ -334,9 +335,19 @@ async def test_consent_is_granted_withdrawn_and_published(intake, officer):
                                    json={"person_id": adult["id"], "fear_of_return": True})).json()
     assert screening["consent_scope"] == [{"recipient_agency_type": "asylum_office", "purpose": "referral",
                                            "basis": "consent"}]
-    r = await client.post(f"{url}/{consent['id']}/withdrawal", headers=officer)
+    # The migration authority may not record it: withdrawing would cancel the asylum referral (firewall).
+    refused = await client.post(f"{url}/{consent['id']}/withdrawal", headers=officer)
+    assert refused.status_code == 403 and refused.headers["content-type"] == "application/problem+json", refused.text
+    assert "coordinator" in refused.json()["detail"]
+    assert [c["status"] for c in (await client.get(url, headers=officer)).json()["items"]] == ["granted"]
+    # The person withdraws through the coordinator of the jurisdiction, who records it.
+    assert [c["id"] for c in (await client.get(url, headers=coordinator)).json()["items"]] == [consent["id"]]
+    r = await client.post(f"{url}/{consent['id']}/withdrawal", headers=coordinator)
     assert r.status_code == 200 and r.json()["status"] == "withdrawn" and r.json()["withdrawn_at"]
-    assert (await client.post(f"{url}/{consent['id']}/withdrawal", headers=officer)).json()["status"] == "withdrawn"
+    assert (await client.post(f"{url}/{consent['id']}/withdrawal", headers=coordinator)).json()["status"] \
+        == "withdrawn"
+    assert (await client.post(f"{url}/{consent['id']}/withdrawal", headers=officer)).status_code == 403, \
+        "the same answer whatever the consent's state"
     listed = (await client.get(url, headers=officer)).json()
     assert [c["status"] for c in listed["items"]] == ["withdrawn"] and listed["scope"] == []
     events = [json.loads(r.payload) for r in await outbox_rows(runtime, "consent.changed.v1")]
@@ -412,7 +423,9 @@ async def test_a_receiving_agency_reads_a_person_only_with_an_open_referral_and_
     assert (await client.get(mother_url, headers=comar)).status_code == 404, "reassignment moves the grant"
     assert (await client.get(mother_url, headers=other_office)).status_code == 200
 
-    await client.post(f"{mother_url}/consents/{consent['id']}/withdrawal", headers=officer)
+    coordinator = bearer(dev_issuer_dir, "MX-COORD", "coordinator", roles=["coordinator"])
+    r = await client.post(f"{mother_url}/consents/{consent['id']}/withdrawal", headers=coordinator)
+    assert r.status_code == 200, r.text
     assert (await client.get(mother_url, headers=other_office)).status_code == 404, "consent withdrawn"
     await client.post(f"{mother_url}/consents", headers=officer,
                       json={"recipient_agency_type": "asylum_office", "purpose": "referral"})

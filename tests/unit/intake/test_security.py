@@ -8,6 +8,7 @@ import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -15,8 +16,11 @@ from sqlmodel import select
 from enlace_platform.access import Permission, required_permission
 from enlace_platform.audit import AuditRecord
 from enlace_platform.crypto import SubjectKey
-from intake.adapters.orm import CaseRow, PersonRow, SearchTokenRow
+from enlace_platform.firewall import SENSITIVE_NEEDS
+from intake.adapters.orm import CaseRow, PersonRow, ReferralViewRow, SearchTokenRow
 from intake.adapters.vault import Vault
+from intake.domain import consent as consent_rules
+from intake.domain.safeguard import HOLD_BEARING_NEEDS
 from intake.entrypoints.api import router
 from intake.service_layer import services
 from intake.service_layer.handlers import HOLD_HANDLERS, REFERRAL_HANDLERS
@@ -52,8 +56,8 @@ def test_every_intake_route_declares_one_permission():
         ("POST", "/cases/{case_id}/screenings"): Permission.WRITE_CASES,
         ("GET", "/cases/{case_id}/screenings"): Permission.READ_CASES,
         ("POST", "/cases/{case_id}/persons/{person_id}/consents"): Permission.WRITE_CASES,
-        ("GET", "/cases/{case_id}/persons/{person_id}/consents"): Permission.READ_CASES,
-        ("POST", "/cases/{case_id}/persons/{person_id}/consents/{consent_id}/withdrawal"): Permission.WRITE_CASES,
+        ("GET", "/cases/{case_id}/persons/{person_id}/consents"): Permission.READ_CONSENTS,
+        ("POST", "/cases/{case_id}/persons/{person_id}/consents/{consent_id}/withdrawal"): Permission.WITHDRAW_CONSENT,
         ("POST", "/cases/{case_id}/persons/{person_id}/removal-orders"): Permission.ORDER_REMOVAL,
         ("POST", "/cases/{case_id}/persons/{person_id}/erasure"): Permission.ERASE_PERSON,
     }
@@ -402,8 +406,10 @@ async def test_a_withdrawal_ends_the_receivers_access_but_not_the_child_protecti
     assert (await client.get(f"{base}/{mother['id']}", headers=comar)).status_code == 200
     assert (await client.get(f"{base}/{teen['id']}", headers=pfpnna)).status_code == 200
 
+    # The person withdraws through the coordinator (the migration authority may not: see the next test).
+    coordinator = bearer(dev_issuer_dir, "MX-COORD", "coordinator", roles=["coordinator"])
     for person, c in ((mother, consent), (teen, teen_consent)):
-        r = await client.post(f"{base}/{person['id']}/consents/{c['id']}/withdrawal", headers=officer)
+        r = await client.post(f"{base}/{person['id']}/consents/{c['id']}/withdrawal", headers=coordinator)
         assert r.status_code == 200 and r.json()["status"] == "withdrawn"
 
     assert (await client.get(f"{base}/{mother['id']}", headers=comar)).status_code == 404
@@ -412,6 +418,87 @@ async def test_a_withdrawal_ends_the_receivers_access_but_not_the_child_protecti
     withdrawn = [json.loads(e.payload) for e in await outbox_rows(runtime, "consent.changed.v1")
                  if json.loads(e.payload)["status"] == "withdrawn"]
     assert {(w["person_id"], w["basis"]) for w in withdrawn} == {(mother["id"], "consent"), (teen["id"], "consent")}
+
+
+async def test_an_enforcement_agency_records_no_withdrawal_that_would_cancel_protection_referrals(
+        intake, officer, supervisor, dev_issuer_dir):
+    """Issue 12 (F4): the migration authority withdrew the person's consent to the asylum office and so cancelled
+    the asylum referral it may not cancel itself. Now it is refused (403, whatever the consent's referrals: no
+    oracle) and nothing is published; the coordinator of the jurisdiction records the person's withdrawal."""
+    client, runtime = intake
+    case = await _register(client, officer)
+    mother, adult = case["persons"][0], case["persons"][3]
+    base = f"/cases/{case['id']}/persons"
+
+    async def consent_of(person, agency_type, purpose="referral"):
+        r = await client.post(f"{base}/{person['id']}/consents", headers=officer,
+                              json={"recipient_agency_type": agency_type, "purpose": purpose})
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    # The mother has an asylum referral; the adult has none: both refusals read the same.
+    await deliver(runtime, REFERRAL_HANDLERS, referral_event(
+        "accepted", referral_id=str(uuid.uuid4()), case_id=case["id"], person_id=mother["id"],
+        need_code="INTERNATIONAL_PROTECTION", status="accepted", to_agency_id="MX-COMAR",
+        to_agency_type="asylum_office", from_agency_id="MX-COMAR"))
+    refusals = []
+    for person in (mother, adult):
+        for agency_type in ("asylum_office", "anti_trafficking", "health", "psychosocial", "child_protection"):
+            consent_id = await consent_of(person, agency_type)
+            for headers in (officer, supervisor):
+                r = await client.post(f"{base}/{person['id']}/consents/{consent_id}/withdrawal", headers=headers)
+                assert r.status_code == 403 and r.headers["content-type"] == PROBLEM, r.text
+                refusals.append(r.json()["detail"].replace(agency_type, "<type>"))
+    assert len(set(refusals)) == 1 and "coordinator" in refusals[0]
+    for person in (mother, adult):
+        listed = (await client.get(f"{base}/{person['id']}/consents", headers=officer)).json()["items"]
+        assert {c["status"] for c in listed} == {"granted"}
+    assert not [e for e in await outbox_rows(runtime, "consent.changed.v1")
+                if json.loads(e.payload)["status"] == "withdrawn"], "a refusal publishes nothing: nothing is cancelled"
+
+    # What cancels no protection referral stays the registering agency's to record.
+    for agency_type, purpose in (("asylum_office", "follow_up"), ("return_assistance", "referral"),
+                                 ("migration_authority", "referral")):
+        consent_id = await consent_of(adult, agency_type, purpose)
+        r = await client.post(f"{base}/{adult['id']}/consents/{consent_id}/withdrawal", headers=officer)
+        assert r.status_code == 200 and r.json()["status"] == "withdrawn", r.text
+
+    # The coordinator of the case's jurisdiction records it (its coordinator role); nobody else outside the case.
+    asylum_consent = (await client.get(f"{base}/{mother['id']}/consents", headers=officer)).json()["items"][0]
+    assert asylum_consent["recipient_agency_type"] == "asylum_office"
+    withdrawal = f"{base}/{mother['id']}/consents/{asylum_consent['id']}/withdrawal"
+    outsiders = (bearer(dev_issuer_dir, "GT-COORD", "coordinator", jurisdiction="GT", roles=["coordinator"]),
+                 bearer(dev_issuer_dir, "MX-COORD", "coordinator", roles=["caseworker", "supervisor"]),
+                 bearer(dev_issuer_dir, "MX-COMAR", "asylum_office", roles=["caseworker", "supervisor"]))
+    for headers in outsiders:
+        assert (await client.post(withdrawal, headers=headers)).status_code == 404
+        assert (await client.get(f"{base}/{mother['id']}/consents", headers=headers)).status_code == 404
+    assert (await client.post(withdrawal, headers=inm(dev_issuer_dir, ("coordinator",)))).status_code == 403, \
+        "a coordinator role in the registering agency grants nothing there"
+    coordinator = bearer(dev_issuer_dir, "MX-COORD", "coordinator", roles=["coordinator"])
+    r = await client.post(withdrawal, headers=coordinator)
+    assert r.status_code == 200 and r.json()["status"] == "withdrawn", r.text
+    [event] = [json.loads(e.payload) for e in await outbox_rows(runtime, "consent.changed.v1")
+               if json.loads(e.payload)["consent_id"] == asylum_consent["id"]
+               and json.loads(e.payload)["status"] == "withdrawn"]
+    assert event["recipient_agency_type"] == "asylum_office" and event["purpose"] == "referral"
+
+
+def test_every_type_that_receives_a_protection_referral_is_protected_from_an_enforcement_withdrawal():
+    """The receivers of a sensitive or hold-bearing need in the directories (and routing's preferences) are
+    the types whose consent an enforcement agency may not withdraw."""
+    root = Path(__file__).resolve().parents[3]
+    receivers = set()
+    for directory in ("deploy/demo/agencies.json", "tests/support/agencies.json"):
+        for agency in json.loads((root / directory).read_text())["agencies"]:
+            if any(set(s["need_codes"]) & (SENSITIVE_NEEDS | set(HOLD_BEARING_NEEDS)) for s in agency["services"]):
+                receivers.add(agency["type"])
+    assert receivers == {"asylum_office", "anti_trafficking", "health", "psychosocial", "child_protection"}
+    for agency_type in consent_rules.AGENCY_TYPES:
+        allowed = consent_rules.enforcement_may_withdraw(recipient_agency_type=agency_type, purpose="referral")
+        assert allowed == (agency_type not in receivers), agency_type
+        assert consent_rules.enforcement_may_withdraw(recipient_agency_type=agency_type, purpose="follow_up")
+    assert not consent_rules.enforcement_may_withdraw(recipient_agency_type="a_type_added_later", purpose="referral")
 
 
 # --- referrals intake did not see coming: who may refer is decided by intake's own records ---------------
@@ -521,8 +608,13 @@ async def test_the_registering_agency_the_coordinator_and_an_agency_working_on_t
     assert refused.status_code == 409 and refused.json()["holds"][0]["hold_id"] == hold.data["hold_id"]
     view = (await client.get(f"/cases/{case['id']}", headers=officer)).json()
     assert [h["hold_id"] for h in view["holds"]] == [hold.data["hold_id"]]
+    # The migration authority is shown only the referral it sent (firewall), not the protection side's onward ones.
+    assert [r["referral_id"] for r in view["referrals"]] == [child_referral]
     # The early referral stays without effect: it was not entitled when it was made.
-    assert early not in {r["referral_id"] for r in view["referrals"]} and len(view["referrals"]) == 3
+    async with runtime.sessions() as session:
+        counted = await services.referrals_of(session, case["id"], services.Principal(
+            subject="s", agency_id="MX-COORD", agency_type="coordinator", jurisdiction="MX", roles=("coordinator",)))
+    assert early not in {r.referral_id for r in counted} and len(counted) == 3
 
 
 def _without_ids(response, *ids: str) -> tuple:
@@ -532,3 +624,17 @@ def _without_ids(response, *ids: str) -> tuple:
     body = json.loads(text)
     body.pop("instance", None)
     return response.status_code, response.headers["content-type"], body
+
+
+def test_an_enforcement_agency_is_shown_only_referrals_it_is_known_to_have_sent():
+    def row(sender):
+        return ReferralViewRow(referral_id=str(uuid.uuid4()), case_id="c", person_id="p", need_code="SGBV_SURVIVOR",
+                               status="accepted", last_event_type="referral.accepted.v1",
+                               occurred_at=datetime.now(UTC), from_agency_id=sender)
+    own, comar, legacy = row("MX-INM"), row("MX-COMAR"), row(None)  # legacy: before intake kept the sender
+    authority = services.Principal(subject="s", agency_id="MX-INM", agency_type="migration_authority",
+                                   jurisdiction="MX", roles=("caseworker",))
+    asylum_office = services.Principal(subject="s", agency_id="MX-COMAR", agency_type="asylum_office",
+                                       jurisdiction="MX", roles=("caseworker",))
+    assert services.referrals_shown_to(authority, [own, comar, legacy]) == [own]
+    assert services.referrals_shown_to(asylum_office, [own, comar, legacy]) == [own, comar, legacy]

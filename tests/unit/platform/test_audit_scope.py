@@ -1,5 +1,7 @@
 """GET /audit with a service's audit scope: an auditor sees its staff's rows and anyone's rows on the objects
-the service holds for its agency (the coordinator's auditor: for its jurisdiction), and nothing else."""
+the service holds for its agency (the coordinator's auditor: for its jurisdiction), and nothing else. An
+enforcement agency's auditor (MX-INM) sees others' rows on its objects without the actor (the information
+barrier), and cannot filter for them."""
 
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +12,7 @@ from sqlalchemy import Column, MetaData, String, Table, insert
 from sqlmodel import select
 
 from enlace_platform.access import Allowed, Permission
-from enlace_platform.audit import Owner, Purpose
+from enlace_platform.audit import Owner, Purpose, hidden_from_enforcement
 from enlace_platform.auth import Principal
 from enlace_platform.runtime import ServiceRuntime, create_service_app
 from enlace_platform.settings import ServiceSettings
@@ -84,14 +86,24 @@ async def _seen(client, dev_issuer_dir: Path, auditor: str, **filters) -> set[tu
 
 
 async def test_an_agencys_auditor_sees_its_staff_and_anyone_on_its_objects_and_nothing_else(client, dev_issuer_dir):
-    assert await _seen(client, dev_issuer_dir, "MX-INM") == {
-        ("MX-INM", "inm-thing"), ("MX-COMAR", "inm-thing"), ("GT-IGM", "inm-thing"),
-        ("MX-INM", "inm-gadget"), ("GT-IGM", "inm-gadget")}
     assert await _seen(client, dev_issuer_dir, "MX-PSI") == {("MX-COMAR", "psi-thing")}
     # COMAR owns nothing: its own staff's rows only, its probes of others' objects included.
     assert await _seen(client, dev_issuer_dir, "MX-COMAR") == {
         ("MX-COMAR", "inm-thing"), ("MX-COMAR", "psi-thing"), ("MX-COMAR", "nobodys"), ("MX-COMAR", "gt-thing"),
         ("MX-COMAR", "gt-gadget")}
+
+
+async def test_an_enforcement_auditor_sees_others_acts_on_its_objects_but_not_who_acted(client, dev_issuer_dir):
+    response = await client.get("/audit", headers=_token(dev_issuer_dir, "MX-INM", "auditor"))
+    entries = [e for e in response.json()["items"] if e["object_type"] != "audit"]
+    assert {(e["agency_id"], e["object_id"]) for e in entries} == {
+        ("MX-INM", "inm-thing"), (None, "inm-thing"), ("MX-INM", "inm-gadget"), (None, "inm-gadget")}
+    others = [e for e in entries if e["agency_id"] is None]
+    assert len(others) == 3, "MX-COMAR's and GT-IGM's reads of the thing, GT-IGM's of the gadget"
+    assert all(e["user_id"] is None and e["roles"] == [] and e["trace_id"] is None for e in others)
+    assert all(e["route"] and e["action"] == "read" and e["status"] == 200 and e["at"] for e in others)
+    own = [e for e in entries if e["agency_id"] == "MX-INM"]
+    assert all(e["user_id"] and e["roles"] == ["caseworker"] for e in own), "its own staff stay named"
 
 
 async def test_the_coordinators_auditor_adds_other_jurisdictions_actors_on_objects_owned_in_its_own(
@@ -106,11 +118,16 @@ async def test_the_coordinators_auditor_adds_other_jurisdictions_actors_on_objec
 
 
 async def test_filters_narrow_the_view_and_never_widen_it(client, dev_issuer_dir):
-    assert await _seen(client, dev_issuer_dir, "MX-INM", agency_id="MX-COMAR") == {("MX-COMAR", "inm-thing")}
+    assert await _seen(client, dev_issuer_dir, "MX-PSI", agency_id="MX-COMAR") == {("MX-COMAR", "psi-thing")}
     assert await _seen(client, dev_issuer_dir, "MX-INM", object_id="psi-thing") == set()
     assert await _seen(client, dev_issuer_dir, "MX-PSI", agency_id="MX-INM") == set()
-    assert await _seen(client, dev_issuer_dir, "MX-INM", object_type="gadget", agency_id="GT-IGM") == \
+    assert await _seen(client, dev_issuer_dir, "MX-COORD", object_type="gadget", agency_id="GT-IGM") == \
         {("GT-IGM", "inm-gadget")}
+    # The enforcement auditor cannot search for who acted on its objects: no filter is an oracle.
+    assert await _seen(client, dev_issuer_dir, "MX-INM", agency_id="MX-COMAR") == set()
+    assert await _seen(client, dev_issuer_dir, "MX-INM", object_type="gadget", agency_id="GT-IGM") == set()
+    assert await _seen(client, dev_issuer_dir, "MX-INM", agency_id="MX-INM", object_id="inm-thing") == \
+        {("MX-INM", "inm-thing")}
     assert await _seen(client, dev_issuer_dir, "GT-COORD", agency_id="MX-INM") == set()
 
 
@@ -122,7 +139,7 @@ async def test_paging_walks_the_same_view(client, dev_issuer_dir):
                                                                      "object_type": "thing"})).json()
         seen += [(e["agency_id"], e["object_id"]) for e in page["items"]]
         after = page["next_after"]
-    assert seen == [("MX-INM", "inm-thing"), ("MX-COMAR", "inm-thing"), ("GT-IGM", "inm-thing")]
+    assert seen == [("MX-INM", "inm-thing"), (None, "inm-thing"), (None, "inm-thing")]
 
 
 def test_an_owner_is_one_agency_or_for_a_coordinator_a_jurisdiction():
@@ -133,3 +150,14 @@ def test_an_owner_is_one_agency_or_for_a_coordinator_a_jurisdiction():
 
     assert Owner.of(principal("MX-COMAR")) == Owner(agency_id="MX-COMAR")
     assert Owner.of(principal("GT-COORD")) == Owner(jurisdiction="GT")
+    assert Owner.of(principal("MX-INM")) == Owner(agency_id="MX-INM", enforcement=True)
+    marked = Principal(subject="u", agency_id="MX-FISC", agency_type="prosecutor", jurisdiction="MX",
+                       roles=("auditor",), enforcement=True)
+    assert Owner.of(marked) == Owner(agency_id="MX-FISC", enforcement=True), "the directory's mark decides"
+
+
+def test_a_scope_hidden_from_enforcement_follows_nothing_for_an_enforcement_owner():
+    hidden = hidden_from_enforcement(SCOPE)
+    inm, comar = Owner(agency_id="MX-INM", enforcement=True), Owner(agency_id="MX-COMAR")
+    assert str(hidden["thing"](inm)).split()[-2:] == ["WHERE", "false"], "its own staff's rows only"
+    assert str(hidden["thing"](comar)) == str(SCOPE["thing"](comar)), "protection owners follow what they did"

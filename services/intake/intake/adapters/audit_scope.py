@@ -4,6 +4,9 @@ A case and everything in it belong to the agency that registered it: its auditor
 them, a referral's addressee reading a person or another jurisdiction's agency probing the case. The
 coordinator's auditor follows the cases registered in its jurisdiction. Erased persons keep their row
 (only their key is shredded), so their audit trail stays visible by id.
+
+When the registering agency is an enforcement agency, its auditor still sees that others read its persons
+(the controller's accountability), but not who: enlace_platform.audit withholds the actor's agency and user.
 """
 
 from sqlmodel import col, select

@@ -12,6 +12,21 @@ BASES = (CONSENT, MANDATORY_OVERRIDE)
 GRANTED = "granted"
 WITHDRAWN = "withdrawn"
 CHILD_PROTECTION = "child_protection"
+REFERRAL = "referral"
+
+# Agency types that receive no protection referral. Withdrawing a consent to refer to any other type cancels
+# that type's open referrals (the referral service), protection work included: asylum, anti-trafficking, child
+# protection, and health and psychosocial care, which take survivors of sexual violence and crime victims. A type
+# added later counts as protection until it is listed here (fail closed).
+NON_PROTECTION_TYPES = frozenset({"migration_authority", "return_assistance", "coordinator"})
+
+
+def enforcement_may_withdraw(*, recipient_agency_type: str, purpose: str) -> bool:
+    """Whether an enforcement agency may record this withdrawal: not one that would cancel protection referrals,
+    or it could end an asylum claim it may not cancel itself. Decided by the consent alone, never by whether
+    referrals exist, so the answer tells nothing. The person withdraws through the protection agency or the
+    jurisdiction's coordinator, who records it."""
+    return purpose != REFERRAL or recipient_agency_type in NON_PROTECTION_TYPES
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ Reader = Annotated[Principal, Allowed(Permission.READ_CASES)]
 Writer = Annotated[Principal, Allowed(Permission.WRITE_CASES)]
 RemovalOfficer = Annotated[Principal, Allowed(Permission.ORDER_REMOVAL)]
 Eraser = Annotated[Principal, Allowed(Permission.ERASE_PERSON)]
+ConsentReader = Annotated[Principal, Allowed(Permission.READ_CONSENTS)]
+ConsentWithdrawer = Annotated[Principal, Allowed(Permission.WITHDRAW_CONSENT)]
 
 
 def _vault(request: Request) -> Vault:
@@ -194,7 +196,8 @@ class CaseOut(BaseModel):
     persons: list[PersonOut | ErasedPersonOut]
     relationships: list[RelationshipOut]
     holds: list[HoldOut] = Field(description="Protection holds on persons of this case, active and released")
-    referrals: list[ReferralOut] = Field(description="Referrals of this case as the referral service reported them")
+    referrals: list[ReferralOut] = Field(description="Referrals of this case as the referral service reported them; "
+                                                     "an enforcement agency is shown only those it sent (firewall)")
 
 
 class PersonNameOut(BaseModel):
@@ -304,7 +307,7 @@ async def _case_out(request: Request, session, vault: Vault, case: CaseRow, prin
         relationships=[RelationshipOut(from_person_id=r.from_person_id, to_person_id=r.to_person_id, kind=r.kind)
                        for r in await services.relationships_of(session, case.id)],
         holds=[_hold_out(h, viewer) for h in await services.holds_of(session, case.id)],
-        referrals=[_referral_out(r, viewer) for r in await services.referrals_of(session, case.id)],
+        referrals=[_referral_out(r, viewer) for r in await services.referrals_of(session, case.id, principal)],
     )
 
 
@@ -705,8 +708,9 @@ async def grant_consent(case_id: IdPath, person_id: IdPath, body: ConsentIn, pri
 
 
 @router.get("/cases/{case_id}/persons/{person_id}/consents", response_model=ConsentsOut, responses=GONE,
-            summary="A person's consents and overrides, and what they allow now")
-async def list_consents(case_id: IdPath, person_id: IdPath, principal: Reader, session: DbSession,
+            summary="A person's consents and overrides, and what they allow now: the registering agency, or the "
+                    "coordinator of the case's jurisdiction")
+async def list_consents(case_id: IdPath, person_id: IdPath, principal: ConsentReader, session: DbSession,
                         vault: PersonVault) -> ConsentsOut:
     try:
         views = await services.list_consents(session, vault, principal, case_id, person_id)
@@ -718,15 +722,25 @@ async def list_consents(case_id: IdPath, person_id: IdPath, principal: Reader, s
 
 
 @router.post("/cases/{case_id}/persons/{person_id}/consents/{consent_id}/withdrawal", response_model=ConsentOut,
-             responses=GONE,
-             summary="Withdraw a consent (or an override applied in error); withdrawing twice changes nothing")
-async def withdraw_consent(request: Request, case_id: IdPath, person_id: IdPath, consent_id: IdPath, principal: Writer,
-                           session: DbSession, vault: PersonVault) -> ConsentOut:
+             responses={403: {"model": ProblemDetails,
+                              "description": "An enforcement agency records no withdrawal of a consent to refer to a "
+                                             "protection agency type: the person withdraws through that agency or "
+                                             "the coordinator"},
+                        **GONE},
+             summary="Withdraw a consent (or an override applied in error): the registering agency, or the "
+                     "coordinator of the case's jurisdiction; withdrawing twice changes nothing")
+async def withdraw_consent(request: Request, case_id: IdPath, person_id: IdPath, consent_id: IdPath,
+                           principal: ConsentWithdrawer, session: DbSession, vault: PersonVault) -> ConsentOut:
     note_objects(request, "person", [person_id])
     try:
         return _consent_out(await services.withdraw_consent(session, vault, principal, case_id, person_id, consent_id))
     except services.NotFound:
         raise _not_found("consent", consent_id) from None
+    except services.WithdrawalRefused as refused:
+        raise Problem(403, detail=f"An enforcement agency does not record the withdrawal of a consent to refer to "
+                                  f"{refused} agencies: it would cancel protection referrals, which only the "
+                                  "protection side may end. The person withdraws it through that agency or the "
+                                  "coordinator of the jurisdiction, who records it here.") from None
     except services.Gone as exc:
         raise _gone(exc) from None
 
@@ -820,7 +834,8 @@ class OpenReferral(BaseModel):
 class ErasureRefused(ProblemDetails):
     holds: list[BlockingHold] = Field(description="Active protection holds on the person")
     pending_holds: list[str] = Field(description="Hold-bearing needs whose hold has not reached intake yet")
-    open_referrals: list[OpenReferral] = Field(description="Referrals about the person a receiving agency still works")
+    open_referrals: list[OpenReferral] = Field(description="Referrals about the person a receiving agency still "
+                                                           "works; an enforcement agency is shown only those it sent")
 
 
 @router.post("/cases/{case_id}/persons/{person_id}/erasure", response_model=ErasedPersonOut,
@@ -839,13 +854,16 @@ async def erase_person(request: Request, case_id: IdPath, person_id: IdPath, bod
         holds = [_blocking_hold(h, viewer) for h in blocked.holds]
         referrals = [OpenReferral(**firewall.project("case_referral", {
             "referral_id": r.referral_id, "need_code": r.need_code, "status": r.status,
-            "to_agency_id": r.to_agency_id}, viewer, need_code=r.need_code)).model_dump() for r in blocked.referrals]
+            "to_agency_id": r.to_agency_id}, viewer, need_code=r.need_code)).model_dump()
+            for r in services.referrals_shown_to(principal, blocked.referrals)]
         named = [_named_hold(h, with_referral=False) for h in holds]
         named += [f"a pending hold for {code}" for code in blocked.pending]
         named += [f"open referral {r['referral_id']} ({', '.join(filter(None, (r['need_code'], r['status'])))})"
                   for r in referrals]
-        raise Problem(409, detail=f"Erasure refused while the person has {'; '.join(named)}: erasing would break "
-                                  "the removal safeguard or the receiving agency's work.",
+        # Another agency's referral is not named to an enforcement agency (firewall): then the detail names none.
+        blockers = f" while the person has {'; '.join(named)}" if named else ""
+        raise Problem(409, detail=f"Erasure refused{blockers}: erasing would break the removal safeguard or a "
+                                  "receiving agency's work.",
                       holds=holds, pending_holds=blocked.pending, open_referrals=referrals) from None
     erased = _erased_out(person)
     await session.close()  # its read transaction would keep the checkpoint from truncating the log

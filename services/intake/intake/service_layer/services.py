@@ -9,6 +9,8 @@ from sqlalchemy import func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from enlace_platform import firewall
+from enlace_platform.access import Permission, check, may
 from enlace_platform.audit import answer_status
 from enlace_platform.auth import Principal
 from enlace_platform.crypto import Erased
@@ -32,6 +34,10 @@ class NotFound(Exception):
 
 class Refused(Exception):
     """The request is valid but the domain says no (e.g. an override for an adult)."""
+
+
+class WithdrawalRefused(Exception):
+    """An enforcement agency may not record a withdrawal that would cancel protection referrals."""
 
 
 class Gone(Exception):
@@ -203,10 +209,19 @@ async def holds_of(session: AsyncSession, case_id: str) -> list[ProtectionHoldRo
     return list((await session.exec(query)).all())
 
 
-async def referrals_of(session: AsyncSession, case_id: str) -> list[ReferralViewRow]:
+async def referrals_of(session: AsyncSession, case_id: str, principal: Principal) -> list[ReferralViewRow]:
     query = select(ReferralViewRow).where(ReferralViewRow.case_id == case_id, _counts()) \
         .order_by(ReferralViewRow.occurred_at)
-    return list((await session.exec(query)).all())
+    return referrals_shown_to(principal, (await session.exec(query)).all())
+
+
+def referrals_shown_to(principal: Principal, referrals: Iterable[ReferralViewRow]) -> list[ReferralViewRow]:
+    """The information barrier: an enforcement agency is told only of the referrals it sent itself, never that
+    a protection agency refers the person (a referral recorded before intake kept its sender is withheld too).
+    Holds are not filtered: a hold is what stops a removal."""
+    if firewall.viewer_for(principal) is firewall.Viewer.PROTECTION:
+        return list(referrals)
+    return [r for r in referrals if r.from_agency_id is not None and r.from_agency_id == principal.agency_id]
 
 
 async def search_cases(session: AsyncSession, vault: Vault, principal: Principal, *, name: str | None,
@@ -489,13 +504,32 @@ async def grant_consent(session: AsyncSession, vault: Vault, principal: Principa
     return ConsentView(consent, reason), True
 
 
+async def _case_for_consents(session: AsyncSession, principal: Principal, case_id: str,
+                             registering_agency_needs: Permission) -> CaseRow:
+    """A person's consents: the registering agency's (with the permission it always needed), and, since a person
+    withdraws through the protection side too, the coordinator's of the case's jurisdiction (its coordinator role,
+    as for its other actions). Anyone else: as for a missing case."""
+    case = await session.get(CaseRow, case_id)
+    if case is None:
+        raise NotFound(case_id)
+    if case.agency_id == principal.agency_id:
+        check(principal, registering_agency_needs)
+        return case
+    if principal.coordinator and principal.jurisdiction == case.jurisdiction and may(principal, Permission.COORDINATE):
+        return case
+    raise NotFound(case_id)
+
+
 async def withdraw_consent(session: AsyncSession, vault: Vault, principal: Principal, case_id: str, person_id: str,
                            consent_id: str) -> ConsentView:
-    case = await get_case_for(session, principal, case_id)
+    case = await _case_for_consents(session, principal, case_id, Permission.WRITE_CASES)
     consent = await session.get(ConsentRow, consent_id)
     if consent is None or consent.case_id != case.id or consent.person_id != person_id:
         raise NotFound(consent_id)
     await _person_in(session, case, person_id)
+    if firewall.viewer_for(principal) is firewall.Viewer.ENFORCEMENT and not consent_rules.enforcement_may_withdraw(
+            recipient_agency_type=consent.recipient_agency_type, purpose=consent.purpose):
+        raise WithdrawalRefused(consent.recipient_agency_type)  # before the idempotent answer: always the same
     if consent.status == consent_rules.WITHDRAWN:
         return await _consent_view(session, vault, consent)  # withdrawing twice changes nothing
     consent.status = consent_rules.WITHDRAWN
@@ -530,7 +564,7 @@ async def get_consent(session: AsyncSession, vault: Vault, principal: Principal,
 
 async def list_consents(session: AsyncSession, vault: Vault, principal: Principal, case_id: str,
                         person_id: str) -> list[ConsentView]:
-    case = await get_case_for(session, principal, case_id)
+    case = await _case_for_consents(session, principal, case_id, Permission.READ_CASES)
     person = await _person_in(session, case, person_id)
     query = select(ConsentRow).where(ConsentRow.person_id == person.id).order_by(ConsentRow.granted_at)
     try:

@@ -9,12 +9,16 @@
 - A directory entry (agency, service) belongs to the agency it describes.
 The coordinator's auditor follows every referral, hold and directory entry of its jurisdiction. Entries
 deleted from the directory belong to no one any more: their rows stay visible to the actor's auditors.
+
+This is the protection side of the information barrier: an enforcement agency's auditor (the migration
+authority that sent a referral) follows none of these objects and sees its own staff's entries only, since
+another agency's entry on its referral would name the receiver and tell which protection work was done.
 """
 
 from sqlalchemy import tuple_
 from sqlmodel import col, or_, select
 
-from enlace_platform.audit import AuditScope, Owner
+from enlace_platform.audit import AuditScope, Owner, hidden_from_enforcement
 from referral.adapters.orm import AgencyRow, HistoryRow, HoldRow, ReferralRow, ServiceRow
 
 
@@ -46,4 +50,5 @@ def _services(owner: Owner):
 
 
 # Every object type referral's audit rows name: the routes' path objects and what they note.
-AUDIT_SCOPE: AuditScope = {"referral": _referrals, "hold": _holds, "agency": _agencies, "service": _services}
+AUDIT_SCOPE: AuditScope = hidden_from_enforcement(
+    {"referral": _referrals, "hold": _holds, "agency": _agencies, "service": _services})

@@ -317,6 +317,10 @@ async def create_referral(body: ManualReferralIn, request: Request, principal: R
     if previous is not None:
         note_objects(request, "referral", [previous])
         return await render(session, await visible_referral(session, previous, principal), principal)
+    if firewall.viewer_for(principal) is firewall.Viewer.ENFORCEMENT and body.need_code in firewall.SENSITIVE_NEEDS:
+        # Decided on the request alone: a 409 for an open referral would tell it a sensitive need is in hand.
+        raise Problem(403, detail=f"An enforcement agency refers {body.need_code} through a screening at intake, "
+                                  "not by hand (docs/security.md, The information barrier).")
     person_id, case_id = str(body.person_id), str(body.case_id)
     case = await referable_person(session, principal, case_id, person_id)
     existing = await open_referral_for(session, person_id, body.need_code)

@@ -121,7 +121,8 @@ async def publish(session: AsyncSession, ref: ReferralRow, event_type: str, acto
               subject=ref.id, data=referral_payload(ref, event_type, actor, at, reason_code=reason_code,
                                                     previous_to_agency_id=previous_to_agency_id))
     if event_type in firewall.ENFORCEMENT_EVENT_TYPES and await _sent_by_enforcement(session, ref):
-        publish_status(session, ref, event_type, at, hold_active=await _hold_active(session, ref))
+        publish_status(session, ref, event_type, at, hold_active=await _hold_active(session, ref),
+                       sent_by_enforcement=True)
 
 
 async def _sent_by_enforcement(session: AsyncSession, ref: ReferralRow) -> bool:
@@ -143,7 +144,8 @@ async def _hold_active(session: AsyncSession, ref: ReferralRow) -> bool:
         return found.first() is not None
 
 
-def status_payload(ref: ReferralRow, cause_type: str, at: datetime, *, hold_active: bool) -> dict:
+def status_payload(ref: ReferralRow, cause_type: str, at: datetime, *, hold_active: bool,
+                   sent_by_enforcement: bool) -> dict:
     """referral.status_changed.v1: the referral as the firewall lets an enforcement agency see it (kind
     "referral"), when the change happened and the event type that caused it."""
     if not firewall.event_visible(cause_type, firewall.Viewer.ENFORCEMENT):
@@ -154,15 +156,19 @@ def status_payload(ref: ReferralRow, cause_type: str, at: datetime, *, hold_acti
     }, firewall.Viewer.ENFORCEMENT, need_code=ref.need_code)
     # Not in firewall.TABLE yet (a kind "status_event" would hold them): the change's time, which the event's
     # arrival discloses anyway, and its cause, one of firewall.ENFORCEMENT_EVENT_TYPES (checked above).
+    # Of a referral another agency sent, only the hold: who sent it (an anti-trafficking unit, say) and how it
+    # ended are that agency's.
     return {"referral_id": seen["id"], "case_id": seen["case_id"], "person_id": seen["person_id"],
-            "from_agency_id": seen["from_agency_id"], "status": seen["status"], "hold_active": seen["hold_active"],
-            "outcome_code": seen["outcome_code"], "occurred_at": _iso(at), "cause_type": cause_type}
+            "from_agency_id": seen["from_agency_id"] if sent_by_enforcement else None, "status": seen["status"],
+            "hold_active": seen["hold_active"], "outcome_code": seen["outcome_code"] if sent_by_enforcement else None,
+            "occurred_at": _iso(at), "cause_type": cause_type}
 
 
 def publish_status(session: AsyncSession, ref: ReferralRow, cause_type: str, at: datetime, *,
-                   hold_active: bool) -> None:
+                   hold_active: bool, sent_by_enforcement: bool) -> None:
     add_event(session, topic=events.STATUS_TOPIC, case_id=ref.case_id, event_type=events.STATUS_CHANGED,
-              source=events.SOURCE, subject=ref.id, data=status_payload(ref, cause_type, at, hold_active=hold_active))
+              source=events.SOURCE, subject=ref.id, data=status_payload(ref, cause_type, at, hold_active=hold_active,
+                                                                        sent_by_enforcement=sent_by_enforcement))
 
 
 async def add_history(session: AsyncSession, ref: ReferralRow, action: str, from_status: str | None, actor: Actor,
@@ -317,7 +323,7 @@ async def open_referral(session: AsyncSession, policy: Policy, *, case_id: str, 
                           seq=2)
         await publish(session, ref, events.REFERRAL_ESCALATED, SYSTEM, at, reason_code=ref.escalation_reason)
     if hold_needed:
-        place_hold(session, policy, ref, at)
+        await place_hold(session, policy, ref, at)
     return ref
 
 
@@ -333,7 +339,7 @@ def hold_payload(hold: HoldRow) -> dict:
             "placed_at": _iso(hold.placed_at), "not_before": _iso(hold.not_before)}
 
 
-def place_hold(session: AsyncSession, policy: Policy, ref: ReferralRow, at: datetime) -> None:
+async def place_hold(session: AsyncSession, policy: Policy, ref: ReferralRow, at: datetime) -> None:
     """One hold per (person, need): placed by the first referral of a hold-bearing need (the caller found no
     active hold); onward referrals keep it."""
     hold = HoldRow(case_id=ref.case_id, person_id=ref.person_id, need_code=ref.need_code, referral_id=ref.id,
@@ -343,7 +349,8 @@ def place_hold(session: AsyncSession, policy: Policy, ref: ReferralRow, at: date
     session.add(hold)
     add_event(session, topic=events.HOLD_TOPIC, case_id=ref.case_id, event_type=events.HOLD_PLACED,
               source=events.SOURCE, subject=hold.id, data=hold_payload(hold))
-    publish_status(session, ref, events.HOLD_PLACED, at, hold_active=True)
+    publish_status(session, ref, events.HOLD_PLACED, at, hold_active=True,
+                   sent_by_enforcement=await _sent_by_enforcement(session, ref))
 
 
 async def release_hold(session: AsyncSession, hold: HoldRow, *, reason: str, ref: ReferralRow,
@@ -361,7 +368,8 @@ async def release_hold(session: AsyncSession, hold: HoldRow, *, reason: str, ref
                     "referral_id": ref.id, "need_code": hold.need_code, "from_agency_id": hold.from_agency_id,
                     "to_agency_id": ref.to_agency_id, "release_reason": reason, "outcome_code": outcome_code,
                     "released_at": _iso(at)})
-    publish_status(session, ref, events.HOLD_RELEASED, at, hold_active=False)
+    publish_status(session, ref, events.HOLD_RELEASED, at, hold_active=False,
+                   sent_by_enforcement=await _sent_by_enforcement(session, ref))
     return True
 
 
