@@ -1,4 +1,4 @@
-"""Webhooks reach public addresses only (unless the development setting allows loopback and private ones),
+"""Webhooks reach public addresses only (the development setting adds loopback, never private networks),
 checked when the connection is made (the dispatcher end to end: tests/integration/test_notification_delivery.py);
 and the delivery log cannot tell an open port from a closed one."""
 
@@ -19,7 +19,7 @@ LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4)
 
 def _client(*, public_only: bool, timeout: float = 5.0) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=timeout, follow_redirects=False,
-                             transport=webhook_transport(limits=LIMITS, public_only=public_only))
+                             transport=webhook_transport(limits=LIMITS, allow_loopback=not public_only))
 
 
 def _closed_port() -> int:
@@ -56,6 +56,7 @@ async def _send(client: httpx.AsyncClient, url: str, total_timeout_s: float | No
     ("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
     ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("224.0.0.1", False),
     ("::1", False), ("fe80::1%1", False), ("fc00::1", False), ("::ffff:127.0.0.1", False), ("::", False),
+    ("2002:7f00:1::1", False), ("2002:a00:1::1", False), ("192.0.0.8", False),  # 6to4 of loopback / 10.0.0.1
     ("93.184.215.14", True), ("2606:2800:21f:cb07:6820:80da:af6b:8b2c", True),
 ])
 def test_only_global_addresses_are_public(address, public):
@@ -93,3 +94,28 @@ async def test_with_loopback_allowed_a_loopback_receiver_gets_its_webhooks():
     async with receiver.running(), _client(public_only=False) as client:
         result = await _send(client, f"http://localhost:{receiver.port}/hooks")
     assert result.ok and [r.verified_by for r in receiver.received] == [{"s"}]
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.1/hooks", "http://169.254.169.254/latest", "http://[fc00::1]/x",
+                                 "http://192.168.1.1:8080/x"])
+async def test_the_development_setting_opens_loopback_only_never_a_private_network(url):
+    """Refused before any connection is tried: the address is checked, then nothing connects."""
+    from urllib.parse import urlsplit
+
+    from notification.adapters.webhook_sender import AddressRefused, PublicAddressesOnly
+    from notification.domain.webhooks import webhook_url_problem
+
+    assert webhook_url_problem(url, allow_loopback=True) is not None
+
+    class Recorder:  # the real backend's place: any call would be a connection attempt
+        attempts: list = []
+
+        async def connect_tcp(self, *args, **kwargs):
+            self.attempts.append(args)
+            raise AssertionError("a connection was attempted")
+
+    inner = Recorder()
+    parts = urlsplit(url)
+    with pytest.raises(AddressRefused):
+        await PublicAddressesOnly(inner, allow_loopback=True).connect_tcp(parts.hostname, parts.port or 80, timeout=2)
+    assert inner.attempts == []

@@ -15,7 +15,7 @@ class NotificationSettings(ServiceSettings):
                                      description="Per request; a receiver slower than this counts as a failure")
     webhook_allow_loopback: bool = Field(False, validation_alias="NOTIFICATION_WEBHOOK_ALLOW_LOOPBACK",
                                          description="Development only (make up sets it): webhooks may go to "
-                                                     "loopback and private addresses")
+                                                     "loopback addresses (never private networks)")
     secret_rotation_overlap_s: float = Field(86400.0, validation_alias="NOTIFICATION_SECRET_ROTATION_OVERLAP_S",
                                              description="How long the old secret still signs after a rotation")
 

@@ -74,12 +74,33 @@ class AddressRefused(httpcore.ConnectError):
     """The endpoint's name resolved to an address webhooks may not reach."""
 
 
+_IETF_PROTOCOL_ASSIGNMENTS = ipaddress.ip_network("192.0.0.0/24")  # not all of it is flagged private
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, 6to4 or Teredo client), which is where it really goes."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    return ip.teredo[1] if ip.teredo is not None else None
+
+
 def is_public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone index is no part of the address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address) and (inner := _embedded_ipv4(ip)) is not None:
+        ip = inner
+    if ip in _IETF_PROTOCOL_ASSIGNMENTS:
+        return False
     return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
                                  or ip.is_reserved or ip.is_unspecified)
+
+
+def is_loopback_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and (inner := _embedded_ipv4(ip)) is not None:
+        ip = inner
+    return ip.is_loopback
 
 
 class PublicAddressesOnly(AsyncNetworkBackend):
@@ -87,8 +108,9 @@ class PublicAddressesOnly(AsyncNetworkBackend):
     connects to the address it checked: a name cannot resolve to one address for the check and another for the
     connection (DNS rebinding). TLS still names the origin host, which httpcore hands to start_tls apart."""
 
-    def __init__(self, inner: AsyncNetworkBackend | None = None) -> None:
+    def __init__(self, inner: AsyncNetworkBackend | None = None, *, allow_loopback: bool = False) -> None:
         self._inner = inner or httpcore.AnyIOBackend()
+        self._allow_loopback = allow_loopback  # development only; private networks are never reachable
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                           socket_options: typing.Iterable[typing.Any] | None = None) -> AsyncNetworkStream:
@@ -100,7 +122,8 @@ class PublicAddressesOnly(AsyncNetworkBackend):
         except OSError as exc:
             raise httpcore.ConnectError(str(exc)) from exc
         addresses = [info[4][0] for info in found]
-        if not addresses or not all(is_public_address(a) for a in addresses):
+        if not addresses or not all(is_public_address(a) or (self._allow_loopback and is_loopback_address(a))
+                                    for a in addresses):
             raise AddressRefused("the endpoint does not resolve to public addresses only")
         return await self._inner.connect_tcp(addresses[0], port, timeout=timeout, local_address=local_address,
                                              socket_options=socket_options)
@@ -113,11 +136,11 @@ class PublicAddressesOnly(AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def webhook_transport(*, limits: httpx.Limits, public_only: bool) -> httpx.AsyncHTTPTransport:
-    """The dispatcher's transport. ``public_only`` False (development) lets webhooks reach loopback and
-    private receivers."""
+def webhook_transport(*, limits: httpx.Limits, allow_loopback: bool) -> httpx.AsyncHTTPTransport:
+    """The dispatcher's transport: public addresses only, plus loopback when ``allow_loopback`` (development);
+    private, link-local and reserved networks never."""
     transport = httpx.AsyncHTTPTransport(limits=limits)
-    if public_only:
-        # httpx 0.28 takes no network backend, so the pool it built is given one (its settings kept).
-        transport._pool._network_backend = PublicAddressesOnly(transport._pool._network_backend)
+    # httpx 0.28 takes no network backend, so the pool it built is given one (its settings kept).
+    transport._pool._network_backend = PublicAddressesOnly(transport._pool._network_backend,
+                                                           allow_loopback=allow_loopback)
     return transport

@@ -134,6 +134,6 @@ def webhook_url_problem(url: str, *, allow_loopback: bool) -> str | None:
     if loopback and not allow_loopback:
         return "loopback addresses are not allowed here"
     if address is not None and not loopback and (address.is_private or address.is_link_local or address.is_unspecified
-                                                  or address.is_multicast) and not allow_loopback:
-        return "private, link-local and multicast addresses are not allowed here"
+                                                  or address.is_multicast or address.is_reserved):
+        return "private, link-local and multicast addresses are not allowed here"  # development included
     return None

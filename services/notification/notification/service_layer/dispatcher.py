@@ -204,7 +204,7 @@ class Dispatcher:
                               max_keepalive_connections=s.delivery_concurrency_total)
         self._client = httpx.AsyncClient(
             timeout=s.webhook_timeout_s, follow_redirects=False,
-            transport=webhook_transport(limits=limits, public_only=not s.webhook_allow_loopback))
+            transport=webhook_transport(limits=limits, allow_loopback=s.webhook_allow_loopback))
         try:
             while not self._stopping.is_set():
                 wait_s = s.dispatcher_fallback_poll_s
