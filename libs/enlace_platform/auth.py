@@ -38,6 +38,7 @@ from enlace_platform.settings import ANY_AGENCY, ServiceSettings, TrustedIssuer
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ["ES256", "RS256"]
+MAX_SUBJECT_CHARS = 256  # the user id lands in every audit row
 
 
 @dataclass(frozen=True)
@@ -192,18 +193,25 @@ class TokenVerifier:
             # One answer for both: which agencies the directory holds is not told to a stranger.
             if agency is None or self.issuer_for(agency) != issuer:
                 raise InvalidToken("its agency is not in the directory, or its issuer may not speak for it")
+            subject, roles = claims["sub"], claims.get("roles", [])
+            if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS:
+                raise InvalidToken(f"sub must be a string of 1 to {MAX_SUBJECT_CHARS} characters")
+            if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+                raise InvalidToken("roles must be a list of strings")
             return Principal(
-                subject=str(claims["sub"]),
+                subject=subject,
                 agency_id=agency.id,
                 agency_type=agency.type,
                 jurisdiction=agency.jurisdiction,
-                roles=tuple(str(r) for r in claims.get("roles", [])),
+                roles=tuple(roles),
                 enforcement=agency.enforcement,
             )
         except KeyError as exc:
             raise InvalidToken(f"missing claim {exc}") from exc
-        except (jwt.PyJWTError, TypeError) as exc:
+        except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc) or type(exc).__name__) from exc
+        except (TypeError, AttributeError) as exc:  # a claim of the wrong shape; Python's words help nobody
+            raise InvalidToken("its claims are not shaped as documented (docs/security.md)") from exc
 
 
 _bearer = HTTPBearer(auto_error=False)

@@ -354,6 +354,7 @@ async def test_floods_get_429_with_retry_after_per_address_and_per_verified_agen
         address_wait = _retry_after(forged[-1])
         without_token = await client.get(path)
         assert _problem(without_token, 429) == [], "the same address without a token"
+        assert (await client.get("/healthz")).status_code == 200, "liveness is never refused"
 
         # MX-COMAR's own budget is whole: the forged claims did not spend it, nor does the address's refusal apply.
         flood = await _until_refused(client, path, comar, AGENCY_LIMIT + 5)

@@ -623,3 +623,17 @@ def test_jwks_an_oversized_kid_is_not_echoed_whole(jwks_client, idp_keys):
     kid = "k" * 5000
     body = _assert_unauthorized(_get(jwks_client, _rs256(rsa_key, kid)))
     assert kid[:100] in body["detail"] and kid[:101] not in body["detail"]
+
+
+@pytest.mark.parametrize("claims", [
+    {"sub": ""}, {"sub": "x" * 257}, {"sub": 7}, {"roles": "coordinator"}, {"roles": [["coordinator"]]},
+    {"agency": "MX-INM"}, {"agency": None},
+])
+def test_claims_of_the_wrong_shape_are_401_without_pythons_words(dev_client, dev_keys, claims):
+    private, _ = dev_keys
+    issued = int(time.time())
+    body = {"iss": "enlace-dev-issuer", "aud": "enlace", "sub": "u", "iat": issued, "exp": issued + 60,
+            "agency": {"id": "MX-INM"}, "roles": ["caseworker"], **claims}
+    detail = _assert_unauthorized(_get(dev_client, jwt.encode(body, private, algorithm="ES256")))["detail"]
+    for python_words in ("NoneType", "indices", "iterable", "object"):
+        assert python_words not in detail, detail
