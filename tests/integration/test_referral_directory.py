@@ -14,7 +14,11 @@ async def test_any_agency_reads_the_seeded_directory(ref, auth):
                              params={"jurisdiction": "PA", "need_code": "UNACCOMPANIED_CHILD"})
     [service] = r.json()
     assert service["id"] == "PA-SENNIAF-1" and service["agency_type"] == "child_protection"
-    assert service["age_max"] == 17 and service["opening_hours"] and service["open_referrals"] == 0
+    assert service["age_max"] == 17 and service["opening_hours"]
+    # GT-IGM, a migration authority, gets no load figure (the information barrier); a protection agency does.
+    assert service["open_referrals"] is None
+    r = await ref.client.get(f"/services/{service['id']}", headers=auth("MX-COMAR"))
+    assert r.status_code == 200 and r.json()["open_referrals"] == 0
     assert (await ref.client.get("/services/NOPE", headers=auth("GT-IGM"))).status_code == 404
     assert (await ref.client.get("/agencies/CR-PANI", headers=auth("GT-IGM"))).json()["type"] == "child_protection"
 

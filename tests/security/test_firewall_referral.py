@@ -303,3 +303,13 @@ async def test_a_sensitive_need_by_hand_is_refused_alike_whether_or_not_one_is_o
         assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json", r.text
         answers.append(r.json()["detail"].replace(need, "<need>"))
     assert len(set(answers)) == 1, answers
+
+
+async def test_service_load_is_no_signal_to_the_enforcement_side(world: World, barrier: Barrier):
+    """A service's open-referral count moving as a survivor is referred would name her receiver."""
+    referral = world.client("referral")
+    for headers, shown in ((_inm(world), False), (world.tokens.of("coord", Role.COORDINATOR), True)):
+        services = (await referral.get("/services", headers=headers, params={"jurisdiction": "MX"})).json()
+        assert services and all((s["open_referrals"] is not None) is shown for s in services), services
+        one = (await referral.get(f"/services/{barrier.receivers['SGBV_SURVIVOR'][2]}", headers=headers)).json()
+        assert (one["open_referrals"] is not None) is shown, one

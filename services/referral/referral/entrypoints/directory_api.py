@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, model_validator
 from sqlmodel import col, select
 
+from enlace_platform import firewall
 from enlace_platform.access import Allowed, Permission
 from enlace_platform.agencies import default_enforcement
 from enlace_platform.audit import Purpose
@@ -91,7 +92,9 @@ class ServiceOut(ServiceFields):
     agency_id: str
     agency_type: str
     area: str
-    open_referrals: int
+    open_referrals: int | None = Field(description="Open referrals now with this service; null for an enforcement "
+                                                   "agency, for whom its changes would tell who took a survivor's "
+                                                   "referral (the information barrier, docs/security.md)")
 
 
 def _require_coordinator(principal: Principal, jurisdiction: str) -> None:
@@ -106,9 +109,11 @@ async def _agency(session, agency_id: str) -> AgencyRow:
     return row
 
 
-async def _service_out(session, row: ServiceRow) -> ServiceOut:
+async def _service_out(session, row: ServiceRow, principal: Principal) -> ServiceOut:
     agency = await session.get(AgencyRow, row.agency_id)
-    count = (await open_counts(session, [row.id])).get(row.id, 0)
+    count = None
+    if firewall.viewer_for(principal) is firewall.Viewer.PROTECTION:
+        count = (await open_counts(session, [row.id])).get(row.id, 0)
     return ServiceOut(**row.model_dump(), agency_type=agency.type, open_referrals=count)
 
 
@@ -192,7 +197,7 @@ async def list_services(principal: DirectoryReader, session: DbSession, jurisdic
         query = query.where(ServiceRow.active == active)
     rows = [r for r in (await session.exec(query.order_by(ServiceRow.id))).all()
             if need_code is None or need_code in r.need_codes]
-    return [await _service_out(session, r) for r in rows]
+    return [await _service_out(session, r, principal) for r in rows]
 
 
 async def _service(session, service_id: str) -> ServiceRow:
@@ -204,7 +209,7 @@ async def _service(session, service_id: str) -> ServiceRow:
 
 @router.get("/services/{service_id}", response_model=ServiceOut, summary="One service (any agency)")
 async def read_service(service_id: IdPath, principal: DirectoryReader, session: DbSession) -> ServiceOut:
-    return await _service_out(session, await _service(session, service_id))
+    return await _service_out(session, await _service(session, service_id), principal)
 
 
 @router.post("/services", status_code=201, response_model=ServiceOut, responses=WRITE_ERRORS,
@@ -221,7 +226,7 @@ async def create_service(body: ServiceIn, principal: DirectoryManager, session: 
                       errors=[{"path": "body/area", "message": "must be the agency's jurisdiction"}])
     previous = await idempotency.previous_resource(session)
     if previous is not None:
-        return await _service_out(session, await _service(session, previous))
+        return await _service_out(session, await _service(session, previous), principal)
     service_id = body.id or f"{agency.id}-{uuid.uuid4().hex[:8]}"
     if await session.get(ServiceRow, service_id) is not None:
         raise Problem(409, detail=f"Service {service_id} already exists.")
@@ -229,7 +234,7 @@ async def create_service(body: ServiceIn, principal: DirectoryManager, session: 
     row = ServiceRow(**{**body.model_dump(exclude={"id"}), "id": service_id})
     session.add(row)
     await session.commit()
-    return await _service_out(session, row)
+    return await _service_out(session, row, principal)
 
 
 @router.put("/services/{service_id}", response_model=ServiceOut, responses=WRITE_ERRORS,
@@ -241,7 +246,7 @@ async def update_service(service_id: IdPath, body: ServiceFields, principal: Dir
     for key, value in body.model_dump().items():
         setattr(row, key, value)
     await session.commit()
-    return await _service_out(session, row)
+    return await _service_out(session, row, principal)
 
 
 @router.delete("/services/{service_id}", status_code=204, responses=WRITE_ERRORS,
