@@ -238,15 +238,16 @@ async def run(http: httpx.AsyncClient, receiver: Receiver, subscriptions: list) 
     seen_by_inm = {r["id"]: r for r in ok(await http.get(f"{REFERRAL}/referrals", headers=inm, params={
         "case_id": case_id, "direction": "from", "limit": 100}))["items"]}
     table = Table(title="7. Referrals: the coordinator's view, and what MX-INM (enforcement) sees of the need, "
-                        "the receiver and the outcome")
+                        "the receiver and the outcome (a sensitive need's referral: not shown at all)")
     for column in ("referral", "person", "need", "to agency", "lead", "status", "outcome", "MX-INM sees"):
         table.add_column(column)
     for ref in final:
-        inm_view = seen_by_inm.get(ref["id"], {})
+        inm_view = seen_by_inm.get(ref["id"])
+        inm_sees = "not shown" if inm_view is None else " / ".join(
+            str(inm_view.get(k) or "withheld") for k in ("need_code", "to_agency_id", "outcome_code"))
         table.add_row(ref["id"], names.get(ref["person_id"], "?"), ref["need_code"],
                       ref["to_agency_id"] or "(coordinator queue)", _lead(ref), ref["status"],
-                      ref["outcome_code"] or "", " / ".join(str(inm_view.get(k) or "withheld")
-                                                          for k in ("need_code", "to_agency_id", "outcome_code")))
+                      ref["outcome_code"] or "", inm_sees)
     console.print(table)
     if any(seen_by_inm.get(r["id"], {}).get("need_code") for r in final
            if r["need_code"] in ("INTERNATIONAL_PROTECTION", "TRAFFICKING_PRESUMED", "SGBV_SURVIVOR")):

@@ -3,8 +3,11 @@
 An enforcement agency (the migration authority, and any agency the directory marks as enforcement) that
 sent a protection referral, or registered its case, learns only that the referral exists, its status,
 whether a protection hold is active, and an outcome code from a short public list. It never learns notes,
-reasons, routing, deadlines, or, for a sensitive need (asylum, trafficking, sexual violence, crime
-victims), the need code or who received it: a shelter's identity is what a trafficker looks for.
+reasons, routing or deadlines. A referral of a sensitive need (asylum, trafficking, sexual violence, crime
+victims) it is not shown at all, its own included (:func:`referral_shown`): a shelter's identity is what a
+trafficker looks for, and whether such a referral exists (say, because screening opened none of its own as
+one was open elsewhere) says that a claim or a victim is known. It learns of those only through the person's
+protection holds.
 
 Every rendering of a referral, history row, hold or webhook to an agency goes through :func:`project`,
 which reads :data:`TABLE`; docs/security.md shows the same table and a test keeps the two equal.
@@ -164,6 +167,12 @@ def project(kind: str, record: Mapping[str, Any], viewer: Viewer, *, need_code: 
     for field, value in record.items():
         out[field] = value if visible(kind, field, viewer, need_code=need_code, outcome_code=outcome, own=own) else None
     return out
+
+
+def referral_shown(viewer: Viewer, need_code: str | None) -> bool:
+    """Whether the viewer is shown the referral at all: an enforcement viewer is never shown one of a sensitive
+    need (nor one whose need is unknown: fail closed). Its holds stay visible: a hold is what stops a removal."""
+    return viewer is Viewer.PROTECTION or (need_code is not None and need_code not in SENSITIVE_NEEDS)
 
 
 def event_visible(event_type: str, viewer: Viewer) -> bool:

@@ -76,10 +76,11 @@ async def test_webhook_bodies_follow_the_contract(written):
         assert body["type"] == delivery.event_type and body["data"]["event_id"] == delivery.event_id
         by_event.setdefault(delivery.event_type, set()).add(delivery.agency_id)
     # Every type reaches every agency the event names (holds name no coordinator), except that the migration
-    # authority, an enforcement agency, hears of status changes and holds only (enlace_platform.firewall).
+    # authority, an enforcement agency, hears of status changes and holds only, and of this trafficking referral
+    # (a sensitive need, firewall.referral_shown) of its holds only (enlace_platform.firewall).
     for event_type in WEBHOOK_EVENT_TYPES:
         expected = {"MX-INM", "MX-PFPNNA"} if event_type.startswith("protection_hold.") else set(PARTIES)
-        if event_type not in ENFORCEMENT_EVENT_TYPES:
+        if event_type not in ENFORCEMENT_EVENT_TYPES or event_type.startswith("referral."):
             expected -= {"MX-INM"}
         assert by_event[event_type] == expected, event_type
     holds = [json.loads(d.payload)["data"] for d in webhooks if d.event_type.startswith("protection_hold.")]

@@ -100,7 +100,9 @@ async def test_rejected_referral_routed_onward_completes_and_its_outcome_reaches
         view = await case_view(closed)
         statuses = {r["referral_id"]: r["status"] for r in view["referrals"]}
         assert statuses[child["id"]] == "rejected" and statuses[onward_id] == "completed"
-        # Intake's case view is MX-INM's: the asylum hold shows as active, its need withheld (the firewall).
+        # Intake's case view is MX-INM's: the asylum hold shows as active, its need withheld (the firewall); the
+        # asylum referral itself, a sensitive need, is not listed at all, though MX-INM's screening sent it.
+        assert asylum["id"] not in statuses
         assert [(h["status"], h["need_code"]) for h in view["holds"] if h["referral_id"] == asylum["id"]] == [
             ("active", None)]
 

@@ -110,6 +110,11 @@ async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(inta
         "accepted", referral_id=placed[mother["id"]].data["referral_id"], case_id=case["id"],
         person_id=mother["id"], need_code="INTERNATIONAL_PROTECTION", status="accepted", to_agency_id="MX-COMAR",
         to_agency_type="asylum_office"))
+    # After it on the case's partition: once the teen's referral is in, the mother's is too.
+    child_referral = dict(referral_id=placed[teen["id"]].data["referral_id"], case_id=case["id"],
+                          person_id=teen["id"], need_code="UNACCOMPANIED_CHILD", to_agency_id="MX-PFPNNA",
+                          to_agency_type="child_protection")
+    await publish(REFERRAL_REFERRAL, referral_event("accepted", status="accepted", **child_referral))
 
     async def case_view(predicate):
         async def check():
@@ -120,10 +125,10 @@ async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(inta
     view = await eventually(await case_view(lambda v: len(v["holds"]) == 3 and v["referrals"]),
                             what="the holds and the referral reach intake")
     assert {h["status"] for h in view["holds"]} == {"active"}
-    # The migration authority sees that the asylum referral exists, its status and its hold; not who took it
-    # or its need (the firewall, enlace_platform.firewall).
+    # The migration authority sees the asylum referral's hold, not its need; the referral itself, a sensitive
+    # need, not at all, though it sent it (enlace_platform.firewall). The child's it sees whole.
     assert [(r["referral_id"], r["status"], r["need_code"], r["to_agency_id"]) for r in view["referrals"]] == [
-        (placed[mother["id"]].data["referral_id"], "accepted", None, None)]
+        (child_referral["referral_id"], "accepted", "UNACCOMPANIED_CHILD", "MX-PFPNNA")]
     assert sorted(h["need_code"] or "" for h in view["holds"]) == ["", "UNACCOMPANIED_CHILD", "UNACCOMPANIED_CHILD"]
 
     for person in (mother, teen, disputed):
@@ -144,6 +149,8 @@ async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(inta
         "completed", referral_id=placed[mother["id"]].data["referral_id"], case_id=case["id"],
         person_id=mother["id"], need_code="INTERNATIONAL_PROTECTION", status="completed", to_agency_id="MX-COMAR",
         to_agency_type="asylum_office", outcome_code="ASYLUM_CLAIM_REJECTED_FINAL"))
+    await publish(REFERRAL_REFERRAL, referral_event("completed", status="completed",
+                                                    outcome_code="CHILD_REUNIFIED_WITH_FAMILY", **child_referral))
     for envelope in placed.values():
         outcome = "ASYLUM_CLAIM_REJECTED_FINAL" if envelope.data["need_code"] == "INTERNATIONAL_PROTECTION" \
             else "CHILD_REUNIFIED_WITH_FAMILY"
@@ -151,8 +158,10 @@ async def test_family_group_needs_and_the_removal_safeguard_over_the_broker(inta
     view = await eventually(await case_view(lambda v: {h["status"] for h in v["holds"]} == {"released"}
                                             and v["referrals"][0]["status"] == "completed"),
                             what="the releases and the outcome reach intake")
-    # An asylum outcome is not on the public list: the migration authority learns only that it completed.
-    assert view["referrals"][0]["outcome_code"] is None
+    # Of the asylum claim's end the migration authority learns only that its hold was released, no outcome.
+    assert [(r["referral_id"], r["outcome_code"]) for r in view["referrals"]] == [
+        (child_referral["referral_id"], "CHILD_REUNIFIED_WITH_FAMILY")]
+    assert placed[mother["id"]].data["referral_id"] not in json.dumps(view["referrals"])
     assert {h["outcome_code"] for h in view["holds"]} == {None, "CHILD_REUNIFIED_WITH_FAMILY"}
     for person in (mother, teen, disputed):
         r = await client.post(f"/cases/{case['id']}/persons/{person['id']}/removal-orders", headers=supervisor,
@@ -186,8 +195,9 @@ async def test_a_release_published_before_its_placement_still_releases(intake, d
 
 async def test_the_case_view_passes_the_firewall_for_an_enforcement_agency(intake, dev_issuer_dir):
     """A survivor of sexual violence referred to health care, and a trafficking hold: the migration authority's
-    case view shows that they exist, their status and the hold, never the need, the receiver or the reflection
-    period; a protection agency that registered the same kind of case still sees everything."""
+    case view shows the hold, never its need or the reflection period, and not the survivor's referral at all,
+    though it sent it (a sensitive need); a protection agency that registered the same kind of case still sees
+    everything."""
     client, publish, _ = intake
     officer = inm(dev_issuer_dir)
     asylum_office = bearer(dev_issuer_dir, "MX-COMAR", "asylum_office")
@@ -215,19 +225,16 @@ async def test_the_case_view_passes_the_firewall_for_an_enforcement_agency(intak
             case_id=case["id"], person_id=mother["id"], need_code="TRAFFICKING_PRESUMED",
             to_agency_id="MX-FEVIMTRA", not_before=datetime.now(UTC) + timedelta(days=30), **sender))
 
-        async def arrived(case_id=case["id"], headers=headers):
+        # The child's referral comes after the survivor's on the case's partition: once it is shown, both are in.
+        async def arrived(case_id=case["id"], headers=headers, shown=1 if who == "enforcement" else 2):
             view = (await client.get(f"/cases/{case_id}", headers=headers)).json()
-            return view if len(view["referrals"]) == 2 and view["holds"] else None
+            return view if len(view["referrals"]) == shown and view["holds"] else None
         views[who] = await eventually(arrived, what="the referrals and the hold reach intake")
 
     seen = views["enforcement"]
-    by_need = {r["status"]: r for r in seen["referrals"]}  # the sensitive one is accepted, the child's completed
-    assert by_need["accepted"] | {"updated_at": None} == {
-        "referral_id": by_need["accepted"]["referral_id"], "person_id": by_need["accepted"]["person_id"],
-        "need_code": None, "status": "accepted", "to_agency_id": None, "to_agency_type": None, "outcome_code": None,
-        "updated_at": None}
-    assert (by_need["completed"]["need_code"], by_need["completed"]["to_agency_id"],
-            by_need["completed"]["outcome_code"]) == ("UNACCOMPANIED_CHILD", "MX-PFPNNA", "CHILD_PLACED_IN_CARE")
+    [shown] = seen["referrals"]  # the survivor's (accepted) is not shown at all; the child's (completed) is
+    assert (shown["status"], shown["need_code"], shown["to_agency_id"], shown["outcome_code"]) == (
+        "completed", "UNACCOMPANIED_CHILD", "MX-PFPNNA", "CHILD_PLACED_IN_CARE")
     [hold] = seen["holds"]
     assert (hold["status"], hold["need_code"], hold["not_before"], hold["release_reason"]) == (
         "active", None, None, None)
@@ -249,13 +256,17 @@ async def test_the_case_view_passes_the_firewall_for_an_enforcement_agency(intak
 async def test_an_enforcement_agency_is_shown_only_the_referrals_it_sent(intake, dev_issuer_dir):
     """Issue 12 (F5): the migration authority's case view listed the asylum office's onward referrals (trafficking,
     sexual violence) with their status, and a protected referral without a hold narrowed its need. Now it is shown
-    the referrals it sent, and the holds (a hold is what stops a removal); a refused erasure names no other."""
+    the referrals it sent of needs not sensitive (its own asylum referral is not shown either), and the holds (a
+    hold is what stops a removal); a refused erasure names no other."""
     client, publish, _ = intake
     officer = inm(dev_issuer_dir)
     case = (await client.post("/cases", headers=officer, json=family_group())).json()
     mother = case["persons"][0]
     about_mother = dict(case_id=case["id"], person_id=mother["id"])
-    asylum, trafficking, sgbv = (str(uuid.uuid4()) for _ in range(3))
+    medical, asylum, trafficking, sgbv = (str(uuid.uuid4()) for _ in range(4))
+    await publish(REFERRAL_REFERRAL, referral_event(
+        "accepted", referral_id=medical, need_code="MEDICAL_URGENT", status="accepted",
+        to_agency_id="MX-IMSS", to_agency_type="health", **about_mother))
     await publish(REFERRAL_REFERRAL, referral_event(
         "accepted", referral_id=asylum, need_code="INTERNATIONAL_PROTECTION", status="accepted",
         to_agency_id="MX-COMAR", to_agency_type="asylum_office", **about_mother))
@@ -271,24 +282,24 @@ async def test_an_enforcement_agency_is_shown_only_the_referrals_it_sent(intake,
         to_agency_type="health", from_agency_id="MX-COMAR", **about_mother))
     # Last on the case's partition: once it is in, everything before it is too.
     await publish(REFERRAL_REFERRAL, referral_event(
-        "started", referral_id=asylum, need_code="INTERNATIONAL_PROTECTION", status="in-progress",
-        to_agency_id="MX-COMAR", to_agency_type="asylum_office", **about_mother))
+        "started", referral_id=medical, need_code="MEDICAL_URGENT", status="in-progress",
+        to_agency_id="MX-IMSS", to_agency_type="health", **about_mother))
 
     async def arrived():
         view = (await client.get(f"/cases/{case['id']}", headers=officer)).json()
         return view if view["referrals"] and view["referrals"][0]["status"] == "in-progress" else None
     view = await eventually(arrived, what="the referral events reach intake")
     assert [(r["referral_id"], r["status"], r["need_code"], r["to_agency_id"]) for r in view["referrals"]] == [
-        (asylum, "in-progress", None, None)]
+        (medical, "in-progress", "MEDICAL_URGENT", "MX-IMSS")]
     [hold] = view["holds"]  # the trafficking hold stays: it stops a removal
     assert (hold["referral_id"], hold["status"], hold["need_code"]) == (trafficking, "active", None)
     text = json.dumps(view)
-    for withheld in (sgbv, "MX-SSA", "MX-FEVIMTRA", "SGBV", "TRAFFICKING"):
+    for withheld in (asylum, sgbv, "MX-SSA", "MX-FEVIMTRA", "SGBV", "TRAFFICKING", "INTERNATIONAL"):
         assert withheld not in text
 
     r = await client.post(f"/cases/{case['id']}/persons/{mother['id']}/erasure",
                           headers=inm_supervisor(dev_issuer_dir), json={"reason_code": "ERASURE_REQUEST"})
     assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json", r.text
-    assert [o["referral_id"] for o in r.json()["open_referrals"]] == [asylum]
-    for withheld in (sgbv, "MX-SSA", "MX-FEVIMTRA", "SGBV", "TRAFFICKING"):
+    assert [o["referral_id"] for o in r.json()["open_referrals"]] == [medical]
+    for withheld in (asylum, sgbv, "MX-SSA", "MX-FEVIMTRA", "SGBV", "TRAFFICKING", "INTERNATIONAL"):
         assert withheld not in r.text

@@ -55,12 +55,15 @@ async def test_screening_to_completed_outcome_with_onward_routing(kafka_bootstra
         child, asylum = sent["UNACCOMPANIED_CHILD"], sent["INTERNATIONAL_PROTECTION"]
         assert child["to_agency_id"] == "MX-PFPNNA" and child["is_lead"]
         assert asylum["to_agency_id"] == "MX-COMAR" and not asylum["is_lead"]
-        # The sender learns that the asylum referral exists and holds the person, nothing of its content.
+        # The sender is not shown the asylum referral at all (a sensitive need), only that a hold stands on the
+        # person, its need and receiver withheld.
         seen_by_inm = {i["id"]: i for i in await ref.referrals(inm, case_id=case_id)}
-        assert seen_by_inm.keys() == {child["id"], asylum["id"]}
+        assert seen_by_inm.keys() == {child["id"]}
         assert seen_by_inm[child["id"]]["need_code"] == "UNACCOMPANIED_CHILD"
-        assert seen_by_inm[asylum["id"]]["status"] == "requested" and seen_by_inm[asylum["id"]]["hold_active"]
-        assert (seen_by_inm[asylum["id"]]["need_code"], seen_by_inm[asylum["id"]]["to_agency_id"]) == (None, None)
+        assert (await ref.client.get(f"/referrals/{asylum['id']}", headers=inm)).status_code == 404
+        inm_holds = {h["referral_id"]: h for h in (await ref.client.get("/holds", headers=inm)).json()}
+        assert inm_holds[asylum["id"]]["active"] and inm_holds[asylum["id"]]["open_referral_id"] == asylum["id"]
+        assert (inm_holds[asylum["id"]]["need_code"], inm_holds[asylum["id"]]["to_agency_id"]) == (None, None)
 
         r = await ref.act(child["id"], pfpnna, "reject", reason_code="NO_CAPACITY", reason_text="Sin plazas hoy")
         assert r.status_code == 200, r.text

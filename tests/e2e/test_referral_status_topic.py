@@ -1,6 +1,7 @@
 """On the real broker: referral.status, the topic an enforcement agency's systems read, carries one
-referral.status_changed.v1 per lifecycle change and per hold change, and only what the firewall lets an
-enforcement agency see (enlace_platform.firewall): never a sensitive need, its receiver, a note or a reason."""
+referral.status_changed.v1 per lifecycle change of a referral of a need not sensitive and per hold change, and
+only what the firewall lets an enforcement agency see (enlace_platform.firewall): never a sensitive need, its
+receiver, a note or a reason, nor the lifecycle of a sensitive referral (it learns of one only by its hold)."""
 
 import json
 
@@ -30,29 +31,34 @@ async def test_the_status_topic_mirrors_each_change_with_what_enforcement_may_se
     settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix)
     auth = lambda agency: token(dev_issuer_dir, agency)  # noqa: E731
     async with referral_harness(settings) as ref:
-        await ref.deliver(screened("SGBV_SURVIVOR", "TRAFFICKING_PRESUMED", "INTERNATIONAL_PROTECTION"))
+        await ref.deliver(screened("MEDICAL_URGENT", "SGBV_SURVIVOR", "TRAFFICKING_PRESUMED",
+                                   "INTERNATIONAL_PROTECTION"))
         sent = {p["need_code"]: {**p, "id": p["referral_id"]} for _, p in await ref.events("referral.requested.v1")}
-        sgbv, trafficking, asylum = (sent[c] for c in ("SGBV_SURVIVOR", "TRAFFICKING_PRESUMED",
-                                                       "INTERNATIONAL_PROTECTION"))
-        steps = [(sgbv, "receive", {}), (sgbv, "accept", {}), (sgbv, "start", {}), (sgbv, "hold", {}),
-                 (sgbv, "resume", {}), (sgbv, "complete", {"outcome_code": "MEDICAL_CARE_PROVIDED"}),
+        medical, sgbv, trafficking, asylum = (sent[c] for c in ("MEDICAL_URGENT", "SGBV_SURVIVOR",
+                                                                "TRAFFICKING_PRESUMED", "INTERNATIONAL_PROTECTION"))
+        steps = [(medical, "receive", {}), (medical, "accept", {}), (medical, "start", {}), (medical, "hold", {}),
+                 (medical, "resume", {}), (medical, "complete", {"outcome_code": "MEDICAL_CARE_PROVIDED"}),
+                 (sgbv, "receive", {}), (sgbv, "accept", {}),
                  (trafficking, "receive", {}),
                  (trafficking, "reject", {"reason_code": "NO_CAPACITY", "reason_text": REASON_TEXT}),
                  (asylum, "accept", {}), (asylum, "complete", {"outcome_code": "REFUGEE_STATUS_GRANTED"})]
         for referral, action, body in steps:
             r = await ref.act(referral["id"], auth(referral["to_agency_id"]), action, **body)
             assert r.status_code == 200, r.text
-        r = await ref.client.post(f"/referrals/{sgbv['id']}/notes", headers=auth(sgbv["to_agency_id"]),
-                                  json={"text": REASON_TEXT})
-        assert r.status_code == 201, r.text
+        for referral in (medical, sgbv):
+            r = await ref.client.post(f"/referrals/{referral['id']}/notes", headers=auth(referral["to_agency_id"]),
+                                      json={"text": REASON_TEXT})
+            assert r.status_code == 201, r.text
         outbox = await ref.events()
         # Each referral as its last event on referral.referral left it: what a protection actor sees.
         full = {p["referral_id"]: {**p, "id": p["referral_id"]} for t, p in outbox
                 if t.startswith("referral.") and t != "referral.status_changed.v1"}
         expected = {t: sum(1 for row_type, _ in outbox if row_type == t)
                     for t in ("referral.status_changed.v1", *firewall.ENFORCEMENT_EVENT_TYPES)}
-        mirrored = sum(n for t, n in expected.items() if t in firewall.ENFORCEMENT_EVENT_TYPES)
-        assert expected["referral.status_changed.v1"] == mirrored > 10
+        # Mirrored: the lifecycle of the medical referral (a need not sensitive) and every hold change.
+        mirrored = sum(1 for t, p in outbox if t.startswith("protection_hold.") or (
+            t in firewall.ENFORCEMENT_EVENT_TYPES and p["need_code"] not in firewall.SENSITIVE_NEEDS))
+        assert expected["referral.status_changed.v1"] == mirrored > 7
 
         status_records = await read_topic(kafka_bootstrap, f"{prefix}{REFERRAL_STATUS}", expected=mirrored,
                                           timeout=60)
@@ -69,8 +75,11 @@ async def test_the_status_topic_mirrors_each_change_with_what_enforcement_may_se
 
     # Exactly one status event per lifecycle change (with the status it led to) and per hold change.
     changes = [(e.data["referral_id"], e.type, e.data["status"]) for e in lifecycle
-               if e.type in firewall.ENFORCEMENT_EVENT_TYPES]
+               if e.type in firewall.ENFORCEMENT_EVENT_TYPES and e.data["need_code"] not in firewall.SENSITIVE_NEEDS]
     seen = [(e.data["referral_id"], e.data["cause_type"], e.data["status"]) for e in status]
+    sensitive = {r["id"] for r in full.values() if r["need_code"] in firewall.SENSITIVE_NEEDS}
+    assert {r for r, t, _ in seen if t.startswith("referral.")} == {medical["id"]}, "no sensitive lifecycle"
+    assert {r for r, t, _ in seen if t.startswith("protection_hold.")} <= sensitive
     assert sorted(s for s in seen if s[1].startswith("referral.")) == sorted(changes)
     assert sorted((r, t) for r, t, _ in seen if t.startswith("protection_hold.")) == sorted(
         (e.data["referral_id"], e.type) for e in holds)
@@ -103,16 +112,19 @@ async def test_the_status_topic_mirrors_each_change_with_what_enforcement_may_se
     last = {}
     for event in status:
         last[event.data["referral_id"]] = event.data
-    assert (last[sgbv["id"]]["status"], last[sgbv["id"]]["outcome_code"], last[sgbv["id"]]["hold_active"]) == (
-        "completed", "MEDICAL_CARE_PROVIDED", False)
+    assert (last[medical["id"]]["status"], last[medical["id"]]["outcome_code"],
+            last[medical["id"]]["hold_active"]) == ("completed", "MEDICAL_CARE_PROVIDED", False)
+    assert sgbv["id"] not in last, "a survivor's referral (no hold) is not on the topic at all"
     # The asylum claim's outcome is not public; its hold was released by the final outcome.
     assert (last[asylum["id"]]["status"], last[asylum["id"]]["outcome_code"], last[asylum["id"]]["hold_active"]) == (
         "completed", None, False)
     assert last[asylum["id"]]["cause_type"] == "protection_hold.released.v1"
-    # The rejected trafficking referral's hold stays with its onward referral.
+    # The rejected trafficking referral's hold stays with its onward referral: the topic told of its placing,
+    # never of the rejection nor of the onward referral.
     onward = [r for r in full.values() if r["previous_referral_id"] == trafficking["id"]]
-    assert [last[r["id"]]["hold_active"] for r in onward] == [True]
-    assert last[trafficking["id"]]["status"] == "rejected" and last[trafficking["id"]]["hold_active"]
+    assert len(onward) == 1 and onward[0]["id"] not in last
+    assert (last[trafficking["id"]]["cause_type"], last[trafficking["id"]]["hold_active"]) == (
+        "protection_hold.placed.v1", True)
 
 
 async def test_a_referral_a_protection_agency_sent_is_mirrored_only_for_its_hold(tmp_path, dev_issuer_dir):

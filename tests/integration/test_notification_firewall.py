@@ -1,7 +1,7 @@
 """The information barrier in notification, on the real broker: an agency the directory marks as enforcement
-hears, by webhook and e-mail, only of firewall.ENFORCEMENT_EVENT_TYPES, and its payloads carry no need code and
-no receiving agency; the directory's mark decides, and a change of it (agency.changed.v1) applies without a
-restart. Whatever a token claims plays no part."""
+hears, by webhook and e-mail, only of firewall.ENFORCEMENT_EVENT_TYPES, of a referral of a sensitive need only
+its holds, and its payloads carry no need code and no receiving agency; the directory's mark decides, and a
+change of it (agency.changed.v1) applies without a restart. Whatever a token claims plays no part."""
 
 import json
 
@@ -20,13 +20,13 @@ from tests.support.notification_support import (
 
 pytestmark = pytest.mark.kafka
 
-# What the referral service publishes about one trafficking referral that MX-INM sent to the anti-trafficking unit.
+# What the referral service publishes about one referral that MX-INM sent (and a hold-bearing need's holds).
 LIFE = ["referral.requested.v1", "protection_hold.placed.v1", "referral.received.v1", "referral.accepted.v1",
         "referral.note_added.v1", "referral.reassigned.v1", "referral.overdue.v1", "referral.escalated.v1",
         "referral.completed.v1", "protection_hold.released.v1"]
 WITHHELD = {"referral.note_added.v1", "referral.reassigned.v1", "referral.overdue.v1", "referral.escalated.v1"}
 EMAIL = {"MX-INM": "guardia@inm.example", "MX-FEVIMTRA": "turno@fevimtra.example", "MX-SSA": "turno@ssa.example",
-         "MX-COORD": "mesa@coord.example"}
+         "MX-COORD": "mesa@coord.example", "MX-PFPNNA": "guardia@pfpnna.example"}
 
 
 @pytest.fixture
@@ -79,20 +79,48 @@ def _types(receiver: SigningReceiver) -> list[str]:
 
 
 async def test_the_migration_authority_hears_only_status_and_holds_of_a_referral_it_sent(system):
-    """The coordinator hears of the referral's events (a hold names no coordinator); the receiver of all."""
+    """A need not sensitive (a child's): the coordinator hears of the referral's events (a hold names no
+    coordinator); the receiver of all; MX-INM of its status changes and holds."""
     client, receivers, smtp, send, _, _ = system
-    referral = referral_data(need_code="TRAFFICKING_PRESUMED", to_agency_id="MX-FEVIMTRA",
-                             to_agency_type="anti_trafficking")
+    referral = referral_data(need_code="UNACCOMPANIED_CHILD", to_agency_id="MX-PFPNNA",
+                             to_agency_type="child_protection")
     await send(*(sample_event(t, referral) for t in LIFE))
 
     async def everyone_heard():
-        return len(receivers["MX-FEVIMTRA"].received) == len(LIFE) \
+        return len(receivers["MX-PFPNNA"].received) == len(LIFE) \
             and len(receivers["MX-COORD"].received) == len(LIFE) - 2 \
             and len(receivers["MX-INM"].received) == len(LIFE) - len(WITHHELD)
 
     await eventually(everyone_heard, what="the webhooks")
     assert _types(receivers["MX-INM"]) == sorted(t for t in LIFE if t not in WITHHELD)
     assert set(_types(receivers["MX-INM"])) <= ENFORCEMENT_EVENT_TYPES
+    assert _types(receivers["MX-PFPNNA"]) == sorted(LIFE)  # a protection agency hears everything
+    for got in receivers["MX-INM"].received:
+        assert "MX-PFPNNA" not in got.body.decode() and referral["person_id"] not in got.body.decode()
+
+    async def emails():
+        return len(smtp.messages) >= 6  # requested and reassigned to the receiver; overdue and escalated to both
+    await eventually(emails, what="the e-mails")
+    assert sorted(rcpt for rcpts, _ in smtp.messages for rcpt in rcpts) == sorted(
+        [EMAIL["MX-PFPNNA"]] * 4 + [EMAIL["MX-COORD"]] * 2)
+
+
+async def test_the_migration_authority_hears_only_the_holds_of_a_sensitive_referral_it_sent(system):
+    """A trafficking referral MX-INM sent is not shown to it at all: of its events it hears only the holds,
+    whose payloads name neither the need nor the receiver."""
+    client, receivers, smtp, send, _, _ = system
+    referral = referral_data(need_code="TRAFFICKING_PRESUMED", to_agency_id="MX-FEVIMTRA",
+                             to_agency_type="anti_trafficking")
+    await send(*(sample_event(t, referral) for t in LIFE))
+    holds = sorted(t for t in LIFE if t.startswith("protection_hold."))
+
+    async def everyone_heard():
+        return len(receivers["MX-FEVIMTRA"].received) == len(LIFE) \
+            and len(receivers["MX-COORD"].received) == len(LIFE) - 2 \
+            and len(receivers["MX-INM"].received) == len(holds)
+
+    await eventually(everyone_heard, what="the webhooks")
+    assert _types(receivers["MX-INM"]) == holds, "no referral.* event of a sensitive need"
     assert _types(receivers["MX-FEVIMTRA"]) == sorted(LIFE)  # a protection agency hears everything
     for got in receivers["MX-INM"].received:
         body = got.body.decode()
@@ -108,10 +136,10 @@ async def test_the_migration_authority_hears_only_status_and_holds_of_a_referral
         [EMAIL["MX-FEVIMTRA"]] * 4 + [EMAIL["MX-COORD"]] * 2)
 
 
-async def test_an_enforcement_receiver_gets_a_bare_e_mail(system):
-    """The directory may send a referral to an agency it marks as enforcement (here the coordinator's queue is
-    MX-INM's for the test): the e-mail then names the referral and the link, nothing of its urgency,
-    deadline or routing."""
+async def test_an_enforcement_marked_receiver_hears_all_its_part_needs(system):
+    """The directory may mark the agency that receives a referral (here the coordinator, whose queue it is) as
+    enforcement: as in the API (firewall.viewer_in), the receiver and the coordinator do the protection work,
+    so they hear every event with the full e-mail, a sensitive need's included."""
     client, receivers, smtp, send, directory_says, runtime = system
     await directory_says("MX-COORD", "coordinator", enforcement=True)
 
@@ -122,18 +150,16 @@ async def test_an_enforcement_receiver_gets_a_bare_e_mail(system):
     referral = referral_data(need_code="TRAFFICKING_PRESUMED", to_agency_id=None, urgency="immediate")
     await send(sample_event("referral.requested.v1", referral), sample_event("referral.escalated.v1", referral))
 
-    async def coordinator_mail():
-        return [m for rcpts, m in smtp.messages if EMAIL["MX-COORD"] in rcpts]
-    [mail] = await eventually(coordinator_mail, what="the coordinator's e-mail")
-    content = mail.get_content()
-    assert referral["referral_id"] in content
-    assert "urgency" not in mail["Subject"].lower() and "Urgency" not in content and "Deadline" not in content
-    assert "queue" not in content and "TRAFFICKING" not in content
+    async def coordinator_mails():
+        mails = [m for rcpts, m in smtp.messages if EMAIL["MX-COORD"] in rcpts]
+        return len(mails) == 2 and mails
+    mails = await eventually(coordinator_mails, what="the coordinator's two e-mails")
+    assert all("urgency: immediate" in m["Subject"] for m in mails)
 
     async def coordinator_webhooks():
-        return receivers["MX-COORD"].received
-    await eventually(coordinator_webhooks, what="the coordinator's webhook")
-    assert _types(receivers["MX-COORD"]) == ["referral.requested.v1"], "no escalation for an enforcement agency"
+        return len(receivers["MX-COORD"].received) == 2
+    await eventually(coordinator_webhooks, what="the coordinator's webhooks")
+    assert sorted(_types(receivers["MX-COORD"])) == ["referral.escalated.v1", "referral.requested.v1"]
 
 
 async def test_the_directory_mark_applies_without_a_restart(system):

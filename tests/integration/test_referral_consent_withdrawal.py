@@ -46,11 +46,14 @@ async def test_withdrawal_cancels_what_depended_on_it_and_nothing_else(ref, auth
         last = (await ref.client.get(f"/referrals/{after[need]['id']}/history", headers=coord)).json()[-1]
         assert (last["action"], last["actor_agency_id"], last["reason_code"]) == ("cancel", None, "CONSENT_WITHDRAWN")
     assert after["MEDICAL_URGENT"]["allowed_actions"] == []
-    # The sender learns which referrals ended, never why, nor which of them was the asylum one.
+    # The sender learns which referrals ended, never why; the sensitive ones (asylum, trafficking) it is not
+    # shown at all, not even that they exist, but by their holds.
     seen_by_inm = await ref.referrals(inm, case_id=case_id)
     assert sorted((r["need_code"] or "", r["status"], r["reason_code"]) for r in seen_by_inm) == [
-        ("", "cancelled", None), ("", "requested", None), ("MEDICAL_URGENT", "cancelled", None),
-        ("STRANDED_ASSISTED_RETURN", "cancelled", None), ("UNACCOMPANIED_CHILD", "requested", None)]
+        ("MEDICAL_URGENT", "cancelled", None), ("STRANDED_ASSISTED_RETURN", "cancelled", None),
+        ("UNACCOMPANIED_CHILD", "requested", None)]
+    for need in ("INTERNATIONAL_PROTECTION", "TRAFFICKING_PRESUMED"):
+        assert (await ref.client.get(f"/referrals/{after[need]['id']}/history", headers=inm)).status_code == 404
     for seen in seen_by_inm:
         if seen["status"] == "cancelled":
             last = (await ref.client.get(f"/referrals/{seen['id']}/history", headers=inm)).json()[-1]

@@ -102,7 +102,8 @@ async def test_a_caseworker_of_the_coordinator_agency_sees_the_queue_but_cannot_
 
 
 async def test_reads_and_writes_are_audited_with_the_referral_purpose(ref, auth):
-    await ref.deliver(screened("UNACCOMPANIED_CHILD", "INTERNATIONAL_PROTECTION", age_band="12-17"))
+    # Needs not sensitive: MX-INM is not shown a referral of a sensitive need at all (firewall.referral_shown).
+    await ref.deliver(screened("UNACCOMPANIED_CHILD", "MEDICAL_URGENT", age_band="12-17"))
     inm = auth("MX-INM")
     ids = {r["id"] for r in await ref.referrals(inm)}
     assert len(ids) == 2

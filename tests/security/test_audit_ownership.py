@@ -140,7 +140,8 @@ async def test_the_addressee_sees_the_senders_reads_and_the_enforcement_sender_s
     by_comar, by_inm = subject("comar-ref"), subject("inm-ref")
     path = f"/referrals/{ids['referral']}"
     assert (await referral.get(path, headers=world.tokens.of("comar", subject=by_comar))).status_code == 200
-    assert (await referral.get(f"{path}/history", headers=world.tokens.of("inm", subject=by_inm))).status_code == 200
+    # MX-INM sent the asylum referral but is not shown it (a sensitive need): its read is a 404, still audited.
+    assert (await referral.get(f"{path}/history", headers=world.tokens.of("inm", subject=by_inm))).status_code == 404
     holds = await referral.get("/holds", headers=world.tokens.of("comar", subject=by_comar),
                                params={"case_id": ids["case"]})
     assert holds.status_code == 200 and ids["hold"] in holds.text
@@ -148,13 +149,13 @@ async def test_the_addressee_sees_the_senders_reads_and_the_enforcement_sender_s
     comar_rows = {("MX-COMAR", "referral", ids["referral"], 200), ("MX-COMAR", "hold", ids["hold"], 200)}
     assert actor_object_status(await seen_by(world, "referral", "coord", user_id=by_comar)) == comar_rows
     assert actor_object_status(await seen_by(world, "referral", "comar", user_id=by_inm)) == \
-        {("MX-INM", "referral", ids["referral"], 200)}
+        {("MX-INM", "referral", ids["referral"], 404)}
     # The referral service is the protection side: MX-INM, an enforcement agency, sees its own staff's rows only.
     assert await seen_by(world, "referral", "inm", user_id=by_comar) == []
     for object_id in (ids["referral"], ids["hold"]):
         assert {e["agency_id"] for e in await seen_by(world, "referral", "inm", object_id=object_id)} == {"MX-INM"}
     assert actor_object_status(await seen_by(world, "referral", "inm", user_id=by_inm)) == \
-        {("MX-INM", "referral", ids["referral"], 200)}, "its own staff's rows stay"
+        {("MX-INM", "referral", ids["referral"], 404)}, "its own staff's rows stay"
     for unrelated in ("inm2", "comar2", "gt", "gtcoord"):
         for user in (by_comar, by_inm):
             assert await seen_by(world, "referral", unrelated, user_id=user) == [], unrelated

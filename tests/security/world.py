@@ -326,7 +326,8 @@ async def seed(world: World) -> None:
         return (await intake.get(mother, headers=t.of("comar"))).status_code == 200
     await eventually(comar_may_read_the_mother, timeout=120, what="the addressee's access to the mother")
 
-    r = await referral.post(f"/referrals/{ids['referral']}/notes", headers=inm, json={"text": NOTE_TEXT})
+    # The addressee's note: MX-INM, the sender, is not shown an asylum referral at all (firewall.referral_shown).
+    r = await referral.post(f"/referrals/{ids['referral']}/notes", headers=t.of("comar"), json={"text": NOTE_TEXT})
     assert r.status_code == 201, r.text
 
     comar_reader = t.of("comar", Role.CASEWORKER)

@@ -627,14 +627,16 @@ def _without_ids(response, *ids: str) -> tuple:
 
 
 def test_an_enforcement_agency_is_shown_only_referrals_it_is_known_to_have_sent():
-    def row(sender):
-        return ReferralViewRow(referral_id=str(uuid.uuid4()), case_id="c", person_id="p", need_code="SGBV_SURVIVOR",
+    def row(sender, need_code="SGBV_SURVIVOR"):
+        return ReferralViewRow(referral_id=str(uuid.uuid4()), case_id="c", person_id="p", need_code=need_code,
                                status="accepted", last_event_type="referral.accepted.v1",
                                occurred_at=datetime.now(UTC), from_agency_id=sender)
-    own, comar, legacy = row("MX-INM"), row("MX-COMAR"), row(None)  # legacy: before intake kept the sender
+    own, comar, legacy = row("MX-INM", "MEDICAL_URGENT"), row("MX-COMAR"), row(None)  # legacy: before senders
+    own_sensitive = row("MX-INM")  # its own, but of a sensitive need: not shown either (firewall.referral_shown)
     authority = services.Principal(subject="s", agency_id="MX-INM", agency_type="migration_authority",
                                    jurisdiction="MX", roles=("caseworker",))
     asylum_office = services.Principal(subject="s", agency_id="MX-COMAR", agency_type="asylum_office",
                                        jurisdiction="MX", roles=("caseworker",))
-    assert services.referrals_shown_to(authority, [own, comar, legacy]) == [own]
-    assert services.referrals_shown_to(asylum_office, [own, comar, legacy]) == [own, comar, legacy]
+    assert services.referrals_shown_to(authority, [own, own_sensitive, comar, legacy]) == [own]
+    assert services.referrals_shown_to(asylum_office, [own, own_sensitive, comar, legacy]) == [
+        own, own_sensitive, comar, legacy]

@@ -82,3 +82,11 @@ def test_history_rows_left_out_except_status_changes_and_its_own_words():
     assert not firewall.is_own_record("note", "MX-COMAR", "MX-INM")
     assert not firewall.is_own_record("route", "MX-INM", "MX-INM"), "routing chose the receiver, not the sender"
     assert firewall.history_row_visible("note", Viewer.PROTECTION)
+
+
+def test_a_referral_of_a_sensitive_need_is_not_shown_to_an_enforcement_viewer_at_all():
+    for need in firewall.SENSITIVE_NEEDS:
+        assert not firewall.referral_shown(Viewer.ENFORCEMENT, need)
+        assert firewall.referral_shown(Viewer.PROTECTION, need)
+    assert firewall.referral_shown(Viewer.ENFORCEMENT, "MEDICAL_URGENT")
+    assert not firewall.referral_shown(Viewer.ENFORCEMENT, None), "an unknown need fails closed"

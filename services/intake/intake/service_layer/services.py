@@ -217,11 +217,14 @@ async def referrals_of(session: AsyncSession, case_id: str, principal: Principal
 
 def referrals_shown_to(principal: Principal, referrals: Iterable[ReferralViewRow]) -> list[ReferralViewRow]:
     """The information barrier: an enforcement agency is told only of the referrals it sent itself, never that
-    a protection agency refers the person (a referral recorded before intake kept its sender is withheld too).
-    Holds are not filtered: a hold is what stops a removal."""
-    if firewall.viewer_for(principal) is firewall.Viewer.PROTECTION:
+    a protection agency refers the person (a referral recorded before intake kept its sender is withheld too),
+    and of no referral of a sensitive need, its own included (firewall.referral_shown). Holds are not filtered:
+    a hold is what stops a removal."""
+    viewer = firewall.viewer_for(principal)
+    if viewer is firewall.Viewer.PROTECTION:
         return list(referrals)
-    return [r for r in referrals if r.from_agency_id is not None and r.from_agency_id == principal.agency_id]
+    return [r for r in referrals if r.from_agency_id is not None and r.from_agency_id == principal.agency_id
+            and firewall.referral_shown(viewer, r.need_code)]
 
 
 async def search_cases(session: AsyncSession, vault: Vault, principal: Principal, *, name: str | None,

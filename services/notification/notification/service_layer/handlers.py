@@ -1,7 +1,8 @@
 """Notification handlers: turn referral and hold events into durable delivery records, one transaction each.
 
 The information barrier (enlace_platform.firewall): an agency the directory marks as enforcement hears only of
-firewall.ENFORCEMENT_EVENT_TYPES, by webhook and e-mail alike, whatever its subscription asks for; an agency the
+firewall.ENFORCEMENT_EVENT_TYPES, by webhook and e-mail alike, whatever its subscription asks for, and of no
+referral.* event of a sensitive need (firewall.referral_shown; hold events it still hears); an agency the
 directory does not know (any more) hears nothing. The directory decides, never a token."""
 
 import json
@@ -18,7 +19,7 @@ from enlace_platform.agencies import AgencyRegistry
 from enlace_platform.consumer import PoisonMessage
 from enlace_platform.db import CommitWaker
 from enlace_platform.envelope import Envelope
-from enlace_platform.firewall import ENFORCEMENT_EVENT_TYPES
+from enlace_platform.firewall import ENFORCEMENT_EVENT_TYPES, Viewer, referral_shown
 from notification.adapters.orm import DeliveryRow, SubscriptionRow
 from notification.config import NotificationSettings
 from notification.domain.delivery import PENDING
@@ -57,13 +58,21 @@ def _check_contract(envelope: Envelope) -> None:
 def make_referral_event_handler(settings: NotificationSettings, agencies: AgencyRegistry):
     email_on = bool(settings.smtp_host)
 
-    def may_hear(agency_id: str, event_type: str) -> bool | None:
-        """Whether the agency may hear of this event; None: it may, as an enforcement agency."""
+    def may_hear(agency_id: str, event_type: str, data: dict) -> bool | None:
+        """Whether the agency may hear of this event; None: it may, as an enforcement agency. Its receiver and
+        its coordinator do the protection work and hear all of it, whatever their mark (firewall.viewer_in)."""
         agency = agencies.get(agency_id)
         if agency is None:
             return False
+        if agency_id in (data.get("to_agency_id"), data.get("coordinator_agency_id")):
+            return True
         if agency.enforcement:
-            return None if event_type in ENFORCEMENT_EVENT_TYPES else False
+            need_code = data.get("need_code")
+            if event_type not in ENFORCEMENT_EVENT_TYPES:
+                return False
+            if event_type.startswith("referral.") and not referral_shown(Viewer.ENFORCEMENT, need_code):
+                return False  # a referral of a sensitive need is not shown to it at all; its hold events are
+            return None
         return True
 
     async def on_referral_event(session: AsyncSession, envelope: Envelope) -> None:
@@ -84,7 +93,7 @@ def make_referral_event_handler(settings: NotificationSettings, agencies: Agency
         now = datetime.now(UTC)
         rows = []
         for sub in subscriptions:
-            hears = may_hear(sub.agency_id, envelope.type)
+            hears = may_hear(sub.agency_id, envelope.type, data)
             if hears is False or not matches(sub.event_types, envelope.type):
                 continue
             rows.append(_delivery(sub, envelope, WEBHOOK, body, carrier, now))

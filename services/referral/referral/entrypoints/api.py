@@ -246,6 +246,10 @@ def _visible(principal: Principal, direction: str | None):
         raise Problem(422, detail=f"direction {direction!r} is not available to your agency; use one of "
                                   f"{sorted(k for k in options if k)}",
                       errors=[{"path": "query/direction", "message": "not available"}])
+    if firewall.viewer_for(principal) is firewall.Viewer.ENFORCEMENT:
+        # A referral of a sensitive need is not shown at all unless the caller does its protection work.
+        shown = or_(col(ReferralRow.need_code).not_in(firewall.SENSITIVE_NEEDS), _protection_part(principal))
+        return and_(options[direction], shown)
     return options[direction]
 
 
@@ -499,7 +503,8 @@ async def kpis(principal: KpiReader, session: DbSession) -> Kpis:
         scope = f"agency:{principal.agency_id}"
         condition = or_(ReferralRow.to_agency_id == principal.agency_id,
                         ReferralRow.from_agency_id == principal.agency_id)
-    rows = (await session.exec(select(ReferralRow).where(condition))).all()
+    rows = [r for r in (await session.exec(select(ReferralRow).where(condition))).all()
+            if firewall.referral_shown(_viewer(principal, r), r.need_code)]  # counts only what it is shown
     succeeded = {r.previous_referral_id for r in rows if r.previous_referral_id}
     now = now_utc()
     by_status = {s.value: 0 for s in Status}

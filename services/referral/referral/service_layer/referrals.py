@@ -115,12 +115,15 @@ def referral_payload(ref: ReferralRow, event_type: str, actor: Actor, at: dateti
 async def publish(session: AsyncSession, ref: ReferralRow, event_type: str, actor: Actor, at: datetime,
                   *, reason_code: str | None = None, previous_to_agency_id: str | None = None) -> None:
     """The event on referral.referral and, for a status change of a referral an enforcement agency sent, its
-    mirror on referral.status, in the caller's transaction. Hold changes are mirrored whoever sent the referral
-    (place_hold, release_hold): a hold is what stops a removal."""
+    mirror on referral.status, in the caller's transaction; never for a sensitive need, which the barrier does
+    not show an enforcement agency at all (firewall.referral_shown). Hold changes are mirrored whoever sent the
+    referral, whatever its need (place_hold, release_hold): a hold is what stops a removal."""
     add_event(session, topic=events.TOPIC, case_id=ref.case_id, event_type=event_type, source=events.SOURCE,
               subject=ref.id, data=referral_payload(ref, event_type, actor, at, reason_code=reason_code,
                                                     previous_to_agency_id=previous_to_agency_id))
-    if event_type in firewall.ENFORCEMENT_EVENT_TYPES and await _sent_by_enforcement(session, ref):
+    if event_type in firewall.ENFORCEMENT_EVENT_TYPES \
+            and firewall.referral_shown(firewall.Viewer.ENFORCEMENT, ref.need_code) \
+            and await _sent_by_enforcement(session, ref):
         publish_status(session, ref, event_type, at, hold_active=await _hold_active(session, ref),
                        sent_by_enforcement=True)
 
@@ -401,8 +404,12 @@ def roles_of(principal: Principal, ref: ReferralRow) -> frozenset[Role]:
 
 
 async def visible_referral(session: AsyncSession, referral_id: str, principal: Principal) -> ReferralRow:
+    """The referral if the caller's agency has a part in it; otherwise 404, as for an unknown id. An enforcement
+    agency that did not receive a referral of a sensitive need gets the same 404, its own referral included: the
+    barrier shows it no such referral at all (firewall.referral_shown)."""
     ref = await session.get(ReferralRow, referral_id)
-    if ref is None or not agency_roles(principal, ref):
+    roles = agency_roles(principal, ref) if ref is not None else frozenset()
+    if not roles or not firewall.referral_shown(firewall.viewer_in(principal, roles), ref.need_code):
         raise Problem(404, detail=f"No referral {referral_id} visible to your agency.")
     return ref
 
