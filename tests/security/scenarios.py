@@ -41,7 +41,10 @@ AGENCY = {"agency_id": "directory:agency"}
 SERVICE = {"service_id": "directory:service"}
 OF_THE_CASE = lambda w: {"case_id": w.ids["case"]}  # noqa: E731
 # Needs with no protection hold, none of them the mother's screening's (INTERNATIONAL_PROTECTION).
-MANUAL_NEEDS = itertools.cycle(["MEDICAL_URGENT", "DISABILITY", "CRIME_VICTIM", "STATELESSNESS_RISK"])
+# Not sensitive: an enforcement caller is refused a sensitive need by hand whatever the case (403, from the
+# request alone), which would hide the 404 or 201 the matrix probes; tests/security/test_firewall_referral.py
+# covers that refusal.
+MANUAL_NEEDS = itertools.cycle(["MEDICAL_URGENT", "DISABILITY", "STRANDED_ASSISTED_RETURN", "STATELESSNESS_RISK"])
 
 SCENARIOS: dict[tuple[str, str, str], Scenario] = {
     # --- intake: a case belongs to MX-INM; MX-COMAR may read the mother while its referral is open, and ---
