@@ -1,7 +1,6 @@
 """The three services served over real HTTP on loopback (uvicorn), on the real broker, each with its own SQLite
 database: what the fuzz pass sends its requests to."""
 
-import asyncio
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ from notification.entrypoints.app import create_app as notification_app
 from referral.config import ReferralSettings
 from referral.entrypoints.app import create_app as referral_app
 from tests.security.world import DIRECTORY_SEED
-from tests.support.harness import fast_settings, free_port, provision_topics, unique_prefix
+from tests.support.harness import fast_settings, free_port, provision_topics, unique_prefix, uvicorn_serving
 from tests.support.notification_support import notification_settings
 
 
@@ -28,18 +27,9 @@ class Served:
 async def serving(app):
     """The app on a free loopback port, lifespan included; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                                           access_log=False))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()  # raises what stopped it
-        await asyncio.sleep(0.05)
-    try:
+    async with uvicorn_serving(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                              access_log=False)):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture(scope="module")

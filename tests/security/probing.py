@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.security.scenarios import SCENARIOS, Scenario
+from tests.security.scenarios import BLIND, SCENARIOS, SEES, Scenario
 from tests.security.world import RouteInfo, World
 
 PROBLEM_JSON = "application/problem+json"
@@ -84,6 +84,18 @@ def leaks(world: World, response: httpx.Response, allowed_ids: set[str]) -> list
     text = response.text
     found = [f"secret {s!r}" for s in world.secrets + world.fields if s in text]
     return found + [f"{name} id" for name, value in world.ids.items() if value in text and value not in allowed_ids]
+
+
+def opened_problems(world: World, response: httpx.Response, expected: str, where: str) -> list[str]:
+    """What is wrong with the answer to a call expected to open (SEES or BLIND): not a 200, or a 200 that shows
+    none of the seeded objects (SEES) or another agency's data (BLIND)."""
+    if response.status_code != 200:
+        return [f"{where}: {response.status_code}, expected 200: {response.text[:300]}"]
+    if expected == SEES and not any(v in response.text for v in world.ids.values()):
+        return [f"{where}: 200 but shows none of the seeded objects"]
+    if expected == BLIND and (shown := leaks(world, response, set())):
+        return [f"{where}: 200 but shows another agency's data: {shown}"]
+    return []
 
 
 def refusal_problems(world: World, response: httpx.Response, asked: set[str]) -> list[str]:

@@ -28,7 +28,7 @@ from referral.entrypoints.app import create_app as referral_app
 from tests.security.probing import PROBLEM_JSON, scenario_of
 from tests.security.scenarios import owner_of
 from tests.security.world import DIRECTORY_SEED, SERVICES, RouteInfo, Tokens, World, all_routes
-from tests.support.harness import eventually, fast_settings, free_port, provision_topics, unique_prefix
+from tests.support.harness import fast_settings, free_port, provision_topics, unique_prefix, uvicorn_serving
 
 pytestmark = pytest.mark.kafka
 
@@ -241,19 +241,8 @@ class Served:
 @asynccontextmanager
 async def _uvicorn(factory, port: int):
     # As deploy/services.sh starts a service, but with uvicorn's access log on: it must stay quiet all the same.
-    server = uvicorn.Server(uvicorn.Config(factory, factory=True, host="127.0.0.1", port=port, access_log=True))
-    task = asyncio.create_task(server.serve())
-
-    async def started():
-        if task.done():
-            task.result()  # raises what stopped it
-        return server.started
-    try:
-        await eventually(started, timeout=60, what="uvicorn serving the app")
+    async with uvicorn_serving(uvicorn.Config(factory, factory=True, host="127.0.0.1", port=port, access_log=True)):
         yield
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture(scope="module")

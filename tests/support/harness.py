@@ -170,13 +170,25 @@ class WebhookReceiver:
     @asynccontextmanager
     async def running(self):
         app = Starlette(routes=[Route("/hooks", self._hook, methods=["POST"])])
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                               lifespan="off"))
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.02)
-        try:
+        async with uvicorn_serving(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                  lifespan="off")):
             yield self
-        finally:
-            server.should_exit = True
-            await task
+
+
+@asynccontextmanager
+async def uvicorn_serving(config: uvicorn.Config):
+    """A uvicorn server for the block: serving once it yields (a server that fails to start raises what stopped
+    it), stopped gracefully after."""
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+
+    async def started():
+        if task.done():
+            task.result()  # raises what stopped it
+        return server.started
+    try:
+        await eventually(started, timeout=60, what="uvicorn serving the app")
+        yield server
+    finally:
+        server.should_exit = True
+        await task
