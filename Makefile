@@ -38,7 +38,7 @@ zipkin-down:
 	@deploy/zipkin/zipkin.sh stop
 
 topics: venv
-	@$(PY) -m enlace_platform.topics 1>&2
+	@ENLACE_KAFKA_REPLICATION_FACTOR=$${ENLACE_KAFKA_REPLICATION_FACTOR:-1} $(PY) -m enlace_platform.topics 1>&2
 
 services-up: venv
 	@$(PY) -m enlace_platform.dev_issuer --agency MX-INM >/dev/null  # creates the dev issuer key first

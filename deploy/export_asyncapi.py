@@ -21,8 +21,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "libs"))
+from enlace_platform.bus import declared  # noqa: E402
 from enlace_platform.topics import (  # noqa: E402
-    CATALOG, REFERRAL_AGENCY, TOPIC_CONFIGS, TOPIC_OWNERS, UNCONSUMED, dlq, topic_of,
+    CATALOG, REFERRAL_AGENCY, TOPIC_OWNERS, UNCONSUMED, dlq, topic_of,
 )
 
 BASE = REPO / "deploy" / "asyncapi" / "base.yaml"
@@ -89,7 +90,17 @@ def build() -> dict[str, Any]:
     consumers = _consumers()
     doc["components"]["messages"] = {**{_camel(t): _message(t, s) for t, s in schemas.items()},
                                      **doc["components"]["messages"]}
-    binding = {"kafka": {"partitions": 3, "replicas": 1, "bindingVersion": "0.5.0"}}
+    bus = declared()
+
+    def binding(name: str) -> dict:
+        """The Kafka binding of a topic or dead-letter topic: its bus.yaml settings."""
+        spec = bus.spec_of(name)
+        configs = {"cleanup.policy": spec.configs["cleanup.policy"].split(",")} if "cleanup.policy" in spec.configs \
+            else {}
+        if "retention.ms" in spec.configs:
+            configs["retention.ms"] = int(spec.configs["retention.ms"])
+        return {"topic": name, "partitions": spec.partitions, "replicas": spec.replication_factor,
+                "topicConfiguration": configs, "bindingVersion": "0.5.0"}
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     for topic in CATALOG:
@@ -102,9 +113,7 @@ def build() -> dict[str, Any]:
                            + ("Keyed by agency id; compacted." if topic == REFERRAL_AGENCY else "Keyed by case id."),
             "servers": [{"$ref": "#/servers/local"}],
             "messages": {_camel(t): {"$ref": f"#/components/messages/{_camel(t)}"} for t in types},
-            "bindings": {"kafka": {"topic": topic, **binding["kafka"], **(
-                {"topicConfiguration": {k: [v] for k, v in TOPIC_CONFIGS[topic].items()}}
-                if topic in TOPIC_CONFIGS else {})}},
+            "bindings": {"kafka": binding(topic)},
         }
         if topic not in UNCONSUMED:
             channels[dead] = {
@@ -112,7 +121,7 @@ def build() -> dict[str, Any]:
                 "description": f"Dead letters of {topic} consumers ({', '.join(readers) or 'none yet'}).",
                 "servers": [{"$ref": "#/servers/local"}],
                 "messages": {"deadLetter": {"$ref": "#/components/messages/deadLetter"}},
-                "bindings": {"kafka": {"topic": dlq(topic), **binding["kafka"]}},
+                "bindings": {"kafka": binding(dlq(topic))},
             }
         owner = TOPIC_OWNERS[topic]
         operations[_camel(f"{owner}-publishes-{topic}")] = {

@@ -20,6 +20,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from enlace_platform.dev_issuer import ensure_keypair
 
 REPO = Path(__file__).resolve().parents[1]
+# The session's broker is a single node: topics get one replica (bus.yaml declares three, for clusters).
+# The cluster tests (tests/cluster) give their own replication factor explicitly.
+os.environ.setdefault("ENLACE_KAFKA_REPLICATION_FACTOR", "1")
 
 # Installed before any service app exists, so every span of the session lands here.
 SPANS = InMemorySpanExporter()

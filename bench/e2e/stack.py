@@ -109,7 +109,8 @@ class Stack:
             "KAFKA_STATE_DIR": str(self.base / "kafka"), "KAFKA_PORT": str(self.kafka_port),
             "KAFKA_CONTROLLER_PORT": str(self.kafka_controller_port)})
         self._script("topics", [sys.executable, "-m", "enlace_platform.topics"],
-                     {"ENLACE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.kafka_port}"})
+                     {"ENLACE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.kafka_port}",
+                      "ENLACE_KAFKA_REPLICATION_FACTOR": "1"})  # one local broker
         if self.options.tracing:
             zipkin_env = {"ZIPKIN_STATE_DIR": str(self.base / "zipkin"), "ZIPKIN_PORT": str(self.zipkin_port)}
             if self.options.zipkin_heap:

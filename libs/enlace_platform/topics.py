@@ -5,14 +5,16 @@ Run ``python -m enlace_platform.topics [--prefix P]`` to create them.
 
 import asyncio
 import logging
+import os
 
 import typer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-log = logging.getLogger(__name__)
+from enlace_platform.bus import declared
 
-CASE_PARTITIONS = 3
+log = logging.getLogger(__name__)
 
 INTAKE_CASE = "intake.case"
 REFERRAL_REFERRAL = "referral.referral"
@@ -25,9 +27,10 @@ REFERRAL_STATUS = "referral.status"
 REFERRAL_AGENCY = "referral.agency"
 
 # Every topic is keyed by case id; each topic an Enlace service consumes has a dead-letter topic beside it.
-CATALOG: list[str] = [INTAKE_CASE, REFERRAL_REFERRAL, REFERRAL_PROTECTION_HOLD, REFERRAL_STATUS, REFERRAL_AGENCY]
+# The settings, owners and readers of every topic are declared in bus.yaml (enlace_platform.bus).
+CATALOG: list[str] = declared().catalog
 # Read only by systems outside Enlace, which dead-letter into their own topics: no .dlq here.
-UNCONSUMED: frozenset[str] = frozenset({REFERRAL_STATUS})
+UNCONSUMED: frozenset[str] = frozenset(t.name for t in declared().topics.values() if not t.consumed)
 
 
 # Which topic carries an event type (by the aggregate that starts its name), and who publishes there.
@@ -37,11 +40,9 @@ EVENT_TOPICS: dict[str, str] = {
 }
 # Event types whose topic is not their aggregate's.
 TYPE_TOPICS: dict[str, str] = {"referral.status_changed.v1": REFERRAL_STATUS}
-TOPIC_OWNERS: dict[str, str] = {INTAKE_CASE: "intake", REFERRAL_REFERRAL: "referral",
-                                REFERRAL_PROTECTION_HOLD: "referral", REFERRAL_STATUS: "referral",
-                                REFERRAL_AGENCY: "referral"}
+TOPIC_OWNERS: dict[str, str] = {t.name: t.owner for t in declared().topics.values()}
 # Topic settings beyond the broker's defaults.
-TOPIC_CONFIGS: dict[str, dict[str, str]] = {REFERRAL_AGENCY: {"cleanup.policy": "compact"}}
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {t.name: dict(t.configs) for t in declared().topics.values()}
 
 
 def topic_of(event_type: str) -> str:
@@ -53,33 +54,55 @@ def dlq(topic: str) -> str:
 
 
 def all_topics(prefix: str = "") -> list[str]:
-    names = [t for base in CATALOG for t in (base, *(() if base in UNCONSUMED else (dlq(base),)))]
-    return [f"{prefix}{n}" for n in names]
+    return declared().all_topics(prefix)
 
 
-async def provision(bootstrap: str, names: list[str], partitions: int = CASE_PARTITIONS) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+REPLICATION_ENV = "ENLACE_KAFKA_REPLICATION_FACTOR"
+
+
+def _replication(spec_rf: int, override: int | None) -> tuple[int, dict[str, str]]:
+    """The replication factor to create with, and the min.insync.replicas that goes with it: a single local
+    broker (override 1) cannot hold 2 in-sync replicas."""
+    rf = override or spec_rf
+    return rf, {"min.insync.replicas": str(min(2, rf))} if override else {}
+
+
+async def provision(bootstrap: str, names: list[str], partitions: int | None = None, *,
+                    replication_factor: int | None = None, prefix: str = "",
+                    client_options: dict | None = None) -> list[str]:
+    """Create the topics that do not exist yet, with their bus.yaml settings, and set those settings again on
+    the ones that do (idempotent: a second run changes nothing). Returns the ones created.
+    ``replication_factor`` overrides bus.yaml's (one local broker: 1)."""
+    bus = declared()
+    override = replication_factor or (int(os.environ[REPLICATION_ENV]) if os.environ.get(REPLICATION_ENV) else None)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client_options or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
+        brokers = len((await admin.describe_cluster())["brokers"])
+        wanted = {}
+        for name in names:
+            spec = bus.spec_of(name, prefix)
+            rf, isr = _replication(spec.replication_factor, override)
+            if name in missing and rf > brokers:
+                raise RuntimeError(f"{name} needs {rf} replicas and the cluster has {brokers} broker(s): start more, "
+                                   f"or set {REPLICATION_ENV}=1 for a single local broker")
+            wanted[name] = (partitions or spec.partitions, rf, {**spec.configs, **isr})
         if missing:
             try:
-                await admin.create_topics(
-                    [NewTopic(n, num_partitions=partitions, replication_factor=1, topic_configs=_configs(n))
-                     for n in missing]
-                )
+                await admin.create_topics([NewTopic(n, num_partitions=wanted[n][0], replication_factor=wanted[n][1],
+                                                    topic_configs=wanted[n][2]) for n in missing])
             except TopicAlreadyExistsError:
                 pass  # another replica won the race; that is fine
+        present = [n for n in names if n in existing]
+        if present:
+            # The declared settings win over whatever was set by hand (alter_configs replaces a topic's set).
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, n, configs=wanted[n][2])
+                                       for n in present])
         return missing
     finally:
         await admin.close()
-
-
-def _configs(name: str) -> dict[str, str]:
-    """The settings of a topic name, prefixed or not (its dead-letter topic has the defaults)."""
-    return next((configs for base, configs in TOPIC_CONFIGS.items() if name.endswith(base)), {})
 
 
 def main(
@@ -87,7 +110,7 @@ def main(
     prefix: str = typer.Option("", envvar="ENLACE_KAFKA_TOPIC_PREFIX"),
 ) -> None:
     names = all_topics(prefix)
-    created = asyncio.run(provision(bootstrap, names))
+    created = asyncio.run(provision(bootstrap, names, prefix=prefix))
     for name in names:
         typer.echo(f"topic {name}: {'created' if name in created else 'exists'}")
 
