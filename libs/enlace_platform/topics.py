@@ -98,8 +98,12 @@ async def provision(bootstrap: str, names: list[str], partitions: int | None = N
         present = [n for n in names if n in existing]
         if present:
             # The declared settings win over whatever was set by hand (alter_configs replaces a topic's set).
-            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, n, configs=wanted[n][2])
-                                       for n in present])
+            responses = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, n, configs=wanted[n][2])
+                                                   for n in present])
+            refused = [f"{name}: {message or code}" for response in responses
+                       for code, message, _type, name in response.resources if code]
+            if refused:
+                raise RuntimeError("topic settings refused by the broker: " + "; ".join(refused))
         return missing
     finally:
         await admin.close()
