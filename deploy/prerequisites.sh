@@ -24,6 +24,12 @@ if ! command -v python3.11 >/dev/null 2>&1 && ! python3 -c 'import sys; sys.exit
   echo "prerequisites: Python 3.11 is required (python3.11 or python3 at 3.11)" >&2
   exit 1
 fi
+# tests/deploy/test_k8s.py renders the Helm chart: helm is built once from the Go module proxy, here rather than
+# inside a test (minutes on a new machine). Without Go that test fails and says why; the rest still runs.
+if [ "$mode" = test ]; then
+  "$(dirname "${BASH_SOURCE[0]}")/k8s/helm.sh" >/dev/null \
+    || echo "prerequisites: no helm; tests/deploy/test_k8s.py will fail" >&2
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 packages=()
