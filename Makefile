@@ -4,6 +4,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# make up CLUSTER=3 (and make down CLUSTER=3): three Kafka nodes with SASL/SCRAM, TLS and ACLs instead of one
+# plaintext node; each service connects as its own principal (deploy/kafka/kafka.sh, docs/operations.md).
+ifneq ($(CLUSTER),)
+export KAFKA_CLUSTER := $(CLUSTER)
+endif
 
 .PHONY: prerequisites-up prerequisites-test contracts migration up down test token kafka-up kafka-down zipkin-up zipkin-down topics services-up services-down demo venv bench bench-e2e
 
@@ -38,7 +43,12 @@ zipkin-down:
 	@deploy/zipkin/zipkin.sh stop
 
 topics: venv
+ifneq ($(CLUSTER),)
+	@set -a && eval "$$(deploy/kafka/kafka.sh client-env enlace-admin)" && set +a && \
+	 $(PY) -m enlace_platform.topics --acls 1>&2
+else
 	@ENLACE_KAFKA_REPLICATION_FACTOR=$${ENLACE_KAFKA_REPLICATION_FACTOR:-1} $(PY) -m enlace_platform.topics 1>&2
+endif
 
 services-up: venv
 	@$(PY) -m enlace_platform.dev_issuer --agency MX-INM >/dev/null  # creates the dev issuer key first

@@ -3,7 +3,9 @@
 #   services.sh start | stop | status
 # Logs and pid files go to $ENLACE_RUN_DIR (default .run/); each service is ready when its /readyz
 # answers 200. Ports: INTAKE_PORT, REFERRAL_PORT, NOTIFICATION_PORT (default 8001-8003). Everything
-# else (databases, Kafka, tracing) comes from the environment, see docs/operations.md.
+# else (databases, Kafka, tracing) comes from the environment, see docs/operations.md. With KAFKA_CLUSTER=3
+# (make up CLUSTER=3) each service connects to the local cluster as its own principal: its ENLACE_KAFKA_*
+# settings (SASL_SSL, its SCRAM password file, the cluster's CA) come from deploy/kafka/kafka.sh client-env.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,10 +33,15 @@ start() {
   for entry in "${services[@]}"; do
     name="${entry%%:*}"; port="${entry##*:}"
     if running "$name"; then echo "services: $name already running (pid $(cat "$run/$name.pid"))" >&2; continue; fi
+    kafka_env=()
+    if [ "${KAFKA_CLUSTER:-1}" != 1 ]; then
+      kafka_settings="$("$repo/deploy/kafka/kafka.sh" client-env "$name")" || exit 1
+      mapfile -t kafka_env <<<"$kafka_settings"
+    fi
     # Each service's key-encryption key (docs/security.md) beside its state, unless the environment gives one.
     # On SIGTERM, requests in flight get 3 s, then the runtime's bounded stop (shutdown_* settings, ~10 s):
     # each service ends within 20 s whatever the broker does.
-    ENLACE_DATA_KEY_FILE="${ENLACE_DATA_KEY_FILE:-$run/$name-data.key}" \
+    env ${kafka_env[@]+"${kafka_env[@]}"} ENLACE_DATA_KEY_FILE="${ENLACE_DATA_KEY_FILE:-$run/$name-data.key}" \
       setsid nohup "$python" -m uvicorn --factory "$name.entrypoints.app:create_app" \
       --host 127.0.0.1 --port "$port" --no-access-log --timeout-graceful-shutdown 3 \
       >"$run/logs/$name.log" 2>&1 < /dev/null &

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Single-node Apache Kafka (KRaft) for local runs and tests, from Maven Central jars.
+# Apache Kafka (KRaft) for local runs and tests, from Maven Central jars: one plaintext node, or with
+# KAFKA_CLUSTER=3 a cluster of three secured nodes (cluster.sh beside this file, docs/operations.md).
 #   kafka.sh fetch | start | stop | status
+#   KAFKA_CLUSTER=3 kafka.sh start [NODE] | stop [NODE] | status | bootstrap | client-env PRINCIPAL
 # Topics are provisioned by `python -m enlace_platform.topics` (see Makefile).
-# Environment (all optional):
+# Environment (all optional; the cluster's own are in cluster.sh):
+#   KAFKA_CLUSTER     number of nodes               (default: 1)
 #   KAFKA_STATE_DIR   data, config, pid and log     (default: <repo>/.run/kafka)
 #   KAFKA_PORT        client listener on 127.0.0.1  (default: 9092)
 #   KAFKA_CONTROLLER_PORT                           (default: KAFKA_PORT+1)
@@ -116,6 +119,13 @@ stop() {
   rm -f "$pidfile"
   log "stopped"
 }
+
+if [ "${KAFKA_CLUSTER:-1}" != 1 ]; then
+  # shellcheck source=cluster.sh
+  source "$here/cluster.sh"
+  cluster_main "$@"
+  exit $?
+fi
 
 case "${1:-}" in
   fetch) fetch ;;

@@ -1,7 +1,9 @@
 """enlace-ops: the operator's command line (dead letters, redrive, replay, outbox status, data-key rotation).
 
 Kafka and topic prefix come from ENLACE_KAFKA_BOOTSTRAP_SERVERS and ENLACE_KAFKA_TOPIC_PREFIX, like
-the services; a service's database from its own settings (e.g. INTAKE_DATABASE_URL).
+the services, and so does the broker's security (ENLACE_KAFKA_SECURITY_PROTOCOL, ENLACE_KAFKA_SASL_*,
+ENLACE_KAFKA_SSL_CAFILE; on a cluster as the enlace-ops principal); a service's database from its own settings
+(e.g. INTAKE_DATABASE_URL).
 """
 
 import asyncio
@@ -46,6 +48,14 @@ def _progress(description: str):
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
+def _kafka_options() -> dict:
+    """The broker's security from the ENLACE_KAFKA_* environment, as the services read it."""
+    try:
+        return ServiceSettings().kafka_client_options()
+    except (ValueError, OSError) as exc:
+        _fail(f"Kafka security settings: {exc}")
+
+
 def _fail(message: str) -> None:
     _console().print(f"[red]error:[/red] {message}")
     raise typer.Exit(1)
@@ -56,7 +66,8 @@ def dlq_list(topic: TopicArg, bootstrap: Bootstrap = "127.0.0.1:9092", prefix: P
     """List the dead letters of a topic: where they were, what they are, why they failed."""
     with _progress(f"reading {prefix}{topic}.dlq") as progress:
         try:
-            letters = asyncio.run(ops.read_dead_letters(bootstrap, prefix + topic, progress=progress))
+            letters = asyncio.run(ops.read_dead_letters(bootstrap, prefix + topic, progress=progress,
+                                                        client_options=_kafka_options()))
         except LookupError as exc:
             _fail(str(exc))
     table = Table(title=f"{prefix}{topic}.dlq: {len(letters)} dead letter(s)")
@@ -74,7 +85,7 @@ def dlq_list(topic: TopicArg, bootstrap: Bootstrap = "127.0.0.1:9092", prefix: P
 def dlq_show(topic: TopicArg, offset: int, partition: Annotated[int, typer.Option()] = 0,
              bootstrap: Bootstrap = "127.0.0.1:9092", prefix: Prefix = "") -> None:
     """Print one dead letter: every header and the payload."""
-    letters = asyncio.run(ops.read_dead_letters(bootstrap, prefix + topic))
+    letters = asyncio.run(ops.read_dead_letters(bootstrap, prefix + topic, client_options=_kafka_options()))
     found = [d for d in letters if d.partition == partition and d.offset == offset]
     if not found:
         _fail(f"no dead letter at partition {partition} offset {offset}")
@@ -100,7 +111,7 @@ def dlq_redrive(
         _fail("say which: --offset N (repeatable) or --all")
     with _progress("redriving") as progress:
         sent = asyncio.run(ops.redrive(bootstrap, prefix + topic, partition=partition, offsets=offset,
-                                       progress=progress))
+                                       progress=progress, client_options=_kafka_options()))
     _console().print(f"redrove {len(sent)} dead letter(s) to {prefix}{topic}")
 
 
@@ -163,7 +174,7 @@ def replay(
     group = prefix + consumer
     try:
         targets = asyncio.run(ops.rewind_group(bootstrap, group, prefix + topic, offset=from_offset,
-                                               partition=partition))
+                                               partition=partition, client_options=_kafka_options()))
     except LookupError as exc:
         _fail(str(exc))
     except Exception as exc:  # the broker's refusal while members are active
@@ -173,7 +184,7 @@ def replay(
     if wait > 0:
         with _progress(f"{group} catching up") as progress:
             position = asyncio.run(ops.wait_caught_up(bootstrap, group, prefix + topic, timeout_s=wait,
-                                                      progress=progress))
+                                                      progress=progress, client_options=_kafka_options()))
         _console().print(f"group {group}: {position.lag} record(s) still to handle")
 
 

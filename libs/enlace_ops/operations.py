@@ -59,9 +59,12 @@ async def _end_offsets(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPart
     return await consumer.end_offsets(tps)
 
 
-async def read_dead_letters(bootstrap: str, topic: str, *, progress: Progress | None = None) -> list[DeadLetter]:
-    """Every record of ``<topic>.dlq``, oldest first per partition. Reads without a consumer group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+async def read_dead_letters(bootstrap: str, topic: str, *, progress: Progress | None = None,
+                            client_options: dict | None = None) -> list[DeadLetter]:
+    """Every record of ``<topic>.dlq``, oldest first per partition. Reads without a consumer group.
+    ``client_options`` here and below: the broker's security (ServiceSettings.kafka_client_options())."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **(client_options or {}), enable_auto_commit=False,
+                                group_id=None)
     await consumer.start()
     try:
         ends = await _end_offsets(consumer, dlq(topic))
@@ -96,11 +99,12 @@ def _select(letters: list[DeadLetter], partition: int | None, offsets: list[int]
 
 
 async def redrive(bootstrap: str, topic: str, *, partition: int | None = None, offsets: list[int] | None = None,
-                  progress: Progress | None = None) -> list[DeadLetter]:
+                  progress: Progress | None = None, client_options: dict | None = None) -> list[DeadLetter]:
     """Send dead letters back to the topic they came from, with their original headers (trace context
     included) and key; returns what was sent. Each send is acknowledged before the next."""
-    chosen = _select(await read_dead_letters(bootstrap, topic), partition, offsets)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    chosen = _select(await read_dead_letters(bootstrap, topic, client_options=client_options), partition, offsets)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **(client_options or {}), enable_idempotence=True,
+                                acks="all")
     await producer.start()
     try:
         for done, letter in enumerate(chosen, 1):
@@ -127,8 +131,10 @@ class GroupPosition:
         return sum(max(0, self.end[tp] - self.committed.get(tp, 0)) for tp in self.end)
 
 
-async def group_position(bootstrap: str, group: str, topic: str) -> GroupPosition:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+async def group_position(bootstrap: str, group: str, topic: str, *,
+                         client_options: dict | None = None) -> GroupPosition:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **(client_options or {}), group_id=group,
+                                enable_auto_commit=False)
     await consumer.start()
     try:
         ends = await _end_offsets(consumer, topic)
@@ -142,14 +148,15 @@ async def group_position(bootstrap: str, group: str, topic: str) -> GroupPositio
         await consumer.stop()
 
 
-async def rewind_group(bootstrap: str, group: str, topic: str, *, offset: int,
-                       partition: int | None = None) -> dict[TopicPartition, int]:
+async def rewind_group(bootstrap: str, group: str, topic: str, *, offset: int, partition: int | None = None,
+                       client_options: dict | None = None) -> dict[TopicPartition, int]:
     """Move a consumer group's committed offsets on ``topic`` back to ``offset`` (clamped to each partition's
     end), so the service handles those records again the next time it joins.
 
     The broker accepts this only while the group has no active member: stop the service first.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **(client_options or {}), group_id=None,
+                                enable_auto_commit=False)
     await consumer.start()
     try:
         ends = await _end_offsets(consumer, topic)
@@ -158,7 +165,8 @@ async def rewind_group(bootstrap: str, group: str, topic: str, *, offset: int,
     targets = {tp: min(offset, end) for tp, end in ends.items() if partition is None or tp.partition == partition}
     if not targets:
         raise LookupError(f"topic {topic!r} has no partition {partition}")
-    committer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    committer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **(client_options or {}), group_id=group,
+                                 enable_auto_commit=False)
     await committer.start()
     try:
         committer.assign(list(targets))  # manual assignment: commits as a standalone member
@@ -169,15 +177,15 @@ async def rewind_group(bootstrap: str, group: str, topic: str, *, offset: int,
 
 
 async def wait_caught_up(bootstrap: str, group: str, topic: str, *, timeout_s: float,
-                         progress: Progress | None = None) -> GroupPosition:
+                         progress: Progress | None = None, client_options: dict | None = None) -> GroupPosition:
     """Poll the group's committed offsets until it has handled everything present now."""
-    start = await group_position(bootstrap, group, topic)
+    start = await group_position(bootstrap, group, topic, client_options=client_options)
     behind = start.lag
     deadline = asyncio.get_running_loop().time() + timeout_s
     position = start
     while position.lag > 0 and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.5)
-        position = await group_position(bootstrap, group, topic)
+        position = await group_position(bootstrap, group, topic, client_options=client_options)
         if progress:
             progress(behind - position.lag, behind)
     return position

@@ -96,7 +96,7 @@ class Bus:
             if principal["role"] == OPERATOR_ROLE:
                 for topic in consumed:  # reads dead letters and sends them back; reads and rewinds the groups
                     allow(name, "TOPIC", self.dlq(topic), "READ", "DESCRIBE")
-                    allow(name, "TOPIC", topic, "WRITE", "DESCRIBE")
+                    allow(name, "TOPIC", topic, "READ", "WRITE", "DESCRIBE")  # READ: a rewind commits offsets
                 for groups in self.consumers.values():
                     for group in groups:
                         allow(name, "GROUP", group, "READ", "DESCRIBE")

@@ -191,6 +191,7 @@ class ConsumerRunner:
         session_factory: async_sessionmaker[AsyncSession],
         bootstrap_servers: str,
         dlq_producer: AIOKafkaProducer,
+        client_options: dict | None = None,
         service_name: str,
         max_attempts: int = 3,
         retry_base_s: float = 0.2,
@@ -206,7 +207,8 @@ class ConsumerRunner:
         poll_timeout_s: float = 0.3,
     ) -> None:
         """``known_event_types``: the published contracts; one of them without a handler here is skipped.
-        Any other type without a handler, or another version of a type handled here, is dead-lettered."""
+        Any other type without a handler, or another version of a type handled here, is dead-lettered.
+        ``client_options``: the broker's security (ServiceSettings.kafka_client_options()), for the consumer."""
         self.name = name
         self._metrics = metrics
         self._validate = validate  # raises PoisonMessage for a payload that breaks its contract
@@ -217,6 +219,7 @@ class ConsumerRunner:
         self._known_types = frozenset(known_event_types)
         self._sessions = session_factory
         self._bootstrap = bootstrap_servers
+        self._client_options = dict(client_options or {})
         self._dlq_producer = dlq_producer
         self._service = service_name
         self._max_attempts = max_attempts
@@ -259,6 +262,7 @@ class ConsumerRunner:
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
+            **self._client_options,
             group_id=self._group_id,
             client_id=f"{self._service}-{self.name}",
             enable_auto_commit=False,

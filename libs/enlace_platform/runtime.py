@@ -161,8 +161,10 @@ class ServiceRuntime:
     def _build_kafka_parts(self) -> None:
         # aiokafka objects must be created inside the running event loop.
         s = self.settings
+        kafka_options = s.kafka_client_options()  # security: SASL credentials and TLS, or nothing
         self.producer = RenewableProducer(lambda: AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap_servers,
+            **kafka_options,
             client_id=f"{s.service_name}-producer",
             enable_idempotence=True,
             acks="all",
@@ -180,6 +182,7 @@ class ServiceRuntime:
             ConsumerRunner(
                 name=spec.name, group_id=s.group(spec.name), topics=[s.topic(t) for t in spec.topics],
                 handlers=spec.handlers, session_factory=self.sessions, bootstrap_servers=s.kafka_bootstrap_servers,
+                client_options=kafka_options,
                 dlq_producer=self.producer, service_name=s.service_name, max_attempts=s.consumer_max_attempts,
                 retry_base_s=s.consumer_retry_base_s, metrics=self.metrics,
                 validate=published_contracts().check, known_event_types=published_contracts().event_types,

@@ -4,6 +4,9 @@ Each service subclasses :class:`ServiceSettings` and adds its own fields with it
 prefix (for example ``INTAKE_DATABASE_URL``).
 """
 
+from pathlib import Path
+from typing import Any, Literal
+
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -36,6 +39,16 @@ class ServiceSettings(BaseSettings):
     # Prepended to every topic and consumer group; tests use it to isolate themselves.
     kafka_topic_prefix: str = ""
     kafka_start_timeout_s: float = 30.0
+    # The broker's security (a cluster: SASL_SSL with SCRAM-SHA-512 and the cluster's CA; docs/operations.md).
+    # kafka_client_options() turns them into every Enlace Kafka client's options.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: str | None = Field(None, description="Read when the clients are made (at start), so "
+                                                                   "a rotated password needs only a restart")
+    kafka_ssl_cafile: str | None = Field(None, description="CA certificates (PEM) the broker's certificate must "
+                                                          "chain to; default: the system's")
 
     outbox_batch_size: int = 200
     outbox_fallback_poll_s: float = Field(2.0, description="Safety net; commits wake the relay at once")
@@ -121,6 +134,33 @@ class ServiceSettings(BaseSettings):
         source = {"jwks_url": self.auth_jwks_url} if self.auth_jwks_url else \
             {"public_key_path": self.auth_dev_public_key_path}
         return {ANY_AGENCY: TrustedIssuer(issuer=self.auth_issuer, **source)}
+
+    def kafka_sasl_secret(self) -> str | None:
+        """The SASL password: the setting, else the file's content without surrounding blanks (read now)."""
+        if self.kafka_sasl_password is not None:
+            return self.kafka_sasl_password.get_secret_value()
+        if self.kafka_sasl_password_file:
+            return Path(self.kafka_sasl_password_file).read_text(encoding="utf-8").strip()
+        return None
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Keyword arguments for every aiokafka client Enlace makes (producer, consumers, admin, enlace-ops):
+        security protocol, SASL credentials and the TLS context. Empty on a plaintext broker."""
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return {}
+        options: dict[str, Any] = {"security_protocol": protocol}
+        if protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context  # only TLS clients pay for the import
+            options["ssl_context"] = create_ssl_context(cafile=self.kafka_ssl_cafile)
+        if protocol.startswith("SASL_"):
+            password = self.kafka_sasl_secret()
+            if not self.kafka_sasl_username or password is None:
+                raise ValueError(f"{protocol} needs ENLACE_KAFKA_SASL_USERNAME and ENLACE_KAFKA_SASL_PASSWORD "
+                                 "or ENLACE_KAFKA_SASL_PASSWORD_FILE")
+            options.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
+                           sasl_plain_password=password)
+        return options
 
     def topic(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}{name}"

@@ -46,10 +46,11 @@ def test_no_principal_but_the_services_and_the_operator_writes_anything():
     assert writers == {f"User:{s}" for s in SERVICES} | {"User:enlace-ops"}
 
 
-def test_the_operator_writes_only_consumed_topics_to_redrive_and_reads_only_dead_letters():
-    assert _allowed("enlace-ops", "TOPIC", "READ") == {t for t in all_topics() if t.endswith(".dlq")}
-    assert _allowed("enlace-ops", "TOPIC", "WRITE") == {t.removesuffix(".dlq") for t in all_topics()
-                                                       if t.endswith(".dlq")}
+def test_the_operator_writes_only_consumed_topics_to_redrive_and_never_the_firewalls_topic():
+    consumed = {t.removesuffix(".dlq") for t in all_topics() if t.endswith(".dlq")}
+    assert _allowed("enlace-ops", "TOPIC", "WRITE") == consumed
+    assert _allowed("enlace-ops", "TOPIC", "READ") == consumed | {f"{t}.dlq" for t in consumed}
+    assert "referral.status" not in _allowed("enlace-ops", "TOPIC", "READ")
 
 
 def test_the_prefix_is_put_in_front_of_every_resource():
