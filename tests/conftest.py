@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from enlace_platform.dev_issuer import ensure_keypair
+from tests.support.database_support import databases, postgres_cluster  # noqa: F401 - fixtures of the whole suite
 
 REPO = Path(__file__).resolve().parents[1]
 # The session's broker is a single node: topics get one replica (bus.yaml declares three, for clusters).
@@ -74,6 +75,13 @@ def spans() -> InMemorySpanExporter:
 
 
 _skipped_kafka_tests: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The Helm chart's tests go last: on a new machine helm is still being built beside the suite
+    # (deploy/prerequisites.sh starts it in the background; deploy/k8s/helm.sh waits for that build).
+    last = [item for item in items if item.nodeid.startswith("tests/deploy/test_k8s.py")]
+    items[:] = [item for item in items if item not in last] + last
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -14,19 +14,21 @@ from intake.config import IntakeSettings
 from intake.entrypoints.app import create_app as intake_app
 from referral.config import ReferralSettings
 from referral.entrypoints.app import create_app as referral_app
+from tests.support.database_support import on_both_databases
 from tests.support.harness import (
     TEST_DIRECTORY, bearer, eventually, fast_settings, provision_topics, running_app, unique_prefix,
 )
 from tests.support.referral_support import add_second_child_protection_service
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, on_both_databases]
 
 
 async def test_rejected_referral_routed_onward_completes_and_its_outcome_reaches_intake(
-        kafka_bootstrap, dev_issuer_dir, tmp_path):
+        kafka_bootstrap, dev_issuer_dir, tmp_path, databases):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
-    common = dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir)
+    common = dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir,
+                  databases=databases)
     inm = bearer(dev_issuer_dir, "MX-INM", "migration_authority", roles=["supervisor"])  # applies the override
     coord = bearer(dev_issuer_dir, "MX-COORD", "coordinator", roles=["coordinator"])
     pfpnna = bearer(dev_issuer_dir, "MX-PFPNNA", "child_protection")

@@ -13,20 +13,22 @@ from notification.config import NotificationSettings
 from notification.entrypoints.app import create_app as notification_app
 from referral.config import ReferralSettings
 from referral.entrypoints.app import create_app as referral_app
+from tests.support.database_support import on_both_databases
 from tests.support.harness import bearer, eventually, fast_settings, provision_topics, running_app, unique_prefix
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, on_both_databases]
 
 NEW = {"id": "MX-REFUGIO", "name": "Albergue de pruebas", "type": "psychosocial", "jurisdiction": "MX"}
 # Each service's route that any caseworker or supervisor of a known agency may call.
 PROBES = {"intake": "/cases", "referral": "/referrals", "notification": "/subscriptions"}
 
 
-async def test_a_directory_change_reaches_every_services_token_check(kafka_bootstrap, dev_issuer_dir, tmp_path):
+async def test_a_directory_change_reaches_every_services_token_check(kafka_bootstrap, dev_issuer_dir, tmp_path,
+                                                                    databases):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
     common = dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir,
-                  agency_refresh_s=0.5)
+                  agency_refresh_s=0.5, databases=databases)
     coord = bearer(dev_issuer_dir, "MX-COORD", "coordinator", roles=["coordinator"])
     # A token for the new agency that claims to be Mexico's coordinator: the directory says otherwise.
     newcomer = bearer(dev_issuer_dir, NEW["id"], "coordinator", "MX", roles=["caseworker", "supervisor"])

@@ -2,10 +2,11 @@
 
 A family is registered and screened at intake while the referral service runs: the mother's screening
 opens a referral and a protection hold, so erasing her is refused (409). Her travelling companion has
-neither, and is erased. Then the intake database file and its write-ahead log are read as raw bytes,
-and every topic of the test's prefix is read record by record: the erased person's names and document
-number appear nowhere (nor, before erasure, did anyone's: the fields are sealed), no record on the bus
-carries a name or a document number, person.erased.v1 was published, and the API answers 410.
+neither, and is erased. Then the intake database is read as raw bytes (on SQLite its file and write-ahead log,
+on PostgreSQL its files after a checkpoint), and every topic of the test's prefix is read record by record: the
+erased person's names and document number appear nowhere (nor, before erasure, did anyone's: the fields are
+sealed), no record on the bus carries a name or a document number, person.erased.v1 was published, and the API
+answers 410.
 """
 
 import uuid
@@ -18,12 +19,13 @@ from intake.config import IntakeSettings
 from intake.entrypoints.app import create_app as intake_app
 from referral.config import ReferralSettings
 from referral.entrypoints.app import create_app as referral_app
+from tests.support.database_support import on_both_databases
 from tests.support.harness import (
-    TEST_DIRECTORY, database_bytes, envelopes, eventually, fast_settings, provision_topics, running_app, unique_prefix,
+    TEST_DIRECTORY, envelopes, eventually, fast_settings, provision_topics, running_app, unique_prefix,
 )
 from tests.support.intake_support import inm, inm_supervisor
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, on_both_databases]
 
 
 def _found(raw: bytes, secrets) -> list[str]:
@@ -60,10 +62,11 @@ async def _topics_with_prefix(bootstrap: str, prefix: str) -> set[str]:
 
 
 async def test_an_erased_person_is_nowhere_in_the_database_files_nor_on_the_bus(
-        kafka_bootstrap, dev_issuer_dir, tmp_path):
+        kafka_bootstrap, dev_issuer_dir, tmp_path, databases):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
-    common = dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir)
+    common = dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir,
+                  databases=databases)
     intake_settings = fast_settings(IntakeSettings, **common)
     seed = str(TEST_DIRECTORY)
     officer, supervisor = inm(dev_issuer_dir), inm_supervisor(dev_issuer_dir)
@@ -106,7 +109,8 @@ async def test_an_erased_person_is_nowhere_in_the_database_files_nor_on_the_bus(
                 view["referrals"] == []
         await eventually(mother_held, what="the referral service's hold on the mother reaches intake")
 
-        assert _found(database_bytes(intake_settings.database_url), everyone) == [], "sealed before any erasure"
+        raw = await databases.disk_image(intake_settings.database_url)
+        assert _found(raw, everyone) == [], "sealed before any erasure"
 
         erase = {"reason_code": "ERASURE_REQUEST"}
         refused = await intake.post(f"/cases/{case_id}/persons/{mother_id}/erasure", headers=supervisor, json=erase)
@@ -132,7 +136,7 @@ async def test_an_erased_person_is_nowhere_in_the_database_files_nor_on_the_bus(
         assert erased_event.data["person_id"] == companion_id and erased_event.data["reason_code"] == "ERASURE_REQUEST"
 
     # The services are stopped: what is left is files and the Kafka log.
-    raw = database_bytes(intake_settings.database_url)
+    raw = await databases.disk_image(intake_settings.database_url)
     assert _found(raw, erased_secrets) == [], "the erased person is nowhere in the database file or its log"
     assert _found(raw, everyone) == [], "and nobody's personal data is in clear"
 

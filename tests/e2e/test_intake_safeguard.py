@@ -14,6 +14,7 @@ from enlace_platform.firewall import SENSITIVE_NEEDS
 from enlace_platform.topics import INTAKE_CASE, REFERRAL_PROTECTION_HOLD, REFERRAL_REFERRAL
 from intake.config import IntakeSettings
 from intake.entrypoints.app import create_app
+from tests.support.database_support import on_both_databases
 from tests.support.harness import (
     bearer, envelopes, eventually, fast_settings, provision_topics, read_topic, running_app, unique_prefix,
 )
@@ -21,15 +22,15 @@ from tests.support.intake_support import (
     family_group, hold_placed, hold_released, inm, inm_supervisor, referral_event,
 )
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, on_both_databases]
 
 
 @pytest.fixture
-async def intake(kafka_bootstrap, dev_issuer_dir, tmp_path):
+async def intake(kafka_bootstrap, dev_issuer_dir, tmp_path, databases):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
     app = create_app(fast_settings(IntakeSettings, tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix,
-                                   dev_issuer_dir=dev_issuer_dir))
+                                   dev_issuer_dir=dev_issuer_dir, databases=databases))
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
     await producer.start()
 

@@ -24,6 +24,7 @@ from standardwebhooks.webhooks import Webhook
 
 from enlace_platform.firewall import ENFORCEMENT_EVENT_TYPES
 from notification.entrypoints.app import create_app
+from tests.support.database_support import on_both_databases
 from tests.support.harness import eventually, provision_topics, running_app
 from tests.support.harness import unique_prefix
 from tests.support.notification_support import (
@@ -33,7 +34,7 @@ from tests.support.notification_support import (
 from starlette.requests import Request
 from starlette.responses import Response
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, on_both_databases]
 
 TIMEOUT_S = 1.0  # the sender's per-request timeout in this test
 LIFE = ["referral.requested.v1", "protection_hold.placed.v1", "referral.received.v1", "referral.accepted.v1",
@@ -80,12 +81,12 @@ async def producer(kafka_bootstrap):
 
 
 async def test_an_agency_receiver_taken_down_slow_and_replaying_loses_nothing_and_gets_no_repeat_after_success(
-        kafka_bootstrap, dev_issuer_dir, tmp_path, producer):
+        kafka_bootstrap, dev_issuer_dir, tmp_path, producer, databases):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
     settings = notification_settings(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix,
                                      dev_issuer_dir=dev_issuer_dir, delivery_max_attempts=10_000,
-                                     webhook_timeout_s=TIMEOUT_S)
+                                     webhook_timeout_s=TIMEOUT_S, databases=databases)
     pfpnna, inm = AgencyReceiver(), AgencyReceiver()
     headers = {"MX-PFPNNA": supervisor(dev_issuer_dir, "MX-PFPNNA", "child_protection"),
                "MX-INM": supervisor(dev_issuer_dir, "MX-INM", "migration_authority")}

@@ -19,13 +19,14 @@ from standardwebhooks.webhooks import Webhook
 from enlace_platform.contracts import FORMATS
 from enlace_platform.firewall import ENFORCEMENT_EVENT_TYPES
 from notification.entrypoints.app import create_app
+from tests.support.database_support import on_both_databases
 from tests.support.harness import eventually, provision_topics, running_app, unique_prefix
 from tests.support.notification_support import (
     SigningReceiver, consumers_assigned, kafka_producer, notification_settings, publish, referral_data, sample_event,
     supervisor,
 )
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, on_both_databases]
 
 REPO = Path(__file__).resolve().parents[2]
 WEBHOOK_SCHEMA = Draft202012Validator(
@@ -54,11 +55,12 @@ async def producer(kafka_bootstrap):
 
 
 async def test_a_referrals_life_reaches_every_party_as_verified_webhooks(kafka_bootstrap, dev_issuer_dir, tmp_path,
-                                                                        producer):
+                                                                        producer, databases):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
     settings = notification_settings(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix,
-                                     dev_issuer_dir=dev_issuer_dir, delivery_max_attempts=1000, webhook_timeout_s=120)
+                                     dev_issuer_dir=dev_issuer_dir, delivery_max_attempts=1000, webhook_timeout_s=120,
+                                     databases=databases)
     receivers = {agency: SigningReceiver() for agency in AGENCIES}
     headers = {agency: supervisor(dev_issuer_dir, agency, kind) for agency, (kind, _) in AGENCIES.items()}
     pfpnna = receivers["MX-PFPNNA"]

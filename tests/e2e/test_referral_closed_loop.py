@@ -8,21 +8,24 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from enlace_platform.envelope import Envelope, to_kafka
+from tests.support.database_support import on_both_databases
 from tests.support.harness import (
-    bearer, database_bytes, envelopes, eventually, provision_topics, read_topic, unique_prefix,
+    bearer, envelopes, eventually, provision_topics, read_topic, unique_prefix,
 )
 from tests.support.referral_support import (
     ALL_TYPES, add_second_child_protection_service, consent_scope, person_erased, referral_harness,
     referral_settings, screened, token,
 )
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, on_both_databases]
 
 
-async def test_screening_to_completed_outcome_with_onward_routing(kafka_bootstrap, tmp_path, dev_issuer_dir):
+async def test_screening_to_completed_outcome_with_onward_routing(kafka_bootstrap, tmp_path, dev_issuer_dir,
+                                                                 databases):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
-    settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix)
+    settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix,
+                                 databases=databases)
     case_id, person_id, screening_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     screening = Envelope(type="case.screened.v1", source="/enlace/intake", key=case_id, subject=screening_id, data={
         "case_id": case_id, "screening_id": screening_id, "person_id": person_id,
@@ -108,14 +111,15 @@ async def test_screening_to_completed_outcome_with_onward_routing(kafka_bootstra
                          "release_reason": "COMPLETED_FINAL", "outcome_code": "CHILD_REUNIFIED_WITH_FAMILY"}]
 
 
-async def test_person_erased_on_the_broker_shreds_the_free_text(kafka_bootstrap, tmp_path, dev_issuer_dir):
+async def test_person_erased_on_the_broker_shreds_the_free_text(kafka_bootstrap, tmp_path, dev_issuer_dir, databases):
     """person.erased.v1 through the real consumer runner: the handler's own commit (before the WAL purge)
     and the inbox row; the notes' plaintext is then nowhere in the database files."""
     from enlace_platform.inbox import ProcessedMessage
 
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
-    settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix)
+    settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix,
+                                 databases=databases)
     secret_note, secret_reason = "Nota-e2e-3c1f: su hermano la busca", "Motivo-e2e-8d2a: no la aceptan"
     coord, comar, pfpnna = (token(dev_issuer_dir, a) for a in ("MX-COORD", "MX-COMAR", "MX-PFPNNA"))
 
@@ -164,7 +168,7 @@ async def test_person_erased_on_the_broker_shreds_the_free_text(kafka_bootstrap,
                 return await session.get(ProcessedMessage, ("referral.routing", erasure.id)) is not None
 
         await eventually(in_inbox, timeout=60, what="the erasure recorded as processed")
-        raw = database_bytes(ref.runtime.settings.database_url)
+        raw = await databases.disk_image(settings.database_url)
         assert secret_note.encode() not in raw and secret_reason.encode() not in raw
         # The child's referral goes on.
         assert (await ref.act(child["id"], pfpnna, "accept")).status_code == 200

@@ -9,19 +9,21 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from enlace_platform.envelope import to_kafka
+from tests.support.database_support import on_both_databases
 from tests.support.harness import envelopes, eventually, provision_topics, read_topic, unique_prefix
 from tests.support.referral_support import (
     consent_changed, consent_scope, referral_harness, referral_settings, screened, token,
 )
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, on_both_databases]
 
 
 async def test_withdrawn_consent_cancels_its_referrals_and_the_child_protection_one_survives(
-        kafka_bootstrap, tmp_path, dev_issuer_dir):
+        kafka_bootstrap, tmp_path, dev_issuer_dir, databases):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
-    settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix)
+    settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix,
+                                 databases=databases)
     case_id, person_id = str(uuid.uuid4()), str(uuid.uuid4())
     # An unaccompanied child who consented to child protection and the asylum office, not to anti-trafficking.
     screening = screened("UNACCOMPANIED_CHILD", "STRANDED_ASSISTED_RETURN", "INTERNATIONAL_PROTECTION",

@@ -11,10 +11,11 @@ from jsonschema import Draft202012Validator
 from enlace_platform import firewall
 from enlace_platform.contracts import FORMATS
 from enlace_platform.topics import REFERRAL_PROTECTION_HOLD, REFERRAL_REFERRAL, REFERRAL_STATUS
+from tests.support.database_support import on_both_databases
 from tests.support.harness import REPO, envelopes, provision_topics, read_topic, unique_prefix
 from tests.support.referral_support import referral_harness, referral_settings, screened, token
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, on_both_databases]
 
 STATUS_SCHEMA = json.loads((REPO / "contracts" / "events" / "referral.status_changed.v1.schema.json").read_text())
 REASON_TEXT = "Sin cupo en el refugio de Tapachula"
@@ -25,10 +26,11 @@ AS_REFERRAL_FIELD = {"referral_id": "id", "case_id": "case_id", "person_id": "pe
 
 
 async def test_the_status_topic_mirrors_each_change_with_what_enforcement_may_see(kafka_bootstrap, tmp_path,
-                                                                                  dev_issuer_dir):
+                                                                                  dev_issuer_dir, databases):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
-    settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix)
+    settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix,
+                                 databases=databases)
     auth = lambda agency: token(dev_issuer_dir, agency)  # noqa: E731
     async with referral_harness(settings) as ref:
         await ref.deliver(screened("MEDICAL_URGENT", "SGBV_SURVIVOR", "TRAFFICKING_PRESUMED",
@@ -127,10 +129,10 @@ async def test_the_status_topic_mirrors_each_change_with_what_enforcement_may_se
         "protection_hold.placed.v1", True)
 
 
-async def test_a_referral_a_protection_agency_sent_is_mirrored_only_for_its_hold(tmp_path, dev_issuer_dir):
+async def test_a_referral_a_protection_agency_sent_is_mirrored_only_for_its_hold(tmp_path, dev_issuer_dir, databases):
     """The status topic's readers are enforcement systems: of a referral they did not send they learn only
     that a hold was placed or released (what stops a removal), never its lifecycle."""
-    settings = referral_settings(tmp_path, dev_issuer_dir)
+    settings = referral_settings(tmp_path, dev_issuer_dir, databases=databases)
     auth = lambda agency: token(dev_issuer_dir, agency)  # noqa: E731
     async with referral_harness(settings) as ref:
         await ref.deliver(screened("INTERNATIONAL_PROTECTION", "SGBV_SURVIVOR", registering_agency_id="MX-PSI"))

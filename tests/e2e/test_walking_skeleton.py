@@ -1,10 +1,13 @@
-"""The walking skeleton on the real broker: screening → referral → signed webhook, as one trace."""
+"""The walking skeleton on the real broker: screening → referral → signed webhook, as one trace; each service on
+SQLite, then each on a PostgreSQL database of its own. The API checks after it run on SQLite: on PostgreSQL the
+access matrix (tests/security/test_access_matrix.py) tries every route, health and readiness included."""
 
 import json
 from datetime import UTC, datetime
 
 import pytest
 
+from tests.support.database_support import on_both_databases
 from tests.support.harness import bearer, eventually, provision_topics, running_app, unique_prefix
 from tests.support.walking_skeleton import screening_to_signed_webhook, three_apps
 
@@ -12,15 +15,18 @@ pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture
-async def system(kafka_bootstrap, dev_issuer_dir, tmp_path):
+async def system(kafka_bootstrap, dev_issuer_dir, tmp_path, databases):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
-    apps = three_apps(dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir))
+    apps = three_apps(dict(tmp_path=tmp_path, bootstrap=kafka_bootstrap, prefix=prefix, dev_issuer_dir=dev_issuer_dir,
+                           databases=databases))
+    assert {app.state.runtime.engine.dialect.name for app in apps} == {databases.backend}
     async with running_app(apps[0]) as intake, running_app(apps[1]) as referral, \
             running_app(apps[2]) as notification:
         yield intake, referral, notification
 
 
+@on_both_databases
 async def test_screening_becomes_a_referral_and_a_signed_webhook_in_one_trace(system, dev_issuer_dir, spans):
     _, _, hook = await screening_to_signed_webhook(*system, dev_issuer_dir)
 

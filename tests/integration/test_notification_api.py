@@ -11,6 +11,7 @@ from enlace_platform.envelope import Envelope
 from notification.adapters.orm import DeliveryAttemptRow, DeliveryRow, SubscriptionRow
 from notification.entrypoints.app import create_app
 from notification.service_layer.handlers import make_referral_event_handler
+from tests.support.database_support import on_both_databases
 from tests.support.harness import bearer, free_port, running_app
 from tests.support.notification_support import (
     event, hold_data, notification_settings, referral_data, stored_secrets, supervisor,
@@ -18,11 +19,11 @@ from tests.support.notification_support import (
 
 
 @pytest.fixture
-def settings(tmp_path, dev_issuer_dir):
+def settings(tmp_path, dev_issuer_dir, databases):
     # Nobody listens on this broker port: the API works without Kafka.
     return notification_settings(tmp_path=tmp_path, bootstrap=f"127.0.0.1:{free_port()}", prefix="api.",
                                  dev_issuer_dir=dev_issuer_dir, webhook_allow_loopback=False,
-                                 smtp_host="127.0.0.1", secret_rotation_overlap_s=3600)
+                                 smtp_host="127.0.0.1", secret_rotation_overlap_s=3600, databases=databases)
 
 
 @pytest.fixture
@@ -304,6 +305,7 @@ async def test_a_database_from_an_older_version_is_refused_plainly(settings, tmp
             pass
 
 
+@on_both_databases  # two replicas' claims really overlap on PostgreSQL
 async def test_one_lease_per_attempt_across_dispatchers(api, pfpnna, settings):
     from notification.adapters.webhook_sender import SendResult
     from notification.domain.delivery import Outcome

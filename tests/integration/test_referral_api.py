@@ -1,5 +1,7 @@
 """The referral app through its HTTP API, with screening and consent events handed to its consumer
-handlers (the broker paths are in test_referral_clocks.py and tests/e2e/test_referral_closed_loop.py)."""
+handlers (the broker paths are in test_referral_clocks.py and tests/e2e/test_referral_closed_loop.py). The races
+(two writers at once) run on PostgreSQL too, where two transactions really overlap; SQLite's one writer
+serialises them."""
 
 import asyncio
 import uuid
@@ -7,6 +9,7 @@ from datetime import datetime
 
 import pytest
 
+from tests.support.database_support import on_both_databases
 from tests.support.referral_support import (  # noqa: F401 - ref and auth are fixtures
     add_second_child_protection_service, auth, consent_changed, consent_scope, ref, registered, screened,
 )
@@ -180,6 +183,7 @@ async def test_unrelated_agencies_get_404_everywhere(ref, auth):
     _problem(await ref.client.get(f"/referrals/{uuid.uuid4()}", headers=auth("MX-PFPNNA")), 404)
 
 
+@on_both_databases
 async def test_concurrent_accepts_exactly_one_wins(ref, auth, dev_issuer_dir):
     from tests.support.harness import bearer
 
@@ -196,6 +200,7 @@ async def test_concurrent_accepts_exactly_one_wins(ref, auth, dev_issuer_dir):
     assert [h["action"] for h in history] == ["route", "accept"]
 
 
+@on_both_databases
 async def test_the_version_check_refuses_a_write_based_on_a_stale_read(ref, auth):
     """The conditional UPDATE itself: on databases where two readers can overlap (PostgreSQL), the
     second writer's version no longer matches and it gets 409 with nothing changed."""
@@ -618,6 +623,7 @@ async def test_a_rejected_lead_passes_the_lead_to_its_onward_referral_not_to_a_p
     assert open_leads == [onward_id]
 
 
+@on_both_databases
 async def test_reject_and_accept_at_once_exactly_one_wins(ref, auth):
     await ref.deliver(screened("UNACCOMPANIED_CHILD", age_band="12-17"))
     pfpnna = auth("MX-PFPNNA")
@@ -638,6 +644,7 @@ async def test_reject_and_accept_at_once_exactly_one_wins(ref, auth):
     assert [h["action"] for h in history] == ["route", "accept" if winner["status"] == "accepted" else "reject"]
 
 
+@on_both_databases
 async def test_complete_and_coordinator_cancel_at_once_release_the_hold_once(ref, auth):
     await ref.deliver(screened("UNACCOMPANIED_CHILD", age_band="12-17"))
     pfpnna, coord = auth("MX-PFPNNA"), auth("MX-COORD")
@@ -657,6 +664,7 @@ async def test_complete_and_coordinator_cancel_at_once_release_the_hold_once(ref
                                           "cancelled": "CANCELLED_BY_COORDINATOR"}[winner["status"]]
 
 
+@on_both_databases
 async def test_the_clock_firing_while_the_receiver_accepts_leaves_one_consistent_state(ref, auth):
     from datetime import timedelta
 
@@ -678,6 +686,7 @@ async def test_the_clock_firing_while_the_receiver_accepts_leaves_one_consistent
     assert types[-1] == "referral.accepted.v1" and types.count("referral.accepted.v1") == 1
 
 
+@on_both_databases
 async def test_a_manual_referral_losing_the_race_for_its_person_and_need_gets_409_not_500(ref, auth, monkeypatch):
     """Two writers both saw no open referral (possible on PostgreSQL): the unique open_key decides."""
     import referral.entrypoints.api as api

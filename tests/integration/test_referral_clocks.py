@@ -11,16 +11,26 @@ from aiokafka import AIOKafkaProducer
 from enlace_platform.envelope import to_kafka
 from referral.service_layer.clocks import run_clocks
 from referral.service_layer.referrals import now_utc
+from tests.support.database_support import on_both_databases
 from tests.support.harness import envelopes, eventually, provision_topics, read_topic, unique_prefix
 from tests.support.referral_support import referral_harness, referral_settings, screened, token
+
+pytestmark = on_both_databases
+
+
+@pytest.fixture
+def settings_of(tmp_path, dev_issuer_dir, databases):
+    """The referral service's settings with these overrides, on the test's database (SQLite, then PostgreSQL)."""
+    return lambda **extra: referral_settings(tmp_path, dev_issuer_dir, databases=databases, **extra)
+
 
 # A protection agency as the sender: an enforcement sender may not cancel a protection referral (docs/security.md).
 SENDER = "MX-PSI"
 
 
-async def test_two_clock_passes_at_once_fire_each_breach_once(tmp_path, dev_issuer_dir):
-    """No broker: two runtimes on one SQLite file run their clock pass at the same moment."""
-    settings = referral_settings(tmp_path, dev_issuer_dir, clock_interval_s=3600)
+async def test_two_clock_passes_at_once_fire_each_breach_once(settings_of, dev_issuer_dir):
+    """No broker: two runtimes on one database run their clock pass at the same moment."""
+    settings = settings_of(clock_interval_s=3600)
     async with referral_harness(settings) as one, referral_harness(settings) as two:
         for _ in range(5):
             await one.deliver(screened("SGBV_SURVIVOR", "TRAFFICKING_PRESUMED", registering_agency_id=SENDER))
@@ -44,8 +54,8 @@ async def test_two_clock_passes_at_once_fire_each_breach_once(tmp_path, dev_issu
         assert len(released) == 5 and {p["release_reason"] for p in released} == {"REFLECTION_PERIOD_ENDED"}
 
 
-async def test_accepting_restarts_the_clock_and_a_new_breach_fires_again(tmp_path, dev_issuer_dir):
-    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir, clock_interval_s=3600)) as ref:
+async def test_accepting_restarts_the_clock_and_a_new_breach_fires_again(settings_of, dev_issuer_dir):
+    async with referral_harness(settings_of(clock_interval_s=3600)) as ref:
         await ref.deliver(screened("SGBV_SURVIVOR"))
         ssa, coord = token(dev_issuer_dir, "MX-SSA"), token(dev_issuer_dir, "MX-COORD")
         [item] = await ref.referrals(ssa)
@@ -65,8 +75,9 @@ async def test_accepting_restarts_the_clock_and_a_new_breach_fires_again(tmp_pat
         assert all(h["actor_agency_id"] is None for h in history if h["action"] in ("overdue", "escalate"))
 
 
-async def test_a_trafficking_hold_outlives_completion_until_the_reflection_period_ends(tmp_path, dev_issuer_dir):
-    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir, clock_interval_s=3600)) as ref:
+async def test_a_trafficking_hold_outlives_completion_until_the_reflection_period_ends(settings_of,
+                                                                                     dev_issuer_dir):
+    async with referral_harness(settings_of(clock_interval_s=3600)) as ref:
         await ref.deliver(screened("TRAFFICKING_PRESUMED"))
         fev = token(dev_issuer_dir, "MX-FEVIMTRA")
         [item] = await ref.referrals(fev)
@@ -84,12 +95,11 @@ async def test_a_trafficking_hold_outlives_completion_until_the_reflection_perio
 
 
 @pytest.mark.kafka
-async def test_two_replicas_on_the_real_broker_publish_each_breach_once(kafka_bootstrap, tmp_path, dev_issuer_dir):
+async def test_two_replicas_on_the_real_broker_publish_each_breach_once(kafka_bootstrap, settings_of, dev_issuer_dir):
     prefix = unique_prefix()
     await provision_topics(kafka_bootstrap, prefix)
-    settings = referral_settings(tmp_path, dev_issuer_dir, bootstrap=kafka_bootstrap, prefix=prefix,
-                                 clock_interval_s=0.05, reflection_period=timedelta(seconds=2),
-                                 deadlines={"SGBV_SURVIVOR": {"accept_within": 1}})
+    settings = settings_of(bootstrap=kafka_bootstrap, prefix=prefix, clock_interval_s=0.05,
+                           reflection_period=timedelta(seconds=2), deadlines={"SGBV_SURVIVOR": {"accept_within": 1}})
     screenings = [screened("SGBV_SURVIVOR", "TRAFFICKING_PRESUMED", registering_agency_id=SENDER) for _ in range(4)]
     async with AsyncExitStack() as stack:
         one = await stack.enter_async_context(referral_harness(settings))
@@ -149,9 +159,8 @@ async def _all_sent(harness) -> bool:
         return (await session.exec(select(OutboxMessage.id).where(col(OutboxMessage.sent_at).is_(None)))).first() is None
 
 
-async def test_inbox_lists_overdue_referrals_and_kpis_count_them(tmp_path, dev_issuer_dir):
-    settings = referral_settings(tmp_path, dev_issuer_dir, clock_interval_s=3600,
-                                 deadlines={"MEDICAL_URGENT": {"accept_within": "PT0S"}})
+async def test_inbox_lists_overdue_referrals_and_kpis_count_them(settings_of, dev_issuer_dir):
+    settings = settings_of(clock_interval_s=3600, deadlines={"MEDICAL_URGENT": {"accept_within": "PT0S"}})
     async with referral_harness(settings) as ref:
         await ref.deliver(screened("MEDICAL_URGENT", "DISABILITY"))
         ssa = token(dev_issuer_dir, "MX-SSA")
@@ -168,10 +177,10 @@ async def test_inbox_lists_overdue_referrals_and_kpis_count_them(tmp_path, dev_i
 
 
 async def test_a_queued_referral_waiting_for_consent_escalates_when_overdue_and_still_routes_on_consent(
-        tmp_path, dev_issuer_dir):
+        settings_of, dev_issuer_dir):
     from tests.support.referral_support import consent_changed, consent_scope
 
-    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir, clock_interval_s=3600)) as ref:
+    async with referral_harness(settings_of(clock_interval_s=3600)) as ref:
         event = screened("INTERNATIONAL_PROTECTION", scope=consent_scope("health"))
         await ref.deliver(event)
         coord = token(dev_issuer_dir, "MX-COORD")
@@ -193,8 +202,8 @@ async def test_a_queued_referral_waiting_for_consent_escalates_when_overdue_and_
         assert len(await ref.events("referral.reassigned.v1")) == 1
 
 
-async def test_a_trafficking_hold_is_not_released_while_its_referral_is_still_open(tmp_path, dev_issuer_dir):
-    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir, clock_interval_s=3600)) as ref:
+async def test_a_trafficking_hold_is_not_released_while_its_referral_is_still_open(settings_of, dev_issuer_dir):
+    async with referral_harness(settings_of(clock_interval_s=3600)) as ref:
         await ref.deliver(screened("TRAFFICKING_PRESUMED"))
         fev, coord = token(dev_issuer_dir, "MX-FEVIMTRA"), token(dev_issuer_dir, "MX-COORD")
         [item] = await ref.referrals(fev)

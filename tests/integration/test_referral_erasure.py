@@ -1,6 +1,7 @@
 """Crypto-shredding of the free text in the referral service: reasons and notes are sealed with the
 person's key; person.erased.v1 destroys the key and the text (the history says text_erased), nothing
-of it is left in the SQLite files, and the referral's lifecycle goes on by ids and codes."""
+of it is left in the database (on SQLite and PostgreSQL), and the referral's lifecycle goes on by ids and codes.
+The start-up sealing of a database at revision 0002 builds that revision by hand in SQLite: SQLite only."""
 
 import uuid
 
@@ -10,6 +11,7 @@ from sqlmodel import select
 from enlace_platform.consumer import PoisonMessage
 from enlace_platform.crypto import SubjectKey
 from referral.adapters.orm import HistoryRow
+from tests.support.database_support import on_both_databases
 from tests.support.harness import database_bytes
 from tests.support.referral_support import (  # noqa: F401 - ref and auth are fixtures
     auth, person_erased, ref, referral_harness, referral_settings, screened, token,
@@ -26,7 +28,8 @@ async def _history(ref, referral_id: str, headers) -> list[dict]:
     return r.json()
 
 
-async def test_free_text_is_sealed_then_shredded_and_the_lifecycle_goes_on(ref, auth):
+@on_both_databases
+async def test_free_text_is_sealed_then_shredded_and_the_lifecycle_goes_on(ref, auth, databases):
     event = screened("INTERNATIONAL_PROTECTION", "UNACCOMPANIED_CHILD", age_band="12-17")
     case_id, person_id = event.data["case_id"], event.data["person_id"]
     await ref.deliver(event)
@@ -51,7 +54,7 @@ async def test_free_text_is_sealed_then_shredded_and_the_lifecycle_goes_on(ref, 
         stored = (await session.exec(select(HistoryRow).where(HistoryRow.note.is_not(None)))).all()
     assert [row.note.startswith("enc1:") for row in stored] == [True]
     sealed_values = [row.note for row in stored]
-    raw = database_bytes(ref.runtime.settings.database_url)
+    raw = await databases.disk_image(ref.runtime.settings.database_url)
     for secret in (NOTE, REJECTION, FAILURE):
         assert secret.encode() not in raw
 
@@ -67,7 +70,7 @@ async def test_free_text_is_sealed_then_shredded_and_the_lifecycle_goes_on(ref, 
             assert h["note"] is None and h["reason_text"] is None
             assert h["reason_code"] == {"reject": "NO_CAPACITY", "fail": "PERSON_NOT_REACHABLE"}.get(h["action"],
                                                                                                    h["reason_code"])
-    raw = database_bytes(ref.runtime.settings.database_url)
+    raw = await databases.backup(ref.runtime.settings.database_url)
     for secret in (NOTE, REJECTION, FAILURE, *sealed_values):
         assert secret.encode() not in raw
 
@@ -85,6 +88,7 @@ async def test_free_text_is_sealed_then_shredded_and_the_lifecycle_goes_on(ref, 
     assert len(await ref.events("referral.completed.v1")) == 1
 
 
+@on_both_databases
 async def test_an_erasure_of_a_person_without_referrals_or_text_changes_nothing(ref, auth):
     await ref.deliver(person_erased(str(uuid.uuid4()), str(uuid.uuid4()), "RETENTION_EXPIRED"))
     event = screened("MEDICAL_URGENT")
@@ -98,6 +102,7 @@ async def test_an_erasure_of_a_person_without_referrals_or_text_changes_nothing(
 
 @pytest.mark.parametrize("field, value", [("reason_code", "FORGOTTEN"), ("person_id", None),
                                           ("erased_at", "yesterday")])
+@on_both_databases
 async def test_a_broken_erasure_event_is_poison(ref, field, value):
     event = person_erased(str(uuid.uuid4()), str(uuid.uuid4()))
     if value is None:
@@ -108,8 +113,9 @@ async def test_a_broken_erasure_event_is_poison(ref, field, value):
         await ref.deliver(event)
 
 
-async def test_free_text_written_before_sealing_is_sealed_at_start_up(tmp_path, dev_issuer_dir):
-    settings = referral_settings(tmp_path, dev_issuer_dir)
+@on_both_databases
+async def test_free_text_written_before_sealing_is_sealed_at_start_up(tmp_path, dev_issuer_dir, databases):
+    settings = referral_settings(tmp_path, dev_issuer_dir, databases=databases)
     headers = token(dev_issuer_dir, "MX-INM")
     async with referral_harness(settings) as ref:
         await ref.deliver(screened("MEDICAL_URGENT"))
@@ -120,14 +126,14 @@ async def test_free_text_written_before_sealing_is_sealed_at_start_up(tmp_path, 
                                    to_status="requested", actor_agency_id="MX-INM", note=NOTE, text_sealed=False))
             await session.commit()
         assert [h["note"] for h in await _history(ref, referral["id"], headers)] == [None, NOTE]
-        assert NOTE.encode() in database_bytes(ref.runtime.settings.database_url)  # the probe does see clear text
+        assert NOTE.encode() in await databases.disk_image(settings.database_url)  # the probe does see clear text
 
     async with referral_harness(settings) as ref:  # start-up seals it
         async with ref.runtime.sessions() as session:
             row = (await session.exec(select(HistoryRow).where(HistoryRow.seq == 2))).one()
         assert row.text_sealed and row.note.startswith("enc1:")
         assert [h["note"] for h in await _history(ref, referral["id"], headers)] == [None, NOTE]
-        assert NOTE.encode() not in database_bytes(ref.runtime.settings.database_url)
+        assert NOTE.encode() not in await databases.backup(settings.database_url)
 
 
 async def test_a_database_at_revision_0002_keeps_its_free_text_sealed_after_the_upgrade(tmp_path, dev_issuer_dir):

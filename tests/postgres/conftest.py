@@ -1,12 +1,11 @@
-"""The PostgreSQL lane: one throwaway cluster per session (tests/support/postgres.py), a fresh database per test.
+"""The PostgreSQL lane: the session's throwaway cluster (tests/support/database_support.py, shared with every test
+that runs on both databases), a fresh database per test.
 
 Every test here is marked ``postgres``; if the server binaries are missing the tests fail, never skip."""
 
 import pytest
 
 from tests.integration.conftest import producer  # noqa: F401 - the services' idempotent producer, shared
-from tests.support.harness import free_port
-from tests.support.postgres import PostgresCluster, PostgresUnavailable, find_bin_dir
 
 
 def pytest_collection_modifyitems(config, items):
@@ -14,19 +13,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if str(item.fspath).startswith(here + "/"):
             item.add_marker(pytest.mark.postgres)
-
-
-@pytest.fixture(scope="session")
-def postgres_cluster():
-    try:
-        cluster = PostgresCluster(find_bin_dir(), free_port())
-        cluster.start()
-    except PostgresUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from intake.entrypoints.app import create_app as intake_app
 from notification.entrypoints.app import create_app as notification_app
 from referral.config import ReferralSettings
 from referral.entrypoints.app import create_app as referral_app
-from tests.postgres.conftest import postgres_cluster  # noqa: F401 - the PostgreSQL lane's throwaway cluster
 from tests.security.world import DIRECTORY_SEED, Tokens, World, seed
 from tests.support.harness import WebhookReceiver, fast_settings, provision_topics, running_app, unique_prefix
 from tests.support.notification_support import notification_settings

@@ -19,15 +19,16 @@ from tests.security.scenarios import BLIND, SCENARIOS, SEES, Scenario, owner_of,
 from tests.security.world import (
     CALLERS, DOCS_PATHS, MOTHER, PUBLIC_PATHS, SERVICES, RouteInfo, World, all_routes, non_api_paths, routes_of,
 )
+from tests.support.database_support import BACKENDS, SQLITE
 
 ROUTES = all_routes()
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="module", params=BACKENDS)
 def world(request, world: World) -> World:
     """The whole matrix on each database the services run on (issue 12): the same world on SQLite, then on
     PostgreSQL. Only this module takes both; the other security tests use the SQLite world."""
-    return world if request.param == "sqlite" else request.getfixturevalue("postgres_world")
+    return world if request.param == SQLITE else request.getfixturevalue("postgres_world")
 PROTECTED = [r for r in ROUTES if r.path not in PUBLIC_PATHS]
 MOTHER_DOCUMENT = MOTHER["documents"][0]["number"]
 

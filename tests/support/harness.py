@@ -54,10 +54,12 @@ async def provision_topics(bootstrap: str, prefix: str) -> None:
 
 
 def fast_settings(cls, *, tmp_path: Path, bootstrap: str, prefix: str, dev_issuer_dir: Path,
-                  database_url: str | None = None, **extra):
-    """Service settings for tests: own database (SQLite in tmp_path unless a URL is given), isolated topics,
-    quick retries."""
+                  database_url: str | None = None, databases=None, **extra):
+    """Service settings for tests: own database (the URL given, else the service's of ``databases``, the test's
+    fixture of tests/support/database_support.py, else SQLite in tmp_path), isolated topics, quick retries."""
     name = cls.model_fields["service_name"].default
+    if database_url is None and databases is not None:
+        database_url = databases.url(name)
     extra.setdefault("directory_seed_path", str(TEST_DIRECTORY))  # every service's copy of the directory
     if "webhook_allow_loopback" in cls.model_fields:
         extra.setdefault("webhook_allow_loopback", True)  # the tests' webhook receivers listen on loopback

@@ -160,8 +160,9 @@ async def add_second_child_protection_service(client, coordinator_headers: dict[
 
 # Fixtures of the referral API tests; a test module imports them by name.
 @pytest.fixture
-async def ref(tmp_path, dev_issuer_dir):
-    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir)) as harness:
+async def ref(tmp_path, dev_issuer_dir, databases):
+    """The referral app on SQLite, or on PostgreSQL too for a test ``@on_both_databases``."""
+    async with referral_harness(referral_settings(tmp_path, dev_issuer_dir, databases=databases)) as harness:
         yield harness
 
 

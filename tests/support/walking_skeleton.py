@@ -16,7 +16,7 @@ from tests.support.harness import TEST_DIRECTORY, WebhookReceiver, bearer, event
 
 def three_apps(common: dict, database_urls: dict[str, str] | None = None) -> tuple:
     """intake, referral and notification with fast_settings(**common); each on its database of
-    ``database_urls`` (by service name) or else on its own SQLite file."""
+    ``database_urls`` (by service name), else of ``databases`` in common, else on its own SQLite file."""
     urls = database_urls or {}
 
     def settings(cls, **extra):
