@@ -109,9 +109,12 @@ def dlq_redrive(
     """Send dead letters back to their original topic. Safe to repeat: consumers deduplicate by event id."""
     if not offset and not all_:
         _fail("say which: --offset N (repeatable) or --all")
-    with _progress("redriving") as progress:
-        sent = asyncio.run(ops.redrive(bootstrap, prefix + topic, partition=partition, offsets=offset,
-                                       progress=progress, client_options=_kafka_options()))
+    try:
+        with _progress("redriving") as progress:
+            sent = asyncio.run(ops.redrive(bootstrap, prefix + topic, partition=partition, offsets=offset,
+                                           progress=progress, client_options=_kafka_options()))
+    except ops.MisaddressedDeadLetter as refused:
+        _fail(str(refused))
     _console().print(f"redrove {len(sent)} dead letter(s) to {prefix}{topic}")
 
 

@@ -103,22 +103,33 @@ async def redrive(bootstrap: str, topic: str, *, partition: int | None = None, o
     """Send dead letters back to the topic they came from, with their original headers (trace context
     included) and key; returns what was sent. Each send is acknowledged before the next."""
     chosen = _select(await read_dead_letters(bootstrap, topic, client_options=client_options), partition, offsets)
+    # A dead letter goes back only to the topic whose .dlq holds it. Any reader of a topic may write its .dlq, so a
+    # header naming another topic is no proof of origin: following it would let a service publish, through the
+    # operator, to a topic it may not write. Nothing is sent while one such letter is among those chosen.
+    misaddressed = [f"partition {d.partition} offset {d.offset} names {d.headers['dlq_original_topic']!r}"
+                    for d in chosen if d.headers.get("dlq_original_topic", topic) != topic]
+    if misaddressed:
+        raise MisaddressedDeadLetter(f"not redriven: dead letter(s) of {dlq(topic)} that name another topic than "
+                                     f"{topic} ({'; '.join(misaddressed)}); look at them with `dlq show`")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **(client_options or {}), enable_idempotence=True,
                                 acks="all")
     await producer.start()
     try:
         for done, letter in enumerate(chosen, 1):
-            original = letter.headers.get("dlq_original_topic", topic)
             headers = [(k, v) for k, v in letter.original_headers() if k != REDRIVE_FOR_HEADER]
             if letter.headers.get("dlq_consumer"):  # only the consumer that failed takes it again
                 headers.append((REDRIVE_FOR_HEADER, letter.headers["dlq_consumer"].encode()))
-            await (await producer.send(original, value=letter.value,
+            await (await producer.send(topic, value=letter.value,
                                        key=letter.key.encode() if letter.key else None, headers=headers))
             if progress:
                 progress(done, len(chosen))
     finally:
         await producer.stop()
     return chosen
+
+
+class MisaddressedDeadLetter(ValueError):
+    """A dead letter whose dlq_original_topic header names another topic than the one whose .dlq holds it."""
 
 
 @dataclass

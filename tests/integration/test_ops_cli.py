@@ -101,6 +101,28 @@ async def test_dead_letters_are_listed_shown_and_redriven_once_the_cause_is_fixe
     assert await _tallies(sessions) == [1, 2, 3]
 
 
+async def test_a_dead_letter_naming_another_topic_is_never_redriven_there(kafka_bootstrap):
+    # Any reader of referral.referral may write its .dlq (it dead-letters there), headers included: a letter that
+    # names intake.case must not make the operator publish to intake.case, which that reader may not write.
+    prefix = unique_prefix()
+    await provision_topics(kafka_bootstrap, prefix)
+    forged = [("ce_id", b"forged-1"), ("ce_type", b"case.screened.v1"),
+              ("dlq_original_topic", f"{prefix}intake.case".encode()), ("dlq_consumer", b"referral.routing")]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(f"{prefix}referral.referral.dlq", b"{}", key=b"case-1", headers=forged)
+    finally:
+        await producer.stop()
+    result = await _cli("dlq", "redrive", "referral.referral", "--all", "--bootstrap", kafka_bootstrap,
+                        "--prefix", prefix)
+    assert result.exit_code == 1
+    assert "name another topic" in result.output and "intake.case" in result.output
+    for topic in ("intake.case", "referral.referral"):
+        position = await ops.group_position(kafka_bootstrap, f"{prefix}nobody", f"{prefix}{topic}")
+        assert sum(position.end.values()) == 0, f"nothing was sent to {topic}"
+
+
 async def test_redrive_needs_a_choice(kafka_bootstrap):
     result = await _cli("dlq", "redrive", TOPIC, "--bootstrap", kafka_bootstrap)
     assert result.exit_code == 1

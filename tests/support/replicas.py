@@ -29,6 +29,8 @@ from aiokafka import AIOKafkaConsumer
 from bench.e2e.client import RECEIVER, BorderPost, FlowFailed, bearer
 from bench.e2e.stack import _roomy_directory, free_ports
 from bench.e2e.tally import CASE_ID, REFERRAL_ID, SIGNATURE_OK, TYPE, WEBHOOK_ID, Arrivals
+from enlace_ops.operations import group_position
+from enlace_platform.bus import declared
 from enlace_platform.crypto import load_key_encryption_key
 from enlace_platform.envelope import from_kafka
 from tests.support.harness import REPO, eventually
@@ -407,6 +409,31 @@ def cases_of(items: list[list], kind: str) -> dict[str, set[str]]:
         if item[TYPE] == kind:
             cases[item[CASE_ID]].add(item[REFERRAL_ID])
     return cases
+
+
+async def leased_deliveries(notification_dsn: str) -> int:
+    """Webhook attempts under an unexpired lease, right after a notification replica was SIGKILLed: the only ones
+    whose 2xx may have come without being recorded, so the only ones that may be POSTed again (both replicas'
+    leases are counted: a bound from above)."""
+    conn = await asyncpg.connect(notification_dsn)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM notification_delivery WHERE status = 'pending' "
+                                   "AND lease_token IS NOT NULL AND lease_expires_at > now()")
+    finally:
+        await conn.close()
+
+
+async def consumer_lag(bus: Bus) -> int:
+    """Records on the services' topics that some service's consumer group has not committed yet (bus.yaml's
+    groups): a redelivery still to come after the databases went quiet would be counted too late otherwise."""
+    lag = 0
+    for groups in declared().consumers.values():
+        for group, topics in groups.items():
+            for topic in topics:
+                position = await group_position(bus.bootstrap, bus.prefix + group, bus.prefix + topic,
+                                                client_options=bus.reader_options)
+                lag += position.lag
+    return lag
 
 
 async def quiet(dsns: dict[str, str]) -> dict[str, int]:
