@@ -28,14 +28,13 @@ from enlace_platform.topics import REFERRAL_REFERRAL
 from tests.support.harness import eventually, unique_prefix
 from tests.support.replicas import (
     ACCEPTED, OVERDUE, REQUESTED, SERVICES, Bus, FailoverBorderPost, Replicas, WebhookReceiver, WebhookTally,
-    cases_of, consumer_lag, events_on_topic, history_times, leased_deliveries, quiet, referral_facts,
+    busiest_leader, cases_of, consumer_lag, events_on_topic, history_times, leased_deliveries, quiet, referral_facts,
     signatures_failed, subscribe,
 )
 
 CASES = 300
 CONCURRENCY = 8
 ACCEPT_RACES = 40
-KILLED_BROKER = 2  # of the cluster's three; the other two keep min.insync.replicas=2
 # Every referral goes overdue ACCEPT_WITHIN after it was made, and both replicas look every second.
 ACCEPT_WITHIN_S = 10
 CLOCKS = {
@@ -58,6 +57,7 @@ class Flow:
     events: list[str] = field(default_factory=list)  # what was done when, for the report
     broker_down: tuple[float, float] = (0.0, 0.0)  # Unix times: killed, serving again
     leased_at_kill: int | None = None  # webhook attempts under lease when notification-1 was killed
+    killed_broker: int | None = None
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -84,17 +84,20 @@ async def _drive(flow: Flow, cluster, http: httpx.AsyncClient) -> None:
 
     async def faults() -> None:
         await reached[CASES // 3].wait()
-        cluster.kill_broker(KILLED_BROKER)
+        # The node leading the most partitions right now: its partitions' leadership must move under traffic.
+        # The other two keep min.insync.replicas=2.
+        flow.killed_broker = node = await busiest_leader(flow.bus)
+        cluster.kill_broker(node)
         killed_at = time.time()
         for replica in killed:
             replica.kill()
         flow.leased_at_kill = await leased_deliveries(flow.dsns["notification"])
-        flow.note(f"{screened[0]} screened: SIGKILL broker {KILLED_BROKER} and {', '.join(r.name for r in killed)}")
+        flow.note(f"{screened[0]} screened: SIGKILL broker {node} (the busiest leader) and {', '.join(r.name for r in killed)}")
         await reached[2 * CASES // 3].wait()
-        flow.note(f"{screened[0]} screened: starting broker {KILLED_BROKER} again")
-        await asyncio.to_thread(cluster.start_broker, KILLED_BROKER)
+        flow.note(f"{screened[0]} screened: starting broker {node} again")
+        await asyncio.to_thread(cluster.start_broker, node)
         flow.broker_down = (killed_at, time.time())
-        flow.note(f"{screened[0]} screened: broker {KILLED_BROKER} serves again; starting the killed replicas")
+        flow.note(f"{screened[0]} screened: broker {node} serves again; starting the killed replicas")
         await flow.replicas.start(killed)
         flow.note(f"{screened[0]} screened: {', '.join(r.name for r in killed)} started again and ready")
 
@@ -133,8 +136,8 @@ async def flow(kafka_cluster, postgres_cluster, dev_issuer_dir, tmp_path_factory
         run.note("tests done")
         replicas.close()
         receiver.close()
-        if not kafka_cluster.running(KILLED_BROKER):  # the session's cluster stays whole, whatever happened here
-            kafka_cluster.start_broker(KILLED_BROKER)
+        if run.killed_broker and not kafka_cluster.running(run.killed_broker):  # the session's cluster stays whole
+            kafka_cluster.start_broker(run.killed_broker)
         run.note("replicas stopped")
         print("\n".join(["replicas under faults:", *run.events]))
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.e2e.client import RECEIVER, BorderPost, FlowFailed, bearer
 from bench.e2e.stack import _roomy_directory, free_ports
@@ -409,6 +410,18 @@ def cases_of(items: list[list], kind: str) -> dict[str, set[str]]:
         if item[TYPE] == kind:
             cases[item[CASE_ID]].add(item[REFERRAL_ID])
     return cases
+
+
+async def busiest_leader(bus: Bus) -> int:
+    """The node (its node.id) that leads the most partitions of the flow's topics: the one whose loss hurts most."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bus.bootstrap, **bus.reader_options)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([bus.prefix + t for t in declared().all_topics()])
+    finally:
+        await admin.close()
+    leaders = Counter(p["leader"] for topic in described for p in topic["partitions"])
+    return leaders.most_common(1)[0][0]
 
 
 async def leased_deliveries(notification_dsn: str) -> int:
