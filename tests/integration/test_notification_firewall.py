@@ -78,6 +78,16 @@ def _types(receiver: SigningReceiver) -> list[str]:
     return sorted(json.loads(r.body)["type"] for r in receiver.received)
 
 
+async def _only_receiver_and_coordinator_emailed(smtp, receiver: str) -> None:
+    """The referral's requested and reassigned mails go to its receiver, overdue and escalated to it and the
+    coordinator; nobody else, the sender least of all, is e-mailed."""
+    async def emails():
+        return len(smtp.messages) >= 6
+    await eventually(emails, what="the e-mails")
+    assert sorted(rcpt for rcpts, _ in smtp.messages for rcpt in rcpts) == sorted(
+        [EMAIL[receiver]] * 4 + [EMAIL["MX-COORD"]] * 2)
+
+
 async def test_the_migration_authority_hears_only_status_and_holds_of_a_referral_it_sent(system):
     """A need not sensitive (a child's): the coordinator hears of the referral's events (a hold names no
     coordinator); the receiver of all; MX-INM of its status changes and holds."""
@@ -98,11 +108,7 @@ async def test_the_migration_authority_hears_only_status_and_holds_of_a_referral
     for got in receivers["MX-INM"].received:
         assert "MX-PFPNNA" not in got.body.decode() and referral["person_id"] not in got.body.decode()
 
-    async def emails():
-        return len(smtp.messages) >= 6  # requested and reassigned to the receiver; overdue and escalated to both
-    await eventually(emails, what="the e-mails")
-    assert sorted(rcpt for rcpts, _ in smtp.messages for rcpt in rcpts) == sorted(
-        [EMAIL["MX-PFPNNA"]] * 4 + [EMAIL["MX-COORD"]] * 2)
+    await _only_receiver_and_coordinator_emailed(smtp, "MX-PFPNNA")
 
 
 async def test_the_migration_authority_hears_only_the_holds_of_a_sensitive_referral_it_sent(system):
@@ -129,11 +135,7 @@ async def test_the_migration_authority_hears_only_the_holds_of_a_sensitive_refer
 
     # E-mail: the receiver and the coordinator hear of the requested, reassigned, overdue and escalated
     # referral; the sender is never e-mailed, the migration authority least of all.
-    async def emails():
-        return len(smtp.messages) >= 6  # requested and reassigned to the receiver; overdue and escalated to both
-    await eventually(emails, what="the e-mails")
-    assert sorted(rcpt for rcpts, _ in smtp.messages for rcpt in rcpts) == sorted(
-        [EMAIL["MX-FEVIMTRA"]] * 4 + [EMAIL["MX-COORD"]] * 2)
+    await _only_receiver_and_coordinator_emailed(smtp, "MX-FEVIMTRA")
 
 
 async def test_an_enforcement_marked_receiver_hears_all_its_part_needs(system):
