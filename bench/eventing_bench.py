@@ -39,7 +39,7 @@ class BenchRow(SQLModel, table=True):
 
 async def setup(tmp: Path, name: str):
     prefix = f"bench{uuid.uuid4().hex[:8]}."
-    await provision(BOOTSTRAP, all_topics(prefix), replication_factor=1)  # the local single broker
+    await provision(BOOTSTRAP, all_topics(prefix), prefix=prefix, replication_factor=1)  # the local single broker
     engine = make_engine(f"sqlite+aiosqlite:///{tmp / f'{name}.db'}")
     await create_tables(engine, [OutboxMessage.__table__, ProcessedMessage.__table__, BenchRow.__table__])
     producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, enable_idempotence=True, acks="all", linger_ms=5)

@@ -56,20 +56,15 @@ class Bus:
         return [f"{prefix}{n}" for n in names]
 
     def spec_of(self, name: str, prefix: str = "") -> TopicSpec:
-        """The settings of a (prefixed) topic or dead-letter topic name."""
-        bare = name[len(prefix):] if prefix and name.startswith(prefix) else name
-        dead_letter = bare.endswith(".dlq")
-        core = bare.removesuffix(".dlq")
-        # Without the prefix given: the declared topic the name ends with (tests prefix their topics).
-        base_name = core if core in self.topics else next(
-            (t for t in sorted(self.topics, key=len, reverse=True) if core.endswith(t)), None)
-        if base_name is None:
-            raise KeyError(f"{name!r} is not a topic of bus.yaml")
-        if not dead_letter:
-            return self.topics[base_name]
-        base = self.topics[base_name]
+        """The settings of a topic or dead-letter topic name, given with the prefix it was named with."""
+        if not name.startswith(prefix) or name.removeprefix(prefix).removesuffix(".dlq") not in self.topics:
+            raise KeyError(f"{name!r} is not a topic of bus.yaml under the prefix {prefix!r}")
+        bare = name.removeprefix(prefix)
+        if bare in self.topics:
+            return self.topics[bare]
+        base = self.topics[bare.removesuffix(".dlq")]
         configs = {k: v for k, v in base.configs.items() if k != "cleanup.policy"}  # dead letters are never compacted
-        return TopicSpec(name=self.dlq(base_name), owner=base.owner, partitions=base.partitions,
+        return TopicSpec(name=bare, owner=base.owner, partitions=base.partitions,
                          replication_factor=base.replication_factor,
                          configs={**configs, **self.dead_letter_configs}, consumed=False)
 

@@ -50,7 +50,7 @@ def unique_prefix() -> str:
 
 
 async def provision_topics(bootstrap: str, prefix: str) -> None:
-    await provision(bootstrap, all_topics(prefix))
+    await provision(bootstrap, all_topics(prefix), prefix=prefix)
 
 
 def fast_settings(cls, *, tmp_path: Path, bootstrap: str, prefix: str, dev_issuer_dir: Path,
