@@ -100,7 +100,7 @@ def _select(letters: list[DeadLetter], partition: int | None, offsets: list[int]
 
 async def redrive(bootstrap: str, topic: str, *, partition: int | None = None, offsets: list[int] | None = None,
                   progress: Progress | None = None, client_options: dict | None = None) -> list[DeadLetter]:
-    """Send dead letters back to the topic they came from, with their original headers (trace context
+    """Send dead letters back to the topic whose .dlq holds them, with their original headers (trace context
     included) and key; returns what was sent. Each send is acknowledged before the next."""
     chosen = _select(await read_dead_letters(bootstrap, topic, client_options=client_options), partition, offsets)
     # A dead letter goes back only to the topic whose .dlq holds it. Any reader of a topic may write its .dlq, so a
